@@ -1,0 +1,131 @@
+// Package config defines mailcapture's configuration: one struct, loaded by
+// koanf from a YAML file, overridden by MAILCAPTURE_* environment variables
+// and then by command-line flags, and validated so that every bad value is
+// reported with the key that holds it.
+package config
+
+import "time"
+
+// Config is the whole configuration of a mailcapture instance.
+type Config struct {
+	// DataDir holds the store (database, message files, relay spool).
+	// Default "./data".
+	DataDir string `koanf:"data_dir"`
+	// Hostname is the name mailcapture uses in greetings and Received
+	// headers. Default: the machine's host name.
+	Hostname string `koanf:"hostname"`
+	// Domains lists the mail domains served. Required, at least one.
+	Domains []string `koanf:"domains"`
+	// Mode is "capture" (default) or "shadow" (proxy and record logins,
+	// capture nothing).
+	Mode string `koanf:"mode"`
+	// Legacy describes the server being migrated away from.
+	Legacy Legacy `koanf:"legacy"`
+	// Listen holds the listener addresses; an empty address disables
+	// that listener.
+	Listen Listen `koanf:"listen"`
+	// TLS holds the certificate served by the TLS listeners and STARTTLS.
+	TLS TLS `koanf:"tls"`
+	// PasswordHash holds the argon2id parameters for stored credentials.
+	PasswordHash PasswordHash `koanf:"password_hash"`
+	// Log configures logging.
+	Log Log `koanf:"log"`
+}
+
+// Legacy describes the legacy server's endpoints.
+type Legacy struct {
+	// IMAP is the legacy IMAP endpoint. Default address empty (no IMAP),
+	// tls "starttls".
+	IMAP Endpoint `koanf:"imap"`
+	// POP3 is the legacy POP3 endpoint. Default address empty (no POP3),
+	// tls "starttls".
+	POP3 Endpoint `koanf:"pop3"`
+	// SMTP is where mail for accounts not yet captured is relayed.
+	SMTP SMTPEndpoint `koanf:"smtp"`
+	// TLSVerify verifies the legacy server's certificates. Default true.
+	TLSVerify bool `koanf:"tls_verify"`
+	// Timeout bounds every single exchange with the legacy server.
+	// Default 60s.
+	Timeout time.Duration `koanf:"timeout"`
+	// Retired ends follow syncs: once set, the legacy server is never
+	// contacted again for captured accounts. Default false.
+	Retired bool `koanf:"retired"`
+}
+
+// Endpoint is a legacy IMAP or POP3 server.
+type Endpoint struct {
+	// Address is host:port.
+	Address string `koanf:"address"`
+	// TLS is "none", "starttls" or "implicit".
+	TLS string `koanf:"tls"`
+}
+
+// SMTPEndpoint is the legacy server's mail intake.
+type SMTPEndpoint struct {
+	// Address is host:port.
+	Address string `koanf:"address"`
+	// TLS is "none", "starttls" or "implicit". Default "starttls".
+	TLS string `koanf:"tls"`
+	// Protocol is "smtp" (default) or "lmtp".
+	Protocol string `koanf:"protocol"`
+}
+
+// Listen holds the addresses mailcapture listens on (host:port).
+type Listen struct {
+	// IMAP is plain IMAP with STARTTLS (usually :143).
+	IMAP string `koanf:"imap"`
+	// IMAPS is IMAP over implicit TLS (usually :993); needs tls.cert.
+	IMAPS string `koanf:"imaps"`
+	// POP3 is plain POP3 with STLS (usually :110).
+	POP3 string `koanf:"pop3"`
+	// POP3S is POP3 over implicit TLS (usually :995); needs tls.cert.
+	POP3S string `koanf:"pop3s"`
+	// SMTP is the MX listener (usually :25).
+	SMTP string `koanf:"smtp"`
+	// HTTP serves /metrics, /healthz, /readyz and /status.
+	HTTP string `koanf:"http"`
+}
+
+// TLS names the PEM certificate chain and key.
+type TLS struct {
+	// Cert is the PEM certificate chain file.
+	Cert string `koanf:"cert"`
+	// Key is the PEM private key file.
+	Key string `koanf:"key"`
+}
+
+// PasswordHash holds argon2id parameters (RFC 9106).
+type PasswordHash struct {
+	// Time is the number of passes. Default 1.
+	Time uint32 `koanf:"time"`
+	// MemoryKiB is the memory cost in KiB. Default 65536 (64 MiB).
+	MemoryKiB uint32 `koanf:"memory_kib"`
+	// Threads is the parallelism. Default 2.
+	Threads uint8 `koanf:"threads"`
+}
+
+// Log configures the structured logger.
+type Log struct {
+	// Level is debug, info (default), warn or error.
+	Level string `koanf:"level"`
+	// Format is text (default) or json.
+	Format string `koanf:"format"`
+}
+
+// Default returns the configuration used where the file, the environment
+// and the flags are silent.
+func Default() Config {
+	return Config{
+		DataDir: "./data",
+		Mode:    "capture",
+		Legacy: Legacy{
+			IMAP:      Endpoint{TLS: "starttls"},
+			POP3:      Endpoint{TLS: "starttls"},
+			SMTP:      SMTPEndpoint{TLS: "starttls", Protocol: "smtp"},
+			TLSVerify: true,
+			Timeout:   60 * time.Second,
+		},
+		PasswordHash: PasswordHash{Time: 1, MemoryKiB: 64 * 1024, Threads: 2},
+		Log:          Log{Level: "info", Format: "text"},
+	}
+}

@@ -1,0 +1,210 @@
+package config
+
+import (
+	"crypto/tls"
+	"fmt"
+	"net"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+)
+
+// Validate checks every value and returns an *Error listing each bad key,
+// or nil.
+func (c *Config) Validate() error {
+	var v validator
+	v.dataDir("data_dir", c.DataDir)
+	if len(c.Domains) == 0 {
+		v.add("domains", "at least one mail domain is required")
+	}
+	for i, d := range c.Domains {
+		if !validDomain(d) {
+			v.add(fmt.Sprintf("domains[%d]", i), fmt.Sprintf("%q is not a domain name", d))
+		}
+	}
+	v.oneOf("mode", c.Mode, "capture", "shadow")
+
+	if c.Legacy.IMAP.Address == "" && c.Legacy.POP3.Address == "" {
+		v.add("legacy.imap.address", "the legacy server needs an IMAP or a POP3 address (legacy.imap.address or legacy.pop3.address)")
+	}
+	v.address("legacy.imap.address", c.Legacy.IMAP.Address, true)
+	v.oneOf("legacy.imap.tls", c.Legacy.IMAP.TLS, "none", "starttls", "implicit")
+	v.address("legacy.pop3.address", c.Legacy.POP3.Address, true)
+	v.oneOf("legacy.pop3.tls", c.Legacy.POP3.TLS, "none", "starttls", "implicit")
+	v.address("legacy.smtp.address", c.Legacy.SMTP.Address, true)
+	v.oneOf("legacy.smtp.tls", c.Legacy.SMTP.TLS, "none", "starttls", "implicit")
+	v.oneOf("legacy.smtp.protocol", c.Legacy.SMTP.Protocol, "smtp", "lmtp")
+	if c.Listen.SMTP != "" && c.Legacy.SMTP.Address == "" {
+		v.add("legacy.smtp.address", "required when listen.smtp is set: mail for accounts not yet captured is relayed there")
+	}
+	if c.Legacy.Timeout <= 0 {
+		v.add("legacy.timeout", "must be a positive duration")
+	}
+
+	v.address("listen.imap", c.Listen.IMAP, false)
+	v.address("listen.imaps", c.Listen.IMAPS, false)
+	v.address("listen.pop3", c.Listen.POP3, false)
+	v.address("listen.pop3s", c.Listen.POP3S, false)
+	v.address("listen.smtp", c.Listen.SMTP, false)
+	v.address("listen.http", c.Listen.HTTP, false)
+
+	v.tlsFiles(c.TLS)
+	if c.TLS.Cert == "" {
+		if c.Listen.IMAPS != "" {
+			v.add("listen.imaps", "implicit TLS needs a certificate: set tls.cert and tls.key")
+		}
+		if c.Listen.POP3S != "" {
+			v.add("listen.pop3s", "implicit TLS needs a certificate: set tls.cert and tls.key")
+		}
+	}
+
+	if c.PasswordHash.Time < 1 {
+		v.add("password_hash.time", "must be at least 1")
+	}
+	if c.PasswordHash.MemoryKiB < 8*1024 {
+		v.add("password_hash.memory_kib", "must be at least 8192 (8 MiB)")
+	}
+	if c.PasswordHash.Threads < 1 {
+		v.add("password_hash.threads", "must be at least 1")
+	}
+	v.oneOf("log.level", c.Log.Level, "debug", "info", "warn", "error")
+	v.oneOf("log.format", c.Log.Format, "text", "json")
+	return v.err()
+}
+
+type validator struct{ problems []Problem }
+
+func (v *validator) add(key, msg string) {
+	v.problems = append(v.problems, Problem{Key: key, Message: msg})
+}
+
+func (v *validator) err() error {
+	if len(v.problems) == 0 {
+		return nil
+	}
+	return &Error{Problems: v.problems}
+}
+
+func (v *validator) oneOf(key, value string, allowed ...string) {
+	for _, a := range allowed {
+		if value == a {
+			return
+		}
+	}
+	v.add(key, fmt.Sprintf("%q is not one of %s", value, strings.Join(allowed, ", ")))
+}
+
+// address checks host:port; legacy addresses need a host, listeners may
+// leave it empty (all interfaces) and use port 0 (any free port).
+func (v *validator) address(key, value string, needHost bool) {
+	if value == "" {
+		return
+	}
+	host, port, err := net.SplitHostPort(value)
+	if err != nil {
+		v.add(key, fmt.Sprintf("%q is not host:port", value))
+		return
+	}
+	if needHost && host == "" {
+		v.add(key, fmt.Sprintf("%q has no host", value))
+	}
+	n, err := strconv.Atoi(port)
+	if err != nil || n < 0 || n > 65535 || (needHost && n == 0) {
+		v.add(key, fmt.Sprintf("%q has no valid port", value))
+	}
+}
+
+func (v *validator) tlsFiles(t TLS) {
+	switch {
+	case t.Cert == "" && t.Key == "":
+		return
+	case t.Cert == "":
+		v.add("tls.cert", "tls.key is set but tls.cert is not")
+		return
+	case t.Key == "":
+		v.add("tls.key", "tls.cert is set but tls.key is not")
+		return
+	}
+	ok := true
+	for key, path := range map[string]string{"tls.cert": t.Cert, "tls.key": t.Key} {
+		if _, err := os.Stat(path); err != nil {
+			v.add(key, fmt.Sprintf("cannot read %s: %v", path, unwrapPathError(err)))
+			ok = false
+		}
+	}
+	if !ok {
+		return
+	}
+	if _, err := tls.LoadX509KeyPair(t.Cert, t.Key); err != nil {
+		v.add("tls.cert", fmt.Sprintf("certificate and key do not load: %v", err))
+	}
+}
+
+// dataDir checks that the directory exists and is writable, or that it can
+// be created.
+func (v *validator) dataDir(key, dir string) {
+	if dir == "" {
+		v.add(key, "must be set")
+		return
+	}
+	st, err := os.Stat(dir)
+	if os.IsNotExist(err) {
+		parent := filepath.Dir(filepath.Clean(dir))
+		if pst, perr := os.Stat(parent); perr != nil || !pst.IsDir() {
+			v.add(key, fmt.Sprintf("%s does not exist and neither does its parent %s", dir, parent))
+		} else if err := probeWritable(parent); err != nil {
+			v.add(key, fmt.Sprintf("%s does not exist and cannot be created: %v", dir, err))
+		}
+		return
+	}
+	if err != nil {
+		v.add(key, fmt.Sprintf("cannot read %s: %v", dir, unwrapPathError(err)))
+		return
+	}
+	if !st.IsDir() {
+		v.add(key, fmt.Sprintf("%s is not a directory", dir))
+		return
+	}
+	if _, err := os.ReadDir(dir); err != nil {
+		v.add(key, fmt.Sprintf("cannot read %s: %v", dir, unwrapPathError(err)))
+		return
+	}
+	if err := probeWritable(dir); err != nil {
+		v.add(key, fmt.Sprintf("%s is not writable: %v", dir, err))
+	}
+}
+
+func probeWritable(dir string) error {
+	f, err := os.CreateTemp(dir, ".write-probe-*")
+	if err != nil {
+		return unwrapPathError(err)
+	}
+	name := f.Name()
+	f.Close()
+	return os.Remove(name)
+}
+
+func unwrapPathError(err error) error {
+	if pe, ok := err.(*os.PathError); ok {
+		return pe.Err
+	}
+	return err
+}
+
+func validDomain(d string) bool {
+	if d == "" || len(d) > 253 || strings.HasPrefix(d, ".") || strings.HasSuffix(d, ".") {
+		return false
+	}
+	for _, label := range strings.Split(d, ".") {
+		if label == "" || len(label) > 63 || strings.HasPrefix(label, "-") || strings.HasSuffix(label, "-") {
+			return false
+		}
+		for _, r := range label {
+			if !(r >= 'a' && r <= 'z' || r >= 'A' && r <= 'Z' || r >= '0' && r <= '9' || r == '-') {
+				return false
+			}
+		}
+	}
+	return true
+}
