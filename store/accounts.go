@@ -1,0 +1,284 @@
+package store
+
+import (
+	"context"
+	"database/sql"
+	"errors"
+	"fmt"
+	"strings"
+	"time"
+)
+
+// State is an account's place in the migration (DESIGN.md, "Account
+// states"). An account that has no row is unknown.
+type State string
+
+// The account states with a row in the store.
+const (
+	StateCapturing State = "capturing"
+	StateCutover   State = "cutover"
+	StateCaptured  State = "captured"
+)
+
+// Account is one mailbox owner.
+type Account struct {
+	ID             int64
+	Name           string
+	State          State
+	StateChangedAt time.Time
+	CreatedAt      time.Time
+	// LegacyPrefix and LegacySeparator are the legacy server's personal
+	// namespace prefix and hierarchy separator, served unchanged.
+	LegacyPrefix    string
+	LegacySeparator string
+	// SpecialUseGuessed is true when special-use attributes were guessed
+	// from folder names because the legacy server announced none.
+	SpecialUseGuessed bool
+	// LegacyMessages and LegacyBytes are the size of the legacy mailbox as
+	// last measured by the capture engine.
+	LegacyMessages   int64
+	LegacyBytes      int64
+	CaptureStartedAt time.Time
+	LastSyncAt       time.Time
+	CapturedAt       time.Time
+	LastError        string
+}
+
+// Progress is how much of an account (or of all accounts) is stored.
+type Progress struct {
+	Messages int64
+	Bytes    int64
+}
+
+const accountColumns = `id, name, state, state_changed_at, created_at, legacy_prefix, legacy_separator,
+	special_use_guessed, legacy_messages, legacy_bytes, capture_started_at, last_sync_at, captured_at, last_error`
+
+func scanAccount(row interface{ Scan(...any) error }) (Account, error) {
+	var a Account
+	var changed, created, started, synced, captured int64
+	err := row.Scan(&a.ID, &a.Name, &a.State, &changed, &created, &a.LegacyPrefix, &a.LegacySeparator,
+		&a.SpecialUseGuessed, &a.LegacyMessages, &a.LegacyBytes, &started, &synced, &captured, &a.LastError)
+	if err != nil {
+		return Account{}, err
+	}
+	a.StateChangedAt, a.CreatedAt = unixTime(changed), unixTime(created)
+	a.CaptureStartedAt, a.LastSyncAt, a.CapturedAt = unixTime(started), unixTime(synced), unixTime(captured)
+	return a, nil
+}
+
+func unixTime(sec int64) time.Time {
+	if sec == 0 {
+		return time.Time{}
+	}
+	return time.Unix(sec, 0).UTC()
+}
+
+func unixOrZero(t time.Time) int64 {
+	if t.IsZero() {
+		return 0
+	}
+	return t.Unix()
+}
+
+// CreateAccount records a new account in state with the password's hash.
+// It fails with ErrExists if the name is taken.
+func (s *Store) CreateAccount(ctx context.Context, name, password string, state State) (Account, error) {
+	name = strings.TrimSpace(name)
+	if name == "" {
+		return Account{}, fmt.Errorf("create account: empty name")
+	}
+	hash, err := HashPassword(password, s.opts.Hash)
+	if err != nil {
+		return Account{}, fmt.Errorf("create account %s: %w", name, err)
+	}
+	now := time.Now().Unix()
+	err = s.writeTx(ctx, func(tx *sql.Tx) error {
+		_, err := tx.ExecContext(ctx,
+			`INSERT INTO accounts (name, password_hash, state, state_changed_at, created_at, capture_started_at)
+			VALUES (?, ?, ?, ?, ?, ?)`,
+			name, hash, state, now, now, now)
+		if isUniqueViolation(err) {
+			return ErrExists
+		}
+		return err
+	})
+	if err != nil {
+		return Account{}, fmt.Errorf("create account %s: %w", name, err)
+	}
+	return s.Account(ctx, name)
+}
+
+// Account returns the account called name (case-insensitive), or
+// ErrNotFound.
+func (s *Store) Account(ctx context.Context, name string) (Account, error) {
+	a, err := scanAccount(s.read.QueryRowContext(ctx, "SELECT "+accountColumns+" FROM accounts WHERE name = ?", name))
+	if errors.Is(err, sql.ErrNoRows) {
+		return Account{}, fmt.Errorf("account %s: %w", name, ErrNotFound)
+	}
+	if err != nil {
+		return Account{}, fmt.Errorf("account %s: %w", name, err)
+	}
+	return a, nil
+}
+
+// Accounts lists every account, by name.
+func (s *Store) Accounts(ctx context.Context) ([]Account, error) {
+	rows, err := s.read.QueryContext(ctx, "SELECT "+accountColumns+" FROM accounts ORDER BY name")
+	if err != nil {
+		return nil, fmt.Errorf("list accounts: %w", err)
+	}
+	defer rows.Close()
+	var out []Account
+	for rows.Next() {
+		a, err := scanAccount(rows)
+		if err != nil {
+			return nil, fmt.Errorf("list accounts: %w", err)
+		}
+		out = append(out, a)
+	}
+	return out, rows.Err()
+}
+
+// StateCounts returns how many accounts are in each state.
+func (s *Store) StateCounts(ctx context.Context) (map[State]int64, error) {
+	rows, err := s.read.QueryContext(ctx, "SELECT state, count(*) FROM accounts GROUP BY state")
+	if err != nil {
+		return nil, fmt.Errorf("count accounts: %w", err)
+	}
+	defer rows.Close()
+	out := map[State]int64{StateCapturing: 0, StateCutover: 0, StateCaptured: 0}
+	for rows.Next() {
+		var st State
+		var n int64
+		if err := rows.Scan(&st, &n); err != nil {
+			return nil, fmt.Errorf("count accounts: %w", err)
+		}
+		out[st] = n
+	}
+	return out, rows.Err()
+}
+
+// VerifyPassword reports whether password matches the account's stored
+// hash. An unknown account verifies nothing (ErrNotFound).
+func (s *Store) VerifyPassword(ctx context.Context, name, password string) (bool, error) {
+	var hash string
+	err := s.read.QueryRowContext(ctx, "SELECT password_hash FROM accounts WHERE name = ?", name).Scan(&hash)
+	if errors.Is(err, sql.ErrNoRows) {
+		return false, fmt.Errorf("account %s: %w", name, ErrNotFound)
+	}
+	if err != nil {
+		return false, fmt.Errorf("account %s: %w", name, err)
+	}
+	return CheckPassword(hash, password), nil
+}
+
+// SetPassword replaces the account's stored hash (after the legacy server
+// accepted a changed password).
+func (s *Store) SetPassword(ctx context.Context, name, password string) error {
+	hash, err := HashPassword(password, s.opts.Hash)
+	if err != nil {
+		return fmt.Errorf("set password %s: %w", name, err)
+	}
+	return s.updateAccount(ctx, name, "password_hash = ?", hash)
+}
+
+// Transition moves the account from one state to another atomically: it
+// fails with ErrStateChanged if the account is not in from.
+func (s *Store) Transition(ctx context.Context, name string, from, to State) error {
+	now := time.Now().Unix()
+	err := s.writeTx(ctx, func(tx *sql.Tx) error {
+		set := "state = ?, state_changed_at = ?"
+		args := []any{to, now}
+		if to == StateCaptured {
+			set += ", captured_at = ?"
+			args = append(args, now)
+		}
+		res, err := tx.ExecContext(ctx, "UPDATE accounts SET "+set+" WHERE name = ? AND state = ?", append(args, name, from)...)
+		if err != nil {
+			return err
+		}
+		if n, _ := res.RowsAffected(); n != 1 {
+			var exists int
+			if err := tx.QueryRowContext(ctx, "SELECT count(*) FROM accounts WHERE name = ?", name).Scan(&exists); err != nil {
+				return err
+			}
+			if exists == 0 {
+				return ErrNotFound
+			}
+			return ErrStateChanged
+		}
+		return nil
+	})
+	if err != nil {
+		return fmt.Errorf("account %s: %s -> %s: %w", name, from, to, err)
+	}
+	return nil
+}
+
+// SetLegacyNamespace records the legacy server's personal namespace prefix,
+// hierarchy separator, and whether special-use attributes were guessed.
+func (s *Store) SetLegacyNamespace(ctx context.Context, name, prefix, separator string, specialUseGuessed bool) error {
+	return s.updateAccount(ctx, name, "legacy_prefix = ?, legacy_separator = ?, special_use_guessed = ?",
+		prefix, separator, specialUseGuessed)
+}
+
+// SetLegacySize records the legacy mailbox's size, as last measured.
+func (s *Store) SetLegacySize(ctx context.Context, name string, messages, bytes int64) error {
+	return s.updateAccount(ctx, name, "legacy_messages = ?, legacy_bytes = ?", messages, bytes)
+}
+
+// RecordSync records the end of a sync pass: its time and its error (""
+// when it succeeded).
+func (s *Store) RecordSync(ctx context.Context, name string, at time.Time, syncErr string) error {
+	if syncErr != "" {
+		return s.updateAccount(ctx, name, "last_error = ?", syncErr)
+	}
+	return s.updateAccount(ctx, name, "last_sync_at = ?, last_error = ''", unixOrZero(at))
+}
+
+func (s *Store) updateAccount(ctx context.Context, name, set string, args ...any) error {
+	err := s.writeTx(ctx, func(tx *sql.Tx) error {
+		res, err := tx.ExecContext(ctx, "UPDATE accounts SET "+set+" WHERE name = ?", append(args, name)...)
+		if err != nil {
+			return err
+		}
+		if n, _ := res.RowsAffected(); n != 1 {
+			return ErrNotFound
+		}
+		return nil
+	})
+	if err != nil {
+		return fmt.Errorf("update account %s: %w", name, err)
+	}
+	return nil
+}
+
+// AccountProgress returns how many messages and bytes are stored for the
+// account.
+func (s *Store) AccountProgress(ctx context.Context, accountID int64) (Progress, error) {
+	var p Progress
+	err := s.read.QueryRowContext(ctx, `SELECT count(*), coalesce(sum(m.size), 0) FROM messages m
+		JOIN mailboxes b ON b.id = m.mailbox_id WHERE b.account_id = ?`, accountID).Scan(&p.Messages, &p.Bytes)
+	if err != nil {
+		return Progress{}, fmt.Errorf("progress of account %d: %w", accountID, err)
+	}
+	return p, nil
+}
+
+// TotalProgress returns how many messages and bytes are stored, and how
+// many the legacy mailboxes of all accounts held when last measured.
+func (s *Store) TotalProgress(ctx context.Context) (stored, legacy Progress, err error) {
+	err = s.read.QueryRowContext(ctx, "SELECT count(*), coalesce(sum(size), 0) FROM messages").Scan(&stored.Messages, &stored.Bytes)
+	if err != nil {
+		return stored, legacy, fmt.Errorf("total progress: %w", err)
+	}
+	err = s.read.QueryRowContext(ctx, "SELECT coalesce(sum(legacy_messages), 0), coalesce(sum(legacy_bytes), 0) FROM accounts").Scan(&legacy.Messages, &legacy.Bytes)
+	if err != nil {
+		return stored, legacy, fmt.Errorf("total progress: %w", err)
+	}
+	return stored, legacy, nil
+}
+
+func isUniqueViolation(err error) bool {
+	return err != nil && strings.Contains(err.Error(), "UNIQUE constraint failed")
+}

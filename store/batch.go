@@ -1,0 +1,342 @@
+package store
+
+import (
+	"bufio"
+	"context"
+	"crypto/sha256"
+	"database/sql"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"hash"
+	"io"
+	"os"
+	"time"
+
+	"mailcapture/mimeinfo"
+)
+
+// NewMessage describes a message to insert.
+type NewMessage struct {
+	MailboxID int64
+	// UID is the UID to give; 0 takes the mailbox's UIDNEXT. The capture
+	// engine passes the legacy UID so clients see the same UIDs.
+	UID uint32
+	// LegacyUID is the legacy UID this copy came from; 0 if none. A second
+	// insert with the same (mailbox, LegacyUID) is a no-op: captures can be
+	// re-run and resumed without storing a message twice.
+	LegacyUID    uint32
+	InternalDate time.Time
+	Flags        []string
+	// POP3UIDL is the legacy server's UIDL for this message; empty means
+	// one is derived from UIDVALIDITY and UID.
+	POP3UIDL string
+}
+
+// Inserted tells what became of one message of a committed batch.
+type Inserted struct {
+	// UID is the message's UID in its mailbox.
+	UID uint32
+	// Duplicate is true when (mailbox, legacy UID) was already stored; the
+	// new copy was discarded.
+	Duplicate bool
+	Size      int64
+	SHA256    [32]byte
+}
+
+// body is a message body written to tmp/ but not yet committed.
+type body struct {
+	id        int64
+	size      int64
+	sum       [32]byte
+	messageID string
+	structure []byte
+}
+
+// writeBody streams r into tmp/<id>, hashing and parsing it on the way, so
+// memory stays flat whatever the message size. The file is not yet synced.
+func (s *Store) writeBody(ctx context.Context, r io.Reader) (body, error) {
+	if s.opts.ReadOnly {
+		return body{}, ErrReadOnly
+	}
+	id, err := s.ids.allocate(ctx)
+	if err != nil {
+		return body{}, err
+	}
+	f, err := os.OpenFile(s.tmpPath(id), os.O_CREATE|os.O_EXCL|os.O_WRONLY, 0o640)
+	if err != nil {
+		return body{}, fmt.Errorf("write body: %w", err)
+	}
+	b, err := fillBody(ctx, f, r)
+	if cerr := f.Close(); err == nil && cerr != nil {
+		err = cerr
+	}
+	if err != nil {
+		os.Remove(f.Name())
+		return body{}, fmt.Errorf("write body: %w", err)
+	}
+	b.id = id
+	return b, nil
+}
+
+func fillBody(ctx context.Context, f *os.File, r io.Reader) (body, error) {
+	w := &bodySink{file: bufio.NewWriterSize(f, 256*1024), hash: sha256.New()}
+	src := io.TeeReader(&ctxReader{ctx: ctx, r: r}, w)
+	parsed, err := mimeinfo.Parse(src)
+	if err != nil {
+		return body{}, err
+	}
+	// Parse reads to the end; drain anyway so the file is always whole.
+	if _, err := io.Copy(io.Discard, src); err != nil {
+		return body{}, err
+	}
+	if err := w.file.Flush(); err != nil {
+		return body{}, err
+	}
+	structure, err := json.Marshal(parsed)
+	if err != nil {
+		return body{}, err
+	}
+	b := body{size: w.n, messageID: parsed.Envelope.MessageID, structure: structure}
+	w.hash.Sum(b.sum[:0])
+	return b, nil
+}
+
+type bodySink struct {
+	file *bufio.Writer
+	hash hash.Hash
+	n    int64
+}
+
+func (w *bodySink) Write(p []byte) (int, error) {
+	n, err := w.file.Write(p)
+	w.hash.Write(p[:n])
+	w.n += int64(n)
+	return n, err
+}
+
+// ctxReader stops a long body copy when its context ends.
+type ctxReader struct {
+	ctx context.Context
+	r   io.Reader
+}
+
+func (c *ctxReader) Read(p []byte) (int, error) {
+	if err := c.ctx.Err(); err != nil {
+		return 0, err
+	}
+	return c.r.Read(p)
+}
+
+// Batch inserts many messages with one filesystem sync and one transaction.
+// Nothing is visible or durable before Commit; Abort (or a crash) leaves no
+// trace. A Batch is used by one goroutine.
+type Batch struct {
+	store  *Store
+	items  []NewMessage
+	bodies []body
+	bytes  int64
+	done   bool
+}
+
+// NewBatch starts a batch.
+func (s *Store) NewBatch() *Batch { return &Batch{store: s} }
+
+// Add streams one message body into the batch.
+func (b *Batch) Add(ctx context.Context, m NewMessage, r io.Reader) error {
+	if b.done {
+		return errors.New("batch already committed or aborted")
+	}
+	bd, err := b.store.writeBody(ctx, r)
+	if err != nil {
+		return err
+	}
+	b.items = append(b.items, m)
+	b.bodies = append(b.bodies, bd)
+	b.bytes += bd.size
+	return nil
+}
+
+// Len returns the number of messages added.
+func (b *Batch) Len() int { return len(b.items) }
+
+// Bytes returns the total size of the bodies added.
+func (b *Batch) Bytes() int64 { return b.bytes }
+
+// Abort discards the batch.
+func (b *Batch) Abort() {
+	if b.done {
+		return
+	}
+	b.done = true
+	for _, bd := range b.bodies {
+		os.Remove(b.store.tmpPath(bd.id))
+	}
+}
+
+// Commit makes the batch durable and visible, and returns one Inserted per
+// message, in the order added. On error nothing of the batch is stored.
+func (b *Batch) Commit(ctx context.Context) ([]Inserted, error) {
+	if b.done {
+		return nil, errors.New("batch already committed or aborted")
+	}
+	defer b.Abort() // removes the tmp files of duplicates and of failures
+	if len(b.items) == 0 {
+		return nil, nil
+	}
+	s := b.store
+	if err := s.syncBodies(); err != nil {
+		return nil, fmt.Errorf("commit batch: sync bodies: %w", err)
+	}
+	out := make([]Inserted, len(b.items))
+	var placed []int64
+	changes := map[int64][]uint32{}
+
+	s.wmu.Lock()
+	defer s.wmu.Unlock()
+	err := s.writeTxLocked(ctx, func(tx *sql.Tx) error {
+		ins, err := tx.PrepareContext(ctx, `INSERT INTO messages
+			(id, mailbox_id, uid, legacy_uid, internal_date, internal_tz, size, flags, pop3_uidl, sha256, message_id, structure)
+			VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`)
+		if err != nil {
+			return err
+		}
+		defer ins.Close()
+		alloc := newUIDAllocator(tx)
+		for i, m := range b.items {
+			bd := b.bodies[i]
+			out[i].Size, out[i].SHA256 = bd.size, bd.sum
+			if m.LegacyUID != 0 {
+				uid, found, err := existingLegacyUID(ctx, tx, m.MailboxID, m.LegacyUID)
+				if err != nil {
+					return err
+				}
+				if found {
+					out[i].UID, out[i].Duplicate = uid, true
+					continue
+				}
+			}
+			uid, err := alloc.take(ctx, m.MailboxID, m.UID)
+			if err != nil {
+				return err
+			}
+			date := m.InternalDate
+			if date.IsZero() {
+				date = time.Now()
+			}
+			_, offset := date.Zone()
+			var uidl any
+			if m.POP3UIDL != "" {
+				uidl = m.POP3UIDL
+			}
+			_, err = ins.ExecContext(ctx, bd.id, m.MailboxID, uid, nullUID(m.LegacyUID), date.Unix(), offset, bd.size,
+				formatFlags(m.Flags), uidl, bd.sum[:], bd.messageID, bd.structure)
+			if err != nil {
+				if isUniqueViolation(err) {
+					return fmt.Errorf("UID %d already used in mailbox %d: %w", uid, m.MailboxID, ErrExists)
+				}
+				return err
+			}
+			out[i].UID = uid
+			placed = append(placed, bd.id)
+			changes[m.MailboxID] = append(changes[m.MailboxID], uid)
+		}
+		return alloc.flush(ctx)
+	})
+	if err != nil {
+		return nil, fmt.Errorf("commit batch: %w", err)
+	}
+	s.placeBlobs(placed)
+	b.bodies = removeIDs(b.bodies, placed)
+	for mbox, uids := range changes {
+		s.watchers.publish(Change{MailboxID: mbox, Kind: MessagesAdded, UIDs: uids})
+	}
+	return out, nil
+}
+
+func removeIDs(bodies []body, ids []int64) []body {
+	gone := make(map[int64]bool, len(ids))
+	for _, id := range ids {
+		gone[id] = true
+	}
+	kept := bodies[:0]
+	for _, bd := range bodies {
+		if !gone[bd.id] {
+			kept = append(kept, bd)
+		}
+	}
+	return kept
+}
+
+func nullUID(uid uint32) any {
+	if uid == 0 {
+		return nil
+	}
+	return uid
+}
+
+func existingLegacyUID(ctx context.Context, tx *sql.Tx, mailboxID int64, legacyUID uint32) (uint32, bool, error) {
+	var uid uint32
+	err := tx.QueryRowContext(ctx, "SELECT uid FROM messages WHERE mailbox_id = ? AND legacy_uid = ?", mailboxID, legacyUID).Scan(&uid)
+	if errors.Is(err, sql.ErrNoRows) {
+		return 0, false, nil
+	}
+	return uid, err == nil, err
+}
+
+// uidAllocator hands out UIDs within one transaction and writes each
+// touched mailbox's UIDNEXT once at the end.
+type uidAllocator struct {
+	tx   *sql.Tx
+	next map[int64]uint32
+}
+
+func newUIDAllocator(tx *sql.Tx) *uidAllocator {
+	return &uidAllocator{tx: tx, next: map[int64]uint32{}}
+}
+
+// take returns want if non-zero (raising UIDNEXT past it), else UIDNEXT.
+func (a *uidAllocator) take(ctx context.Context, mailboxID int64, want uint32) (uint32, error) {
+	next, ok := a.next[mailboxID]
+	if !ok {
+		if err := a.tx.QueryRowContext(ctx, "SELECT uidnext FROM mailboxes WHERE id = ?", mailboxID).Scan(&next); err != nil {
+			if errors.Is(err, sql.ErrNoRows) {
+				return 0, fmt.Errorf("mailbox %d: %w", mailboxID, ErrNotFound)
+			}
+			return 0, err
+		}
+	}
+	uid := want
+	if uid == 0 {
+		uid = next
+	}
+	if uid == 0xffffffff {
+		return 0, fmt.Errorf("mailbox %d: UIDs exhausted", mailboxID)
+	}
+	a.next[mailboxID] = max(next, uid+1)
+	return uid, nil
+}
+
+func (a *uidAllocator) flush(ctx context.Context) error {
+	for id, next := range a.next {
+		if _, err := a.tx.ExecContext(ctx, "UPDATE mailboxes SET uidnext = max(uidnext, ?) WHERE id = ?", next, id); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// Append stores one message in a mailbox with the next UID (IMAP APPEND,
+// local delivery) and returns its UID once it is durable.
+func (s *Store) Append(ctx context.Context, mailboxID int64, r io.Reader, flags []string, date time.Time) (Inserted, error) {
+	b := s.NewBatch()
+	if err := b.Add(ctx, NewMessage{MailboxID: mailboxID, InternalDate: date, Flags: flags}, r); err != nil {
+		b.Abort()
+		return Inserted{}, fmt.Errorf("append to mailbox %d: %w", mailboxID, err)
+	}
+	res, err := b.Commit(ctx)
+	if err != nil {
+		return Inserted{}, fmt.Errorf("append to mailbox %d: %w", mailboxID, err)
+	}
+	return res[0], nil
+}

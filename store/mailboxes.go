@@ -1,0 +1,288 @@
+package store
+
+import (
+	"context"
+	"database/sql"
+	"errors"
+	"fmt"
+	"strings"
+	"time"
+)
+
+// Mailbox is one folder of an account.
+type Mailbox struct {
+	ID          int64
+	AccountID   int64
+	Name        string // full name as clients see it, with the account's separator
+	UIDValidity uint32
+	UIDNext     uint32
+	// SpecialUse holds RFC 6154 attributes ("\Sent", "\Trash", ...).
+	SpecialUse []string
+	Subscribed bool
+	// LegacyUIDValidity is the legacy folder's UIDVALIDITY this mailbox
+	// mirrors; 0 for a mailbox created locally.
+	LegacyUIDValidity uint32
+}
+
+// MailboxSpec describes a mailbox to create.
+type MailboxSpec struct {
+	Name string
+	// UIDValidity 0 chooses a fresh one.
+	UIDValidity uint32
+	// UIDNext 0 means 1.
+	UIDNext           uint32
+	SpecialUse        []string
+	Subscribed        bool
+	LegacyUIDValidity uint32
+}
+
+// MailboxStatus is what STATUS and SELECT report.
+type MailboxStatus struct {
+	Messages    uint32
+	Unseen      uint32
+	Deleted     uint32
+	Size        int64
+	UIDNext     uint32
+	UIDValidity uint32
+}
+
+const mailboxColumns = "id, account_id, name, uidvalidity, uidnext, special_use, subscribed, legacy_uidvalidity"
+
+func scanMailbox(row interface{ Scan(...any) error }) (Mailbox, error) {
+	var m Mailbox
+	var special string
+	err := row.Scan(&m.ID, &m.AccountID, &m.Name, &m.UIDValidity, &m.UIDNext, &special, &m.Subscribed, &m.LegacyUIDValidity)
+	if special != "" {
+		m.SpecialUse = strings.Fields(special)
+	}
+	return m, err
+}
+
+// normalizeMailboxName makes INBOX case-insensitive, as RFC 3501 says.
+func normalizeMailboxName(name string) string {
+	if strings.EqualFold(name, "INBOX") {
+		return "INBOX"
+	}
+	return name
+}
+
+// CreateMailbox creates a mailbox; ErrExists if the name is taken.
+func (s *Store) CreateMailbox(ctx context.Context, accountID int64, spec MailboxSpec) (Mailbox, error) {
+	name := normalizeMailboxName(spec.Name)
+	if name == "" {
+		return Mailbox{}, fmt.Errorf("create mailbox: empty name")
+	}
+	uidnext := max(spec.UIDNext, 1)
+	var id int64
+	err := s.writeTx(ctx, func(tx *sql.Tx) error {
+		uidvalidity := spec.UIDValidity
+		if uidvalidity == 0 {
+			var err error
+			if uidvalidity, err = freshUIDValidity(ctx, tx, accountID); err != nil {
+				return err
+			}
+		}
+		res, err := tx.ExecContext(ctx, `INSERT INTO mailboxes (account_id, name, uidvalidity, uidnext, special_use, subscribed, legacy_uidvalidity)
+			VALUES (?, ?, ?, ?, ?, ?, ?)`, accountID, name, uidvalidity, uidnext, strings.Join(spec.SpecialUse, " "), spec.Subscribed, spec.LegacyUIDValidity)
+		if isUniqueViolation(err) {
+			return ErrExists
+		}
+		if err != nil {
+			return err
+		}
+		id, err = res.LastInsertId()
+		return err
+	})
+	if err != nil {
+		return Mailbox{}, fmt.Errorf("create mailbox %q: %w", name, err)
+	}
+	return s.MailboxByID(ctx, id)
+}
+
+// freshUIDValidity picks a UIDVALIDITY from the clock, above every one the
+// account uses, so a recreated name never reuses an old value.
+func freshUIDValidity(ctx context.Context, tx *sql.Tx, accountID int64) (uint32, error) {
+	var highest uint32
+	if err := tx.QueryRowContext(ctx, "SELECT coalesce(max(uidvalidity), 0) FROM mailboxes WHERE account_id = ?", accountID).Scan(&highest); err != nil {
+		return 0, err
+	}
+	v := uint32(time.Now().Unix())
+	if v <= highest {
+		v = highest + 1
+	}
+	return v, nil
+}
+
+// MailboxByID returns a mailbox or ErrNotFound.
+func (s *Store) MailboxByID(ctx context.Context, id int64) (Mailbox, error) {
+	m, err := scanMailbox(s.read.QueryRowContext(ctx, "SELECT "+mailboxColumns+" FROM mailboxes WHERE id = ?", id))
+	if errors.Is(err, sql.ErrNoRows) {
+		return Mailbox{}, fmt.Errorf("mailbox %d: %w", id, ErrNotFound)
+	}
+	return m, err
+}
+
+// MailboxByName returns the account's mailbox called name, or ErrNotFound.
+func (s *Store) MailboxByName(ctx context.Context, accountID int64, name string) (Mailbox, error) {
+	name = normalizeMailboxName(name)
+	m, err := scanMailbox(s.read.QueryRowContext(ctx, "SELECT "+mailboxColumns+" FROM mailboxes WHERE account_id = ? AND name = ?", accountID, name))
+	if errors.Is(err, sql.ErrNoRows) {
+		return Mailbox{}, fmt.Errorf("mailbox %q: %w", name, ErrNotFound)
+	}
+	return m, err
+}
+
+// Mailboxes lists the account's mailboxes by name.
+func (s *Store) Mailboxes(ctx context.Context, accountID int64) ([]Mailbox, error) {
+	rows, err := s.read.QueryContext(ctx, "SELECT "+mailboxColumns+" FROM mailboxes WHERE account_id = ? ORDER BY name", accountID)
+	if err != nil {
+		return nil, fmt.Errorf("list mailboxes: %w", err)
+	}
+	defer rows.Close()
+	var out []Mailbox
+	for rows.Next() {
+		m, err := scanMailbox(rows)
+		if err != nil {
+			return nil, fmt.Errorf("list mailboxes: %w", err)
+		}
+		out = append(out, m)
+	}
+	return out, rows.Err()
+}
+
+// UpdateMailbox sets the mailbox's special-use attributes and subscription
+// and raises UIDNEXT to at least uidnext (it never lowers it: invariant 4).
+func (s *Store) UpdateMailbox(ctx context.Context, id int64, specialUse []string, subscribed bool, uidnext uint32) error {
+	err := s.writeTx(ctx, func(tx *sql.Tx) error {
+		res, err := tx.ExecContext(ctx, "UPDATE mailboxes SET special_use = ?, subscribed = ?, uidnext = max(uidnext, ?) WHERE id = ?",
+			strings.Join(specialUse, " "), subscribed, uidnext, id)
+		if err != nil {
+			return err
+		}
+		if n, _ := res.RowsAffected(); n != 1 {
+			return ErrNotFound
+		}
+		return nil
+	})
+	if err != nil {
+		return fmt.Errorf("update mailbox %d: %w", id, err)
+	}
+	return nil
+}
+
+// SetSubscribed changes the subscription of the account's mailbox name.
+func (s *Store) SetSubscribed(ctx context.Context, accountID int64, name string, subscribed bool) error {
+	name = normalizeMailboxName(name)
+	err := s.writeTx(ctx, func(tx *sql.Tx) error {
+		res, err := tx.ExecContext(ctx, "UPDATE mailboxes SET subscribed = ? WHERE account_id = ? AND name = ?", subscribed, accountID, name)
+		if err != nil {
+			return err
+		}
+		if n, _ := res.RowsAffected(); n != 1 {
+			return ErrNotFound
+		}
+		return nil
+	})
+	if err != nil {
+		return fmt.Errorf("subscribe %q: %w", name, err)
+	}
+	return nil
+}
+
+// RenameMailbox renames a mailbox and its children (names starting with
+// oldName+separator). The mailboxes keep their UIDVALIDITY: their messages
+// and UIDs are unchanged. Renaming INBOX is refused here; the IMAP layer
+// implements RFC 3501's move-the-messages semantics on top of MoveMessages.
+func (s *Store) RenameMailbox(ctx context.Context, accountID int64, oldName, newName, separator string) error {
+	oldName, newName = normalizeMailboxName(oldName), normalizeMailboxName(newName)
+	if oldName == "INBOX" {
+		return fmt.Errorf("rename INBOX: not supported by the store")
+	}
+	err := s.writeTx(ctx, func(tx *sql.Tx) error {
+		var taken int
+		if err := tx.QueryRowContext(ctx, "SELECT count(*) FROM mailboxes WHERE account_id = ? AND name = ?", accountID, newName).Scan(&taken); err != nil {
+			return err
+		}
+		if taken > 0 {
+			return ErrExists
+		}
+		res, err := tx.ExecContext(ctx, "UPDATE mailboxes SET name = ? WHERE account_id = ? AND name = ?", newName, accountID, oldName)
+		if err != nil {
+			return err
+		}
+		if n, _ := res.RowsAffected(); n != 1 {
+			return ErrNotFound
+		}
+		if separator == "" {
+			return nil
+		}
+		prefix := oldName + separator
+		_, err = tx.ExecContext(ctx, `UPDATE mailboxes SET name = ? || substr(name, ?) WHERE account_id = ? AND substr(name, 1, ?) = ?`,
+			newName+separator, len(prefix)+1, accountID, len(prefix), prefix)
+		return err
+	})
+	if err != nil {
+		return fmt.Errorf("rename mailbox %q to %q: %w", oldName, newName, err)
+	}
+	return nil
+}
+
+// DeleteMailbox removes a mailbox and its messages (their bodies are
+// unlinked after the commit).
+func (s *Store) DeleteMailbox(ctx context.Context, id int64) error {
+	s.wmu.Lock()
+	defer s.wmu.Unlock()
+	var uids []uint32
+	err := s.writeTxLocked(ctx, func(tx *sql.Tx) error {
+		var err error
+		if uids, err = queryUIDs(ctx, tx, "SELECT uid FROM messages WHERE mailbox_id = ? ORDER BY uid", id); err != nil {
+			return err
+		}
+		if _, err := tx.ExecContext(ctx, "INSERT INTO unlink_queue (blob_id) SELECT id FROM messages WHERE mailbox_id = ?", id); err != nil {
+			return err
+		}
+		if _, err := tx.ExecContext(ctx, "DELETE FROM messages WHERE mailbox_id = ?", id); err != nil {
+			return err
+		}
+		res, err := tx.ExecContext(ctx, "DELETE FROM mailboxes WHERE id = ?", id)
+		if err != nil {
+			return err
+		}
+		if n, _ := res.RowsAffected(); n != 1 {
+			return ErrNotFound
+		}
+		return nil
+	})
+	if err != nil {
+		return fmt.Errorf("delete mailbox %d: %w", id, err)
+	}
+	s.watchers.publish(Change{MailboxID: id, Kind: MailboxDeleted, UIDs: uids})
+	if err := s.unlinkQueued(ctx); err != nil {
+		s.log.Error("store: unlink bodies of deleted mailbox", "mailbox", id, "err", err)
+	}
+	return nil
+}
+
+// Status returns the counts STATUS and SELECT report.
+func (s *Store) Status(ctx context.Context, mailboxID int64) (MailboxStatus, error) {
+	var st MailboxStatus
+	err := s.read.QueryRowContext(ctx, `SELECT
+		(SELECT count(*) FROM messages WHERE mailbox_id = b.id),
+		(SELECT count(*) FROM messages WHERE mailbox_id = b.id AND NOT `+hasFlagSQL+`),
+		(SELECT count(*) FROM messages WHERE mailbox_id = b.id AND `+hasFlagSQL+`),
+		(SELECT coalesce(sum(size), 0) FROM messages WHERE mailbox_id = b.id),
+		b.uidnext, b.uidvalidity
+		FROM mailboxes b WHERE b.id = ?`, `\Seen`, `\Deleted`, mailboxID).Scan(
+		&st.Messages, &st.Unseen, &st.Deleted, &st.Size, &st.UIDNext, &st.UIDValidity)
+	if errors.Is(err, sql.ErrNoRows) {
+		return st, fmt.Errorf("status of mailbox %d: %w", mailboxID, ErrNotFound)
+	}
+	if err != nil {
+		return st, fmt.Errorf("status of mailbox %d: %w", mailboxID, err)
+	}
+	return st, nil
+}
+
+// hasFlagSQL is true when the flags column holds the flag bound to its
+// placeholder (case-insensitive, as IMAP flags are).
+const hasFlagSQL = "instr(' ' || lower(flags) || ' ', ' ' || lower(?) || ' ') > 0"

@@ -1,0 +1,436 @@
+package store
+
+import (
+	"context"
+	"database/sql"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"sort"
+	"strings"
+	"time"
+
+	"mailcapture/mimeinfo"
+)
+
+// Message is a stored message's metadata.
+type Message struct {
+	// ID identifies the message and its body file.
+	ID           int64
+	MailboxID    int64
+	UID          uint32
+	LegacyUID    uint32 // 0 if delivered locally
+	InternalDate time.Time
+	Size         int64
+	Flags        []string
+	POP3UIDL     string // the legacy UIDL, or "" (see UIDL)
+	SHA256       [32]byte
+	MessageID    string
+}
+
+// UIDRange is an inclusive range of UIDs.
+type UIDRange struct{ Start, Stop uint32 }
+
+// AllUIDs covers every UID.
+var AllUIDs = []UIDRange{{1, 0xffffffff}}
+
+const messageColumns = "id, mailbox_id, uid, coalesce(legacy_uid, 0), internal_date, internal_tz, size, flags, coalesce(pop3_uidl, ''), sha256, message_id"
+
+func scanMessage(row interface{ Scan(...any) error }) (Message, error) {
+	var m Message
+	var date int64
+	var tz int
+	var flags string
+	var sum []byte
+	if err := row.Scan(&m.ID, &m.MailboxID, &m.UID, &m.LegacyUID, &date, &tz, &m.Size, &flags, &m.POP3UIDL, &sum, &m.MessageID); err != nil {
+		return Message{}, err
+	}
+	m.InternalDate = time.Unix(date, 0).In(zoneFor(tz))
+	m.Flags = parseFlags(flags)
+	copy(m.SHA256[:], sum)
+	return m, nil
+}
+
+func zoneFor(offset int) *time.Location {
+	if offset == 0 {
+		return time.UTC
+	}
+	return time.FixedZone("", offset)
+}
+
+// rangeSQL turns UID ranges into a WHERE fragment and its arguments.
+func rangeSQL(ranges []UIDRange) (string, []any) {
+	if len(ranges) == 0 {
+		return "0", nil
+	}
+	var parts []string
+	var args []any
+	for _, r := range ranges {
+		lo, hi := min(r.Start, r.Stop), max(r.Start, r.Stop)
+		parts = append(parts, "uid BETWEEN ? AND ?")
+		args = append(args, lo, hi)
+	}
+	return "(" + strings.Join(parts, " OR ") + ")", args
+}
+
+// Messages returns the metadata of the messages of a mailbox whose UIDs are
+// in ranges, by UID.
+func (s *Store) Messages(ctx context.Context, mailboxID int64, ranges []UIDRange) ([]Message, error) {
+	where, args := rangeSQL(ranges)
+	rows, err := s.read.QueryContext(ctx, "SELECT "+messageColumns+" FROM messages WHERE mailbox_id = ? AND "+where+" ORDER BY uid",
+		append([]any{mailboxID}, args...)...)
+	if err != nil {
+		return nil, fmt.Errorf("messages of mailbox %d: %w", mailboxID, err)
+	}
+	defer rows.Close()
+	var out []Message
+	for rows.Next() {
+		m, err := scanMessage(rows)
+		if err != nil {
+			return nil, fmt.Errorf("messages of mailbox %d: %w", mailboxID, err)
+		}
+		out = append(out, m)
+	}
+	return out, rows.Err()
+}
+
+// UIDs returns the mailbox's UIDs in ascending order: sequence number n is
+// UIDs[n-1].
+func (s *Store) UIDs(ctx context.Context, mailboxID int64) ([]uint32, error) {
+	uids, err := queryUIDs(ctx, s.read, "SELECT uid FROM messages WHERE mailbox_id = ? ORDER BY uid", mailboxID)
+	if err != nil {
+		return nil, fmt.Errorf("UIDs of mailbox %d: %w", mailboxID, err)
+	}
+	return uids, nil
+}
+
+type queryer interface {
+	QueryContext(ctx context.Context, query string, args ...any) (*sql.Rows, error)
+}
+
+func queryUIDs(ctx context.Context, q queryer, query string, args ...any) ([]uint32, error) {
+	rows, err := q.QueryContext(ctx, query, args...)
+	if err != nil {
+		return nil, err
+	}
+	defer rows.Close()
+	var out []uint32
+	for rows.Next() {
+		var uid uint32
+		if err := rows.Scan(&uid); err != nil {
+			return nil, err
+		}
+		out = append(out, uid)
+	}
+	return out, rows.Err()
+}
+
+// SeqRange resolves 1-based sequence numbers (inclusive, in any order)
+// against a UID list from UIDs; out-of-range numbers are clamped.
+func SeqRange(uids []uint32, start, stop uint32) UIDRange {
+	if len(uids) == 0 {
+		return UIDRange{}
+	}
+	lo, hi := min(start, stop), max(start, stop)
+	lo = max(lo, 1)
+	hi = min(hi, uint32(len(uids)))
+	if lo > hi {
+		return UIDRange{}
+	}
+	return UIDRange{uids[lo-1], uids[hi-1]}
+}
+
+// Structure returns the cached envelope and MIME structure of a message.
+func (s *Store) Structure(ctx context.Context, messageID int64) (*mimeinfo.Message, error) {
+	var raw []byte
+	err := s.read.QueryRowContext(ctx, "SELECT structure FROM messages WHERE id = ?", messageID).Scan(&raw)
+	if errors.Is(err, sql.ErrNoRows) {
+		return nil, fmt.Errorf("message %d: %w", messageID, ErrNotFound)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("message %d: %w", messageID, err)
+	}
+	var m mimeinfo.Message
+	if err := json.Unmarshal(raw, &m); err != nil {
+		return nil, fmt.Errorf("message %d: cached structure: %w", messageID, err)
+	}
+	return &m, nil
+}
+
+// OpenBody opens a stored message body for reading. Bodies are immutable.
+func (s *Store) OpenBody(messageID int64) (*os.File, error) {
+	f, err := s.openBlob(messageID)
+	if err != nil {
+		return nil, fmt.Errorf("open body of message %d: %w", messageID, err)
+	}
+	return f, nil
+}
+
+// FlagOp says how StoreFlags combines flags.
+type FlagOp int
+
+// The IMAP STORE operations.
+const (
+	FlagsAdd FlagOp = iota
+	FlagsRemove
+	FlagsReplace
+)
+
+// FlagUpdate is one message whose flags changed.
+type FlagUpdate struct {
+	UID   uint32
+	Flags []string
+}
+
+// StoreFlags changes the flags of the messages in ranges and returns those
+// whose flags actually changed, with their new flags.
+func (s *Store) StoreFlags(ctx context.Context, mailboxID int64, ranges []UIDRange, op FlagOp, flags []string) ([]FlagUpdate, error) {
+	var updates []FlagUpdate
+	s.wmu.Lock()
+	defer s.wmu.Unlock()
+	err := s.writeTxLocked(ctx, func(tx *sql.Tx) error {
+		where, args := rangeSQL(ranges)
+		rows, err := tx.QueryContext(ctx, "SELECT uid, flags FROM messages WHERE mailbox_id = ? AND "+where+" ORDER BY uid",
+			append([]any{mailboxID}, args...)...)
+		if err != nil {
+			return err
+		}
+		type row struct {
+			uid   uint32
+			flags string
+		}
+		var current []row
+		for rows.Next() {
+			var r row
+			if err := rows.Scan(&r.uid, &r.flags); err != nil {
+				rows.Close()
+				return err
+			}
+			current = append(current, r)
+		}
+		rows.Close()
+		if err := rows.Err(); err != nil {
+			return err
+		}
+		for _, r := range current {
+			next := applyFlags(parseFlags(r.flags), op, flags)
+			formatted := formatFlags(next)
+			if formatted == r.flags {
+				continue
+			}
+			if _, err := tx.ExecContext(ctx, "UPDATE messages SET flags = ? WHERE mailbox_id = ? AND uid = ?", formatted, mailboxID, r.uid); err != nil {
+				return err
+			}
+			updates = append(updates, FlagUpdate{UID: r.uid, Flags: next})
+		}
+		return nil
+	})
+	if err != nil {
+		return nil, fmt.Errorf("store flags in mailbox %d: %w", mailboxID, err)
+	}
+	if len(updates) > 0 {
+		s.watchers.publish(Change{MailboxID: mailboxID, Kind: FlagsChanged, Flags: updates})
+	}
+	return updates, nil
+}
+
+// Expunge deletes the messages of a mailbox whose UIDs are listed and
+// returns the UIDs deleted. IMAP EXPUNGE passes the \Deleted ones (see
+// Search), POP3 QUIT the ones marked with DELE.
+func (s *Store) Expunge(ctx context.Context, mailboxID int64, uids []uint32) ([]uint32, error) {
+	if len(uids) == 0 {
+		return nil, nil
+	}
+	s.wmu.Lock()
+	defer s.wmu.Unlock()
+	var gone []uint32
+	err := s.writeTxLocked(ctx, func(tx *sql.Tx) error {
+		var err error
+		gone, err = expungeTx(ctx, tx, mailboxID, uids)
+		return err
+	})
+	if err != nil {
+		return nil, fmt.Errorf("expunge in mailbox %d: %w", mailboxID, err)
+	}
+	s.afterExpunge(ctx, mailboxID, gone)
+	return gone, nil
+}
+
+func expungeTx(ctx context.Context, tx *sql.Tx, mailboxID int64, uids []uint32) ([]uint32, error) {
+	var gone []uint32
+	for _, uid := range uids {
+		var id int64
+		err := tx.QueryRowContext(ctx, "DELETE FROM messages WHERE mailbox_id = ? AND uid = ? RETURNING id", mailboxID, uid).Scan(&id)
+		if errors.Is(err, sql.ErrNoRows) {
+			continue
+		}
+		if err != nil {
+			return nil, err
+		}
+		if _, err := tx.ExecContext(ctx, "INSERT INTO unlink_queue (blob_id) VALUES (?)", id); err != nil {
+			return nil, err
+		}
+		gone = append(gone, uid)
+	}
+	sort.Slice(gone, func(i, j int) bool { return gone[i] < gone[j] })
+	return gone, nil
+}
+
+// afterExpunge notifies and unlinks; called with wmu held after commit.
+func (s *Store) afterExpunge(ctx context.Context, mailboxID int64, gone []uint32) {
+	if len(gone) == 0 {
+		return
+	}
+	s.watchers.publish(Change{MailboxID: mailboxID, Kind: MessagesExpunged, UIDs: gone})
+	if err := s.unlinkQueued(ctx); err != nil {
+		// The queue is retried at the next Open; the rows are gone already.
+		s.log.Error("store: unlink expunged bodies", "mailbox", mailboxID, "err", err)
+	}
+}
+
+// CopyResult maps a source UID to the UID of its copy (RFC 4315 COPYUID).
+type CopyResult struct {
+	SourceUIDs []uint32
+	DestUIDs   []uint32
+	// DestUIDValidity is the destination mailbox's UIDVALIDITY.
+	DestUIDValidity uint32
+}
+
+// Copy copies messages to another mailbox with fresh UIDs. Bodies are hard
+// links of the originals: no bytes are copied.
+func (s *Store) Copy(ctx context.Context, srcMailbox int64, uids []uint32, dstMailbox int64) (CopyResult, error) {
+	return s.copyOrMove(ctx, srcMailbox, uids, dstMailbox, false)
+}
+
+// Move moves messages to another mailbox (RFC 6851): copy and expunge in
+// one transaction.
+func (s *Store) Move(ctx context.Context, srcMailbox int64, uids []uint32, dstMailbox int64) (CopyResult, error) {
+	return s.copyOrMove(ctx, srcMailbox, uids, dstMailbox, true)
+}
+
+func (s *Store) copyOrMove(ctx context.Context, src int64, uids []uint32, dst int64, move bool) (CopyResult, error) {
+	var res CopyResult
+	what := "copy"
+	if move {
+		what = "move"
+	}
+	srcMsgs, err := s.messagesByUID(ctx, src, uids)
+	if err != nil {
+		return res, fmt.Errorf("%s from mailbox %d: %w", what, src, err)
+	}
+	if len(srcMsgs) == 0 {
+		return res, nil
+	}
+	// Link the bodies under new ids in tmp/ (ids are taken before the
+	// writer lock, as always).
+	newIDs := make([]int64, len(srcMsgs))
+	cleanup := func() {
+		for _, id := range newIDs {
+			if id != 0 {
+				os.Remove(s.tmpPath(id))
+			}
+		}
+	}
+	for i, m := range srcMsgs {
+		id, err := s.ids.allocate(ctx)
+		if err != nil {
+			cleanup()
+			return res, fmt.Errorf("%s: %w", what, err)
+		}
+		newIDs[i] = id
+		if err := s.linkBlob(m.ID, id); err != nil {
+			cleanup()
+			return res, fmt.Errorf("%s message %d: %w", what, m.UID, err)
+		}
+	}
+	if err := s.syncBodies(); err != nil {
+		cleanup()
+		return res, fmt.Errorf("%s: sync: %w", what, err)
+	}
+	s.wmu.Lock()
+	defer s.wmu.Unlock()
+	var gone []uint32
+	err = s.writeTxLocked(ctx, func(tx *sql.Tx) error {
+		res = CopyResult{}
+		if err := tx.QueryRowContext(ctx, "SELECT uidvalidity FROM mailboxes WHERE id = ?", dst).Scan(&res.DestUIDValidity); err != nil {
+			if errors.Is(err, sql.ErrNoRows) {
+				return fmt.Errorf("destination mailbox %d: %w", dst, ErrNotFound)
+			}
+			return err
+		}
+		alloc := newUIDAllocator(tx)
+		for i, m := range srcMsgs {
+			uid, err := alloc.take(ctx, dst, 0)
+			if err != nil {
+				return err
+			}
+			_, err = tx.ExecContext(ctx, `INSERT INTO messages
+				(id, mailbox_id, uid, legacy_uid, internal_date, internal_tz, size, flags, pop3_uidl, sha256, message_id, structure)
+				SELECT ?, ?, ?, NULL, internal_date, internal_tz, size, flags, NULL, sha256, message_id, structure
+				FROM messages WHERE id = ?`, newIDs[i], dst, uid, m.ID)
+			if err != nil {
+				return err
+			}
+			res.SourceUIDs = append(res.SourceUIDs, m.UID)
+			res.DestUIDs = append(res.DestUIDs, uid)
+		}
+		if err := alloc.flush(ctx); err != nil {
+			return err
+		}
+		if move {
+			var err error
+			gone, err = expungeTx(ctx, tx, src, res.SourceUIDs)
+			return err
+		}
+		return nil
+	})
+	if err != nil {
+		cleanup()
+		return CopyResult{}, fmt.Errorf("%s from mailbox %d to %d: %w", what, src, dst, err)
+	}
+	s.placeBlobs(newIDs)
+	s.watchers.publish(Change{MailboxID: dst, Kind: MessagesAdded, UIDs: res.DestUIDs})
+	s.afterExpunge(ctx, src, gone)
+	return res, nil
+}
+
+func (s *Store) messagesByUID(ctx context.Context, mailboxID int64, uids []uint32) ([]Message, error) {
+	ranges := make([]UIDRange, len(uids))
+	for i, u := range uids {
+		ranges[i] = UIDRange{u, u}
+	}
+	var out []Message
+	// Bounded statements: SQLite limits the number of parameters.
+	for len(ranges) > 0 {
+		n := min(len(ranges), 400)
+		part, err := s.Messages(ctx, mailboxID, ranges[:n])
+		if err != nil {
+			return nil, err
+		}
+		out = append(out, part...)
+		ranges = ranges[n:]
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i].UID < out[j].UID })
+	return out, nil
+}
+
+// linkBlob makes tmp/<dst> a hard link of the body of src.
+func (s *Store) linkBlob(src, dst int64) error {
+	err := os.Link(s.blobPath(src), s.tmpPath(dst))
+	if errors.Is(err, os.ErrNotExist) {
+		err = os.Link(s.tmpPath(src), s.tmpPath(dst))
+	}
+	return err
+}
+
+// ReadBody returns a whole body; for tests and small messages only.
+func (s *Store) ReadBody(messageID int64) ([]byte, error) {
+	f, err := s.OpenBody(messageID)
+	if err != nil {
+		return nil, err
+	}
+	defer f.Close()
+	return io.ReadAll(f)
+}

@@ -1,0 +1,122 @@
+package store
+
+import (
+	"context"
+	"database/sql"
+	"fmt"
+)
+
+// migrations are applied in order; the index+1 is the schema version.
+// Never edit a released migration: append a new one.
+var migrations = []string{
+	// 1: the initial schema.
+	`
+CREATE TABLE accounts (
+	id                  INTEGER PRIMARY KEY,
+	name                TEXT NOT NULL UNIQUE COLLATE NOCASE,
+	password_hash       TEXT NOT NULL DEFAULT '',
+	state               TEXT NOT NULL CHECK (state IN ('capturing', 'cutover', 'captured')),
+	state_changed_at    INTEGER NOT NULL,
+	created_at          INTEGER NOT NULL,
+	legacy_prefix       TEXT NOT NULL DEFAULT '',
+	legacy_separator    TEXT NOT NULL DEFAULT '/',
+	special_use_guessed INTEGER NOT NULL DEFAULT 0,
+	legacy_messages     INTEGER NOT NULL DEFAULT 0,
+	legacy_bytes        INTEGER NOT NULL DEFAULT 0,
+	capture_started_at  INTEGER NOT NULL DEFAULT 0,
+	last_sync_at        INTEGER NOT NULL DEFAULT 0,
+	captured_at         INTEGER NOT NULL DEFAULT 0,
+	last_error          TEXT NOT NULL DEFAULT ''
+);
+
+CREATE TABLE mailboxes (
+	id                 INTEGER PRIMARY KEY,
+	account_id         INTEGER NOT NULL REFERENCES accounts(id) ON DELETE CASCADE,
+	name               TEXT NOT NULL,
+	uidvalidity        INTEGER NOT NULL CHECK (uidvalidity > 0),
+	uidnext            INTEGER NOT NULL CHECK (uidnext > 0),
+	special_use        TEXT NOT NULL DEFAULT '',
+	subscribed         INTEGER NOT NULL DEFAULT 0,
+	legacy_uidvalidity INTEGER NOT NULL DEFAULT 0,
+	UNIQUE (account_id, name)
+);
+
+CREATE TABLE messages (
+	id            INTEGER PRIMARY KEY,
+	mailbox_id    INTEGER NOT NULL REFERENCES mailboxes(id),
+	uid           INTEGER NOT NULL,
+	legacy_uid    INTEGER,
+	internal_date INTEGER NOT NULL,
+	internal_tz   INTEGER NOT NULL,
+	size          INTEGER NOT NULL,
+	flags         TEXT NOT NULL DEFAULT '',
+	pop3_uidl     TEXT,
+	sha256        BLOB NOT NULL,
+	message_id    TEXT NOT NULL DEFAULT '',
+	structure     BLOB NOT NULL,
+	UNIQUE (mailbox_id, uid),
+	UNIQUE (mailbox_id, legacy_uid)
+);
+CREATE INDEX messages_message_id ON messages (mailbox_id, message_id);
+
+CREATE TABLE spool (
+	id              INTEGER PRIMARY KEY,
+	route           TEXT NOT NULL CHECK (route IN ('legacy', 'hold')),
+	account_id      INTEGER REFERENCES accounts(id),
+	sender          TEXT NOT NULL,
+	recipients      TEXT NOT NULL,
+	size            INTEGER NOT NULL,
+	sha256          BLOB NOT NULL,
+	message_id      TEXT NOT NULL DEFAULT '',
+	structure       BLOB NOT NULL,
+	received_at     INTEGER NOT NULL,
+	attempts        INTEGER NOT NULL DEFAULT 0,
+	next_attempt_at INTEGER NOT NULL,
+	last_error      TEXT NOT NULL DEFAULT ''
+);
+CREATE INDEX spool_due ON spool (route, next_attempt_at);
+
+-- Body files whose rows are gone; removed after the deleting commit, and
+-- again at start-up if a crash came in between.
+CREATE TABLE unlink_queue (
+	blob_id INTEGER PRIMARY KEY
+);
+
+-- Blob ids are reserved in ranges, so an id is never given twice, even
+-- after a crash.
+CREATE TABLE blob_ids (
+	reserved_up_to INTEGER NOT NULL
+);
+INSERT INTO blob_ids VALUES (0);
+`,
+}
+
+// migrate brings the schema to the newest version, one transaction per
+// migration.
+func migrate(ctx context.Context, db *sql.DB) error {
+	var version int
+	if err := db.QueryRowContext(ctx, "PRAGMA user_version").Scan(&version); err != nil {
+		return fmt.Errorf("read schema version: %w", err)
+	}
+	if version > len(migrations) {
+		return fmt.Errorf("schema version %d is newer than this mailcapture knows (%d): refusing to run an older binary on a newer store", version, len(migrations))
+	}
+	for v := version; v < len(migrations); v++ {
+		tx, err := db.BeginTx(ctx, nil)
+		if err != nil {
+			return fmt.Errorf("migration %d: %w", v+1, err)
+		}
+		if _, err := tx.ExecContext(ctx, migrations[v]); err != nil {
+			tx.Rollback()
+			return fmt.Errorf("migration %d: %w", v+1, err)
+		}
+		if _, err := tx.ExecContext(ctx, fmt.Sprintf("PRAGMA user_version = %d", v+1)); err != nil {
+			tx.Rollback()
+			return fmt.Errorf("migration %d: %w", v+1, err)
+		}
+		if err := tx.Commit(); err != nil {
+			return fmt.Errorf("migration %d: %w", v+1, err)
+		}
+	}
+	return nil
+}

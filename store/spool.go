@@ -1,0 +1,274 @@
+package store
+
+import (
+	"context"
+	"database/sql"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"time"
+)
+
+// SpoolRoute says what the relay does with a spooled message.
+type SpoolRoute string
+
+// The spool routes.
+const (
+	// RouteLegacy messages are relayed to the legacy server.
+	RouteLegacy SpoolRoute = "legacy"
+	// RouteHold messages wait for their account's cut-over to end, then
+	// are delivered locally.
+	RouteHold SpoolRoute = "hold"
+)
+
+// SpoolEntry is one spooled message.
+type SpoolEntry struct {
+	ID            int64
+	Route         SpoolRoute
+	AccountID     int64 // for RouteHold
+	From          string
+	To            []string
+	Size          int64
+	MessageID     string
+	ReceivedAt    time.Time
+	Attempts      int
+	NextAttemptAt time.Time
+	LastError     string
+}
+
+// Envelope is an SMTP envelope.
+type Envelope struct {
+	From string
+	To   []string
+}
+
+const spoolColumns = "id, route, coalesce(account_id, 0), sender, recipients, size, message_id, received_at, attempts, next_attempt_at, last_error"
+
+func scanSpool(row interface{ Scan(...any) error }) (SpoolEntry, error) {
+	var e SpoolEntry
+	var rcpts string
+	var received, next int64
+	if err := row.Scan(&e.ID, &e.Route, &e.AccountID, &e.From, &rcpts, &e.Size, &e.MessageID, &received, &e.Attempts, &next, &e.LastError); err != nil {
+		return e, err
+	}
+	e.ReceivedAt, e.NextAttemptAt = time.Unix(received, 0).UTC(), time.Unix(next, 0).UTC()
+	return e, json.Unmarshal([]byte(rcpts), &e.To)
+}
+
+// Enqueue spools a message. When it returns without error the message is
+// durable (the SMTP server may answer 250). accountID is the held
+// account for RouteHold, 0 otherwise.
+func (s *Store) Enqueue(ctx context.Context, route SpoolRoute, accountID int64, env Envelope, r io.Reader) (SpoolEntry, error) {
+	if len(env.To) == 0 {
+		return SpoolEntry{}, errors.New("enqueue: no recipients")
+	}
+	bd, err := s.writeBody(ctx, r)
+	if err != nil {
+		return SpoolEntry{}, fmt.Errorf("enqueue: %w", err)
+	}
+	fail := func(err error) (SpoolEntry, error) {
+		os.Remove(s.tmpPath(bd.id))
+		return SpoolEntry{}, fmt.Errorf("enqueue: %w", err)
+	}
+	if err := s.syncBodies(); err != nil {
+		return fail(err)
+	}
+	rcpts, err := json.Marshal(env.To)
+	if err != nil {
+		return fail(err)
+	}
+	var account any
+	if accountID != 0 {
+		account = accountID
+	}
+	now := time.Now()
+	s.wmu.Lock()
+	defer s.wmu.Unlock()
+	err = s.writeTxLocked(ctx, func(tx *sql.Tx) error {
+		_, err := tx.ExecContext(ctx, `INSERT INTO spool (id, route, account_id, sender, recipients, size, sha256, message_id, structure, received_at, next_attempt_at)
+			VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`,
+			bd.id, route, account, env.From, string(rcpts), bd.size, bd.sum[:], bd.messageID, bd.structure, now.Unix(), now.Unix())
+		return err
+	})
+	if err != nil {
+		return fail(err)
+	}
+	s.placeBlobs([]int64{bd.id})
+	return SpoolEntry{ID: bd.id, Route: route, AccountID: accountID, From: env.From, To: env.To, Size: bd.size,
+		MessageID: bd.messageID, ReceivedAt: now.UTC().Truncate(time.Second), NextAttemptAt: now.UTC().Truncate(time.Second)}, nil
+}
+
+// DueSpool returns up to limit legacy-route messages whose next attempt is
+// due at now, oldest first.
+func (s *Store) DueSpool(ctx context.Context, now time.Time, limit int) ([]SpoolEntry, error) {
+	return s.spoolQuery(ctx, "WHERE route = 'legacy' AND next_attempt_at <= ? ORDER BY next_attempt_at, id LIMIT ?", now.Unix(), limit)
+}
+
+// Held returns the messages held for an account during its cut-over,
+// oldest first.
+func (s *Store) Held(ctx context.Context, accountID int64) ([]SpoolEntry, error) {
+	return s.spoolQuery(ctx, "WHERE route = 'hold' AND account_id = ? ORDER BY id", accountID)
+}
+
+// Spooled returns every spooled message, oldest first.
+func (s *Store) Spooled(ctx context.Context) ([]SpoolEntry, error) {
+	return s.spoolQuery(ctx, "ORDER BY received_at, id")
+}
+
+// SpoolEntryByID returns one spooled message or ErrNotFound.
+func (s *Store) SpoolEntryByID(ctx context.Context, id int64) (SpoolEntry, error) {
+	e, err := scanSpool(s.read.QueryRowContext(ctx, "SELECT "+spoolColumns+" FROM spool WHERE id = ?", id))
+	if errors.Is(err, sql.ErrNoRows) {
+		return e, fmt.Errorf("spooled message %d: %w", id, ErrNotFound)
+	}
+	return e, err
+}
+
+func (s *Store) spoolQuery(ctx context.Context, tail string, args ...any) ([]SpoolEntry, error) {
+	rows, err := s.read.QueryContext(ctx, "SELECT "+spoolColumns+" FROM spool "+tail, args...)
+	if err != nil {
+		return nil, fmt.Errorf("read spool: %w", err)
+	}
+	defer rows.Close()
+	var out []SpoolEntry
+	for rows.Next() {
+		e, err := scanSpool(rows)
+		if err != nil {
+			return nil, fmt.Errorf("read spool: %w", err)
+		}
+		out = append(out, e)
+	}
+	return out, rows.Err()
+}
+
+// OpenSpooled opens a spooled message's body.
+func (s *Store) OpenSpooled(id int64) (*os.File, error) {
+	f, err := s.openBlob(id)
+	if err != nil {
+		return nil, fmt.Errorf("open spooled message %d: %w", id, err)
+	}
+	return f, nil
+}
+
+// Defer records a failed delivery attempt: the recipients still to do, the
+// next attempt time and the error.
+func (s *Store) Defer(ctx context.Context, id int64, remaining []string, next time.Time, lastErr string) error {
+	rcpts, err := json.Marshal(remaining)
+	if err != nil {
+		return err
+	}
+	err = s.writeTx(ctx, func(tx *sql.Tx) error {
+		res, err := tx.ExecContext(ctx, "UPDATE spool SET recipients = ?, attempts = attempts + 1, next_attempt_at = ?, last_error = ? WHERE id = ?",
+			string(rcpts), next.Unix(), lastErr, id)
+		if err != nil {
+			return err
+		}
+		if n, _ := res.RowsAffected(); n != 1 {
+			return ErrNotFound
+		}
+		return nil
+	})
+	if err != nil {
+		return fmt.Errorf("defer spooled message %d: %w", id, err)
+	}
+	return nil
+}
+
+// Dequeue removes a spooled message (delivered, bounced or dropped).
+func (s *Store) Dequeue(ctx context.Context, id int64) error {
+	s.wmu.Lock()
+	defer s.wmu.Unlock()
+	err := s.writeTxLocked(ctx, func(tx *sql.Tx) error {
+		res, err := tx.ExecContext(ctx, "DELETE FROM spool WHERE id = ?", id)
+		if err != nil {
+			return err
+		}
+		if n, _ := res.RowsAffected(); n != 1 {
+			return ErrNotFound
+		}
+		_, err = tx.ExecContext(ctx, "INSERT INTO unlink_queue (blob_id) VALUES (?)", id)
+		return err
+	})
+	if err != nil {
+		return fmt.Errorf("dequeue spooled message %d: %w", id, err)
+	}
+	if err := s.unlinkQueued(ctx); err != nil {
+		s.log.Error("store: unlink dequeued message", "id", id, "err", err)
+	}
+	return nil
+}
+
+// DeliverHeld moves a held message into a mailbox (its body file is reused
+// as it is). If the mailbox already holds a message with the same
+// Message-ID (brought by the final sync), the held copy is dropped and
+// duplicate is true.
+func (s *Store) DeliverHeld(ctx context.Context, id, mailboxID int64) (uid uint32, duplicate bool, err error) {
+	s.wmu.Lock()
+	defer s.wmu.Unlock()
+	err = s.writeTxLocked(ctx, func(tx *sql.Tx) error {
+		var messageID string
+		if err := tx.QueryRowContext(ctx, "SELECT message_id FROM spool WHERE id = ? AND route = 'hold'", id).Scan(&messageID); err != nil {
+			if errors.Is(err, sql.ErrNoRows) {
+				return ErrNotFound
+			}
+			return err
+		}
+		if messageID != "" {
+			var n int
+			if err := tx.QueryRowContext(ctx, "SELECT count(*) FROM messages WHERE mailbox_id = ? AND message_id = ?", mailboxID, messageID).Scan(&n); err != nil {
+				return err
+			}
+			if n > 0 {
+				duplicate = true
+				if _, err := tx.ExecContext(ctx, "DELETE FROM spool WHERE id = ?", id); err != nil {
+					return err
+				}
+				_, err := tx.ExecContext(ctx, "INSERT INTO unlink_queue (blob_id) VALUES (?)", id)
+				return err
+			}
+		}
+		alloc := newUIDAllocator(tx)
+		var err error
+		if uid, err = alloc.take(ctx, mailboxID, 0); err != nil {
+			return err
+		}
+		now := time.Now()
+		_, offset := now.Zone()
+		if _, err := tx.ExecContext(ctx, `INSERT INTO messages
+			(id, mailbox_id, uid, legacy_uid, internal_date, internal_tz, size, flags, pop3_uidl, sha256, message_id, structure)
+			SELECT id, ?, ?, NULL, received_at, ?, size, '', NULL, sha256, message_id, structure FROM spool WHERE id = ?`,
+			mailboxID, uid, offset, id); err != nil {
+			return err
+		}
+		if _, err := tx.ExecContext(ctx, "DELETE FROM spool WHERE id = ?", id); err != nil {
+			return err
+		}
+		return alloc.flush(ctx)
+	})
+	if err != nil {
+		return 0, false, fmt.Errorf("deliver held message %d: %w", id, err)
+	}
+	if duplicate {
+		if err := s.unlinkQueued(ctx); err != nil {
+			s.log.Error("store: unlink duplicate held message", "id", id, "err", err)
+		}
+		return 0, true, nil
+	}
+	s.watchers.publish(Change{MailboxID: mailboxID, Kind: MessagesAdded, UIDs: []uint32{uid}})
+	return uid, false, nil
+}
+
+// SpoolStats returns the number of spooled messages and when the oldest
+// was received (zero if none).
+func (s *Store) SpoolStats(ctx context.Context) (count int64, oldest time.Time, err error) {
+	var min sql.NullInt64
+	if err := s.read.QueryRowContext(ctx, "SELECT count(*), min(received_at) FROM spool").Scan(&count, &min); err != nil {
+		return 0, time.Time{}, fmt.Errorf("spool stats: %w", err)
+	}
+	if min.Valid {
+		oldest = time.Unix(min.Int64, 0).UTC()
+	}
+	return count, oldest, nil
+}

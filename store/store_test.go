@@ -1,0 +1,522 @@
+package store
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+)
+
+// testHash keeps argon2id cheap in tests; production defaults are tested
+// in TestDefaultHashParams.
+var testHash = HashParams{Time: 1, MemoryKiB: 8 * 1024, Threads: 1}
+
+func openTest(t *testing.T, dir string) *Store {
+	t.Helper()
+	s, err := Open(context.Background(), dir, Options{Hash: testHash})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { s.Close() })
+	return s
+}
+
+func testMessage(i int) []byte {
+	return []byte(fmt.Sprintf("From: sender%d@example.org\r\nTo: user@example.org\r\nSubject: message %d\r\nMessage-ID: <%d@example.org>\r\n\r\nbody of message %d\r\n", i, i, i, i))
+}
+
+func newAccountWithInbox(t *testing.T, s *Store, name string) (Account, Mailbox) {
+	t.Helper()
+	ctx := context.Background()
+	acct, err := s.CreateAccount(ctx, name, "secret", StateCapturing)
+	if err != nil {
+		t.Fatal(err)
+	}
+	inbox, err := s.CreateMailbox(ctx, acct.ID, MailboxSpec{Name: "INBOX", UIDValidity: 1234, UIDNext: 1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return acct, inbox
+}
+
+func TestAccountsAndStates(t *testing.T) {
+	ctx := context.Background()
+	s := openTest(t, t.TempDir())
+	a, err := s.CreateAccount(ctx, "ann@example.org", "correct horse", StateCapturing)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.CreateAccount(ctx, "ANN@example.org", "x", StateCapturing); !errors.Is(err, ErrExists) {
+		t.Fatalf("duplicate account (case-insensitive): %v", err)
+	}
+	if ok, err := s.VerifyPassword(ctx, "ann@example.org", "correct horse"); err != nil || !ok {
+		t.Fatalf("right password: %v %v", ok, err)
+	}
+	if ok, _ := s.VerifyPassword(ctx, "ann@example.org", "wrong"); ok {
+		t.Fatal("wrong password accepted")
+	}
+	if _, err := s.VerifyPassword(ctx, "nobody@example.org", "x"); !errors.Is(err, ErrNotFound) {
+		t.Fatalf("unknown account: %v", err)
+	}
+	var hash string
+	if err := s.read.QueryRow("SELECT password_hash FROM accounts WHERE id = ?", a.ID).Scan(&hash); err != nil {
+		t.Fatal(err)
+	}
+	if !strings.HasPrefix(hash, "$argon2id$v=19$m=8192,t=1,p=1$") || strings.Contains(hash, "correct horse") {
+		t.Fatalf("stored hash %q", hash)
+	}
+
+	if err := s.Transition(ctx, a.Name, StateCaptured, StateCutover); !errors.Is(err, ErrStateChanged) {
+		t.Fatalf("transition from the wrong state: %v", err)
+	}
+	// Two racing transitions from the same state: exactly one wins.
+	var wg sync.WaitGroup
+	var mu sync.Mutex
+	wins := 0
+	for i := 0; i < 8; i++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			if err := s.Transition(ctx, a.Name, StateCapturing, StateCutover); err == nil {
+				mu.Lock()
+				wins++
+				mu.Unlock()
+			} else if !errors.Is(err, ErrStateChanged) {
+				t.Error(err)
+			}
+		}()
+	}
+	wg.Wait()
+	if wins != 1 {
+		t.Fatalf("%d racing transitions won, want 1", wins)
+	}
+	if err := s.Transition(ctx, a.Name, StateCutover, StateCaptured); err != nil {
+		t.Fatal(err)
+	}
+	got, err := s.Account(ctx, "Ann@Example.org")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got.State != StateCaptured || got.CapturedAt.IsZero() {
+		t.Fatalf("account after cut-over: %+v", got)
+	}
+	if err := s.SetLegacyNamespace(ctx, a.Name, "INBOX.", ".", true); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.RecordSync(ctx, a.Name, time.Now(), "legacy: connection refused"); err != nil {
+		t.Fatal(err)
+	}
+	got, _ = s.Account(ctx, a.Name)
+	if got.LegacyPrefix != "INBOX." || got.LegacySeparator != "." || !got.SpecialUseGuessed || got.LastError == "" {
+		t.Fatalf("namespace/error not recorded: %+v", got)
+	}
+	counts, err := s.StateCounts(ctx)
+	if err != nil || counts[StateCaptured] != 1 || counts[StateCapturing] != 0 {
+		t.Fatalf("state counts %v %v", counts, err)
+	}
+}
+
+func TestCaptureBatchKeepsUIDsAndIsIdempotent(t *testing.T) {
+	ctx := context.Background()
+	s := openTest(t, t.TempDir())
+	_, inbox := newAccountWithInbox(t, s, "bob@example.org")
+	date := time.Date(2020, 3, 4, 5, 6, 7, 0, time.FixedZone("", -7*3600))
+
+	add := func(uids ...uint32) []Inserted {
+		b := s.NewBatch()
+		for _, u := range uids {
+			err := b.Add(ctx, NewMessage{MailboxID: inbox.ID, UID: u, LegacyUID: u, InternalDate: date,
+				Flags: []string{`\seen`, "$Label1", `\Recent`}, POP3UIDL: fmt.Sprintf("uidl-%d", u)}, bytes.NewReader(testMessage(int(u))))
+			if err != nil {
+				t.Fatal(err)
+			}
+		}
+		res, err := b.Commit(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return res
+	}
+	res := add(3, 7, 42)
+	for i, r := range res {
+		if r.Duplicate || r.UID != []uint32{3, 7, 42}[i] {
+			t.Fatalf("insert %d: %+v", i, r)
+		}
+	}
+	// Re-running the same batch (a resumed capture) stores nothing twice.
+	res = add(7, 42, 43)
+	if !res[0].Duplicate || !res[1].Duplicate || res[2].Duplicate || res[2].UID != 43 {
+		t.Fatalf("re-insert: %+v", res)
+	}
+	msgs, err := s.Messages(ctx, inbox.ID, AllUIDs)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(msgs) != 4 {
+		t.Fatalf("%d messages stored, want 4", len(msgs))
+	}
+	m := msgs[1]
+	if m.UID != 7 || m.LegacyUID != 7 || m.POP3UIDL != "uidl-7" || !m.InternalDate.Equal(date) {
+		t.Fatalf("message metadata %+v", m)
+	}
+	if _, off := m.InternalDate.Zone(); off != -7*3600 {
+		t.Fatalf("internal date zone offset %d, want -25200", off)
+	}
+	if strings.Join(m.Flags, " ") != `$Label1 \Seen` {
+		t.Fatalf("flags %q", m.Flags)
+	}
+	raw, err := s.ReadBody(m.ID)
+	if err != nil || !bytes.Equal(raw, testMessage(7)) || m.Size != int64(len(raw)) {
+		t.Fatalf("body mismatch: %q %v", raw, err)
+	}
+	st, _ := s.Status(ctx, inbox.ID)
+	if st.UIDNext != 44 || st.Messages != 4 || st.Unseen != 0 {
+		t.Fatalf("status %+v", st)
+	}
+	// Invariant 4: UIDNEXT never goes down; appends get fresh UIDs.
+	if err := s.UpdateMailbox(ctx, inbox.ID, nil, true, 100); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.UpdateMailbox(ctx, inbox.ID, nil, true, 50); err != nil {
+		t.Fatal(err)
+	}
+	ins, err := s.Append(ctx, inbox.ID, bytes.NewReader(testMessage(100)), nil, time.Time{})
+	if err != nil || ins.UID != 100 {
+		t.Fatalf("append after raising UIDNEXT: %+v %v", ins, err)
+	}
+	// An explicit UID that is taken is refused, and nothing of the batch
+	// is stored.
+	b := s.NewBatch()
+	b.Add(ctx, NewMessage{MailboxID: inbox.ID, UID: 200}, bytes.NewReader(testMessage(200)))
+	b.Add(ctx, NewMessage{MailboxID: inbox.ID, UID: 3}, bytes.NewReader(testMessage(3)))
+	if _, err := b.Commit(ctx); !errors.Is(err, ErrExists) {
+		t.Fatalf("reused UID: %v", err)
+	}
+	if got, _ := s.UIDs(ctx, inbox.ID); fmt.Sprint(got) != "[3 7 42 43 100]" {
+		t.Fatalf("UIDs after failed batch: %v", got)
+	}
+	assertNoStrayFiles(t, s)
+}
+
+func TestStructureCached(t *testing.T) {
+	ctx := context.Background()
+	s := openTest(t, t.TempDir())
+	_, inbox := newAccountWithInbox(t, s, "c@example.org")
+	raw := "From: a@example.org\r\nSubject: hi\r\nContent-Type: multipart/mixed; boundary=x\r\n\r\n--x\r\n\r\none\r\n--x\r\nContent-Type: text/html\r\n\r\n<b>two</b>\r\n--x--\r\n"
+	ins, err := s.Append(ctx, inbox.ID, strings.NewReader(raw), nil, time.Now())
+	if err != nil {
+		t.Fatal(err)
+	}
+	msgs, _ := s.Messages(ctx, inbox.ID, []UIDRange{{ins.UID, ins.UID}})
+	st, err := s.Structure(ctx, msgs[0].ID)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if st.Envelope.Subject != "hi" || len(st.Root.Parts) != 2 || raw[st.Root.Parts[1].BodyStart:st.Root.Parts[1].End] != "<b>two</b>" {
+		t.Fatalf("cached structure %+v", st)
+	}
+}
+
+func TestFlagsExpungeCopyMoveAndWatch(t *testing.T) {
+	ctx := context.Background()
+	s := openTest(t, t.TempDir())
+	acct, inbox := newAccountWithInbox(t, s, "d@example.org")
+	archive, err := s.CreateMailbox(ctx, acct.ID, MailboxSpec{Name: "Archive", SpecialUse: []string{`\Archive`}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	w := s.Watch(inbox.ID)
+	defer w.Close()
+	for i := 1; i <= 5; i++ {
+		if _, err := s.Append(ctx, inbox.ID, bytes.NewReader(testMessage(i)), nil, time.Now()); err != nil {
+			t.Fatal(err)
+		}
+	}
+	<-w.Ready()
+	added := 0
+	for _, c := range w.Drain() {
+		if c.Kind == MessagesAdded {
+			added += len(c.UIDs)
+		}
+	}
+	if added != 5 {
+		t.Fatalf("watcher saw %d additions, want 5", added)
+	}
+
+	up, err := s.StoreFlags(ctx, inbox.ID, []UIDRange{{2, 3}}, FlagsAdd, []string{`\Deleted`, "Work"})
+	if err != nil || len(up) != 2 {
+		t.Fatalf("store flags: %v %v", up, err)
+	}
+	if up, _ := s.StoreFlags(ctx, inbox.ID, []UIDRange{{2, 2}}, FlagsAdd, []string{`\DELETED`}); len(up) != 0 {
+		t.Fatalf("adding a flag already set reported a change: %v", up)
+	}
+	deleted, err := s.Search(ctx, inbox.ID, Criteria{WithFlags: []string{`\deleted`}})
+	if err != nil || fmt.Sprint(deleted) != "[2 3]" {
+		t.Fatalf("search \\Deleted: %v %v", deleted, err)
+	}
+	gone, err := s.Expunge(ctx, inbox.ID, deleted)
+	if err != nil || fmt.Sprint(gone) != "[2 3]" {
+		t.Fatalf("expunge: %v %v", gone, err)
+	}
+	cp, err := s.Copy(ctx, inbox.ID, []uint32{1, 4}, archive.ID)
+	if err != nil || fmt.Sprint(cp.SourceUIDs, cp.DestUIDs) != "[1 4] [1 2]" || cp.DestUIDValidity != archive.UIDValidity {
+		t.Fatalf("copy: %+v %v", cp, err)
+	}
+	mv, err := s.Move(ctx, inbox.ID, []uint32{5}, archive.ID)
+	if err != nil || fmt.Sprint(mv.DestUIDs) != "[3]" {
+		t.Fatalf("move: %+v %v", mv, err)
+	}
+	if uids, _ := s.UIDs(ctx, inbox.ID); fmt.Sprint(uids) != "[1 4]" {
+		t.Fatalf("inbox after move: %v", uids)
+	}
+	arch, _ := s.Messages(ctx, archive.ID, AllUIDs)
+	for i, want := range []int{1, 4, 5} {
+		raw, err := s.ReadBody(arch[i].ID)
+		if err != nil || !bytes.Equal(raw, testMessage(want)) {
+			t.Fatalf("archive message %d: %q %v", i, raw, err)
+		}
+	}
+	kinds := map[ChangeKind]int{}
+	for _, c := range w.Drain() {
+		kinds[c.Kind] += max(len(c.UIDs), len(c.Flags))
+	}
+	if kinds[FlagsChanged] != 2 || kinds[MessagesExpunged] != 3 {
+		t.Fatalf("watcher saw %v", kinds)
+	}
+
+	// Search keys.
+	if got, _ := s.Search(ctx, archive.ID, Criteria{Header: []HeaderMatch{{"Subject", "MESSAGE 4"}}}); fmt.Sprint(got) != "[2]" {
+		t.Fatalf("header search: %v", got)
+	}
+	if got, _ := s.Search(ctx, archive.ID, Criteria{Body: []string{"body of message 5"}}); fmt.Sprint(got) != "[3]" {
+		t.Fatalf("body search: %v", got)
+	}
+	if got, _ := s.Search(ctx, archive.ID, Criteria{Not: []Criteria{{Text: []string{"sender1@"}}}}); fmt.Sprint(got) != "[2 3]" {
+		t.Fatalf("not-text search: %v", got)
+	}
+	or := Criteria{Or: [][2]Criteria{{{UIDs: []UIDRange{{1, 1}}}, {Larger: 1 << 20}}}}
+	if got, _ := s.Search(ctx, archive.ID, or); fmt.Sprint(got) != "[1]" {
+		t.Fatalf("or search: %v", got)
+	}
+	if got, _ := s.Search(ctx, archive.ID, Criteria{Since: time.Now().Add(time.Hour)}); len(got) != 0 {
+		t.Fatalf("since search: %v", got)
+	}
+
+	// Rename with children, then delete.
+	if _, err := s.CreateMailbox(ctx, acct.ID, MailboxSpec{Name: "Archive/2020"}); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.RenameMailbox(ctx, acct.ID, "Archive", "Old", "/"); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.MailboxByName(ctx, acct.ID, "Old/2020"); err != nil {
+		t.Fatalf("child not renamed: %v", err)
+	}
+	old, _ := s.MailboxByName(ctx, acct.ID, "Old")
+	if old.UIDValidity != archive.UIDValidity {
+		t.Fatal("rename changed UIDVALIDITY")
+	}
+	if err := s.DeleteMailbox(ctx, old.ID); err != nil {
+		t.Fatal(err)
+	}
+	// Copies were hard links: deleting them keeps the originals readable.
+	for _, m := range mustMessages(t, s, inbox.ID) {
+		if raw, err := s.ReadBody(m.ID); err != nil || len(raw) == 0 {
+			t.Fatalf("original of a deleted copy: %v", err)
+		}
+	}
+	assertNoStrayFiles(t, s)
+}
+
+func mustMessages(t *testing.T, s *Store, mailboxID int64) []Message {
+	t.Helper()
+	msgs, err := s.Messages(context.Background(), mailboxID, AllUIDs)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return msgs
+}
+
+func TestMaildrop(t *testing.T) {
+	ctx := context.Background()
+	s := openTest(t, t.TempDir())
+	acct, inbox := newAccountWithInbox(t, s, "e@example.org")
+	b := s.NewBatch()
+	b.Add(ctx, NewMessage{MailboxID: inbox.ID, UID: 1, LegacyUID: 1, POP3UIDL: "legacy-a"}, bytes.NewReader(testMessage(1)))
+	b.Add(ctx, NewMessage{MailboxID: inbox.ID, UID: 2, LegacyUID: 2}, bytes.NewReader(testMessage(2)))
+	if _, err := b.Commit(ctx); err != nil {
+		t.Fatal(err)
+	}
+	_, drop, err := s.Maildrop(ctx, acct.ID)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(drop) != 2 || drop[0].UIDL != "legacy-a" || drop[1].UIDL != "00000002000004D2" {
+		t.Fatalf("maildrop %+v", drop)
+	}
+	if drop[0].Size != int64(len(testMessage(1))) {
+		t.Fatalf("size %d", drop[0].Size)
+	}
+	// DELE 1 then QUIT.
+	if _, err := s.Expunge(ctx, inbox.ID, []uint32{drop[0].UID}); err != nil {
+		t.Fatal(err)
+	}
+	_, drop, _ = s.Maildrop(ctx, acct.ID)
+	if len(drop) != 1 || drop[0].UIDL != "00000002000004D2" {
+		t.Fatalf("maildrop after QUIT %+v", drop)
+	}
+}
+
+func TestSpoolAndHeldDelivery(t *testing.T) {
+	ctx := context.Background()
+	s := openTest(t, t.TempDir())
+	acct, inbox := newAccountWithInbox(t, s, "f@example.org")
+	env := Envelope{From: "a@example.net", To: []string{"f@example.org", "g@example.org"}}
+	e, err := s.Enqueue(ctx, RouteLegacy, 0, env, bytes.NewReader(testMessage(1)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	due, err := s.DueSpool(ctx, time.Now(), 10)
+	if err != nil || len(due) != 1 || due[0].ID != e.ID || strings.Join(due[0].To, ",") != "f@example.org,g@example.org" {
+		t.Fatalf("due: %+v %v", due, err)
+	}
+	if err := s.Defer(ctx, e.ID, []string{"g@example.org"}, time.Now().Add(time.Hour), "451 try later"); err != nil {
+		t.Fatal(err)
+	}
+	if due, _ := s.DueSpool(ctx, time.Now(), 10); len(due) != 0 {
+		t.Fatalf("deferred message still due: %+v", due)
+	}
+	got, _ := s.SpoolEntryByID(ctx, e.ID)
+	if got.Attempts != 1 || strings.Join(got.To, ",") != "g@example.org" || got.LastError != "451 try later" {
+		t.Fatalf("after defer: %+v", got)
+	}
+	f, err := s.OpenSpooled(e.ID)
+	if err != nil {
+		t.Fatal(err)
+	}
+	f.Close()
+	if n, oldest, _ := s.SpoolStats(ctx); n != 1 || oldest.IsZero() {
+		t.Fatalf("spool stats %d %v", n, oldest)
+	}
+	if err := s.Dequeue(ctx, e.ID); err != nil {
+		t.Fatal(err)
+	}
+
+	// Held during cut-over: one new message, one the final sync brought.
+	if _, err := s.Append(ctx, inbox.ID, bytes.NewReader(testMessage(2)), nil, time.Now()); err != nil {
+		t.Fatal(err)
+	}
+	h1, _ := s.Enqueue(ctx, RouteHold, acct.ID, env, bytes.NewReader(testMessage(2)))
+	h2, _ := s.Enqueue(ctx, RouteHold, acct.ID, env, bytes.NewReader(testMessage(3)))
+	held, _ := s.Held(ctx, acct.ID)
+	if len(held) != 2 {
+		t.Fatalf("held %d", len(held))
+	}
+	if _, dup, err := s.DeliverHeld(ctx, h1.ID, inbox.ID); err != nil || !dup {
+		t.Fatalf("duplicate by Message-ID not dropped: %v %v", dup, err)
+	}
+	uid, dup, err := s.DeliverHeld(ctx, h2.ID, inbox.ID)
+	if err != nil || dup || uid != 2 {
+		t.Fatalf("deliver held: %d %v %v", uid, dup, err)
+	}
+	msgs := mustMessages(t, s, inbox.ID)
+	if raw, _ := s.ReadBody(msgs[1].ID); !bytes.Equal(raw, testMessage(3)) {
+		t.Fatalf("held body %q", raw)
+	}
+	if n, _, _ := s.SpoolStats(ctx); n != 0 {
+		t.Fatalf("spool not empty: %d", n)
+	}
+	assertNoStrayFiles(t, s)
+}
+
+func TestSecondOpenIsRefusedAndReadOnlyWorks(t *testing.T) {
+	dir := t.TempDir()
+	s := openTest(t, dir)
+	newAccountWithInbox(t, s, "g@example.org")
+	if _, err := Open(context.Background(), dir, Options{}); !errors.Is(err, ErrLocked) {
+		t.Fatalf("second writer: %v", err)
+	}
+	ro, err := Open(context.Background(), dir, Options{ReadOnly: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ro.Close()
+	accts, err := ro.Accounts(context.Background())
+	if err != nil || len(accts) != 1 {
+		t.Fatalf("read-only accounts: %v %v", accts, err)
+	}
+	if _, err := ro.CreateAccount(context.Background(), "x@example.org", "p", StateCapturing); !errors.Is(err, ErrReadOnly) {
+		t.Fatalf("write on read-only store: %v", err)
+	}
+}
+
+func TestMigrationRefusesNewerSchema(t *testing.T) {
+	dir := t.TempDir()
+	s := openTest(t, dir)
+	if _, err := s.write.Exec(fmt.Sprintf("PRAGMA user_version = %d", len(migrations)+1)); err != nil {
+		t.Fatal(err)
+	}
+	s.Close()
+	if _, err := Open(context.Background(), dir, Options{}); err == nil || !strings.Contains(err.Error(), "newer") {
+		t.Fatalf("newer schema: %v", err)
+	}
+}
+
+func TestPasswordHashFormat(t *testing.T) {
+	h, err := HashPassword("pw", DefaultHashParams())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !strings.HasPrefix(h, "$argon2id$v=19$m=65536,t=1,p=2$") || !CheckPassword(h, "pw") || CheckPassword(h, "pW") {
+		t.Fatalf("hash %q", h)
+	}
+	for _, bad := range []string{"", "$argon2id$", "$bcrypt$v=19$m=1,t=1,p=1$AA$AA", strings.Replace(h, "m=65536", "m=0", 1)} {
+		if CheckPassword(bad, "pw") {
+			t.Fatalf("malformed hash %q matched", bad)
+		}
+	}
+}
+
+// assertNoStrayFiles checks that every body file belongs to a row and
+// every row has its body file, and that tmp/ is empty.
+func assertNoStrayFiles(t *testing.T, s *Store) {
+	t.Helper()
+	ids := map[int64]bool{}
+	rows, err := s.read.Query("SELECT id FROM messages UNION ALL SELECT id FROM spool")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for rows.Next() {
+		var id int64
+		rows.Scan(&id)
+		ids[id] = true
+	}
+	rows.Close()
+	files := map[int64]bool{}
+	filepath.WalkDir(filepath.Join(s.dir, blobsDir), func(path string, d os.DirEntry, err error) error {
+		if err == nil && !d.IsDir() {
+			var id int64
+			fmt.Sscan(d.Name(), &id)
+			files[id] = true
+			if !ids[id] {
+				t.Errorf("orphan body file %s", path)
+			}
+		}
+		return nil
+	})
+	for id := range ids {
+		if !files[id] {
+			t.Errorf("row %d has no body file", id)
+		}
+	}
+	tmp, _ := os.ReadDir(filepath.Join(s.dir, tmpName))
+	if len(tmp) != 0 {
+		t.Errorf("%d files left in tmp/", len(tmp))
+	}
+}
