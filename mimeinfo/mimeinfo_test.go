@@ -19,7 +19,7 @@ func parse(t *testing.T, raw string) *Message {
 	return m
 }
 
-func body(raw string, p Part) string   { return raw[p.BodyStart:p.End] }
+func body(raw string, p Part) string     { return raw[p.BodyStart:p.End] }
 func headerOf(raw string, p Part) string { return raw[p.HeaderStart:p.BodyStart] }
 
 func TestSimpleMessage(t *testing.T) {

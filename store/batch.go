@@ -53,17 +53,19 @@ type body struct {
 	structure []byte
 }
 
-// writeBody streams r into tmp/<id>, hashing and parsing it on the way, so
-// memory stays flat whatever the message size. The file is not yet synced.
-func (s *Store) writeBody(ctx context.Context, r io.Reader) (body, error) {
+// writeBody streams r into a new body file named by an id from src,
+// hashing and parsing it on the way, so memory stays flat whatever the
+// message size. The file is not yet synced; src stays in flight until the
+// caller releases it.
+func (s *Store) writeBody(ctx context.Context, src *idSource, r io.Reader) (body, error) {
 	if s.opts.ReadOnly {
 		return body{}, ErrReadOnly
 	}
-	id, err := s.ids.allocate(ctx)
+	id, err := src.take(ctx)
 	if err != nil {
 		return body{}, err
 	}
-	f, err := os.OpenFile(s.tmpPath(id), os.O_CREATE|os.O_EXCL|os.O_WRONLY, 0o640)
+	f, err := s.createBlob(id)
 	if err != nil {
 		return body{}, fmt.Errorf("write body: %w", err)
 	}
@@ -133,6 +135,7 @@ func (c *ctxReader) Read(p []byte) (int, error) {
 // trace. A Batch is used by one goroutine.
 type Batch struct {
 	store  *Store
+	ids    idSource
 	items  []NewMessage
 	bodies []body
 	bytes  int64
@@ -140,14 +143,14 @@ type Batch struct {
 }
 
 // NewBatch starts a batch.
-func (s *Store) NewBatch() *Batch { return &Batch{store: s} }
+func (s *Store) NewBatch() *Batch { return &Batch{store: s, ids: idSource{alloc: &s.ids}} }
 
 // Add streams one message body into the batch.
 func (b *Batch) Add(ctx context.Context, m NewMessage, r io.Reader) error {
 	if b.done {
 		return errors.New("batch already committed or aborted")
 	}
-	bd, err := b.store.writeBody(ctx, r)
+	bd, err := b.store.writeBody(ctx, &b.ids, r)
 	if err != nil {
 		return err
 	}
@@ -169,9 +172,20 @@ func (b *Batch) Abort() {
 		return
 	}
 	b.done = true
+	b.release(nil)
+}
+
+// release removes the files of bodies not in committed and settles every
+// id of the batch.
+func (b *Batch) release(committed map[int64]bool) {
+	var drop []int64
 	for _, bd := range b.bodies {
-		os.Remove(b.store.tmpPath(bd.id))
+		if !committed[bd.id] {
+			drop = append(drop, bd.id)
+		}
 	}
+	b.store.removeBlobs(drop)
+	b.ids.release()
 }
 
 // Commit makes the batch durable and visible, and returns one Inserted per
@@ -180,7 +194,10 @@ func (b *Batch) Commit(ctx context.Context) ([]Inserted, error) {
 	if b.done {
 		return nil, errors.New("batch already committed or aborted")
 	}
-	defer b.Abort() // removes the tmp files of duplicates and of failures
+	b.done = true
+	committed := map[int64]bool{}
+	// Removes the files of duplicates and of a failed commit.
+	defer func() { b.release(committed) }()
 	if len(b.items) == 0 {
 		return nil, nil
 	}
@@ -193,7 +210,7 @@ func (b *Batch) Commit(ctx context.Context) ([]Inserted, error) {
 	changes := map[int64][]uint32{}
 
 	s.wmu.Lock()
-	defer s.wmu.Unlock()
+	defer s.wmu.Unlock() // runs before the release above
 	err := s.writeTxLocked(ctx, func(tx *sql.Tx) error {
 		ins, err := tx.PrepareContext(ctx, `INSERT INTO messages
 			(id, mailbox_id, uid, legacy_uid, internal_date, internal_tz, size, flags, pop3_uidl, sha256, message_id, structure)
@@ -246,26 +263,13 @@ func (b *Batch) Commit(ctx context.Context) ([]Inserted, error) {
 	if err != nil {
 		return nil, fmt.Errorf("commit batch: %w", err)
 	}
-	s.placeBlobs(placed)
-	b.bodies = removeIDs(b.bodies, placed)
+	for _, id := range placed {
+		committed[id] = true
+	}
 	for mbox, uids := range changes {
 		s.watchers.publish(Change{MailboxID: mbox, Kind: MessagesAdded, UIDs: uids})
 	}
 	return out, nil
-}
-
-func removeIDs(bodies []body, ids []int64) []body {
-	gone := make(map[int64]bool, len(ids))
-	for _, id := range ids {
-		gone[id] = true
-	}
-	kept := bodies[:0]
-	for _, bd := range bodies {
-		if !gone[bd.id] {
-			kept = append(kept, bd)
-		}
-	}
-	return kept
 }
 
 func nullUID(uid uint32) any {

@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"path/filepath"
 	"sort"
 	"strings"
 	"time"
@@ -323,35 +324,33 @@ func (s *Store) copyOrMove(ctx context.Context, src int64, uids []uint32, dst in
 	if len(srcMsgs) == 0 {
 		return res, nil
 	}
-	// Link the bodies under new ids in tmp/ (ids are taken before the
-	// writer lock, as always).
-	newIDs := make([]int64, len(srcMsgs))
-	cleanup := func() {
-		for _, id := range newIDs {
-			if id != 0 {
-				os.Remove(s.tmpPath(id))
-			}
+	// Link the bodies under new ids (taken before the writer lock, as
+	// always).
+	var newIDs []int64
+	committed := false
+	ids := idSource{alloc: &s.ids}
+	defer func() {
+		if !committed {
+			s.removeBlobs(newIDs)
 		}
-	}
-	for i, m := range srcMsgs {
-		id, err := s.ids.allocate(ctx)
+		ids.release()
+	}()
+	for _, m := range srcMsgs {
+		id, err := ids.take(ctx)
 		if err != nil {
-			cleanup()
 			return res, fmt.Errorf("%s: %w", what, err)
 		}
-		newIDs[i] = id
+		newIDs = append(newIDs, id)
 		if err := s.linkBlob(m.ID, id); err != nil {
-			cleanup()
 			return res, fmt.Errorf("%s message %d: %w", what, m.UID, err)
 		}
 	}
 	if err := s.syncBodies(); err != nil {
-		cleanup()
 		return res, fmt.Errorf("%s: sync: %w", what, err)
 	}
-	s.wmu.Lock()
-	defer s.wmu.Unlock()
 	var gone []uint32
+	s.wmu.Lock()
+	defer s.wmu.Unlock() // runs before the release above
 	err = s.writeTxLocked(ctx, func(tx *sql.Tx) error {
 		res = CopyResult{}
 		if err := tx.QueryRowContext(ctx, "SELECT uidvalidity FROM mailboxes WHERE id = ?", dst).Scan(&res.DestUIDValidity); err != nil {
@@ -387,10 +386,9 @@ func (s *Store) copyOrMove(ctx context.Context, src int64, uids []uint32, dst in
 		return nil
 	})
 	if err != nil {
-		cleanup()
 		return CopyResult{}, fmt.Errorf("%s from mailbox %d to %d: %w", what, src, dst, err)
 	}
-	s.placeBlobs(newIDs)
+	committed = true
 	s.watchers.publish(Change{MailboxID: dst, Kind: MessagesAdded, UIDs: res.DestUIDs})
 	s.afterExpunge(ctx, src, gone)
 	return res, nil
@@ -416,15 +414,6 @@ func (s *Store) messagesByUID(ctx context.Context, mailboxID int64, uids []uint3
 	return out, nil
 }
 
-// linkBlob makes tmp/<dst> a hard link of the body of src.
-func (s *Store) linkBlob(src, dst int64) error {
-	err := os.Link(s.blobPath(src), s.tmpPath(dst))
-	if errors.Is(err, os.ErrNotExist) {
-		err = os.Link(s.tmpPath(src), s.tmpPath(dst))
-	}
-	return err
-}
-
 // ReadBody returns a whole body; for tests and small messages only.
 func (s *Store) ReadBody(messageID int64) ([]byte, error) {
 	f, err := s.OpenBody(messageID)
@@ -433,4 +422,16 @@ func (s *Store) ReadBody(messageID int64) ([]byte, error) {
 	}
 	defer f.Close()
 	return io.ReadAll(f)
+}
+
+// linkBlob makes the body of id dst a hard link of the body of src.
+func (s *Store) linkBlob(src, dst int64) error {
+	err := os.Link(s.blobPath(src), s.blobPath(dst))
+	if errors.Is(err, os.ErrNotExist) {
+		if err := os.MkdirAll(filepath.Dir(s.blobPath(dst)), 0o750); err != nil {
+			return err
+		}
+		err = os.Link(s.blobPath(src), s.blobPath(dst))
+	}
+	return err
 }

@@ -83,11 +83,14 @@ CREATE TABLE unlink_queue (
 );
 
 -- Blob ids are reserved in ranges, so an id is never given twice, even
--- after a crash.
+-- after a crash. Every id up to settled_up_to has its file committed or
+-- removed; ids above it may have files of unfinished writes, which Open
+-- checks and removes.
 CREATE TABLE blob_ids (
-	reserved_up_to INTEGER NOT NULL
+	reserved_up_to INTEGER NOT NULL,
+	settled_up_to  INTEGER NOT NULL
 );
-INSERT INTO blob_ids VALUES (0);
+INSERT INTO blob_ids VALUES (0, 0);
 `,
 }
 

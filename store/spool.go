@@ -64,12 +64,19 @@ func (s *Store) Enqueue(ctx context.Context, route SpoolRoute, accountID int64, 
 	if len(env.To) == 0 {
 		return SpoolEntry{}, errors.New("enqueue: no recipients")
 	}
-	bd, err := s.writeBody(ctx, r)
+	ids := idSource{alloc: &s.ids}
+	defer ids.release()
+	bd, err := s.writeBody(ctx, &ids, r)
 	if err != nil {
 		return SpoolEntry{}, fmt.Errorf("enqueue: %w", err)
 	}
+	committed := false
+	defer func() {
+		if !committed {
+			s.removeBlobs([]int64{bd.id})
+		}
+	}()
 	fail := func(err error) (SpoolEntry, error) {
-		os.Remove(s.tmpPath(bd.id))
 		return SpoolEntry{}, fmt.Errorf("enqueue: %w", err)
 	}
 	if err := s.syncBodies(); err != nil {
@@ -84,9 +91,7 @@ func (s *Store) Enqueue(ctx context.Context, route SpoolRoute, accountID int64, 
 		account = accountID
 	}
 	now := time.Now()
-	s.wmu.Lock()
-	defer s.wmu.Unlock()
-	err = s.writeTxLocked(ctx, func(tx *sql.Tx) error {
+	err = s.writeTx(ctx, func(tx *sql.Tx) error {
 		_, err := tx.ExecContext(ctx, `INSERT INTO spool (id, route, account_id, sender, recipients, size, sha256, message_id, structure, received_at, next_attempt_at)
 			VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`,
 			bd.id, route, account, env.From, string(rcpts), bd.size, bd.sum[:], bd.messageID, bd.structure, now.Unix(), now.Unix())
@@ -95,7 +100,7 @@ func (s *Store) Enqueue(ctx context.Context, route SpoolRoute, accountID int64, 
 	if err != nil {
 		return fail(err)
 	}
-	s.placeBlobs([]int64{bd.id})
+	committed = true
 	return SpoolEntry{ID: bd.id, Route: route, AccountID: accountID, From: env.From, To: env.To, Size: bd.size,
 		MessageID: bd.messageID, ReceivedAt: now.UTC().Truncate(time.Second), NextAttemptAt: now.UTC().Truncate(time.Second)}, nil
 }

@@ -1,13 +1,15 @@
 // Package store is mailcapture's embedded mailbox store: SQLite (WAL, one
 // writer) for metadata and one immutable file per message body.
 //
-// Durability: a body is written to tmp/, all bodies of a batch are flushed
-// to disk with one filesystem sync, then the metadata is committed (SQLite
-// synchronous=FULL), and only then are the files renamed into blobs/. A
-// crash at any point leaves either a committed message whose file is still
-// in tmp/ (moved into place at the next Open) or an uncommitted file in
-// tmp/ (removed at the next Open). Deleted bodies are queued in the same
-// transaction that deletes their rows and unlinked after it commits.
+// Durability: a body is written to its final path, named by a fresh id that
+// no row references yet; all bodies of a batch are flushed to disk with one
+// filesystem sync, then the metadata is committed (SQLite
+// synchronous=FULL). Ids are handed out from ranges reserved in the
+// database, which also records up to which id every file is settled
+// (committed or removed). A crash leaves at most unreferenced files with
+// ids above that mark; the next Open removes them. Deleted bodies are
+// queued in the same transaction that deletes their rows and unlinked
+// after it commits (again at Open, if a crash came in between).
 package store
 
 import (
@@ -48,16 +50,16 @@ type Options struct {
 
 // Store is an open store. It is safe for concurrent use.
 type Store struct {
-	dir    string
-	opts   Options
-	log    *slog.Logger
-	read   *sql.DB // readers (several connections)
-	write  *sql.DB // the one writer connection
-	lock   *os.File
-	tmpDir *os.File // kept open for syncfs
+	dir     string
+	opts    Options
+	log     *slog.Logger
+	read    *sql.DB // readers (several connections)
+	write   *sql.DB // the one writer connection
+	lock    *os.File
+	dataDir *os.File // kept open for syncfs
 
-	// wmu serialises write transactions together with the file renames
-	// and unlinks that follow them, and the change notifications.
+	// wmu serialises write transactions together with the unlinks and
+	// the change notifications that follow them.
 	wmu sync.Mutex
 	ids idAllocator
 
@@ -67,7 +69,6 @@ type Store struct {
 const (
 	dbName   = "store.db"
 	blobsDir = "blobs"
-	tmpName  = "tmp"
 	lockName = "lock"
 )
 
@@ -85,10 +86,8 @@ func Open(ctx context.Context, dir string, opts Options) (*Store, error) {
 	if opts.ReadOnly {
 		return s, s.openDatabases(ctx)
 	}
-	for _, d := range []string{dir, filepath.Join(dir, blobsDir), filepath.Join(dir, tmpName)} {
-		if err := os.MkdirAll(d, 0o750); err != nil {
-			return nil, fmt.Errorf("open store: %w", err)
-		}
+	if err := os.MkdirAll(filepath.Join(dir, blobsDir), 0o750); err != nil {
+		return nil, fmt.Errorf("open store: %w", err)
 	}
 	lock, err := os.OpenFile(filepath.Join(dir, lockName), os.O_CREATE|os.O_RDWR, 0o600)
 	if err != nil {
@@ -99,7 +98,7 @@ func Open(ctx context.Context, dir string, opts Options) (*Store, error) {
 		return nil, fmt.Errorf("open store %s: %w", dir, ErrLocked)
 	}
 	s.lock = lock
-	if s.tmpDir, err = os.Open(filepath.Join(dir, tmpName)); err != nil {
+	if s.dataDir, err = os.Open(dir); err != nil {
 		s.Close()
 		return nil, fmt.Errorf("open store: %w", err)
 	}
@@ -162,8 +161,8 @@ func (s *Store) Close() error {
 	if s.write != nil {
 		errs = append(errs, s.write.Close())
 	}
-	if s.tmpDir != nil {
-		errs = append(errs, s.tmpDir.Close())
+	if s.dataDir != nil {
+		errs = append(errs, s.dataDir.Close())
 	}
 	if s.lock != nil {
 		errs = append(errs, s.lock.Close())
@@ -208,41 +207,38 @@ func (s *Store) writeTxLocked(ctx context.Context, fn func(tx *sql.Tx) error) er
 	return tx.Commit()
 }
 
-// blobPath is where a committed body lives: derived from its id only.
+// blobPath is where a body lives: derived from its id only. Each aligned
+// lease of ids (see idAllocator) maps to one of 256 directories, so
+// concurrent writers, which hold different leases, create their files in
+// different directories and do not contend for a directory's lock.
 func (s *Store) blobPath(id int64) string {
-	return filepath.Join(s.dir, blobsDir, fmt.Sprintf("%02x", id&0xff), strconv.FormatInt(id, 10))
+	return filepath.Join(s.dir, blobsDir, fmt.Sprintf("%02x", ((id-1)/leaseSize)&0xff), strconv.FormatInt(id, 10))
 }
 
-func (s *Store) tmpPath(id int64) string {
-	return filepath.Join(s.dir, tmpName, strconv.FormatInt(id, 10))
-}
-
-// openBlob opens a committed body; between commit and rename it is still
-// in tmp/.
-func (s *Store) openBlob(id int64) (*os.File, error) {
-	f, err := os.Open(s.blobPath(id))
+// createBlob creates the file for a new body, and its directory when the
+// id is the first of its range.
+func (s *Store) createBlob(id int64) (*os.File, error) {
+	path := s.blobPath(id)
+	f, err := os.OpenFile(path, os.O_CREATE|os.O_EXCL|os.O_WRONLY, 0o640)
 	if errors.Is(err, os.ErrNotExist) {
-		f, err = os.Open(s.tmpPath(id))
+		if err := os.MkdirAll(filepath.Dir(path), 0o750); err != nil {
+			return nil, err
+		}
+		f, err = os.OpenFile(path, os.O_CREATE|os.O_EXCL|os.O_WRONLY, 0o640)
 	}
 	return f, err
 }
 
-// placeBlobs moves committed bodies from tmp/ into blobs/. Called with wmu
-// held, right after the commit.
-func (s *Store) placeBlobs(ids []int64) {
-	made := map[string]bool{}
+// openBlob opens a body.
+func (s *Store) openBlob(id int64) (*os.File, error) {
+	return os.Open(s.blobPath(id))
+}
+
+// removeBlobs deletes the files of bodies that were never committed.
+func (s *Store) removeBlobs(ids []int64) {
 	for _, id := range ids {
-		dst := s.blobPath(id)
-		dir := filepath.Dir(dst)
-		if !made[dir] {
-			if err := os.MkdirAll(dir, 0o750); err != nil {
-				s.log.Error("store: create blob directory", "dir", dir, "err", err)
-			}
-			made[dir] = true
-		}
-		if err := os.Rename(s.tmpPath(id), dst); err != nil {
-			// The body stays readable in tmp/; the next Open moves it.
-			s.log.Error("store: move body into place", "blob", id, "err", err)
+		if err := os.Remove(s.blobPath(id)); err != nil && !errors.Is(err, os.ErrNotExist) {
+			s.log.Error("store: remove uncommitted body", "blob", id, "err", err)
 		}
 	}
 }
@@ -271,10 +267,8 @@ func (s *Store) unlinkQueued(ctx context.Context) error {
 		return nil
 	}
 	for _, id := range ids {
-		for _, p := range []string{s.blobPath(id), s.tmpPath(id)} {
-			if err := os.Remove(p); err != nil && !errors.Is(err, os.ErrNotExist) {
-				return fmt.Errorf("unlink body %d: %w", id, err)
-			}
+		if err := os.Remove(s.blobPath(id)); err != nil && !errors.Is(err, os.ErrNotExist) {
+			return fmt.Errorf("unlink body %d: %w", id, err)
 		}
 	}
 	return s.writeTxLocked(ctx, func(tx *sql.Tx) error {
@@ -287,34 +281,29 @@ func (s *Store) unlinkQueued(ctx context.Context) error {
 	})
 }
 
-// recover finishes what a crash interrupted: bodies of committed rows still
-// in tmp/ are moved into place, bodies of uncommitted ones are removed,
-// queued unlinks are done.
+// recover finishes what a crash interrupted: files of ids handed out but
+// never committed are removed, queued unlinks are done, and every id up to
+// the reserved mark is declared settled.
 func (s *Store) recover(ctx context.Context) error {
 	s.wmu.Lock()
 	defer s.wmu.Unlock()
-	entries, err := os.ReadDir(filepath.Join(s.dir, tmpName))
-	if err != nil {
+	var reserved, settled int64
+	if err := s.write.QueryRowContext(ctx, "SELECT reserved_up_to, settled_up_to FROM blob_ids").Scan(&reserved, &settled); err != nil {
 		return err
 	}
-	var committed []int64
 	removed := 0
-	for _, e := range entries {
-		id, err := strconv.ParseInt(e.Name(), 10, 64)
-		path := filepath.Join(s.dir, tmpName, e.Name())
-		if err != nil {
-			if err := os.Remove(path); err != nil {
-				return err
-			}
-			removed++
+	for id := settled + 1; id <= reserved; id++ {
+		path := s.blobPath(id)
+		if _, err := os.Lstat(path); errors.Is(err, os.ErrNotExist) {
 			continue
+		} else if err != nil {
+			return err
 		}
 		known, err := s.blobReferenced(ctx, id)
 		if err != nil {
 			return err
 		}
 		if known {
-			committed = append(committed, id)
 			continue
 		}
 		if err := os.Remove(path); err != nil {
@@ -322,12 +311,17 @@ func (s *Store) recover(ctx context.Context) error {
 		}
 		removed++
 	}
-	s.placeBlobs(committed)
-	if len(committed)+removed > 0 {
-		s.log.Info("store: recovered after an unclean stop", "bodies_placed", len(committed), "partial_bodies_removed", removed)
-		if err := syncDir(filepath.Join(s.dir, tmpName)); err != nil {
+	if removed > 0 {
+		s.log.Info("store: removed bodies of writes a stop interrupted", "bodies", removed)
+		if err := s.syncBodies(); err != nil {
 			return err
 		}
+	}
+	if err := s.writeTxLocked(ctx, func(tx *sql.Tx) error {
+		_, err := tx.ExecContext(ctx, "UPDATE blob_ids SET settled_up_to = reserved_up_to")
+		return err
+	}); err != nil {
+		return err
 	}
 	return s.unlinkQueued(ctx)
 }
@@ -339,50 +333,98 @@ func (s *Store) blobReferenced(ctx context.Context, id int64) (bool, error) {
 	return n > 0, err
 }
 
-func syncDir(dir string) error {
-	d, err := os.Open(dir)
-	if err != nil {
-		return err
-	}
-	defer d.Close()
-	return d.Sync()
-}
-
-// syncBodies makes every body written to tmp/ durable: one syncfs for the
-// whole batch instead of one fsync per file.
+// syncBodies makes every body written so far durable, with their directory
+// entries: one syncfs for a whole batch instead of one fsync per file.
 func (s *Store) syncBodies() error {
-	return unix.Syncfs(int(s.tmpDir.Fd()))
+	return unix.Syncfs(int(s.dataDir.Fd()))
 }
 
 // idAllocator hands out blob ids from ranges reserved durably in the
-// database, so an id is never reused, even after a crash.
+// database, so an id is never reused, even after a crash. Writers take ids
+// in leases: the lease "start" holds ids start+1 to start+leaseSize, start
+// a multiple of leaseSize. The allocator tracks the leases in flight (not
+// yet committed or removed) so that each new reservation can also record up
+// to where every file is settled.
 type idAllocator struct {
-	store *Store
-	mu    sync.Mutex
-	next  int64
-	limit int64 // exclusive
+	store    *Store
+	mu       sync.Mutex
+	next     int64 // start of the next lease
+	limit    int64 // end of the reserved range: leases start below it
+	inFlight map[int64]struct{}
 }
 
-const idReserveChunk = 100000
+const (
+	leaseSize      = 64
+	idReserveChunk = 1024 * leaseSize
+)
 
-func (a *idAllocator) allocate(ctx context.Context) (int64, error) {
+// lease hands out the first id of a fresh lease. Never called with wmu
+// held.
+func (a *idAllocator) lease(ctx context.Context) (int64, error) {
 	a.mu.Lock()
 	defer a.mu.Unlock()
 	if a.next >= a.limit {
+		settled := a.next
+		for start := range a.inFlight {
+			settled = min(settled, start)
+		}
 		var upTo int64
 		err := a.store.writeTx(ctx, func(tx *sql.Tx) error {
 			if err := tx.QueryRowContext(ctx, "SELECT reserved_up_to FROM blob_ids").Scan(&upTo); err != nil {
 				return err
 			}
-			_, err := tx.ExecContext(ctx, "UPDATE blob_ids SET reserved_up_to = ?", upTo+idReserveChunk)
+			_, err := tx.ExecContext(ctx, "UPDATE blob_ids SET reserved_up_to = ?, settled_up_to = max(settled_up_to, ?)",
+				upTo+idReserveChunk, settled)
 			return err
 		})
 		if err != nil {
 			return 0, fmt.Errorf("reserve body ids: %w", err)
 		}
-		a.next, a.limit = upTo+1, upTo+idReserveChunk+1
+		// reserved_up_to only grows by whole chunks, so leases stay aligned.
+		a.next, a.limit = upTo, upTo+idReserveChunk
 	}
-	id := a.next
-	a.next++
+	start := a.next
+	a.next += leaseSize
+	if a.inFlight == nil {
+		a.inFlight = map[int64]struct{}{}
+	}
+	a.inFlight[start] = struct{}{}
+	return start, nil
+}
+
+// release settles leases: their files are committed or removed.
+func (a *idAllocator) release(starts ...int64) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	for _, start := range starts {
+		delete(a.inFlight, start)
+	}
+}
+
+// idSource gives one writer its ids, lease by lease. Release it once every
+// file it named is committed or removed.
+type idSource struct {
+	alloc  *idAllocator
+	leases []int64
+	next   int64
+	end    int64
+}
+
+func (src *idSource) take(ctx context.Context) (int64, error) {
+	if src.next > src.end || src.end == 0 {
+		start, err := src.alloc.lease(ctx)
+		if err != nil {
+			return 0, err
+		}
+		src.leases = append(src.leases, start)
+		src.next, src.end = start+1, start+leaseSize
+	}
+	id := src.next
+	src.next++
 	return id, nil
+}
+
+func (src *idSource) release() {
+	src.alloc.release(src.leases...)
+	src.leases, src.next, src.end = nil, 0, 0
 }
