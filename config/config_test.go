@@ -260,3 +260,15 @@ func writeSelfSigned(t *testing.T, dir string) (certPath, keyPath string) {
 	}
 	return certPath, keyPath
 }
+
+func TestREADMEDocumentsEveryKey(t *testing.T) {
+	raw, err := os.ReadFile("../README.md")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, key := range Keys() {
+		if !strings.Contains(string(raw), "`"+key+"`") {
+			t.Errorf("README.md's configuration table lacks `%s`", key)
+		}
+	}
+}

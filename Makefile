@@ -1,0 +1,30 @@
+# mailcapture build, test and benchmark entry points.
+GO      ?= go
+VERSION := $(shell git describe --always --dirty 2>/dev/null || echo dev)
+LDFLAGS := -X main.version=$(VERSION)
+GOFILES  = $(shell git ls-files '*.go' 2>/dev/null || find . -name '*.go' -not -path './data/*')
+
+.PHONY: all build test bench lint clean
+
+all: build
+
+## build: the mailcapture binary in bin/
+build:
+	$(GO) build -ldflags "$(LDFLAGS)" -o bin/mailcapture ./cmd/mailcapture
+
+## test: lint, then every test with the race detector
+test: lint
+	$(GO) test -race -count=1 -timeout 30m ./...
+
+## bench: the benchmarks, each printing its figures against its target
+bench:
+	$(GO) test -run '^$$' -bench . -benchtime 1x -timeout 60m ./...
+
+## lint: gofmt and go vet
+lint:
+	@unformatted="$$(gofmt -l $(GOFILES))"; \
+	if [ -n "$$unformatted" ]; then echo "gofmt would change:"; echo "$$unformatted"; exit 1; fi
+	$(GO) vet ./...
+
+clean:
+	rm -rf bin

@@ -1,0 +1,215 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"runtime/debug"
+	"strings"
+	"time"
+
+	"github.com/spf13/pflag"
+
+	"mailcapture/config"
+	"mailcapture/metrics"
+	"mailcapture/status"
+	"mailcapture/store"
+)
+
+// configFlags adds --config and one flag per config key.
+func configFlags(fs *pflag.FlagSet) *string {
+	path := fs.String("config", "", "configuration file (YAML); MAILCAPTURE_* variables and the flags below override it")
+	config.RegisterFlags(fs)
+	return path
+}
+
+func loadConfig(env *environment, path string, fs *pflag.FlagSet) (config.Config, error) {
+	return config.Load(config.Sources{File: path, Environ: env.environ, Flags: fs})
+}
+
+func newLogger(c config.Log, env *environment) *slog.Logger {
+	level := map[string]slog.Level{"debug": slog.LevelDebug, "info": slog.LevelInfo, "warn": slog.LevelWarn, "error": slog.LevelError}[c.Level]
+	opts := &slog.HandlerOptions{Level: level}
+	if c.Format == "json" {
+		return slog.New(slog.NewJSONHandler(env.stderr, opts))
+	}
+	return slog.New(slog.NewTextHandler(env.stderr, opts))
+}
+
+func hashParams(c config.PasswordHash) store.HashParams {
+	return store.HashParams{Time: c.Time, MemoryKiB: c.MemoryKiB, Threads: c.Threads}
+}
+
+func runCheckConfig(ctx context.Context, env *environment, args []string) error {
+	fs := newFlagSet(env, "check-config", "--config FILE", "load and validate a configuration, then print the keys as loaded")
+	path := configFlags(fs)
+	if err := parse(fs, args); err != nil {
+		return err
+	}
+	cfg, err := loadConfig(env, *path, fs)
+	if err != nil {
+		return err
+	}
+	fmt.Fprintf(env.stdout, "configuration is valid\n\n")
+	printConfig(env, cfg)
+	return nil
+}
+
+// printConfig prints every key as loaded (the TLS key path is shown, its
+// content never).
+func printConfig(env *environment, c config.Config) {
+	rows := [][2]string{
+		{"data_dir", c.DataDir}, {"hostname", c.Hostname}, {"domains", strings.Join(c.Domains, ", ")}, {"mode", c.Mode},
+		{"legacy.imap", fmt.Sprintf("%s (tls %s)", orNone(c.Legacy.IMAP.Address), c.Legacy.IMAP.TLS)},
+		{"legacy.pop3", fmt.Sprintf("%s (tls %s)", orNone(c.Legacy.POP3.Address), c.Legacy.POP3.TLS)},
+		{"legacy.smtp", fmt.Sprintf("%s (%s, tls %s)", orNone(c.Legacy.SMTP.Address), c.Legacy.SMTP.Protocol, c.Legacy.SMTP.TLS)},
+		{"legacy.tls_verify", fmt.Sprint(c.Legacy.TLSVerify)}, {"legacy.timeout", c.Legacy.Timeout.String()},
+		{"legacy.retired", fmt.Sprint(c.Legacy.Retired)},
+		{"listen.imap", orNone(c.Listen.IMAP)}, {"listen.imaps", orNone(c.Listen.IMAPS)},
+		{"listen.pop3", orNone(c.Listen.POP3)}, {"listen.pop3s", orNone(c.Listen.POP3S)},
+		{"listen.smtp", orNone(c.Listen.SMTP)}, {"listen.http", orNone(c.Listen.HTTP)},
+		{"tls.cert", orNone(c.TLS.Cert)}, {"tls.key", orNone(c.TLS.Key)},
+		{"password_hash", fmt.Sprintf("argon2id t=%d m=%d KiB p=%d", c.PasswordHash.Time, c.PasswordHash.MemoryKiB, c.PasswordHash.Threads)},
+		{"log", fmt.Sprintf("%s, %s", c.Log.Level, c.Log.Format)},
+	}
+	for _, r := range rows {
+		fmt.Fprintf(env.stdout, "  %-18s %s\n", r[0], r[1])
+	}
+}
+
+func orNone(s string) string {
+	if s == "" {
+		return "(none)"
+	}
+	return s
+}
+
+func runStatus(ctx context.Context, env *environment, args []string) error {
+	fs := newFlagSet(env, "status", "--config FILE [--json]", "show the migration's progress, read from the store (also while serve runs)")
+	path := configFlags(fs)
+	asJSON := fs.Bool("json", false, "print the report as JSON")
+	if err := parse(fs, args); err != nil {
+		return err
+	}
+	cfg, err := loadConfig(env, *path, fs)
+	if err != nil {
+		return err
+	}
+	st, err := store.Open(ctx, cfg.DataDir, store.Options{ReadOnly: true})
+	if err != nil {
+		return fmt.Errorf("%w (has serve run with this data_dir yet?)", err)
+	}
+	defer st.Close()
+	r, err := status.Collect(ctx, st, status.Options{PerAccount: true})
+	if err != nil {
+		return err
+	}
+	if *asJSON {
+		return r.WriteJSON(env.stdout)
+	}
+	return r.WriteText(env.stdout, env.isTerminal)
+}
+
+func runVersion(ctx context.Context, env *environment, args []string) error {
+	fs := newFlagSet(env, "version", "", "print the version")
+	if err := parse(fs, args); err != nil {
+		return err
+	}
+	goVersion := "unknown"
+	if info, ok := debug.ReadBuildInfo(); ok {
+		goVersion = info.GoVersion
+	}
+	fmt.Fprintf(env.stdout, "mailcapture %s (%s)\n", version, goVersion)
+	return nil
+}
+
+func runServe(ctx context.Context, env *environment, args []string) error {
+	fs := newFlagSet(env, "serve", "--config FILE", "run mailcapture until SIGINT or SIGTERM")
+	path := configFlags(fs)
+	if err := parse(fs, args); err != nil {
+		return err
+	}
+	cfg, err := loadConfig(env, *path, fs)
+	if err != nil {
+		return err
+	}
+	log := newLogger(cfg.Log, env)
+	st, err := store.Open(ctx, cfg.DataDir, store.Options{Hash: hashParams(cfg.PasswordHash), Logger: log})
+	if err != nil {
+		return err
+	}
+	defer st.Close()
+	log.Info("store open", "data_dir", cfg.DataDir)
+
+	for _, l := range [][2]string{{"listen.imap", cfg.Listen.IMAP}, {"listen.imaps", cfg.Listen.IMAPS},
+		{"listen.pop3", cfg.Listen.POP3}, {"listen.pop3s", cfg.Listen.POP3S}, {"listen.smtp", cfg.Listen.SMTP}} {
+		if l[1] != "" {
+			log.Warn("listener not served by this build yet", "key", l[0], "addr", l[1])
+		}
+	}
+
+	var httpServer *http.Server
+	errc := make(chan error, 1)
+	if cfg.Listen.HTTP != "" {
+		ln, err := net.Listen("tcp", cfg.Listen.HTTP)
+		if err != nil {
+			return fmt.Errorf("listen.http %s: %w", cfg.Listen.HTTP, err)
+		}
+		summary := func(ctx context.Context) (status.Report, error) { return status.Collect(ctx, st, status.Options{}) }
+		detail := func(ctx context.Context) (status.Report, error) {
+			return status.Collect(ctx, st, status.Options{PerAccount: true})
+		}
+		m := metrics.New(summary, log)
+		httpServer = &http.Server{
+			Handler:           metrics.Handler(m, detail, readinessChecks(cfg, st)),
+			ReadHeaderTimeout: 10 * time.Second,
+			ErrorLog:          slog.NewLogLogger(log.Handler(), slog.LevelWarn),
+		}
+		go func() { errc <- httpServer.Serve(ln) }()
+		log.Info("http listening", "addr", ln.Addr().String())
+	}
+	log.Info("mailcapture running", "version", version, "domains", strings.Join(cfg.Domains, ","), "mode", cfg.Mode)
+
+	select {
+	case <-ctx.Done():
+		log.Info("shutting down")
+	case err := <-errc:
+		if !errors.Is(err, http.ErrServerClosed) {
+			return fmt.Errorf("http server: %w", err)
+		}
+	}
+	if httpServer != nil {
+		shutdownCtx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		if err := httpServer.Shutdown(shutdownCtx); err != nil {
+			return fmt.Errorf("http shutdown: %w", err)
+		}
+	}
+	log.Info("stopped")
+	return nil
+}
+
+// readinessChecks: the store takes writes, and each configured legacy
+// endpoint accepts TCP connections.
+func readinessChecks(cfg config.Config, st *store.Store) []metrics.Check {
+	checks := []metrics.Check{{Name: "store", Run: st.Ping}}
+	for _, ep := range [][2]string{{"legacy imap", cfg.Legacy.IMAP.Address}, {"legacy pop3", cfg.Legacy.POP3.Address},
+		{"legacy smtp", cfg.Legacy.SMTP.Address}} {
+		name, addr := ep[0], ep[1]
+		if addr == "" || cfg.Legacy.Retired {
+			continue
+		}
+		checks = append(checks, metrics.Check{Name: name, Run: func(ctx context.Context) error {
+			d := net.Dialer{Timeout: 3 * time.Second}
+			c, err := d.DialContext(ctx, "tcp", addr)
+			if err != nil {
+				return err
+			}
+			return c.Close()
+		}})
+	}
+	return checks
+}

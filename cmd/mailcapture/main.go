@@ -1,0 +1,142 @@
+// Command mailcapture moves a domain's mail off a legacy IMAP/POP3 server
+// while its users keep working: see README.md.
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"os/signal"
+	"sort"
+	"strings"
+	"syscall"
+
+	"github.com/spf13/pflag"
+)
+
+// version is set at build time (-ldflags "-X main.version=...").
+var version = "dev"
+
+// command is one subcommand.
+type command struct {
+	name    string
+	args    string
+	summary string
+	run     func(ctx context.Context, env *environment, args []string) error
+}
+
+// environment is what a command talks to; tests replace it.
+type environment struct {
+	stdout, stderr io.Writer
+	environ        []string
+	isTerminal     bool
+}
+
+func commands() []command {
+	return []command{
+		{"serve", "--config FILE", "run mailcapture from one configuration file", runServe},
+		{"check-config", "--config FILE", "load and validate a configuration, then print it", runCheckConfig},
+		{"status", "--config FILE [--json]", "show the migration's progress", runStatus},
+		{"version", "", "print the version", runVersion},
+	}
+}
+
+// errUsage marks an error caused by how the command was called (exit 2).
+var errUsage = errors.New("usage")
+
+func main() {
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	env := &environment{stdout: os.Stdout, stderr: os.Stderr, environ: os.Environ(), isTerminal: isTerminal(os.Stdout)}
+	code := run(ctx, env, os.Args[1:])
+	stop()
+	os.Exit(code)
+}
+
+// run executes one command line and returns the exit code.
+func run(ctx context.Context, env *environment, args []string) int {
+	if len(args) == 0 || args[0] == "help" || args[0] == "--help" || args[0] == "-h" {
+		if len(args) > 1 {
+			return run(ctx, env, []string{args[1], "--help"})
+		}
+		usage(env.stdout)
+		if len(args) == 0 {
+			return 2
+		}
+		return 0
+	}
+	for _, c := range commands() {
+		if c.name != args[0] {
+			continue
+		}
+		err := c.run(ctx, env, args[1:])
+		switch {
+		case err == nil || errors.Is(err, pflag.ErrHelp):
+			return 0
+		case errors.Is(err, errUsage):
+			fmt.Fprintf(env.stderr, "mailcapture %s: %v\n", c.name, err)
+			fmt.Fprintf(env.stderr, "run 'mailcapture %s --help' for usage\n", c.name)
+			return 2
+		default:
+			fmt.Fprintf(env.stderr, "mailcapture %s: %v\n", c.name, err)
+			return 1
+		}
+	}
+	fmt.Fprintf(env.stderr, "mailcapture: unknown command %q\n\n", args[0])
+	usage(env.stderr)
+	return 2
+}
+
+func usage(w io.Writer) {
+	fmt.Fprintln(w, "mailcapture moves a domain's mail off a legacy IMAP/POP3 server while people keep using it.")
+	fmt.Fprintln(w, "\nUsage: mailcapture COMMAND [flags]\n\nCommands:")
+	cmds := commands()
+	sort.Slice(cmds, func(i, j int) bool { return cmds[i].name < cmds[j].name })
+	for _, c := range cmds {
+		fmt.Fprintf(w, "  %-14s %s\n", c.name, c.summary)
+	}
+	fmt.Fprintln(w, "\nRun 'mailcapture COMMAND --help' for a command's flags.")
+}
+
+// newFlagSet returns a flag set whose --help prints the command's usage.
+func newFlagSet(env *environment, name, args, summary string) *pflag.FlagSet {
+	fs := pflag.NewFlagSet(name, pflag.ContinueOnError)
+	fs.SetOutput(env.stderr)
+	fs.Usage = func() {
+		fmt.Fprintf(env.stdout, "Usage: mailcapture %s %s\n\n%s.\n\nFlags:\n", name, args, upperFirst(summary))
+		fs.SetOutput(env.stdout)
+		fs.PrintDefaults()
+		fs.SetOutput(env.stderr)
+	}
+	return fs
+}
+
+// parse parses args, turning flag errors into usage errors.
+func parse(fs *pflag.FlagSet, args []string) error {
+	fs.SetOutput(io.Discard) // errors are reported once, by run
+	err := fs.Parse(args)
+	if errors.Is(err, pflag.ErrHelp) {
+		fs.Usage()
+		return err
+	}
+	if err != nil {
+		return fmt.Errorf("%w: %v", errUsage, err)
+	}
+	if fs.NArg() > 0 {
+		return fmt.Errorf("%w: unexpected argument %q", errUsage, fs.Arg(0))
+	}
+	return nil
+}
+
+func upperFirst(s string) string {
+	if s == "" {
+		return s
+	}
+	return strings.ToUpper(s[:1]) + s[1:]
+}
+
+func isTerminal(f *os.File) bool {
+	st, err := f.Stat()
+	return err == nil && st.Mode()&os.ModeCharDevice != 0
+}
