@@ -123,20 +123,11 @@ func (s *Store) Account(ctx context.Context, name string) (Account, error) {
 
 // Accounts lists every account, by name.
 func (s *Store) Accounts(ctx context.Context) ([]Account, error) {
-	rows, err := s.read.QueryContext(ctx, "SELECT "+accountColumns+" FROM accounts ORDER BY name")
+	out, err := queryAll(ctx, s.read, scanAccount, "SELECT "+accountColumns+" FROM accounts ORDER BY name")
 	if err != nil {
 		return nil, fmt.Errorf("list accounts: %w", err)
 	}
-	defer rows.Close()
-	var out []Account
-	for rows.Next() {
-		a, err := scanAccount(rows)
-		if err != nil {
-			return nil, fmt.Errorf("list accounts: %w", err)
-		}
-		out = append(out, a)
-	}
-	return out, rows.Err()
+	return out, nil
 }
 
 // StateCounts returns how many accounts are in each state.
@@ -238,14 +229,7 @@ func (s *Store) RecordSync(ctx context.Context, name string, at time.Time, syncE
 
 func (s *Store) updateAccount(ctx context.Context, name, set string, args ...any) error {
 	err := s.writeTx(ctx, func(tx *sql.Tx) error {
-		res, err := tx.ExecContext(ctx, "UPDATE accounts SET "+set+" WHERE name = ?", append(args, name)...)
-		if err != nil {
-			return err
-		}
-		if n, _ := res.RowsAffected(); n != 1 {
-			return ErrNotFound
-		}
-		return nil
+		return execOne(ctx, tx, "UPDATE accounts SET "+set+" WHERE name = ?", append(args, name)...)
 	})
 	if err != nil {
 		return fmt.Errorf("update account %s: %w", name, err)

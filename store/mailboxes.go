@@ -134,35 +134,19 @@ func (s *Store) MailboxByName(ctx context.Context, accountID int64, name string)
 
 // Mailboxes lists the account's mailboxes by name.
 func (s *Store) Mailboxes(ctx context.Context, accountID int64) ([]Mailbox, error) {
-	rows, err := s.read.QueryContext(ctx, "SELECT "+mailboxColumns+" FROM mailboxes WHERE account_id = ? ORDER BY name", accountID)
+	out, err := queryAll(ctx, s.read, scanMailbox, "SELECT "+mailboxColumns+" FROM mailboxes WHERE account_id = ? ORDER BY name", accountID)
 	if err != nil {
 		return nil, fmt.Errorf("list mailboxes: %w", err)
 	}
-	defer rows.Close()
-	var out []Mailbox
-	for rows.Next() {
-		m, err := scanMailbox(rows)
-		if err != nil {
-			return nil, fmt.Errorf("list mailboxes: %w", err)
-		}
-		out = append(out, m)
-	}
-	return out, rows.Err()
+	return out, nil
 }
 
 // UpdateMailbox sets the mailbox's special-use attributes and subscription
 // and raises UIDNEXT to at least uidnext (it never lowers it: invariant 4).
 func (s *Store) UpdateMailbox(ctx context.Context, id int64, specialUse []string, subscribed bool, uidnext uint32) error {
 	err := s.writeTx(ctx, func(tx *sql.Tx) error {
-		res, err := tx.ExecContext(ctx, "UPDATE mailboxes SET special_use = ?, subscribed = ?, uidnext = max(uidnext, ?) WHERE id = ?",
+		return execOne(ctx, tx, "UPDATE mailboxes SET special_use = ?, subscribed = ?, uidnext = max(uidnext, ?) WHERE id = ?",
 			strings.Join(specialUse, " "), subscribed, uidnext, id)
-		if err != nil {
-			return err
-		}
-		if n, _ := res.RowsAffected(); n != 1 {
-			return ErrNotFound
-		}
-		return nil
 	})
 	if err != nil {
 		return fmt.Errorf("update mailbox %d: %w", id, err)
@@ -174,14 +158,7 @@ func (s *Store) UpdateMailbox(ctx context.Context, id int64, specialUse []string
 func (s *Store) SetSubscribed(ctx context.Context, accountID int64, name string, subscribed bool) error {
 	name = normalizeMailboxName(name)
 	err := s.writeTx(ctx, func(tx *sql.Tx) error {
-		res, err := tx.ExecContext(ctx, "UPDATE mailboxes SET subscribed = ? WHERE account_id = ? AND name = ?", subscribed, accountID, name)
-		if err != nil {
-			return err
-		}
-		if n, _ := res.RowsAffected(); n != 1 {
-			return ErrNotFound
-		}
-		return nil
+		return execOne(ctx, tx, "UPDATE mailboxes SET subscribed = ? WHERE account_id = ? AND name = ?", subscribed, accountID, name)
 	})
 	if err != nil {
 		return fmt.Errorf("subscribe %q: %w", name, err)
@@ -206,18 +183,14 @@ func (s *Store) RenameMailbox(ctx context.Context, accountID int64, oldName, new
 		if taken > 0 {
 			return ErrExists
 		}
-		res, err := tx.ExecContext(ctx, "UPDATE mailboxes SET name = ? WHERE account_id = ? AND name = ?", newName, accountID, oldName)
-		if err != nil {
+		if err := execOne(ctx, tx, "UPDATE mailboxes SET name = ? WHERE account_id = ? AND name = ?", newName, accountID, oldName); err != nil {
 			return err
-		}
-		if n, _ := res.RowsAffected(); n != 1 {
-			return ErrNotFound
 		}
 		if separator == "" {
 			return nil
 		}
 		prefix := oldName + separator
-		_, err = tx.ExecContext(ctx, `UPDATE mailboxes SET name = ? || substr(name, ?) WHERE account_id = ? AND substr(name, 1, ?) = ?`,
+		_, err := tx.ExecContext(ctx, `UPDATE mailboxes SET name = ? || substr(name, ?) WHERE account_id = ? AND substr(name, 1, ?) = ?`,
 			newName+separator, len(prefix)+1, accountID, len(prefix), prefix)
 		return err
 	})
@@ -244,14 +217,7 @@ func (s *Store) DeleteMailbox(ctx context.Context, id int64) error {
 		if _, err := tx.ExecContext(ctx, "DELETE FROM messages WHERE mailbox_id = ?", id); err != nil {
 			return err
 		}
-		res, err := tx.ExecContext(ctx, "DELETE FROM mailboxes WHERE id = ?", id)
-		if err != nil {
-			return err
-		}
-		if n, _ := res.RowsAffected(); n != 1 {
-			return ErrNotFound
-		}
-		return nil
+		return execOne(ctx, tx, "DELETE FROM mailboxes WHERE id = ?", id)
 	})
 	if err != nil {
 		return fmt.Errorf("delete mailbox %d: %w", id, err)

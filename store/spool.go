@@ -132,20 +132,11 @@ func (s *Store) SpoolEntryByID(ctx context.Context, id int64) (SpoolEntry, error
 }
 
 func (s *Store) spoolQuery(ctx context.Context, tail string, args ...any) ([]SpoolEntry, error) {
-	rows, err := s.read.QueryContext(ctx, "SELECT "+spoolColumns+" FROM spool "+tail, args...)
+	out, err := queryAll(ctx, s.read, scanSpool, "SELECT "+spoolColumns+" FROM spool "+tail, args...)
 	if err != nil {
 		return nil, fmt.Errorf("read spool: %w", err)
 	}
-	defer rows.Close()
-	var out []SpoolEntry
-	for rows.Next() {
-		e, err := scanSpool(rows)
-		if err != nil {
-			return nil, fmt.Errorf("read spool: %w", err)
-		}
-		out = append(out, e)
-	}
-	return out, rows.Err()
+	return out, nil
 }
 
 // OpenSpooled opens a spooled message's body.
@@ -165,15 +156,8 @@ func (s *Store) Defer(ctx context.Context, id int64, remaining []string, next ti
 		return err
 	}
 	err = s.writeTx(ctx, func(tx *sql.Tx) error {
-		res, err := tx.ExecContext(ctx, "UPDATE spool SET recipients = ?, attempts = attempts + 1, next_attempt_at = ?, last_error = ? WHERE id = ?",
+		return execOne(ctx, tx, "UPDATE spool SET recipients = ?, attempts = attempts + 1, next_attempt_at = ?, last_error = ? WHERE id = ?",
 			string(rcpts), next.Unix(), lastErr, id)
-		if err != nil {
-			return err
-		}
-		if n, _ := res.RowsAffected(); n != 1 {
-			return ErrNotFound
-		}
-		return nil
 	})
 	if err != nil {
 		return fmt.Errorf("defer spooled message %d: %w", id, err)
@@ -186,14 +170,10 @@ func (s *Store) Dequeue(ctx context.Context, id int64) error {
 	s.wmu.Lock()
 	defer s.wmu.Unlock()
 	err := s.writeTxLocked(ctx, func(tx *sql.Tx) error {
-		res, err := tx.ExecContext(ctx, "DELETE FROM spool WHERE id = ?", id)
-		if err != nil {
+		if err := execOne(ctx, tx, "DELETE FROM spool WHERE id = ?", id); err != nil {
 			return err
 		}
-		if n, _ := res.RowsAffected(); n != 1 {
-			return ErrNotFound
-		}
-		_, err = tx.ExecContext(ctx, "INSERT INTO unlink_queue (blob_id) VALUES (?)", id)
+		_, err := tx.ExecContext(ctx, "INSERT INTO unlink_queue (blob_id) VALUES (?)", id)
 		return err
 	})
 	if err != nil {
