@@ -112,20 +112,11 @@ type queryer interface {
 }
 
 func queryUIDs(ctx context.Context, q queryer, query string, args ...any) ([]uint32, error) {
-	rows, err := q.QueryContext(ctx, query, args...)
-	if err != nil {
-		return nil, err
-	}
-	defer rows.Close()
-	var out []uint32
-	for rows.Next() {
+	return queryAll(ctx, q, func(row interface{ Scan(...any) error }) (uint32, error) {
 		var uid uint32
-		if err := rows.Scan(&uid); err != nil {
-			return nil, err
-		}
-		out = append(out, uid)
-	}
-	return out, rows.Err()
+		err := row.Scan(&uid)
+		return uid, err
+	}, query, args...)
 }
 
 // SeqRange resolves 1-based sequence numbers (inclusive, in any order)

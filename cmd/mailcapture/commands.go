@@ -26,8 +26,12 @@ func configFlags(fs *pflag.FlagSet) *string {
 	return path
 }
 
-func loadConfig(env *environment, path string, fs *pflag.FlagSet) (config.Config, error) {
-	return config.Load(config.Sources{File: path, Environ: env.environ, Flags: fs})
+// parseConfig parses the command line and loads the configuration it names.
+func parseConfig(env *environment, fs *pflag.FlagSet, path *string, args []string) (config.Config, error) {
+	if err := parse(fs, args); err != nil {
+		return config.Config{}, err
+	}
+	return config.Load(config.Sources{File: *path, Environ: env.environ, Flags: fs})
 }
 
 func newLogger(c config.Log, env *environment) *slog.Logger {
@@ -46,10 +50,7 @@ func hashParams(c config.PasswordHash) store.HashParams {
 func runCheckConfig(ctx context.Context, env *environment, args []string) error {
 	fs := newFlagSet(env, "check-config", "--config FILE", "load and validate a configuration, then print the keys as loaded")
 	path := configFlags(fs)
-	if err := parse(fs, args); err != nil {
-		return err
-	}
-	cfg, err := loadConfig(env, *path, fs)
+	cfg, err := parseConfig(env, fs, path, args)
 	if err != nil {
 		return err
 	}
@@ -91,10 +92,7 @@ func runStatus(ctx context.Context, env *environment, args []string) error {
 	fs := newFlagSet(env, "status", "--config FILE [--json]", "show the migration's progress, read from the store (also while serve runs)")
 	path := configFlags(fs)
 	asJSON := fs.Bool("json", false, "print the report as JSON")
-	if err := parse(fs, args); err != nil {
-		return err
-	}
-	cfg, err := loadConfig(env, *path, fs)
+	cfg, err := parseConfig(env, fs, path, args)
 	if err != nil {
 		return err
 	}
@@ -129,10 +127,7 @@ func runVersion(ctx context.Context, env *environment, args []string) error {
 func runServe(ctx context.Context, env *environment, args []string) error {
 	fs := newFlagSet(env, "serve", "--config FILE", "run mailcapture until SIGINT or SIGTERM")
 	path := configFlags(fs)
-	if err := parse(fs, args); err != nil {
-		return err
-	}
-	cfg, err := loadConfig(env, *path, fs)
+	cfg, err := parseConfig(env, fs, path, args)
 	if err != nil {
 		return err
 	}
