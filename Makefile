@@ -4,7 +4,7 @@ VERSION := $(shell git describe --always --dirty 2>/dev/null || echo dev)
 LDFLAGS := -X main.version=$(VERSION)
 GOFILES  = $(shell git ls-files '*.go' 2>/dev/null || find . -name '*.go' -not -path './data/*')
 
-.PHONY: all build test bench lint clean
+.PHONY: all build test test-deps bench lint clean
 
 all: build
 
@@ -12,12 +12,16 @@ all: build
 build:
 	$(GO) build -ldflags "$(LDFLAGS)" -o bin/mailcapture ./cmd/mailcapture
 
+## test-deps: the Debian packages the integration tests need (idempotent)
+test-deps:
+	./scripts/test-deps.sh
+
 ## test: lint, then every test with the race detector
-test: lint
+test: test-deps lint
 	$(GO) test -race -count=1 -timeout 30m ./...
 
 ## bench: the benchmarks, each printing its figures against its target
-bench:
+bench: test-deps
 	$(GO) test -run '^$$' -bench . -benchtime 1x -timeout 60m ./...
 
 ## lint: gofmt and go vet

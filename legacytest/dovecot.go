@@ -1,0 +1,312 @@
+// Package legacytest starts private Dovecot instances to play the legacy
+// server in tests: unprivileged loopback ports, every path in a temporary
+// directory, stopped when the test ends. If Dovecot cannot be started the
+// test fails; it is never skipped.
+package legacytest
+
+import (
+	"errors"
+	"fmt"
+	"net"
+	"os"
+	"os/exec"
+	"os/user"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+)
+
+// Options shape the legacy server.
+type Options struct {
+	// Separator is the hierarchy separator; default "/".
+	Separator string
+	// Prefix is the personal namespace prefix, e.g. "INBOX." as Courier
+	// and Cyrus have it; default none.
+	Prefix string
+	// NoSpecialUse leaves special-use attributes unconfigured, as on
+	// servers that do not announce them.
+	NoSpecialUse bool
+	// Fsync keeps Dovecot's fsyncs (off by default to keep tests fast).
+	Fsync bool
+}
+
+// Dovecot is a running private Dovecot.
+type Dovecot struct {
+	Dir      string
+	IMAPAddr string
+	POP3Addr string
+	LMTPAddr string
+	Options  Options
+
+	cmd     *exec.Cmd
+	mu      sync.Mutex
+	users   map[string]string
+	mailUID int
+	mailGID int
+}
+
+// Start starts a Dovecot and registers its stop with t.Cleanup.
+func Start(t testing.TB, opts Options) *Dovecot {
+	t.Helper()
+	if opts.Separator == "" {
+		opts.Separator = "/"
+	}
+	if _, err := exec.LookPath("dovecot"); err != nil {
+		t.Fatalf("legacytest: dovecot is not installed (make test installs it: scripts/test-deps.sh): %v", err)
+	}
+	dir, err := os.MkdirTemp("", "legacy-dovecot-")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(dir) })
+	// Dovecot's unprivileged processes must reach the directory.
+	if err := os.Chmod(dir, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	d := &Dovecot{Dir: dir, Options: opts, users: map[string]string{}}
+	mail, err := user.Lookup("mail")
+	if err != nil {
+		t.Fatalf("legacytest: no 'mail' user to own the mailboxes: %v", err)
+	}
+	d.mailUID, _ = strconv.Atoi(mail.Uid)
+	d.mailGID, _ = strconv.Atoi(mail.Gid)
+	for _, sub := range []string{"run", "state", "home"} {
+		if err := os.MkdirAll(filepath.Join(dir, sub), 0o755); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := os.Chown(filepath.Join(dir, "home"), d.mailUID, d.mailGID); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(dir, "passwd"), nil, 0o644); err != nil {
+		t.Fatal(err)
+	}
+
+	var lastErr error
+	for attempt := 0; attempt < 5; attempt++ {
+		ports, err := freePorts(3)
+		if err != nil {
+			t.Fatal(err)
+		}
+		d.IMAPAddr = fmt.Sprintf("127.0.0.1:%d", ports[0])
+		d.POP3Addr = fmt.Sprintf("127.0.0.1:%d", ports[1])
+		d.LMTPAddr = fmt.Sprintf("127.0.0.1:%d", ports[2])
+		if lastErr = d.start(ports); lastErr == nil {
+			t.Cleanup(d.Stop)
+			return d
+		}
+	}
+	log, _ := os.ReadFile(filepath.Join(dir, "dovecot.log"))
+	t.Fatalf("legacytest: dovecot did not start: %v\n%s", lastErr, log)
+	return nil
+}
+
+func (d *Dovecot) configPath() string { return filepath.Join(d.Dir, "dovecot.conf") }
+
+func (d *Dovecot) start(ports []int) error {
+	specialUse := `
+  mailbox Drafts {
+    special_use = \Drafts
+  }
+  mailbox Sent {
+    special_use = \Sent
+  }
+  mailbox Trash {
+    special_use = \Trash
+  }
+  mailbox Junk {
+    special_use = \Junk
+  }
+  mailbox Archive {
+    special_use = \Archive
+  }`
+	if d.Options.NoSpecialUse {
+		specialUse = ""
+	}
+	fsync := "never"
+	if d.Options.Fsync {
+		fsync = "optimized"
+	}
+	conf := fmt.Sprintf(`# private legacy server for mailcapture tests
+base_dir = %[1]s/run
+state_dir = %[1]s/state
+log_path = %[1]s/dovecot.log
+info_log_path = %[1]s/dovecot.log
+protocols = imap pop3 lmtp
+listen = 127.0.0.1
+ssl = no
+disable_plaintext_auth = no
+auth_mechanisms = plain login
+default_login_user = dovenull
+default_internal_user = dovecot
+first_valid_uid = 1
+mail_fsync = %[2]s
+mail_location = maildir:~/Maildir
+pop3_uidl_format = %%08Xu%%08Xv
+lmtp_save_to_detail_mailbox = no
+recipient_delimiter =
+login_greeting = Legacy Dovecot ready.
+mail_max_userip_connections = 200
+passdb {
+  driver = passwd-file
+  args = scheme=PLAIN username_format=%%u %[1]s/passwd
+}
+userdb {
+  driver = passwd-file
+  args = username_format=%%u %[1]s/passwd
+  default_fields = uid=%[3]d gid=%[4]d home=%[1]s/home/%%u
+}
+namespace inbox {
+  inbox = yes
+  separator = %[5]s
+  prefix = %[6]s
+%[7]s
+}
+service imap-login {
+  inet_listener imap {
+    address = 127.0.0.1
+    port = %[8]d
+  }
+  inet_listener imaps {
+    port = 0
+  }
+}
+service pop3-login {
+  inet_listener pop3 {
+    address = 127.0.0.1
+    port = %[9]d
+  }
+  inet_listener pop3s {
+    port = 0
+  }
+}
+service lmtp {
+  inet_listener lmtp {
+    address = 127.0.0.1
+    port = %[10]d
+  }
+}
+service imap {
+  process_limit = 512
+}
+`, d.Dir, fsync, d.mailUID, d.mailGID, d.Options.Separator, d.Options.Prefix, specialUse, ports[0], ports[1], ports[2])
+	if err := os.WriteFile(d.configPath(), []byte(conf), 0o644); err != nil {
+		return err
+	}
+	cmd := exec.Command("dovecot", "-F", "-c", d.configPath())
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	if err := cmd.Start(); err != nil {
+		return err
+	}
+	exited := make(chan error, 1)
+	go func() { exited <- cmd.Wait() }()
+	// Ready when every listener greets; bounded to 15 s.
+	deadline := time.Now().Add(15 * time.Second)
+	for _, addr := range []string{d.IMAPAddr, d.POP3Addr, d.LMTPAddr} {
+		for {
+			if err := greets(addr); err == nil {
+				break
+			}
+			select {
+			case err := <-exited:
+				return fmt.Errorf("dovecot exited: %v", err)
+			case <-time.After(20 * time.Millisecond):
+			}
+			if time.Now().After(deadline) {
+				syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL)
+				<-exited
+				return errors.New("dovecot did not listen within 15s")
+			}
+		}
+	}
+	d.cmd = cmd
+	go func() {
+		// Reap; Stop waits for this through the process group.
+		<-exited
+	}()
+	return nil
+}
+
+func greets(addr string) error {
+	c, err := net.DialTimeout("tcp", addr, time.Second)
+	if err != nil {
+		return err
+	}
+	defer c.Close()
+	c.SetDeadline(time.Now().Add(2 * time.Second))
+	buf := make([]byte, 64)
+	n, err := c.Read(buf)
+	if n == 0 {
+		return fmt.Errorf("no greeting: %v", err)
+	}
+	return nil
+}
+
+// Stop stops Dovecot and all its processes.
+func (d *Dovecot) Stop() {
+	if d.cmd == nil || d.cmd.Process == nil {
+		return
+	}
+	pid := d.cmd.Process.Pid
+	syscall.Kill(-pid, syscall.SIGTERM)
+	for i := 0; i < 100; i++ {
+		if syscall.Kill(-pid, 0) != nil {
+			d.cmd = nil
+			return
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	syscall.Kill(-pid, syscall.SIGKILL)
+	d.cmd = nil
+}
+
+// AddUser creates a mail user.
+func (d *Dovecot) AddUser(t testing.TB, name, password string) {
+	t.Helper()
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if strings.ContainsAny(name+password, ":\n") {
+		t.Fatalf("legacytest: user %q or its password has a ':' or newline", name)
+	}
+	d.users[name] = password
+	var b strings.Builder
+	for u, p := range d.users {
+		fmt.Fprintf(&b, "%s:{PLAIN}%s::::::\n", u, p)
+	}
+	if err := os.WriteFile(filepath.Join(d.Dir, "passwd"), []byte(b.String()), 0o644); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// Doveadm runs doveadm against this instance.
+func (d *Dovecot) Doveadm(t testing.TB, args ...string) string {
+	t.Helper()
+	out, err := exec.Command("doveadm", append([]string{"-c", d.configPath()}, args...)...).CombinedOutput()
+	if err != nil {
+		t.Fatalf("doveadm %s: %v\n%s", strings.Join(args, " "), err, out)
+	}
+	return string(out)
+}
+
+func freePorts(n int) ([]int, error) {
+	var ports []int
+	var lns []net.Listener
+	defer func() {
+		for _, ln := range lns {
+			ln.Close()
+		}
+	}()
+	for i := 0; i < n; i++ {
+		ln, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			return nil, err
+		}
+		lns = append(lns, ln)
+		ports = append(ports, ln.Addr().(*net.TCPAddr).Port)
+	}
+	return ports, nil
+}

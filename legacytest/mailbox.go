@@ -1,0 +1,286 @@
+package legacytest
+
+import (
+	"bytes"
+	"fmt"
+	"io"
+	"math/rand/v2"
+	"sort"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/emersion/go-imap/v2"
+	"github.com/emersion/go-imap/v2/imapclient"
+)
+
+// Message is one message to put on the legacy server.
+type Message struct {
+	Body         []byte
+	Flags        []imap.Flag
+	InternalDate time.Time
+}
+
+// Folder is a legacy folder and its messages. Name is relative to the
+// personal namespace (the prefix is added).
+type Folder struct {
+	Name       string
+	Subscribed bool
+	Messages   []Message
+	// Expunge lists 0-based indexes of Messages to expunge after the
+	// upload, leaving gaps in the UIDs.
+	Expunge []int
+}
+
+// Login opens an IMAP session as user on the legacy server.
+func (d *Dovecot) Login(t testing.TB, user, password string) *imapclient.Client {
+	t.Helper()
+	c, err := imapclient.DialInsecure(d.IMAPAddr, nil)
+	if err != nil {
+		t.Fatalf("legacytest: dial %s: %v", d.IMAPAddr, err)
+	}
+	if err := c.Login(user, password).Wait(); err != nil {
+		c.Close()
+		t.Fatalf("legacytest: login %s: %v", user, err)
+	}
+	return c
+}
+
+// FullName returns the folder's name with the namespace prefix.
+func (d *Dovecot) FullName(name string) string {
+	if name == "INBOX" {
+		return name
+	}
+	return d.Options.Prefix + strings.ReplaceAll(name, "/", d.Options.Separator)
+}
+
+// Populate uploads folders for user (APPEND with flags and internal dates,
+// pipelined), then expunges the listed messages.
+func (d *Dovecot) Populate(t testing.TB, user, password string, folders []Folder) {
+	t.Helper()
+	c := d.Login(t, user, password)
+	defer c.Close()
+	for _, f := range folders {
+		name := d.FullName(f.Name)
+		if name != "INBOX" {
+			if err := c.Create(name, nil).Wait(); err != nil && !strings.Contains(err.Error(), "already exists") {
+				t.Fatalf("legacytest: create %s: %v", name, err)
+			}
+		}
+		if f.Subscribed {
+			if err := c.Subscribe(name).Wait(); err != nil {
+				t.Fatalf("legacytest: subscribe %s: %v", name, err)
+			}
+		}
+		const window = 64
+		var pending []*imapclient.AppendCommand
+		wait := func() {
+			for _, cmd := range pending {
+				if _, err := cmd.Wait(); err != nil {
+					t.Fatalf("legacytest: append to %s: %v", name, err)
+				}
+			}
+			pending = pending[:0]
+		}
+		for _, m := range f.Messages {
+			cmd := c.Append(name, int64(len(m.Body)), &imap.AppendOptions{Flags: m.Flags, Time: m.InternalDate})
+			if _, err := cmd.Write(m.Body); err != nil {
+				t.Fatalf("legacytest: append to %s: %v", name, err)
+			}
+			if err := cmd.Close(); err != nil {
+				t.Fatalf("legacytest: append to %s: %v", name, err)
+			}
+			pending = append(pending, cmd)
+			if len(pending) == window {
+				wait()
+			}
+		}
+		wait()
+		if len(f.Expunge) > 0 {
+			if _, err := c.Select(name, nil).Wait(); err != nil {
+				t.Fatalf("legacytest: select %s: %v", name, err)
+			}
+			var seqs imap.SeqSet
+			for _, i := range f.Expunge {
+				seqs.AddNum(uint32(i + 1))
+			}
+			store := c.Store(seqs, &imap.StoreFlags{Op: imap.StoreFlagsAdd, Silent: true, Flags: []imap.Flag{imap.FlagDeleted}}, nil)
+			if err := store.Close(); err != nil {
+				t.Fatalf("legacytest: store \\Deleted in %s: %v", name, err)
+			}
+			if err := c.Expunge().Close(); err != nil {
+				t.Fatalf("legacytest: expunge %s: %v", name, err)
+			}
+			if err := c.Unselect().Wait(); err != nil {
+				t.Fatalf("legacytest: unselect %s: %v", name, err)
+			}
+		}
+	}
+	if err := c.Logout().Wait(); err != nil {
+		t.Fatalf("legacytest: logout: %v", err)
+	}
+}
+
+// SnapshotMessage is one message as the legacy server serves it.
+type SnapshotMessage struct {
+	UID          uint32
+	Flags        []string // sorted, \Recent left out
+	InternalDate time.Time
+	Size         int64
+	Body         []byte
+}
+
+// SnapshotFolder is one folder as the legacy server serves it.
+type SnapshotFolder struct {
+	Name        string
+	Attrs       []string // sorted special-use and \Noselect-style attributes
+	Subscribed  bool
+	UIDValidity uint32
+	UIDNext     uint32
+	Messages    []SnapshotMessage
+}
+
+// Snapshot reads every folder and message of user over IMAP: what a client
+// sees, which is what a copy must reproduce.
+func (d *Dovecot) Snapshot(t testing.TB, user, password string) map[string]*SnapshotFolder {
+	t.Helper()
+	c := d.Login(t, user, password)
+	defer c.Close()
+	return SnapshotIMAP(t, c)
+}
+
+// SnapshotIMAP reads every folder and message over an IMAP session.
+func SnapshotIMAP(t testing.TB, c *imapclient.Client) map[string]*SnapshotFolder {
+	t.Helper()
+	list, err := c.List("", "*", &imap.ListOptions{ReturnSubscribed: true,
+		ReturnSpecialUse: c.Caps().Has(imap.CapSpecialUse)}).Collect()
+	if err != nil {
+		t.Fatalf("snapshot: list: %v", err)
+	}
+	out := map[string]*SnapshotFolder{}
+	for _, mb := range list {
+		f := &SnapshotFolder{Name: mb.Mailbox}
+		noselect := false
+		for _, a := range mb.Attrs {
+			switch a {
+			case imap.MailboxAttrSubscribed:
+				f.Subscribed = true
+			case imap.MailboxAttrHasChildren, imap.MailboxAttrHasNoChildren, imap.MailboxAttrMarked, imap.MailboxAttrUnmarked:
+			default:
+				if a == imap.MailboxAttrNoSelect || a == imap.MailboxAttrNonExistent {
+					noselect = true
+				}
+				f.Attrs = append(f.Attrs, string(a))
+			}
+		}
+		sort.Strings(f.Attrs)
+		out[f.Name] = f
+		if noselect {
+			continue
+		}
+		sel, err := c.Select(mb.Mailbox, &imap.SelectOptions{ReadOnly: true}).Wait()
+		if err != nil {
+			t.Fatalf("snapshot: select %s: %v", mb.Mailbox, err)
+		}
+		f.UIDValidity, f.UIDNext = sel.UIDValidity, uint32(sel.UIDNext)
+		if sel.NumMessages > 0 {
+			var all imap.SeqSet
+			all.AddRange(1, 0)
+			fetch := c.Fetch(all, &imap.FetchOptions{UID: true, Flags: true, InternalDate: true, RFC822Size: true,
+				BodySection: []*imap.FetchItemBodySection{{Peek: true}}})
+			for {
+				msg := fetch.Next()
+				if msg == nil {
+					break
+				}
+				var sm SnapshotMessage
+				for item := msg.Next(); item != nil; item = msg.Next() {
+					switch v := item.(type) {
+					case imapclient.FetchItemDataUID:
+						sm.UID = uint32(v.UID)
+					case imapclient.FetchItemDataFlags:
+						for _, fl := range v.Flags {
+							if fl != imap.Flag(`\Recent`) {
+								sm.Flags = append(sm.Flags, string(fl))
+							}
+						}
+						sort.Strings(sm.Flags)
+					case imapclient.FetchItemDataInternalDate:
+						sm.InternalDate = v.Time
+					case imapclient.FetchItemDataRFC822Size:
+						sm.Size = v.Size
+					case imapclient.FetchItemDataBodySection:
+						sm.Body, err = io.ReadAll(v.Literal)
+						if err != nil {
+							t.Fatalf("snapshot: read body: %v", err)
+						}
+					}
+				}
+				f.Messages = append(f.Messages, sm)
+			}
+			if err := fetch.Close(); err != nil {
+				t.Fatalf("snapshot: fetch %s: %v", mb.Mailbox, err)
+			}
+			sort.Slice(f.Messages, func(i, j int) bool { return f.Messages[i].UID < f.Messages[j].UID })
+		}
+		if err := c.Unselect().Wait(); err != nil {
+			t.Fatalf("snapshot: unselect %s: %v", mb.Mailbox, err)
+		}
+	}
+	return out
+}
+
+// Generate returns n varied messages: plain and multipart, 8-bit bodies,
+// bare LF line ends, malformed headers, long lines, sizes from a few
+// hundred bytes to about maxSize, flags and keywords, internal dates in
+// several zones.
+func Generate(seed uint64, n int, maxSize int) []Message {
+	r := rand.New(rand.NewPCG(seed, 99))
+	flagSets := [][]imap.Flag{nil, {imap.FlagSeen}, {imap.FlagSeen, imap.FlagAnswered}, {imap.FlagFlagged},
+		{imap.FlagSeen, "$Label1"}, {"$Forwarded", imap.FlagSeen}, {imap.FlagDraft}, {"Work", "$Junk"}}
+	zones := []*time.Location{time.UTC, time.FixedZone("", -7*3600), time.FixedZone("", 5*3600+1800)}
+	out := make([]Message, n)
+	for i := range out {
+		var b bytes.Buffer
+		kind := r.IntN(10)
+		date := time.Date(2015+r.IntN(10), time.Month(1+r.IntN(12)), 1+r.IntN(28), r.IntN(24), r.IntN(60), r.IntN(60), 0, zones[r.IntN(len(zones))])
+		nl := "\r\n"
+		if kind == 7 {
+			nl = "\n" // bare LF throughout
+		}
+		fmt.Fprintf(&b, "From: Sender %d <sender%d@example.net>%s", i, i, nl)
+		fmt.Fprintf(&b, "To: user@example.org%s", nl)
+		fmt.Fprintf(&b, "Subject: message %d of %d%s", i, n, nl)
+		fmt.Fprintf(&b, "Date: %s%s", date.Format(time.RFC1123Z), nl)
+		fmt.Fprintf(&b, "Message-ID: <%d.%d@legacy.example>%s", seed, i, nl)
+		if kind == 8 {
+			b.WriteString("This header line has no colon" + nl + "X-Broken:: \x01\x02" + nl)
+		}
+		size := 200 + int(float64(maxSize)*r.Float64()*r.Float64()*r.Float64())
+		switch {
+		case kind == 5:
+			fmt.Fprintf(&b, "MIME-Version: 1.0%sContent-Type: multipart/mixed; boundary=\"b%d\"%s%s", nl, i, nl, nl)
+			fmt.Fprintf(&b, "--b%d%sContent-Type: text/plain; charset=utf-8%sContent-Transfer-Encoding: 8bit%s%sGrüße aus Köln%s", i, nl, nl, nl, nl, nl)
+			fmt.Fprintf(&b, "--b%d%sContent-Type: application/octet-stream%sContent-Transfer-Encoding: base64%s%s", i, nl, nl, nl, nl)
+			for b.Len() < size {
+				b.WriteString("QUJDREVGR0hJSktMTU5PUFFSU1RVVldYWVowMTIzNDU2Nzg5YWJjZGVmZ2hpamtsbW5vcA==" + nl)
+			}
+			fmt.Fprintf(&b, "--b%d--%s", i, nl)
+		case kind == 6:
+			fmt.Fprintf(&b, "Content-Type: text/plain; charset=iso-8859-1%sContent-Transfer-Encoding: 8bit%s%s", nl, nl, nl)
+			for b.Len() < size {
+				b.WriteString("caf\xe9 cr\xe8me br\xfbl\xe9e " + nl)
+			}
+		case kind == 9:
+			b.WriteString(nl)
+			b.WriteString(strings.Repeat("long line without a break ", 400) + nl)
+		default:
+			b.WriteString(nl)
+			for b.Len() < size {
+				fmt.Fprintf(&b, "Line of message %d with some words to fill it up.%s", i, nl)
+			}
+		}
+		out[i] = Message{Body: b.Bytes(), Flags: flagSets[r.IntN(len(flagSets))], InternalDate: date}
+	}
+	return out
+}
