@@ -1,0 +1,345 @@
+package capture
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"sort"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/emersion/go-imap/v2"
+
+	"mailcapture/legacytest"
+	"mailcapture/store"
+)
+
+var testHash = store.HashParams{Time: 1, MemoryKiB: 8 * 1024, Threads: 1}
+
+const (
+	user     = "ann@example.org"
+	password = `pa"ss w\ord`
+)
+
+func openStore(t *testing.T) *store.Store {
+	t.Helper()
+	st, err := store.Open(context.Background(), t.TempDir(), store.Options{Hash: testHash})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { st.Close() })
+	return st
+}
+
+func newEngine(st *store.Store, d *legacytest.Dovecot) *Engine {
+	return &Engine{Store: st, IMAP: Endpoint{Address: d.IMAPAddr, TLS: "none", Timeout: 10 * time.Second},
+		BatchMessages: 7, FetchChunk: 11, VerifySample: 5}
+}
+
+// localSnapshot reads the store in the shape of a legacy snapshot.
+func localSnapshot(t *testing.T, st *store.Store, account string) map[string]*legacytest.SnapshotFolder {
+	t.Helper()
+	ctx := context.Background()
+	acct, err := st.Account(ctx, account)
+	if err != nil {
+		t.Fatal(err)
+	}
+	boxes, err := st.Mailboxes(ctx, acct.ID)
+	if err != nil {
+		t.Fatal(err)
+	}
+	out := map[string]*legacytest.SnapshotFolder{}
+	for _, b := range boxes {
+		f := &legacytest.SnapshotFolder{Name: b.Name, Attrs: append([]string(nil), b.SpecialUse...), Subscribed: b.Subscribed,
+			UIDValidity: b.UIDValidity, UIDNext: b.UIDNext}
+		sort.Strings(f.Attrs)
+		msgs, err := st.Messages(ctx, b.ID, store.AllUIDs)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, m := range msgs {
+			body, err := st.ReadBody(m.ID)
+			if err != nil {
+				t.Fatal(err)
+			}
+			flags := append([]string(nil), m.Flags...)
+			sort.Strings(flags)
+			f.Messages = append(f.Messages, legacytest.SnapshotMessage{UID: m.UID, Flags: flags, InternalDate: m.InternalDate, Size: m.Size, Body: body})
+		}
+		out[b.Name] = f
+	}
+	return out
+}
+
+// assertSameMailbox checks invariant 3 at the store: same folders,
+// UIDVALIDITY, UIDs, flags, internal dates, sizes and bytes; and
+// invariant 4: local UIDNEXT >= legacy UIDNEXT.
+func assertSameMailbox(t *testing.T, legacy, local map[string]*legacytest.SnapshotFolder) {
+	t.Helper()
+	for name, lf := range legacy {
+		if hasString(lf.Attrs, `\Noselect`) || hasString(lf.Attrs, `\NonExistent`) {
+			continue // a parent that holds no messages, only children
+		}
+		f, ok := local[name]
+		if !ok {
+			t.Errorf("folder %q missing locally", name)
+			continue
+		}
+		if f.UIDValidity != lf.UIDValidity || f.UIDNext < lf.UIDNext || f.Subscribed != lf.Subscribed ||
+			strings.Join(f.Attrs, " ") != strings.Join(lf.Attrs, " ") {
+			t.Errorf("folder %q: local uidvalidity %d uidnext %d subscribed %v attrs %v; legacy %d %d %v %v",
+				name, f.UIDValidity, f.UIDNext, f.Subscribed, f.Attrs, lf.UIDValidity, lf.UIDNext, lf.Subscribed, lf.Attrs)
+		}
+		if len(f.Messages) != len(lf.Messages) {
+			t.Errorf("folder %q: %d messages locally, %d legacy", name, len(f.Messages), len(lf.Messages))
+			continue
+		}
+		for i, lm := range lf.Messages {
+			m := f.Messages[i]
+			if m.UID != lm.UID || strings.Join(m.Flags, " ") != strings.Join(lm.Flags, " ") || !m.InternalDate.Equal(lm.InternalDate) ||
+				m.Size != lm.Size || !bytes.Equal(m.Body, lm.Body) {
+				t.Errorf("folder %q message %d: local UID %d flags %v date %v size %d (%d bytes); legacy UID %d flags %v date %v size %d (%d bytes)",
+					name, i, m.UID, m.Flags, m.InternalDate, m.Size, len(m.Body), lm.UID, lm.Flags, lm.InternalDate, lm.Size, len(lm.Body))
+			}
+		}
+	}
+	for name := range local {
+		if lf, ok := legacy[name]; ok && (hasString(lf.Attrs, `\Noselect`) || hasString(lf.Attrs, `\NonExistent`)) {
+			t.Errorf("folder %q is not selectable on the legacy server but exists locally", name)
+		}
+		if _, ok := legacy[name]; !ok {
+			t.Errorf("folder %q exists locally but not on the legacy server", name)
+		}
+	}
+}
+
+func populate(t *testing.T, d *legacytest.Dovecot) {
+	msgs := legacytest.Generate(7, 120, 60000)
+	d.AddUser(t, user, password)
+	d.Populate(t, user, password, []legacytest.Folder{
+		{Name: "INBOX", Subscribed: true, Messages: msgs[:70], Expunge: []int{0, 5, 6, 7, 30}},
+		{Name: "Sent", Subscribed: true, Messages: msgs[70:90]},
+		{Name: "Drafts", Messages: msgs[90:93]},
+		{Name: "Trash", Subscribed: true},
+		{Name: "Projects/2024/Q1", Subscribed: true, Messages: msgs[93:110]},
+		{Name: "Projects/Old", Messages: msgs[110:120], Expunge: []int{9}},
+	})
+}
+
+func TestFullCopyIsExact(t *testing.T) {
+	for _, opts := range []legacytest.Options{
+		{Separator: ".", Prefix: "INBOX."},
+		{Separator: "/", NoSpecialUse: true},
+	} {
+		t.Run(fmt.Sprintf("separator %q prefix %q", opts.Separator, opts.Prefix), func(t *testing.T) {
+			ctx := context.Background()
+			d := legacytest.Start(t, opts)
+			populate(t, d)
+			st := openStore(t)
+			if _, err := st.CreateAccount(ctx, user, password, store.StateCapturing); err != nil {
+				t.Fatal(err)
+			}
+			e := newEngine(st, d)
+			conv, err := e.Converge(ctx, user, password, 5)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if !conv.Verification.OK() || conv.Verification.Sampled == 0 {
+				t.Fatalf("verification: %+v", conv.Verification)
+			}
+			first := conv.Passes[0]
+			if first.Added != 114 || first.FoldersCreated == 0 {
+				t.Fatalf("first pass: %+v", first)
+			}
+			if last := conv.Passes[len(conv.Passes)-1]; last.Changed() {
+				t.Fatalf("converged on a pass that changed things: %+v", last)
+			}
+			legacy := d.Snapshot(t, user, password)
+			if opts.NoSpecialUse {
+				// The legacy server announces none; mailcapture guesses from
+				// names and records that it guessed.
+				for _, f := range legacy {
+					var kept []string
+					for _, a := range f.Attrs {
+						if !isSpecialUse(imap.MailboxAttr(a)) {
+							kept = append(kept, a)
+						}
+					}
+					f.Attrs = kept
+				}
+				want := map[string]string{"Sent": `\Sent`, "Drafts": `\Drafts`, "Trash": `\Trash`}
+				for name, attr := range want {
+					legacy[name].Attrs = []string{attr}
+				}
+			}
+			assertSameMailbox(t, legacy, localSnapshot(t, st, user))
+			acct, _ := st.Account(ctx, user)
+			if acct.LegacySeparator != opts.Separator || acct.LegacyPrefix != opts.Prefix || acct.SpecialUseGuessed != opts.NoSpecialUse {
+				t.Fatalf("namespace recorded as prefix %q separator %q guessed %v", acct.LegacyPrefix, acct.LegacySeparator, acct.SpecialUseGuessed)
+			}
+			if acct.LegacyMessages != 114 || acct.LastSyncAt.IsZero() || acct.LastError != "" {
+				t.Fatalf("account progress: %+v", acct)
+			}
+			// A pass over the unchanged mailbox changes nothing.
+			res, err := e.Pass(ctx, user, password)
+			if err != nil || res.Changed() {
+				t.Fatalf("idle pass: %+v %v", res, err)
+			}
+		})
+	}
+}
+
+func TestDeltaSync(t *testing.T) {
+	ctx := context.Background()
+	d := legacytest.Start(t, legacytest.Options{})
+	populate(t, d)
+	st := openStore(t)
+	st.CreateAccount(ctx, user, password, store.StateCapturing)
+	e := newEngine(st, d)
+	if _, err := e.Converge(ctx, user, password, 5); err != nil {
+		t.Fatal(err)
+	}
+	oldUIDValidity := localSnapshot(t, st, user)["Projects/Old"].UIDValidity
+
+	// Change everything a user can change on the legacy server.
+	c := d.Login(t, user, password)
+	mustOK := func(what string, err error) {
+		t.Helper()
+		if err != nil {
+			t.Fatalf("%s: %v", what, err)
+		}
+	}
+	_, err := c.Select("INBOX", nil).Wait()
+	mustOK("select", err)
+	var seq imap.SeqSet
+	seq.AddNum(1, 2)
+	mustOK("store flags", c.Store(seq, &imap.StoreFlags{Op: imap.StoreFlagsAdd, Silent: true, Flags: []imap.Flag{imap.FlagFlagged, "NewKeyword"}}, nil).Close())
+	seq = imap.SeqSet{}
+	seq.AddNum(3)
+	mustOK("store deleted", c.Store(seq, &imap.StoreFlags{Op: imap.StoreFlagsAdd, Silent: true, Flags: []imap.Flag{imap.FlagDeleted}}, nil).Close())
+	mustOK("expunge", c.Expunge().Close())
+	mustOK("unselect", c.Unselect().Wait())
+	mustOK("rename", c.Rename("Projects/2024", "Projects/2025", nil).Wait())
+	mustOK("delete", c.Delete("Trash").Wait())
+	mustOK("delete Old", c.Delete("Projects/Old").Wait())
+	mustOK("recreate Old", c.Create("Projects/Old", nil).Wait())
+	c.Logout().Wait()
+	more := legacytest.Generate(8, 6, 5000)
+	d.Populate(t, user, password, []legacytest.Folder{
+		{Name: "INBOX", Messages: more[:3]},
+		{Name: "Projects/Old", Messages: more[3:5]},
+		{Name: "New Folder", Messages: more[5:]},
+	})
+
+	conv, err := e.Converge(ctx, user, password, 5)
+	if err != nil {
+		t.Fatal(err)
+	}
+	p := conv.Passes[0]
+	if p.Added != 6 || p.Expunged != 1 || p.FlagsChanged != 2 || p.FoldersDeleted != 1 || p.FoldersRecopied != 1 || p.FoldersCreated != 1 {
+		t.Fatalf("delta pass: %+v", p)
+	}
+	local := localSnapshot(t, st, user)
+	if local["Projects/Old"].UIDValidity == oldUIDValidity {
+		t.Fatal("recreated folder kept its old UIDVALIDITY")
+	}
+	if local["Projects/2025/Q1"] == nil || len(local["Projects/2025/Q1"].Messages) != 17 {
+		t.Fatalf("renamed folder: %+v", local["Projects/2025/Q1"] != nil)
+	}
+	assertSameMailbox(t, d.Snapshot(t, user, password), local)
+}
+
+// TestResumeNeverDuplicates interrupts passes right after their 1st, 2nd,
+// ... batch commits; the passes that follow resume, and the end result is
+// exact with nothing stored twice.
+func TestResumeNeverDuplicates(t *testing.T) {
+	ctx := context.Background()
+	d := legacytest.Start(t, legacytest.Options{})
+	populate(t, d)
+	st := openStore(t)
+	st.CreateAccount(ctx, user, password, store.StateCapturing)
+	e := newEngine(st, d)
+	for stopAfter := 1; stopAfter <= 6; stopAfter++ {
+		pctx, cancel := context.WithCancel(ctx)
+		commits := 0
+		e.afterCommit = func() {
+			if commits++; commits == stopAfter {
+				cancel()
+			}
+		}
+		_, err := e.Pass(pctx, user, password)
+		cancel()
+		if !errors.Is(err, context.Canceled) {
+			t.Fatalf("pass %d: want it cancelled, got %v", stopAfter, err)
+		}
+	}
+	e.afterCommit = nil
+	conv, err := e.Converge(ctx, user, password, 5)
+	if err != nil {
+		t.Fatal(err)
+	}
+	total := 0
+	for _, p := range conv.Passes {
+		total += p.Added
+	}
+	if total >= 114 {
+		t.Fatalf("the final passes copied %d messages: the interrupted ones saved nothing", total)
+	}
+	assertSameMailbox(t, d.Snapshot(t, user, password), localSnapshot(t, st, user))
+}
+
+func TestBadCredentialsStopTheJob(t *testing.T) {
+	ctx := context.Background()
+	d := legacytest.Start(t, legacytest.Options{})
+	d.AddUser(t, user, password)
+	st := openStore(t)
+	st.CreateAccount(ctx, user, "whatever", store.StateCapturing)
+	_, err := newEngine(st, d).Pass(ctx, user, "wrong password")
+	if !errors.Is(err, ErrBadCredentials) {
+		t.Fatalf("want ErrBadCredentials, got %v", err)
+	}
+}
+
+// TestHungLegacyServer: a server that greets and then never answers fails
+// the pass within the timeout instead of hanging it.
+func TestHungLegacyServer(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			c.Write([]byte("* OK IMAP4rev1 ready\r\n"))
+			defer c.Close() // silent from now on
+		}
+	}()
+	ctx := context.Background()
+	st := openStore(t)
+	st.CreateAccount(ctx, user, password, store.StateCapturing)
+	e := &Engine{Store: st, IMAP: Endpoint{Address: ln.Addr().String(), TLS: "none", Timeout: 300 * time.Millisecond}}
+	start := time.Now()
+	_, err = e.Pass(ctx, user, password)
+	if !errors.Is(err, ErrTimeout) {
+		t.Fatalf("want ErrTimeout, got %v", err)
+	}
+	if elapsed := time.Since(start); elapsed > 5*time.Second {
+		t.Fatalf("pass took %v to fail", elapsed)
+	}
+}
+
+func hasString(list []string, s string) bool {
+	for _, x := range list {
+		if x == s {
+			return true
+		}
+	}
+	return false
+}

@@ -1,0 +1,342 @@
+package capture
+
+import (
+	"context"
+	"fmt"
+	"sort"
+	"strings"
+	"time"
+
+	"github.com/emersion/go-imap/v2"
+	"github.com/emersion/go-imap/v2/imapclient"
+
+	"mailcapture/store"
+)
+
+// legacyMessage is one message's metadata on the legacy server.
+type legacyMessage struct {
+	seq   uint32
+	uid   uint32
+	flags []string
+	size  int64
+	date  time.Time
+}
+
+// syncFolder makes one local mailbox equal to its legacy folder: creates
+// it (or recreates it when UIDVALIDITY changed), removes what was
+// expunged, updates flags, copies what is new, and raises UIDNEXT to the
+// legacy UIDNEXT.
+func (e *Engine) syncFolder(ctx context.Context, conn *imapConn, acct store.Account, f legacyFolder,
+	local map[string]store.Mailbox, orphans map[uint32]store.Mailbox, res *PassResult) error {
+	sel, err := conn.Select(f.name, &imap.SelectOptions{ReadOnly: true}).Wait()
+	if err != nil {
+		return fmt.Errorf("select: %w", err)
+	}
+	defer func() { conn.Unselect().Wait() }()
+
+	mbox, err := e.localMailbox(ctx, acct, f, sel.UIDValidity, local, orphans, res)
+	if err != nil {
+		return err
+	}
+	legacy, err := fetchMetadata(conn, sel.NumMessages)
+	if err != nil {
+		return err
+	}
+	for _, m := range legacy {
+		res.LegacyMessages++
+		res.LegacyBytes += m.size
+	}
+	stored, err := e.Store.Messages(ctx, mbox.ID, store.AllUIDs)
+	if err != nil {
+		return err
+	}
+	byLegacyUID := make(map[uint32]store.Message, len(stored))
+	for _, m := range stored {
+		if m.LegacyUID != 0 {
+			byLegacyUID[m.LegacyUID] = m
+		}
+	}
+	inLegacy := make(map[uint32]bool, len(legacy))
+	var missing []legacyMessage
+	flagGroups := map[string][]uint32{} // wanted flags -> local UIDs
+	for _, m := range legacy {
+		inLegacy[m.uid] = true
+		have, ok := byLegacyUID[m.uid]
+		if !ok {
+			missing = append(missing, m)
+			continue
+		}
+		if want := strings.Join(m.flags, " "); want != strings.Join(have.Flags, " ") {
+			flagGroups[want] = append(flagGroups[want], have.UID)
+		}
+	}
+	var gone []uint32
+	for _, m := range stored {
+		if m.LegacyUID != 0 && !inLegacy[m.LegacyUID] {
+			gone = append(gone, m.UID)
+		}
+	}
+	if len(gone) > 0 {
+		deleted, err := e.Store.Expunge(ctx, mbox.ID, gone)
+		if err != nil {
+			return err
+		}
+		res.Expunged += len(deleted)
+	}
+	for want, uids := range flagGroups {
+		ranges := uidRanges(uids)
+		for len(ranges) > 0 {
+			n := min(len(ranges), 400) // bounded statement size
+			updates, err := e.Store.StoreFlags(ctx, mbox.ID, ranges[:n], store.FlagsReplace, splitFlags(want))
+			if err != nil {
+				return err
+			}
+			res.FlagsChanged += len(updates)
+			ranges = ranges[n:]
+		}
+	}
+	if len(missing) > 0 {
+		if err := e.copyMessages(ctx, conn, mbox, missing, res); err != nil {
+			return err
+		}
+	}
+	if err := e.Store.UpdateMailbox(ctx, mbox.ID, f.specialUse, f.subscribed, uint32(sel.UIDNext)); err != nil {
+		return err
+	}
+	return nil
+}
+
+// localMailbox finds or creates the local mirror of a legacy folder.
+func (e *Engine) localMailbox(ctx context.Context, acct store.Account, f legacyFolder, uidvalidity uint32,
+	local map[string]store.Mailbox, orphans map[uint32]store.Mailbox, res *PassResult) (store.Mailbox, error) {
+	mbox, ok := local[f.name]
+	if ok && mbox.LegacyUIDValidity == uidvalidity {
+		return mbox, nil
+	}
+	if ok {
+		// The legacy folder was recreated: its UIDs mean other messages
+		// now. Copy it again from scratch.
+		e.log().Info("legacy UIDVALIDITY changed; copying the folder again", "account", acct.Name, "folder", f.name,
+			"old", mbox.LegacyUIDValidity, "new", uidvalidity)
+		if err := e.Store.DeleteMailbox(ctx, mbox.ID); err != nil {
+			return mbox, err
+		}
+		res.FoldersRecopied++
+	} else if old, renamed := orphans[uidvalidity]; renamed {
+		// Same UIDVALIDITY under a new name: the folder was renamed.
+		if err := e.Store.RenameMailbox(ctx, acct.ID, old.Name, f.name, ""); err != nil {
+			return mbox, err
+		}
+		delete(orphans, uidvalidity)
+		res.FoldersRenamed++
+		m, err := e.Store.MailboxByName(ctx, acct.ID, f.name)
+		local[f.name] = m
+		return m, err
+	} else {
+		res.FoldersCreated++
+	}
+	m, err := e.Store.CreateMailbox(ctx, acct.ID, store.MailboxSpec{
+		Name: f.name, UIDValidity: uidvalidity, UIDNext: 1, SpecialUse: f.specialUse,
+		Subscribed: f.subscribed, LegacyUIDValidity: uidvalidity,
+	})
+	if err != nil {
+		return m, err
+	}
+	local[f.name] = m
+	return m, nil
+}
+
+// fetchMetadata reads UID, flags, size and internal date of every message
+// of the selected folder (no bodies).
+func fetchMetadata(conn *imapConn, count uint32) ([]legacyMessage, error) {
+	if count == 0 {
+		return nil, nil
+	}
+	var all imap.SeqSet
+	all.AddRange(1, 0)
+	bufs, err := conn.Fetch(all, &imap.FetchOptions{UID: true, Flags: true, RFC822Size: true, InternalDate: true}).Collect()
+	if err != nil {
+		return nil, fmt.Errorf("fetch metadata: %w", err)
+	}
+	out := make([]legacyMessage, 0, len(bufs))
+	for _, b := range bufs {
+		if b.UID == 0 {
+			return nil, fmt.Errorf("fetch metadata: the legacy server sent message %d without its UID", b.SeqNum)
+		}
+		out = append(out, legacyMessage{seq: b.SeqNum, uid: uint32(b.UID), flags: normalizeFlags(b.Flags), size: b.RFC822Size, date: b.InternalDate})
+	}
+	if uint32(len(out)) != count {
+		return nil, fmt.Errorf("%w: SELECT said %d messages, FETCH returned %d", errMailboxChanged, count, len(out))
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i].seq < out[j].seq })
+	return out, nil
+}
+
+// copyMessages fetches the bodies of msgs by sequence-number ranges (with
+// UID among the items, checked against the metadata) and streams them into
+// store batches. The number received is checked against the number asked.
+func (e *Engine) copyMessages(ctx context.Context, conn *imapConn, mbox store.Mailbox, msgs []legacyMessage, res *PassResult) error {
+	chunk := e.fetchChunk()
+	for lo := 0; lo < len(msgs); lo += chunk {
+		part := msgs[lo:min(lo+chunk, len(msgs))]
+		if err := e.copyChunk(ctx, conn, mbox, part, res); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+func (e *Engine) copyChunk(ctx context.Context, conn *imapConn, mbox store.Mailbox, msgs []legacyMessage, res *PassResult) error {
+	bySeq := make(map[uint32]*legacyMessage, len(msgs))
+	var seqs imap.SeqSet
+	for i := range msgs {
+		bySeq[msgs[i].seq] = &msgs[i]
+		seqs.AddNum(msgs[i].seq)
+	}
+	fetch := conn.Fetch(seqs, &imap.FetchOptions{UID: true, BodySection: []*imap.FetchItemBodySection{{Peek: true}}})
+	defer fetch.Close()
+	batch := e.Store.NewBatch()
+	defer batch.Abort()
+	received := 0
+	pending := 0
+	var pendingBytes int64
+	commit := func() error {
+		if batch.Len() == 0 {
+			return nil
+		}
+		inserted, err := batch.Commit(ctx)
+		if err != nil {
+			return err
+		}
+		for _, in := range inserted {
+			if !in.Duplicate {
+				res.Added++
+				res.AddedBytes += in.Size
+			}
+		}
+		batch = e.Store.NewBatch()
+		pending, pendingBytes = 0, 0
+		if e.afterCommit != nil {
+			e.afterCommit()
+		}
+		return nil
+	}
+	for {
+		msg := fetch.Next()
+		if msg == nil {
+			break
+		}
+		want, ok := bySeq[msg.SeqNum]
+		if !ok {
+			// An answer we did not ask for (a unilateral FETCH): skip it.
+			drain(msg)
+			continue
+		}
+		var gotUID uint32
+		added := false
+		for item := msg.Next(); item != nil; item = msg.Next() {
+			switch v := item.(type) {
+			case imapclient.FetchItemDataUID:
+				gotUID = uint32(v.UID)
+			case imapclient.FetchItemDataBodySection:
+				if added || v.Literal == nil {
+					continue
+				}
+				err := batch.Add(ctx, store.NewMessage{MailboxID: mbox.ID, UID: want.uid, LegacyUID: want.uid,
+					InternalDate: want.date, Flags: want.flags}, v.Literal)
+				if err != nil {
+					return fmt.Errorf("store message UID %d: %w", want.uid, err)
+				}
+				added = true
+			}
+		}
+		if gotUID != 0 && gotUID != want.uid {
+			return fmt.Errorf("%w: message %d has UID %d, expected %d", errMailboxChanged, msg.SeqNum, gotUID, want.uid)
+		}
+		if !added {
+			return fmt.Errorf("legacy server sent message %d (UID %d) without its body", msg.SeqNum, want.uid)
+		}
+		received++
+		pending++
+		pendingBytes += want.size
+		if pending >= e.batchMessages() || pendingBytes >= e.batchBytes() {
+			if err := commit(); err != nil {
+				return err
+			}
+		}
+	}
+	if err := fetch.Close(); err != nil {
+		return fmt.Errorf("fetch bodies: %w", err)
+	}
+	if received != len(msgs) {
+		return fmt.Errorf("%w: asked for %d bodies, received %d", errMailboxChanged, len(msgs), received)
+	}
+	return commit()
+}
+
+func drain(msg *imapclient.FetchMessageData) {
+	for item := msg.Next(); item != nil; item = msg.Next() {
+		if b, ok := item.(imapclient.FetchItemDataBodySection); ok && b.Literal != nil {
+			var buf [4096]byte
+			for {
+				if _, err := b.Literal.Read(buf[:]); err != nil {
+					break
+				}
+			}
+		}
+	}
+}
+
+// normalizeFlags sorts flags and drops \Recent, as the store keeps them.
+func normalizeFlags(flags []imap.Flag) []string {
+	out := make([]string, 0, len(flags))
+	seen := map[string]bool{}
+	for _, f := range flags {
+		s := string(f)
+		lower := strings.ToLower(s)
+		if lower == `\recent` || seen[lower] {
+			continue
+		}
+		seen[lower] = true
+		out = append(out, canonicalFlag(s))
+	}
+	sort.Strings(out)
+	return out
+}
+
+func canonicalFlag(f string) string {
+	switch strings.ToLower(f) {
+	case `\seen`:
+		return `\Seen`
+	case `\answered`:
+		return `\Answered`
+	case `\flagged`:
+		return `\Flagged`
+	case `\deleted`:
+		return `\Deleted`
+	case `\draft`:
+		return `\Draft`
+	}
+	return f
+}
+
+func splitFlags(s string) []string {
+	if s == "" {
+		return nil
+	}
+	return strings.Split(s, " ")
+}
+
+// uidRanges turns UIDs into ranges of consecutive runs.
+func uidRanges(uids []uint32) []store.UIDRange {
+	sort.Slice(uids, func(i, j int) bool { return uids[i] < uids[j] })
+	var out []store.UIDRange
+	for _, u := range uids {
+		if n := len(out); n > 0 && out[n-1].Stop+1 == u {
+			out[n-1].Stop = u
+			continue
+		}
+		out = append(out, store.UIDRange{Start: u, Stop: u})
+	}
+	return out
+}

@@ -1,0 +1,181 @@
+package capture
+
+import (
+	"context"
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"net"
+	"sync"
+	"time"
+
+	"github.com/emersion/go-imap/v2"
+	"github.com/emersion/go-imap/v2/imapclient"
+	"github.com/emersion/go-sasl"
+)
+
+// Endpoint is how to reach a legacy server.
+type Endpoint struct {
+	// Address is host:port.
+	Address string
+	// TLS is "none", "starttls" or "implicit".
+	TLS string
+	// TLSConfig verifies the server; nil means the system roots with the
+	// address's host name.
+	TLSConfig *tls.Config
+	// Timeout bounds each exchange: connecting, and every wait for bytes
+	// from the server or for the server to take ours. A legacy server that
+	// stops answering fails the job after Timeout, never hangs it.
+	Timeout time.Duration
+}
+
+func (ep Endpoint) timeout() time.Duration {
+	if ep.Timeout <= 0 {
+		return time.Minute
+	}
+	return ep.Timeout
+}
+
+func (ep Endpoint) tlsConfig() *tls.Config {
+	if ep.TLSConfig != nil {
+		return ep.TLSConfig.Clone()
+	}
+	host, _, _ := net.SplitHostPort(ep.Address)
+	return &tls.Config{ServerName: host, MinVersion: tls.VersionTLS12}
+}
+
+// Errors that decide what the scheduler does with a failed job.
+var (
+	// ErrBadCredentials: the legacy server refused the password. The job
+	// stops and is not retried.
+	ErrBadCredentials = errors.New("legacy server refused the credentials")
+	// ErrTimeout: the legacy server did not answer within the timeout.
+	ErrTimeout = errors.New("legacy server did not answer in time")
+)
+
+// watchdogConn fails any read or write that makes no progress for timeout:
+// the deadline is pushed forward before each call, so a long body that
+// keeps flowing is never cut, but a silent server is.
+type watchdogConn struct {
+	net.Conn
+	timeout time.Duration
+	mu      sync.Mutex
+	expired bool
+}
+
+func (c *watchdogConn) Read(p []byte) (int, error) {
+	c.Conn.SetReadDeadline(time.Now().Add(c.timeout))
+	n, err := c.Conn.Read(p)
+	c.noteTimeout(err)
+	return n, err
+}
+
+func (c *watchdogConn) Write(p []byte) (int, error) {
+	c.Conn.SetWriteDeadline(time.Now().Add(c.timeout))
+	n, err := c.Conn.Write(p)
+	c.noteTimeout(err)
+	return n, err
+}
+
+func (c *watchdogConn) noteTimeout(err error) {
+	var ne net.Error
+	if errors.As(err, &ne) && ne.Timeout() {
+		c.mu.Lock()
+		c.expired = true
+		c.mu.Unlock()
+	}
+}
+
+func (c *watchdogConn) timedOut() bool {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.expired
+}
+
+// imapConn is one logged-in connection to the legacy IMAP server.
+type imapConn struct {
+	*imapclient.Client
+	raw      *watchdogConn
+	stopCtx  func() bool
+	endpoint Endpoint
+}
+
+// dialIMAP connects, upgrades to TLS as configured and logs in. A refusal
+// of the credentials is ErrBadCredentials. The connection is closed when
+// ctx ends, which fails the command in progress.
+func dialIMAP(ctx context.Context, ep Endpoint, username, password string) (*imapConn, error) {
+	d := net.Dialer{Timeout: ep.timeout()}
+	nc, err := d.DialContext(ctx, "tcp", ep.Address)
+	if err != nil {
+		return nil, fmt.Errorf("legacy imap %s: %w", ep.Address, err)
+	}
+	if ep.TLS == "implicit" {
+		tc := tls.Client(nc, ep.tlsConfig())
+		tc.SetDeadline(time.Now().Add(ep.timeout()))
+		if err := tc.HandshakeContext(ctx); err != nil {
+			nc.Close()
+			return nil, fmt.Errorf("legacy imap %s: tls: %w", ep.Address, err)
+		}
+		tc.SetDeadline(time.Time{})
+		nc = tc
+	}
+	raw := &watchdogConn{Conn: nc, timeout: ep.timeout()}
+	opts := &imapclient.Options{TLSConfig: ep.tlsConfig()}
+	var c *imapclient.Client
+	if ep.TLS == "starttls" {
+		c, err = imapclient.NewStartTLS(raw, opts)
+		if err != nil {
+			raw.Close()
+			return nil, fmt.Errorf("legacy imap %s: starttls: %w", ep.Address, classify(raw, err))
+		}
+	} else {
+		c = imapclient.New(raw, opts)
+	}
+	conn := &imapConn{Client: c, raw: raw, endpoint: ep}
+	conn.stopCtx = context.AfterFunc(ctx, func() { c.Close() })
+	if err := c.WaitGreeting(); err != nil {
+		conn.Close()
+		return nil, fmt.Errorf("legacy imap %s: greeting: %w", ep.Address, conn.classify(ctx, err))
+	}
+	if err := conn.login(username, password); err != nil {
+		conn.Close()
+		return nil, fmt.Errorf("legacy imap %s: login %s: %w", ep.Address, username, conn.classify(ctx, err))
+	}
+	return conn, nil
+}
+
+// login uses LOGIN, or AUTHENTICATE PLAIN where the server disables LOGIN.
+func (c *imapConn) login(username, password string) error {
+	if c.Caps().Has(imap.CapLoginDisabled) {
+		return c.Authenticate(sasl.NewPlainClient("", username, password))
+	}
+	return c.Login(username, password).Wait()
+}
+
+// Close logs nothing out; it drops the connection.
+func (c *imapConn) Close() error {
+	if c.stopCtx != nil {
+		c.stopCtx()
+	}
+	return c.Client.Close()
+}
+
+// classify turns a command error into one the scheduler can act on.
+func (c *imapConn) classify(ctx context.Context, err error) error {
+	if ctx.Err() != nil {
+		return fmt.Errorf("%w (%v)", ctx.Err(), err)
+	}
+	return classify(c.raw, err)
+}
+
+func classify(raw *watchdogConn, err error) error {
+	if raw != nil && raw.timedOut() {
+		return fmt.Errorf("%w: %v", ErrTimeout, err)
+	}
+	var ie *imap.Error
+	if errors.As(err, &ie) && ie.Type == imap.StatusResponseTypeNo &&
+		(ie.Code == imap.ResponseCodeAuthenticationFailed || ie.Code == imap.ResponseCodeAuthorizationFailed || ie.Code == "") {
+		return fmt.Errorf("%w: %s", ErrBadCredentials, ie.Text)
+	}
+	return err
+}
