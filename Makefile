@@ -22,7 +22,7 @@ test: test-deps lint
 
 ## bench: the benchmarks, each printing its figures against its target
 bench: test-deps
-	$(GO) test -run '^$$' -bench . -benchtime 1x -timeout 60m ./...
+	$(GO) test -p 1 -run '^$$' -bench . -benchtime 1x -timeout 60m ./...
 
 ## lint: gofmt and go vet
 lint:

@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	"sort"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/emersion/go-imap/v2"
@@ -31,16 +32,22 @@ type Engine struct {
 	// VerifySample is how many bodies per folder verification re-fetches
 	// and hashes. Default 8.
 	VerifySample int
+	// Connections is how many legacy connections one account's pass uses
+	// at most. Default 2.
+	Connections int
 
 	// afterCommit, if set, runs after each committed batch (tests use it
 	// to interrupt a pass at a known point).
-	afterCommit func()
+	afterCommit  func()
+	beforeCommit func()
+	hookMu       sync.Mutex
 }
 
 func (e *Engine) batchMessages() int { return orDefault(e.BatchMessages, 500) }
 func (e *Engine) batchBytes() int64  { return int64(orDefault(int(e.BatchBytes), 32<<20)) }
 func (e *Engine) fetchChunk() int    { return orDefault(e.FetchChunk, 2000) }
 func (e *Engine) verifySample() int  { return orDefault(e.VerifySample, 8) }
+func (e *Engine) connections() int   { return orDefault(e.Connections, 2) }
 func (e *Engine) log() *slog.Logger {
 	if e.Log == nil {
 		return slog.New(slog.DiscardHandler)
@@ -81,8 +88,9 @@ func (r PassResult) Changed() bool {
 var errMailboxChanged = errors.New("legacy folder changed during the pass")
 
 // Pass runs one sync pass for the account: the whole copy the first time,
-// a delta after that. Progress is committed batch by batch, so a pass that
-// dies resumes where it stopped.
+// a delta after that. Folders are shared out over up to Connections legacy
+// connections, INBOX first. Progress is committed batch by batch, so a
+// pass that dies resumes where it stopped.
 func (e *Engine) Pass(ctx context.Context, account, password string) (PassResult, error) {
 	var res PassResult
 	acct, err := e.Store.Account(ctx, account)
@@ -94,10 +102,10 @@ func (e *Engine) Pass(ctx context.Context, account, password string) (PassResult
 		return res, fmt.Errorf("capture %s: %w", account, err)
 	}
 	defer conn.Close()
-	err = e.pass(ctx, conn, acct, &res)
+	res, err = e.pass(ctx, conn, acct, password)
 	if err != nil {
 		err = fmt.Errorf("capture %s: %w", account, conn.commandErr(ctx, err))
-		if rerr := e.Store.RecordSync(ctx, account, time.Now(), err.Error()); rerr != nil {
+		if rerr := e.Store.RecordSync(context.WithoutCancel(ctx), account, time.Now(), err.Error()); rerr != nil {
 			e.log().Error("record sync error", "account", account, "err", rerr)
 		}
 		return res, err
@@ -132,62 +140,146 @@ type legacyFolder struct {
 	subscribed bool
 }
 
-func (e *Engine) pass(ctx context.Context, conn *imapConn, acct store.Account, res *PassResult) error {
+// passPlan is what the workers of one pass share: the local mailboxes by
+// name and the local mirrors whose legacy folder is gone (renamed or
+// deleted), keyed by their legacy UIDVALIDITY.
+type passPlan struct {
+	acct    store.Account
+	mu      sync.Mutex
+	local   map[string]store.Mailbox
+	orphans map[uint32]store.Mailbox
+}
+
+func (e *Engine) pass(ctx context.Context, conn *imapConn, acct store.Account, password string) (PassResult, error) {
+	var res PassResult
 	folders, prefix, sep, guessed, err := listFolders(conn)
 	if err != nil {
-		return err
+		return res, err
 	}
 	if acct.LegacyPrefix != prefix || acct.LegacySeparator != sep || acct.SpecialUseGuessed != guessed {
 		if err := e.Store.SetLegacyNamespace(ctx, acct.Name, prefix, sep, guessed); err != nil {
-			return err
+			return res, err
 		}
 	}
 	localList, err := e.Store.Mailboxes(ctx, acct.ID)
 	if err != nil {
-		return err
+		return res, err
 	}
-	local := map[string]store.Mailbox{}
+	plan := &passPlan{acct: acct, local: map[string]store.Mailbox{}, orphans: map[uint32]store.Mailbox{}}
 	for _, m := range localList {
-		local[m.Name] = m
+		plan.local[m.Name] = m
 	}
 	seen := map[string]bool{}
+	var selectable []legacyFolder
 	for _, f := range folders {
 		seen[f.name] = true
-	}
-	// Local mirrors whose legacy folder is gone: renamed (found again by
-	// UIDVALIDITY below) or deleted.
-	orphans := map[uint32]store.Mailbox{}
-	for _, m := range localList {
-		if !seen[m.Name] && m.LegacyUIDValidity != 0 {
-			orphans[m.LegacyUIDValidity] = m
+		if !hasAttr(f.attrs, imap.MailboxAttrNoSelect) && !hasAttr(f.attrs, imap.MailboxAttrNonExistent) {
+			selectable = append(selectable, f)
 		}
 	}
+	for _, m := range localList {
+		if !seen[m.Name] && m.LegacyUIDValidity != 0 {
+			plan.orphans[m.LegacyUIDValidity] = m
+		}
+	}
+	res, err = e.syncFolders(ctx, conn, password, plan, selectable)
+	if err != nil {
+		return res, err
+	}
+	for _, m := range plan.orphans {
+		if err := e.Store.DeleteMailbox(ctx, m.ID); err != nil {
+			return res, err
+		}
+		res.FoldersDeleted++
+	}
+	return res, nil
+}
+
+// syncFolders shares the folders out over up to Connections workers, each
+// with its own legacy connection (the first reuses conn) and its own
+// background committer. The first error stops them all.
+func (e *Engine) syncFolders(ctx context.Context, conn *imapConn, password string, plan *passPlan, folders []legacyFolder) (PassResult, error) {
+	var total PassResult
+	if len(folders) == 0 {
+		return total, nil
+	}
+	ctx, cancel := context.WithCancelCause(ctx)
+	defer cancel(nil)
+	queue := make(chan legacyFolder, len(folders))
 	for _, f := range folders {
-		if hasAttr(f.attrs, imap.MailboxAttrNoSelect) || hasAttr(f.attrs, imap.MailboxAttrNonExistent) {
-			continue
+		queue <- f
+	}
+	close(queue)
+	workers := min(e.connections(), len(folders))
+	var mu sync.Mutex
+	var firstErr error
+	var wg sync.WaitGroup
+	for w := 0; w < workers; w++ {
+		wg.Add(1)
+		go func(w int) {
+			defer wg.Done()
+			res, err := e.folderWorker(ctx, w, conn, password, plan, queue)
+			mu.Lock()
+			defer mu.Unlock()
+			total.add(res)
+			if err != nil && firstErr == nil {
+				firstErr = err
+				cancel(err)
+			}
+		}(w)
+	}
+	wg.Wait()
+	return total, firstErr
+}
+
+func (e *Engine) folderWorker(ctx context.Context, w int, conn *imapConn, password string, plan *passPlan, queue <-chan legacyFolder) (PassResult, error) {
+	var res PassResult
+	if w > 0 {
+		var err error
+		if conn, err = dialIMAP(ctx, e.IMAP, plan.acct.Name, password); err != nil {
+			return res, err
+		}
+		defer func() {
+			conn.Logout().Wait()
+			conn.Close()
+		}()
+	}
+	for f := range queue {
+		if err := ctx.Err(); err != nil {
+			return res, context.Cause(ctx)
 		}
 		res.Folders++
 		var err error
 		for attempt := 0; attempt < 3; attempt++ {
-			if err = e.syncFolder(ctx, conn, acct, f, local, orphans, res); !errors.Is(err, errMailboxChanged) {
+			if err = e.syncFolder(ctx, conn, plan, f, &res); !errors.Is(err, errMailboxChanged) {
 				break
 			}
-			e.log().Info("legacy folder changed during sync; syncing it again", "account", acct.Name, "folder", f.name)
-			if m, err := e.Store.MailboxByName(ctx, acct.ID, f.name); err == nil {
-				local[f.name] = m
+			e.log().Info("legacy folder changed during sync; syncing it again", "account", plan.acct.Name, "folder", f.name)
+			if m, err := e.Store.MailboxByName(ctx, plan.acct.ID, f.name); err == nil {
+				plan.mu.Lock()
+				plan.local[f.name] = m
+				plan.mu.Unlock()
 			}
 		}
 		if err != nil {
-			return fmt.Errorf("folder %q: %w", f.name, err)
+			return res, fmt.Errorf("folder %q: %w", f.name, conn.commandErr(ctx, err))
 		}
 	}
-	for _, m := range orphans {
-		if err := e.Store.DeleteMailbox(ctx, m.ID); err != nil {
-			return err
-		}
-		res.FoldersDeleted++
-	}
-	return nil
+	return res, nil
+}
+
+func (r *PassResult) add(o PassResult) {
+	r.Folders += o.Folders
+	r.Added += o.Added
+	r.AddedBytes += o.AddedBytes
+	r.Expunged += o.Expunged
+	r.FlagsChanged += o.FlagsChanged
+	r.FoldersCreated += o.FoldersCreated
+	r.FoldersDeleted += o.FoldersDeleted
+	r.FoldersRenamed += o.FoldersRenamed
+	r.FoldersRecopied += o.FoldersRecopied
+	r.LegacyMessages += o.LegacyMessages
+	r.LegacyBytes += o.LegacyBytes
 }
 
 // listFolders reads the legacy folder list, INBOX first, with the personal

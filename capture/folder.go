@@ -26,15 +26,14 @@ type legacyMessage struct {
 // it (or recreates it when UIDVALIDITY changed), removes what was
 // expunged, updates flags, copies what is new, and raises UIDNEXT to the
 // legacy UIDNEXT.
-func (e *Engine) syncFolder(ctx context.Context, conn *imapConn, acct store.Account, f legacyFolder,
-	local map[string]store.Mailbox, orphans map[uint32]store.Mailbox, res *PassResult) error {
+func (e *Engine) syncFolder(ctx context.Context, conn *imapConn, plan *passPlan, f legacyFolder, res *PassResult) error {
 	sel, err := conn.Select(f.name, &imap.SelectOptions{ReadOnly: true}).Wait()
 	if err != nil {
 		return fmt.Errorf("select: %w", err)
 	}
 	defer func() { conn.Unselect().Wait() }()
 
-	mbox, err := e.localMailbox(ctx, acct, f, sel.UIDValidity, local, orphans, res)
+	mbox, err := e.localMailbox(ctx, plan, f, sel.UIDValidity, res)
 	if err != nil {
 		return err
 	}
@@ -107,8 +106,10 @@ func (e *Engine) syncFolder(ctx context.Context, conn *imapConn, acct store.Acco
 }
 
 // localMailbox finds or creates the local mirror of a legacy folder.
-func (e *Engine) localMailbox(ctx context.Context, acct store.Account, f legacyFolder, uidvalidity uint32,
-	local map[string]store.Mailbox, orphans map[uint32]store.Mailbox, res *PassResult) (store.Mailbox, error) {
+func (e *Engine) localMailbox(ctx context.Context, plan *passPlan, f legacyFolder, uidvalidity uint32, res *PassResult) (store.Mailbox, error) {
+	plan.mu.Lock()
+	defer plan.mu.Unlock()
+	acct, local, orphans := plan.acct, plan.local, plan.orphans
 	mbox, ok := local[f.name]
 	if ok && mbox.LegacyUIDValidity == uidvalidity {
 		return mbox, nil
@@ -195,32 +196,13 @@ func (e *Engine) copyChunk(ctx context.Context, conn *imapConn, mbox store.Mailb
 	}
 	fetch := conn.Fetch(seqs, &imap.FetchOptions{UID: true, BodySection: []*imap.FetchItemBodySection{{Peek: true}}})
 	defer fetch.Close()
+	// Batches commit in the background while the next one streams in.
+	com := e.newCommitter(ctx)
+	defer com.abort()
 	batch := e.Store.NewBatch()
-	defer batch.Abort()
+	defer func() { batch.Abort() }()
 	received := 0
-	pending := 0
 	var pendingBytes int64
-	commit := func() error {
-		if batch.Len() == 0 {
-			return nil
-		}
-		inserted, err := batch.Commit(ctx)
-		if err != nil {
-			return err
-		}
-		for _, in := range inserted {
-			if !in.Duplicate {
-				res.Added++
-				res.AddedBytes += in.Size
-			}
-		}
-		batch = e.Store.NewBatch()
-		pending, pendingBytes = 0, 0
-		if e.afterCommit != nil {
-			e.afterCommit()
-		}
-		return nil
-	}
 	for {
 		msg := fetch.Next()
 		if msg == nil {
@@ -257,12 +239,12 @@ func (e *Engine) copyChunk(ctx context.Context, conn *imapConn, mbox store.Mailb
 			return fmt.Errorf("legacy server sent message %d (UID %d) without its body", msg.SeqNum, want.uid)
 		}
 		received++
-		pending++
 		pendingBytes += want.size
-		if pending >= e.batchMessages() || pendingBytes >= e.batchBytes() {
-			if err := commit(); err != nil {
+		if batch.Len() >= e.batchMessages() || pendingBytes >= e.batchBytes() {
+			if err := com.submit(batch); err != nil {
 				return err
 			}
+			batch, pendingBytes = e.Store.NewBatch(), 0
 		}
 	}
 	if err := fetch.Close(); err != nil {
@@ -271,7 +253,99 @@ func (e *Engine) copyChunk(ctx context.Context, conn *imapConn, mbox store.Mailb
 	if received != len(msgs) {
 		return fmt.Errorf("%w: asked for %d bodies, received %d", errMailboxChanged, len(msgs), received)
 	}
-	return commit()
+	if err := com.submit(batch); err != nil {
+		return err
+	}
+	batch = e.Store.NewBatch()
+	added, addedBytes, err := com.wait()
+	res.Added += added
+	res.AddedBytes += addedBytes
+	return err
+}
+
+// committer commits batches one after another in the background, so the
+// next batch streams in while the previous one is made durable.
+type committer struct {
+	e          *Engine
+	ctx        context.Context
+	queue      chan *store.Batch
+	done       chan struct{}
+	err        error // set by the goroutine before done closes
+	added      int
+	addedBytes int64
+	waited     bool
+}
+
+func (e *Engine) newCommitter(ctx context.Context) *committer {
+	c := &committer{e: e, ctx: ctx, queue: make(chan *store.Batch, 1), done: make(chan struct{})}
+	go c.run()
+	return c
+}
+
+func (c *committer) run() {
+	defer close(c.done)
+	for b := range c.queue {
+		if c.err != nil {
+			b.Abort()
+			continue
+		}
+		if c.e.beforeCommit != nil {
+			c.e.hookMu.Lock()
+			c.e.beforeCommit()
+			c.e.hookMu.Unlock()
+		}
+		inserted, err := b.Commit(c.ctx)
+		if err != nil {
+			c.err = err
+			continue
+		}
+		for _, in := range inserted {
+			if !in.Duplicate {
+				c.added++
+				c.addedBytes += in.Size
+			}
+		}
+		if c.e.afterCommit != nil {
+			c.e.hookMu.Lock()
+			c.e.afterCommit()
+			c.e.hookMu.Unlock()
+		}
+	}
+}
+
+// submit queues a batch (an empty one is dropped); it blocks while the
+// previous batch is still committing. The batch belongs to the committer
+// from then on.
+func (c *committer) submit(b *store.Batch) error {
+	if b.Len() == 0 {
+		b.Abort()
+		return nil
+	}
+	select {
+	case c.queue <- b:
+		return nil
+	case <-c.done:
+		b.Abort()
+		return c.err
+	case <-c.ctx.Done():
+		b.Abort()
+		return c.ctx.Err()
+	}
+}
+
+// wait commits what is queued and returns the totals and the first error.
+func (c *committer) wait() (int, int64, error) {
+	if !c.waited {
+		c.waited = true
+		close(c.queue)
+	}
+	<-c.done
+	return c.added, c.addedBytes, c.err
+}
+
+// abort stops the committer after what is queued (for error paths).
+func (c *committer) abort() {
+	c.wait()
 }
 
 func drain(msg *imapclient.FetchMessageData) {

@@ -58,67 +58,91 @@ func (d *Dovecot) FullName(name string) string {
 // pipelined), then expunges the listed messages.
 func (d *Dovecot) Populate(t testing.TB, user, password string, folders []Folder) {
 	t.Helper()
-	c := d.Login(t, user, password)
+	if err := d.Upload(user, password, folders); err != nil {
+		t.Fatalf("legacytest: %v", err)
+	}
+}
+
+// Upload is Populate returning its error, for use from any goroutine.
+func (d *Dovecot) Upload(user, password string, folders []Folder) error {
+	c, err := imapclient.DialInsecure(d.IMAPAddr, nil)
+	if err != nil {
+		return fmt.Errorf("dial %s: %w", d.IMAPAddr, err)
+	}
 	defer c.Close()
+	if err := c.Login(user, password).Wait(); err != nil {
+		return fmt.Errorf("login %s: %w", user, err)
+	}
 	for _, f := range folders {
-		name := d.FullName(f.Name)
-		if name != "INBOX" {
-			if err := c.Create(name, nil).Wait(); err != nil && !strings.Contains(err.Error(), "already exists") {
-				t.Fatalf("legacytest: create %s: %v", name, err)
+		if err := d.upload(c, f); err != nil {
+			return err
+		}
+	}
+	return c.Logout().Wait()
+}
+
+func (d *Dovecot) upload(c *imapclient.Client, f Folder) error {
+	name := d.FullName(f.Name)
+	if name != "INBOX" {
+		if err := c.Create(name, nil).Wait(); err != nil && !strings.Contains(err.Error(), "already exists") {
+			return fmt.Errorf("create %s: %w", name, err)
+		}
+	}
+	if f.Subscribed {
+		if err := c.Subscribe(name).Wait(); err != nil {
+			return fmt.Errorf("subscribe %s: %w", name, err)
+		}
+	}
+	const window = 64
+	var pending []*imapclient.AppendCommand
+	wait := func() error {
+		for _, cmd := range pending {
+			if _, err := cmd.Wait(); err != nil {
+				return fmt.Errorf("append to %s: %w", name, err)
 			}
 		}
-		if f.Subscribed {
-			if err := c.Subscribe(name).Wait(); err != nil {
-				t.Fatalf("legacytest: subscribe %s: %v", name, err)
-			}
+		pending = pending[:0]
+		return nil
+	}
+	for _, m := range f.Messages {
+		cmd := c.Append(name, int64(len(m.Body)), &imap.AppendOptions{Flags: m.Flags, Time: m.InternalDate})
+		if _, err := cmd.Write(m.Body); err != nil {
+			return fmt.Errorf("append to %s: %w", name, err)
 		}
-		const window = 64
-		var pending []*imapclient.AppendCommand
-		wait := func() {
-			for _, cmd := range pending {
-				if _, err := cmd.Wait(); err != nil {
-					t.Fatalf("legacytest: append to %s: %v", name, err)
-				}
-			}
-			pending = pending[:0]
+		if err := cmd.Close(); err != nil {
+			return fmt.Errorf("append to %s: %w", name, err)
 		}
-		for _, m := range f.Messages {
-			cmd := c.Append(name, int64(len(m.Body)), &imap.AppendOptions{Flags: m.Flags, Time: m.InternalDate})
-			if _, err := cmd.Write(m.Body); err != nil {
-				t.Fatalf("legacytest: append to %s: %v", name, err)
-			}
-			if err := cmd.Close(); err != nil {
-				t.Fatalf("legacytest: append to %s: %v", name, err)
-			}
-			pending = append(pending, cmd)
-			if len(pending) == window {
-				wait()
-			}
-		}
-		wait()
-		if len(f.Expunge) > 0 {
-			if _, err := c.Select(name, nil).Wait(); err != nil {
-				t.Fatalf("legacytest: select %s: %v", name, err)
-			}
-			var seqs imap.SeqSet
-			for _, i := range f.Expunge {
-				seqs.AddNum(uint32(i + 1))
-			}
-			store := c.Store(seqs, &imap.StoreFlags{Op: imap.StoreFlagsAdd, Silent: true, Flags: []imap.Flag{imap.FlagDeleted}}, nil)
-			if err := store.Close(); err != nil {
-				t.Fatalf("legacytest: store \\Deleted in %s: %v", name, err)
-			}
-			if err := c.Expunge().Close(); err != nil {
-				t.Fatalf("legacytest: expunge %s: %v", name, err)
-			}
-			if err := c.Unselect().Wait(); err != nil {
-				t.Fatalf("legacytest: unselect %s: %v", name, err)
+		pending = append(pending, cmd)
+		if len(pending) == window {
+			if err := wait(); err != nil {
+				return err
 			}
 		}
 	}
-	if err := c.Logout().Wait(); err != nil {
-		t.Fatalf("legacytest: logout: %v", err)
+	if err := wait(); err != nil {
+		return err
 	}
+	if len(f.Expunge) == 0 {
+		return nil
+	}
+	if _, err := c.Select(name, nil).Wait(); err != nil {
+		return fmt.Errorf("select %s: %w", name, err)
+	}
+	var seqs imap.SeqSet
+	for _, i := range f.Expunge {
+		seqs.AddNum(uint32(i + 1))
+	}
+	store := c.Store(seqs, &imap.StoreFlags{Op: imap.StoreFlagsAdd, Silent: true, Flags: []imap.Flag{imap.FlagDeleted}}, nil)
+	if err := store.Close(); err != nil {
+		return fmt.Errorf("store \\Deleted in %s: %w", name, err)
+	}
+	if err := c.Expunge().Close(); err != nil {
+		return fmt.Errorf("expunge %s: %w", name, err)
+	}
+	if err := c.Unselect().Wait(); err != nil {
+		return fmt.Errorf("unselect %s: %w", name, err)
+	}
+	return nil
 }
 
 // SnapshotMessage is one message as the legacy server serves it.

@@ -14,6 +14,7 @@ import (
 	"mime"
 	"net/mail"
 	"strings"
+	"sync"
 )
 
 // Limits on what is kept in memory while parsing.
@@ -83,10 +84,20 @@ type Part struct {
 // Size is the body's size in bytes.
 func (p *Part) Size() int64 { return p.End - p.BodyStart }
 
+// readers recycles the line buffers: one message after another would
+// otherwise allocate 64 KiB each.
+var readers = sync.Pool{New: func() any { return bufio.NewReaderSize(nil, maxLineBuffer) }}
+
 // Parse reads r to its end and describes the message. The error is only
 // ever a read error from r.
 func Parse(r io.Reader) (*Message, error) {
-	s := &scanner{r: bufio.NewReaderSize(r, maxLineBuffer), atLineStart: true}
+	br := readers.Get().(*bufio.Reader)
+	br.Reset(r)
+	defer func() {
+		br.Reset(nil)
+		readers.Put(br)
+	}()
+	s := &scanner{r: br, atLineStart: true}
 	if err := s.advance(); err != nil {
 		return nil, err
 	}

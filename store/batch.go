@@ -1,7 +1,6 @@
 package store
 
 import (
-	"bufio"
 	"context"
 	"crypto/sha256"
 	"database/sql"
@@ -82,7 +81,9 @@ func (s *Store) writeBody(ctx context.Context, src *idSource, r io.Reader) (body
 }
 
 func fillBody(ctx context.Context, f *os.File, r io.Reader) (body, error) {
-	w := &bodySink{file: bufio.NewWriterSize(f, 256*1024), hash: sha256.New()}
+	// The parser reads in chunks of up to 64 KiB, so the file is written
+	// in chunks of that size without a buffer of its own.
+	w := &bodySink{file: f, hash: sha256.New()}
 	src := io.TeeReader(&ctxReader{ctx: ctx, r: r}, w)
 	parsed, err := mimeinfo.Parse(src)
 	if err != nil {
@@ -90,9 +91,6 @@ func fillBody(ctx context.Context, f *os.File, r io.Reader) (body, error) {
 	}
 	// Parse reads to the end; drain anyway so the file is always whole.
 	if _, err := io.Copy(io.Discard, src); err != nil {
-		return body{}, err
-	}
-	if err := w.file.Flush(); err != nil {
 		return body{}, err
 	}
 	structure, err := json.Marshal(parsed)
@@ -105,7 +103,7 @@ func fillBody(ctx context.Context, f *os.File, r io.Reader) (body, error) {
 }
 
 type bodySink struct {
-	file *bufio.Writer
+	file io.Writer
 	hash hash.Hash
 	n    int64
 }

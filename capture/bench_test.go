@@ -1,0 +1,252 @@
+package capture
+
+import (
+	"bufio"
+	"context"
+	"fmt"
+	"io"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"runtime"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"mailcapture/legacytest"
+	"mailcapture/scratchfs"
+	"mailcapture/store"
+)
+
+// BenchmarkCapture20k compares, on one generated mailbox (20,000 messages,
+// about 200 MB, six folders) in a private Dovecot: mailcapture's full
+// capture, mbsync pulling into a Maildir with fsync on, and the raw limit
+// (one connection reading UID FETCH 1:* BODY.PEEK[] of every folder without
+// parsing). It also times a converged delta pass and samples the heap.
+func BenchmarkCapture20k(b *testing.B) {
+	const perFolder = 20000 / 6
+	d := legacytest.Start(b, legacytest.Options{})
+	d.AddUser(b, user, password)
+	names := []string{"INBOX", "Sent", "Archive", "Lists/golang", "Lists/debian", "Trash"}
+	var folders []legacytest.Folder
+	for i, name := range names {
+		n := perFolder
+		if i == 0 {
+			n = 20000 - perFolder*5
+		}
+		folders = append(folders, legacytest.Folder{Name: name, Subscribed: true, Messages: legacytest.Generate(uint64(100+i), n, 70000)})
+	}
+	start := time.Now()
+	errs := make(chan error, len(folders))
+	for _, f := range folders {
+		go func() { errs <- d.Upload(user, password, []legacytest.Folder{f}) }()
+	}
+	for range folders {
+		if err := <-errs; err != nil {
+			b.Fatal(err)
+		}
+	}
+	var totalBytes int64
+	for _, f := range folders {
+		for _, m := range f.Messages {
+			totalBytes += int64(len(m.Body))
+		}
+	}
+	fmt.Printf("capture bench: 20000 messages, %.0f MB in %d folders (uploaded in %.1fs)\n", float64(totalBytes)/1e6, len(folders), time.Since(start).Seconds())
+	folders = nil // the heap measured below is mailcapture's alone
+	// mailcapture's store and mbsync's Maildir live on a fresh journaled
+	// ext4 (see scratchfs), and nothing is deleted until every timed run
+	// is over.
+	scratch := scratchfs.Mount(b, 4096)
+	for i := 0; i < b.N; i++ {
+		var peak uint64
+		var delta time.Duration
+		capture := timeIt(b, func() error {
+			var err error
+			peak, delta, err = captureOnce(filepath.Join(scratch, fmt.Sprintf("store-%d", i)), d)
+			return err
+		})
+		mbsync := timeIt(b, func() error { return runMbsync(filepath.Join(scratch, fmt.Sprintf("mbsync-%d", i)), d) })
+		raw := timeIt(b, func() error { return rawRead(d.IMAPAddr, names) })
+		fmt.Printf("capture bench: raw read %.2fs, mbsync %.2fs, mailcapture %.2fs\n", raw.Seconds(), mbsync.Seconds(), capture.Seconds())
+		fmt.Printf("capture bench: mailcapture is %.1fx faster than mbsync (target >= 3x), %.1fx the raw limit (target <= 4x)\n",
+			mbsync.Seconds()/capture.Seconds(), capture.Seconds()/raw.Seconds())
+		fmt.Printf("capture bench: converged delta pass %.3fs (target < 0.5s), peak heap %.0f MB (target < 100 MB)\n",
+			delta.Seconds(), float64(peak)/1e6)
+		b.ReportMetric(mbsync.Seconds()/capture.Seconds(), "x-mbsync")
+		b.ReportMetric(capture.Seconds()/raw.Seconds(), "x-raw")
+		b.ReportMetric(delta.Seconds(), "delta-s")
+		b.ReportMetric(float64(peak)/1e6, "peak-heap-MB")
+	}
+}
+
+func timeIt(b *testing.B, fn func() error) time.Duration {
+	start := time.Now()
+	if err := fn(); err != nil {
+		b.Fatal(err)
+	}
+	return time.Since(start)
+}
+
+// captureOnce runs a full capture into a fresh store, then one delta pass
+// over the unchanged mailbox, sampling the heap all along.
+func captureOnce(dir string, d *legacytest.Dovecot) (peak uint64, delta time.Duration, err error) {
+	ctx := context.Background()
+	st, err := store.Open(ctx, dir, store.Options{Hash: testHash})
+	if err != nil {
+		return 0, 0, err
+	}
+	defer st.Close()
+	if _, err := st.CreateAccount(ctx, user, password, store.StateCapturing); err != nil {
+		return 0, 0, err
+	}
+	runtime.GC()
+	var base runtime.MemStats
+	runtime.ReadMemStats(&base)
+	var maxHeap atomic.Uint64
+	stop := make(chan struct{})
+	var wg sync.WaitGroup
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		var ms runtime.MemStats
+		for {
+			runtime.ReadMemStats(&ms)
+			if ms.HeapInuse > maxHeap.Load() {
+				maxHeap.Store(ms.HeapInuse)
+			}
+			select {
+			case <-stop:
+				return
+			case <-time.After(20 * time.Millisecond):
+			}
+		}
+	}()
+	e := &Engine{Store: st, IMAP: Endpoint{Address: d.IMAPAddr, TLS: "none", Timeout: time.Minute}}
+	res, err := e.Pass(ctx, user, password)
+	if err == nil && res.Added != 20000 {
+		err = fmt.Errorf("capture copied %d messages, want 20000", res.Added)
+	}
+	if err == nil {
+		start := time.Now()
+		res, err = e.Pass(ctx, user, password)
+		delta = time.Since(start)
+		if err == nil && res.Changed() {
+			err = fmt.Errorf("delta pass over an unchanged mailbox changed things: %+v", res)
+		}
+	}
+	close(stop)
+	wg.Wait()
+	return maxHeap.Load() - min(base.HeapInuse, maxHeap.Load()), delta, err
+}
+
+// runMbsync pulls the whole mailbox into a fresh Maildir with mbsync.
+func runMbsync(dir string, d *legacytest.Dovecot) error {
+	host, port, _ := net.SplitHostPort(d.IMAPAddr)
+	conf := fmt.Sprintf(`FSync yes
+
+IMAPAccount legacy
+Host %s
+Port %s
+User %s
+Pass "%s"
+SSLType None
+AuthMechs LOGIN
+
+IMAPStore legacy
+Account legacy
+
+MaildirStore local
+Path %s/mail/
+Inbox %s/mail/INBOX
+SubFolders Verbatim
+
+Channel pull
+Far :legacy:
+Near :local:
+Patterns *
+Create Near
+Sync Pull
+SyncState *
+`, host, port, user, strings.ReplaceAll(strings.ReplaceAll(password, `\`, `\\`), `"`, `\"`), dir, dir)
+	if err := os.MkdirAll(filepath.Join(dir, "mail"), 0o700); err != nil {
+		return err
+	}
+	confPath := filepath.Join(dir, "mbsyncrc")
+	if err := os.WriteFile(confPath, []byte(conf), 0o600); err != nil {
+		return err
+	}
+	out, err := exec.Command("mbsync", "-q", "-c", confPath, "-a").CombinedOutput()
+	if err != nil {
+		return fmt.Errorf("mbsync: %v\n%s", err, out)
+	}
+	return nil
+}
+
+// rawRead reads every body of every folder over one connection, skipping
+// literals without looking at them: the legacy server's read speed.
+func rawRead(addr string, folders []string) error {
+	c, err := net.Dial("tcp", addr)
+	if err != nil {
+		return err
+	}
+	defer c.Close()
+	r := bufio.NewReaderSize(c, 1<<20)
+	w := bufio.NewWriter(c)
+	tag := 0
+	run := func(cmd string) (int64, error) {
+		tag++
+		t := "r" + strconv.Itoa(tag)
+		fmt.Fprintf(w, "%s %s\r\n", t, cmd)
+		if err := w.Flush(); err != nil {
+			return 0, err
+		}
+		var literalBytes int64
+		for {
+			line, err := r.ReadString('\n')
+			if err != nil {
+				return 0, err
+			}
+			if strings.HasPrefix(line, t+" ") {
+				if !strings.HasPrefix(line, t+" OK") {
+					return 0, fmt.Errorf("%s: %s", cmd, line)
+				}
+				return literalBytes, nil
+			}
+			if i := strings.LastIndexByte(line, '{'); i >= 0 && strings.HasSuffix(line, "}\r\n") {
+				n, err := strconv.ParseInt(line[i+1:len(line)-3], 10, 64)
+				if err == nil {
+					if _, err := io.CopyN(io.Discard, r, n); err != nil {
+						return 0, err
+					}
+					literalBytes += n
+				}
+			}
+		}
+	}
+	if _, err := r.ReadString('\n'); err != nil {
+		return err
+	}
+	if _, err := run(fmt.Sprintf("LOGIN %q %q", user, password)); err != nil {
+		return err
+	}
+	var total int64
+	for _, f := range folders {
+		if _, err := run(fmt.Sprintf("EXAMINE %q", f)); err != nil {
+			return err
+		}
+		n, err := run("UID FETCH 1:* BODY.PEEK[]")
+		if err != nil {
+			return err
+		}
+		total += n
+	}
+	if total == 0 {
+		return fmt.Errorf("raw read got no bytes")
+	}
+	return nil
+}
