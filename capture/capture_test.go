@@ -6,8 +6,11 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"os"
+	"runtime"
 	"sort"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -342,4 +345,97 @@ func hasString(list []string, s string) bool {
 		}
 	}
 	return false
+}
+
+// TestLargeMessageStreams copies a 50 MB message and checks that the heap
+// never grew by anything near its size: bodies stream to the store.
+func TestLargeMessageStreams(t *testing.T) {
+	ctx := context.Background()
+	d := legacytest.Start(t, legacytest.Options{})
+	d.AddUser(t, user, password)
+	var big bytes.Buffer
+	big.WriteString("Subject: big\r\nContent-Type: application/octet-stream\r\nContent-Transfer-Encoding: base64\r\n\r\n")
+	line := strings.Repeat("QUJD", 19) + "\r\n"
+	for big.Len() < 50<<20 {
+		big.WriteString(line)
+	}
+	size := big.Len()
+	d.Populate(t, user, password, []legacytest.Folder{{Name: "INBOX", Messages: []legacytest.Message{{Body: big.Bytes(), InternalDate: time.Now()}}}})
+	big = bytes.Buffer{}
+	st := openStore(t)
+	st.CreateAccount(ctx, user, password, store.StateCapturing)
+	runtime.GC()
+	var before runtime.MemStats
+	runtime.ReadMemStats(&before)
+	var peak atomic.Uint64
+	stop := make(chan struct{})
+	sampled := make(chan struct{})
+	go func() {
+		defer close(sampled)
+		var ms runtime.MemStats
+		for {
+			runtime.ReadMemStats(&ms)
+			if ms.HeapInuse > peak.Load() {
+				peak.Store(ms.HeapInuse)
+			}
+			select {
+			case <-stop:
+				return
+			case <-time.After(5 * time.Millisecond):
+			}
+		}
+	}()
+	res, err := newEngine(st, d).Pass(ctx, user, password)
+	close(stop)
+	<-sampled
+	if err != nil || res.Added != 1 || res.AddedBytes != int64(size) {
+		t.Fatalf("pass: %+v %v", res, err)
+	}
+	growth := int64(peak.Load()) - int64(before.HeapInuse)
+	t.Logf("50 MB message: heap grew by at most %.1f MB", float64(growth)/1e6)
+	if growth > 16<<20 {
+		t.Fatalf("heap grew by %d bytes while copying a %d-byte message", growth, size)
+	}
+}
+
+// TestVerificationCatchesAndRepairsCorruption damages a stored body; the
+// verification pass reports it, removes the bad copy, and Converge copies
+// it again before declaring the account ready.
+func TestVerificationCatchesAndRepairsCorruption(t *testing.T) {
+	ctx := context.Background()
+	d := legacytest.Start(t, legacytest.Options{})
+	d.AddUser(t, user, password)
+	d.Populate(t, user, password, []legacytest.Folder{{Name: "INBOX", Messages: legacytest.Generate(3, 10, 5000)}})
+	st := openStore(t)
+	st.CreateAccount(ctx, user, password, store.StateCapturing)
+	e := newEngine(st, d)
+	if _, err := e.Pass(ctx, user, password); err != nil {
+		t.Fatal(err)
+	}
+	acct, _ := st.Account(ctx, user)
+	inbox, _ := st.MailboxByName(ctx, acct.ID, "INBOX")
+	msgs, _ := st.Messages(ctx, inbox.ID, store.AllUIDs)
+	f, err := st.OpenBody(msgs[0].ID)
+	if err != nil {
+		t.Fatal(err)
+	}
+	path := f.Name()
+	f.Close()
+	raw, _ := os.ReadFile(path)
+	raw[len(raw)-3] ^= 0x20 // same size, other bytes
+	if err := os.WriteFile(path, raw, 0o640); err != nil {
+		t.Fatal(err)
+	}
+	v, err := e.Verify(ctx, user, password)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if v.OK() || !strings.Contains(strings.Join(v.Mismatches, ";"), "SHA-256") {
+		t.Fatalf("corruption not found: %+v", v)
+	}
+	conv, err := e.Converge(ctx, user, password, 5)
+	if err != nil || !conv.Verification.OK() || conv.Passes[0].Added != 1 {
+		t.Fatalf("repair: %+v %v", conv, err)
+	}
+	assertSameMailbox(t, d.Snapshot(t, user, password), localSnapshot(t, st, user))
 }

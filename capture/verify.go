@@ -154,8 +154,16 @@ func (e *Engine) verifyFolder(ctx context.Context, conn *imapConn, f legacyFolde
 		for _, m := range sample {
 			v.Sampled++
 			local := stored[indexOfUID(stored, m.uid)]
-			if sums[m.uid] != local.SHA256 {
+			onDisk, err := e.hashStored(local.ID)
+			if err != nil {
+				return err
+			}
+			switch {
+			case sums[m.uid] != local.SHA256:
 				v.mismatch("folder %q: UID %d differs from the legacy body (SHA-256)", f.name, m.uid)
+				bad = append(bad, local.UID)
+			case onDisk != local.SHA256:
+				v.mismatch("folder %q: UID %d: the stored file no longer matches its SHA-256", f.name, m.uid)
 				bad = append(bad, local.UID)
 			}
 		}
@@ -167,6 +175,22 @@ func (e *Engine) verifyFolder(ctx context.Context, conn *imapConn, f legacyFolde
 		}
 	}
 	return nil
+}
+
+// hashStored hashes a stored body as it is on disk now.
+func (e *Engine) hashStored(id int64) ([32]byte, error) {
+	var sum [32]byte
+	f, err := e.Store.OpenBody(id)
+	if err != nil {
+		return sum, err
+	}
+	defer f.Close()
+	h := sha256.New()
+	if _, err := io.Copy(h, f); err != nil {
+		return sum, err
+	}
+	h.Sum(sum[:0])
+	return sum, nil
 }
 
 func indexOfUID(msgs []store.Message, uid uint32) int {
