@@ -19,8 +19,12 @@ import (
 // One Engine serves every account; it holds no per-account state.
 type Engine struct {
 	Store *store.Store
-	// IMAP is the legacy IMAP server.
+	// IMAP is the legacy IMAP server; with an empty address, the account's
+	// INBOX is captured over POP3.
 	IMAP Endpoint
+	// POP3 is the legacy POP3 server, if any. With IMAP too, its UIDLs are
+	// mapped onto the messages copied over IMAP.
+	POP3 Endpoint
 	Log  *slog.Logger
 	// BatchMessages and BatchBytes bound one store batch (one filesystem
 	// sync and one transaction). Defaults 500 and 32 MiB.
@@ -97,14 +101,19 @@ func (e *Engine) Pass(ctx context.Context, account, password string) (PassResult
 	if err != nil {
 		return res, fmt.Errorf("capture %s: %w", account, err)
 	}
-	conn, err := dialIMAP(ctx, e.IMAP, account, password)
-	if err != nil {
-		return res, fmt.Errorf("capture %s: %w", account, err)
+	if e.IMAP.Address != "" {
+		res, err = e.imapPass(ctx, acct, password)
+		if err == nil && e.POP3.Address != "" {
+			err = e.mapUIDLs(ctx, acct, password)
+		}
+	} else {
+		res, err = e.pop3Pass(ctx, acct, password)
 	}
-	defer conn.Close()
-	res, err = e.pass(ctx, conn, acct, password)
+	if err != nil && ctx.Err() != nil && !errors.Is(err, ctx.Err()) {
+		err = fmt.Errorf("%w (%v)", ctx.Err(), err)
+	}
 	if err != nil {
-		err = fmt.Errorf("capture %s: %w", account, conn.commandErr(ctx, err))
+		err = fmt.Errorf("capture %s: %w", account, err)
 		if rerr := e.Store.RecordSync(context.WithoutCancel(ctx), account, time.Now(), err.Error()); rerr != nil {
 			e.log().Error("record sync error", "account", account, "err", rerr)
 		}
@@ -115,6 +124,20 @@ func (e *Engine) Pass(ctx context.Context, account, password string) (PassResult
 	}
 	if err := e.Store.RecordSync(ctx, account, time.Now(), ""); err != nil {
 		return res, fmt.Errorf("capture %s: %w", account, err)
+	}
+	return res, nil
+}
+
+// imapPass syncs every folder over IMAP.
+func (e *Engine) imapPass(ctx context.Context, acct store.Account, password string) (PassResult, error) {
+	conn, err := dialIMAP(ctx, e.IMAP, acct.Name, password)
+	if err != nil {
+		return PassResult{}, err
+	}
+	defer conn.Close()
+	res, err := e.pass(ctx, conn, acct, password)
+	if err != nil {
+		return res, conn.commandErr(ctx, err)
 	}
 	conn.Logout().Wait()
 	return res, nil

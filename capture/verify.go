@@ -45,6 +45,12 @@ func (e *Engine) Verify(ctx context.Context, account, password string) (Verifica
 	if err != nil {
 		return v, fmt.Errorf("verify %s: %w", account, err)
 	}
+	if e.IMAP.Address == "" {
+		if err := e.verifyPOP3(ctx, acct, password, &v); err != nil {
+			return v, fmt.Errorf("verify %s: %w", account, err)
+		}
+		return v, nil
+	}
 	conn, err := dialIMAP(ctx, e.IMAP, account, password)
 	if err != nil {
 		return v, fmt.Errorf("verify %s: %w", account, err)
@@ -311,4 +317,94 @@ func (e *Engine) Converge(ctx context.Context, account, password string, maxPass
 		}
 	}
 	return c, fmt.Errorf("capture %s: not converged after %d passes", account, maxPasses)
+}
+
+// verifyPOP3 compares a POP3-captured INBOX with the legacy maildrop: the
+// UIDL set, every size, and the SHA-256 of a sample of re-read bodies.
+func (e *Engine) verifyPOP3(ctx context.Context, acct store.Account, password string, v *Verification) error {
+	c, err := dialPOP3(ctx, e.POP3, acct.Name, password)
+	if err != nil {
+		return err
+	}
+	defer c.Close()
+	md, err := readMaildrop(c)
+	if err != nil {
+		return popErr(err)
+	}
+	v.Folders = 1
+	inbox, err := e.Store.MailboxByName(ctx, acct.ID, "INBOX")
+	if err != nil {
+		v.mismatch("INBOX missing locally")
+		return nil
+	}
+	stored, err := e.Store.Messages(ctx, inbox.ID, store.AllUIDs)
+	if err != nil {
+		return err
+	}
+	byUIDL := map[string]store.Message{}
+	for _, m := range stored {
+		byUIDL[m.POP3UIDL] = m
+	}
+	var candidates []int
+	var bad []uint32
+	for i, uidl := range md.uidls {
+		v.Messages++
+		m, ok := byUIDL[uidl]
+		switch {
+		case !ok:
+			v.mismatch("INBOX: UIDL %s missing locally", uidl)
+		case m.Size != md.sizes[i]:
+			v.mismatch("INBOX: UIDL %s has %d bytes locally, %d on the legacy server", uidl, m.Size, md.sizes[i])
+			bad = append(bad, m.UID)
+		default:
+			candidates = append(candidates, i)
+		}
+		delete(byUIDL, uidl)
+	}
+	for uidl := range byUIDL {
+		v.mismatch("INBOX: UIDL %s is no longer on the legacy server", uidl)
+	}
+	sample := make([]legacyMessage, 0, len(candidates))
+	for _, i := range candidates {
+		sample = append(sample, legacyMessage{seq: uint32(i)})
+	}
+	for _, s := range pickSample(sample, e.verifySample()) {
+		i := int(s.seq)
+		local := stored[indexOfUIDL(stored, md.uidls[i])]
+		r, err := c.Retr(md.nums[i])
+		if err != nil {
+			return popErr(err)
+		}
+		h := sha256.New()
+		if _, err := io.Copy(h, r); err != nil {
+			return popErr(err)
+		}
+		var sum [32]byte
+		h.Sum(sum[:0])
+		onDisk, err := e.hashStored(local.ID)
+		if err != nil {
+			return err
+		}
+		v.Sampled++
+		if sum != local.SHA256 || onDisk != local.SHA256 {
+			v.mismatch("INBOX: UIDL %s differs from the legacy body (SHA-256)", md.uidls[i])
+			bad = append(bad, local.UID)
+		}
+	}
+	c.Quit()
+	if len(bad) > 0 {
+		if _, err := e.Store.Expunge(ctx, inbox.ID, bad); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+func indexOfUIDL(msgs []store.Message, uidl string) int {
+	for i, m := range msgs {
+		if m.POP3UIDL == uidl {
+			return i
+		}
+	}
+	return -1
 }

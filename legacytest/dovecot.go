@@ -32,6 +32,8 @@ type Options struct {
 	NoSpecialUse bool
 	// Fsync keeps Dovecot's fsyncs (off by default to keep tests fast).
 	Fsync bool
+	// UIDLFormat is Dovecot's pop3_uidl_format; default %08Xu%08Xv.
+	UIDLFormat string
 }
 
 // Dovecot is a running private Dovecot.
@@ -127,6 +129,10 @@ func (d *Dovecot) start(ports []int) error {
 	if d.Options.NoSpecialUse {
 		specialUse = ""
 	}
+	uidlFormat := d.Options.UIDLFormat
+	if uidlFormat == "" {
+		uidlFormat = "%08Xu%08Xv"
+	}
 	fsync := "never"
 	if d.Options.Fsync {
 		fsync = "optimized"
@@ -146,10 +152,11 @@ default_internal_user = dovecot
 first_valid_uid = 1
 mail_fsync = %[2]s
 mail_location = maildir:~/Maildir
-pop3_uidl_format = %%08Xu%%08Xv
+pop3_uidl_format = %[11]s
 lmtp_save_to_detail_mailbox = no
 recipient_delimiter =
 login_greeting = Legacy Dovecot ready.
+auth_failure_delay = 0
 mail_max_userip_connections = 200
 passdb {
   driver = passwd-file
@@ -193,7 +200,7 @@ service lmtp {
 service imap {
   process_limit = 512
 }
-`, d.Dir, fsync, d.mailUID, d.mailGID, d.Options.Separator, d.Options.Prefix, specialUse, ports[0], ports[1], ports[2])
+`, d.Dir, fsync, d.mailUID, d.mailGID, d.Options.Separator, d.Options.Prefix, specialUse, ports[0], ports[1], ports[2], uidlFormat)
 	if err := os.WriteFile(d.configPath(), []byte(conf), 0o644); err != nil {
 		return err
 	}

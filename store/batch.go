@@ -9,6 +9,7 @@ import (
 	"fmt"
 	"hash"
 	"io"
+	"net/mail"
 	"os"
 	"time"
 
@@ -24,11 +25,14 @@ type NewMessage struct {
 	// LegacyUID is the legacy UID this copy came from; 0 if none. A second
 	// insert with the same (mailbox, LegacyUID) is a no-op: captures can be
 	// re-run and resumed without storing a message twice.
-	LegacyUID    uint32
+	LegacyUID uint32
+	// InternalDate is the IMAP internal date; zero takes the message's
+	// Date header, or the time of the commit if it has none.
 	InternalDate time.Time
 	Flags        []string
 	// POP3UIDL is the legacy server's UIDL for this message; empty means
-	// one is derived from UIDVALIDITY and UID.
+	// one is derived from UIDVALIDITY and UID. Like LegacyUID, a second
+	// insert with the same (mailbox, POP3UIDL) is a no-op.
 	POP3UIDL string
 }
 
@@ -49,6 +53,7 @@ type body struct {
 	size      int64
 	sum       [32]byte
 	messageID string
+	date      time.Time // from the Date header; zero if none or unreadable
 	structure []byte
 }
 
@@ -98,6 +103,9 @@ func fillBody(ctx context.Context, f *os.File, r io.Reader) (body, error) {
 		return body{}, err
 	}
 	b := body{size: w.n, messageID: parsed.Envelope.MessageID, structure: structure}
+	if d, err := mail.ParseDate(parsed.Envelope.Date); err == nil {
+		b.date = d
+	}
 	w.hash.Sum(b.sum[:0])
 	return b, nil
 }
@@ -221,8 +229,8 @@ func (b *Batch) Commit(ctx context.Context) ([]Inserted, error) {
 		for i, m := range b.items {
 			bd := b.bodies[i]
 			out[i].Size, out[i].SHA256 = bd.size, bd.sum
-			if m.LegacyUID != 0 {
-				uid, found, err := existingLegacyUID(ctx, tx, m.MailboxID, m.LegacyUID)
+			if m.LegacyUID != 0 || m.POP3UIDL != "" {
+				uid, found, err := existingCopy(ctx, tx, m.MailboxID, m.LegacyUID, m.POP3UIDL)
 				if err != nil {
 					return err
 				}
@@ -237,15 +245,14 @@ func (b *Batch) Commit(ctx context.Context) ([]Inserted, error) {
 			}
 			date := m.InternalDate
 			if date.IsZero() {
+				date = bd.date
+			}
+			if date.IsZero() {
 				date = time.Now()
 			}
 			_, offset := date.Zone()
-			var uidl any
-			if m.POP3UIDL != "" {
-				uidl = m.POP3UIDL
-			}
 			_, err = ins.ExecContext(ctx, bd.id, m.MailboxID, uid, nullUID(m.LegacyUID), date.Unix(), offset, bd.size,
-				formatFlags(m.Flags), uidl, bd.sum[:], bd.messageID, bd.structure)
+				formatFlags(m.Flags), nullString(m.POP3UIDL), bd.sum[:], bd.messageID, bd.structure)
 			if err != nil {
 				if isUniqueViolation(err) {
 					return fmt.Errorf("UID %d already used in mailbox %d: %w", uid, m.MailboxID, ErrExists)
@@ -270,6 +277,13 @@ func (b *Batch) Commit(ctx context.Context) ([]Inserted, error) {
 	return out, nil
 }
 
+func nullString(s string) any {
+	if s == "" {
+		return nil
+	}
+	return s
+}
+
 func nullUID(uid uint32) any {
 	if uid == 0 {
 		return nil
@@ -277,9 +291,12 @@ func nullUID(uid uint32) any {
 	return uid
 }
 
-func existingLegacyUID(ctx context.Context, tx *sql.Tx, mailboxID int64, legacyUID uint32) (uint32, bool, error) {
+// existingCopy finds a message already stored from the same legacy
+// message: same legacy UID, or same POP3 UIDL.
+func existingCopy(ctx context.Context, tx *sql.Tx, mailboxID int64, legacyUID uint32, uidl string) (uint32, bool, error) {
 	var uid uint32
-	err := tx.QueryRowContext(ctx, "SELECT uid FROM messages WHERE mailbox_id = ? AND legacy_uid = ?", mailboxID, legacyUID).Scan(&uid)
+	err := tx.QueryRowContext(ctx, "SELECT uid FROM messages WHERE mailbox_id = ? AND (legacy_uid = ? OR pop3_uidl = ?) LIMIT 1",
+		mailboxID, nullUID(legacyUID), nullString(uidl)).Scan(&uid)
 	if errors.Is(err, sql.ErrNoRows) {
 		return 0, false, nil
 	}

@@ -2,6 +2,7 @@ package store
 
 import (
 	"context"
+	"database/sql"
 	"fmt"
 )
 
@@ -33,11 +34,38 @@ func (s *Store) Maildrop(ctx context.Context, accountID int64) (Mailbox, []Maild
 }
 
 // UIDL is the message's POP3 unique id: the legacy server's when it was
-// captured with one, else Dovecot's default format (%08Xu%08Xv), which stays
+// captured with one, else the form Dovecot's default %08Xu%08Xv produces (lower-case hex), which stays
 // stable for the life of the message.
 func UIDL(m Message, uidvalidity uint32) string {
 	if m.POP3UIDL != "" {
 		return m.POP3UIDL
 	}
-	return fmt.Sprintf("%08X%08X", m.UID, uidvalidity)
+	return fmt.Sprintf("%08x%08x", m.UID, uidvalidity)
+}
+
+// SetPOP3UIDLs records the legacy UIDL of messages of a mailbox (by UID),
+// so POP3 clients see the UIDLs the legacy server gave them.
+func (s *Store) SetPOP3UIDLs(ctx context.Context, mailboxID int64, uidls map[uint32]string) error {
+	if len(uidls) == 0 {
+		return nil
+	}
+	err := s.writeTx(ctx, func(tx *sql.Tx) error {
+		// Clear first, so that UIDLs moving between messages never collide
+		// with the unique index halfway.
+		for uid := range uidls {
+			if _, err := tx.ExecContext(ctx, "UPDATE messages SET pop3_uidl = NULL WHERE mailbox_id = ? AND uid = ?", mailboxID, uid); err != nil {
+				return err
+			}
+		}
+		for uid, uidl := range uidls {
+			if err := execOne(ctx, tx, "UPDATE messages SET pop3_uidl = ? WHERE mailbox_id = ? AND uid = ?", nullString(uidl), mailboxID, uid); err != nil {
+				return fmt.Errorf("UID %d: %w", uid, err)
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		return fmt.Errorf("set POP3 UIDLs in mailbox %d: %w", mailboxID, err)
+	}
+	return nil
 }

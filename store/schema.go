@@ -58,6 +58,9 @@ CREATE TABLE messages (
 	UNIQUE (mailbox_id, legacy_uid)
 );
 CREATE INDEX messages_message_id ON messages (mailbox_id, message_id);
+-- RFC 1939: a UIDL names one message of a maildrop. Also what makes a
+-- POP3 capture idempotent.
+CREATE UNIQUE INDEX messages_pop3_uidl ON messages (mailbox_id, pop3_uidl);
 
 CREATE TABLE spool (
 	id              INTEGER PRIMARY KEY,

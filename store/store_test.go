@@ -357,7 +357,7 @@ func TestMaildrop(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if len(drop) != 2 || drop[0].UIDL != "legacy-a" || drop[1].UIDL != "00000002000004D2" {
+	if len(drop) != 2 || drop[0].UIDL != "legacy-a" || drop[1].UIDL != "00000002000004d2" {
 		t.Fatalf("maildrop %+v", drop)
 	}
 	if drop[0].Size != int64(len(testMessage(1))) {
@@ -368,7 +368,7 @@ func TestMaildrop(t *testing.T) {
 		t.Fatal(err)
 	}
 	_, drop, _ = s.Maildrop(ctx, acct.ID)
-	if len(drop) != 1 || drop[0].UIDL != "00000002000004D2" {
+	if len(drop) != 1 || drop[0].UIDL != "00000002000004d2" {
 		t.Fatalf("maildrop after QUIT %+v", drop)
 	}
 }

@@ -1,0 +1,250 @@
+package capture
+
+import (
+	"bufio"
+	"context"
+	"errors"
+	"fmt"
+	"net/textproto"
+	"strings"
+
+	"mailcapture/pop3"
+	"mailcapture/store"
+)
+
+// dialPOP3 connects to the legacy POP3 server and logs in; a refusal of
+// the credentials is ErrBadCredentials.
+func dialPOP3(ctx context.Context, ep Endpoint, username, password string) (*pop3.Client, error) {
+	c, err := pop3.Dial(ctx, ep.Address, pop3.DialOptions{TLS: ep.TLS, TLSConfig: ep.TLSConfig, Timeout: ep.timeout()})
+	if err != nil {
+		return nil, fmt.Errorf("legacy pop3: %w", popErr(err))
+	}
+	if err := c.Login(username, password); err != nil {
+		c.Close()
+		var perr *pop3.Error
+		if errors.As(err, &perr) && perr.Code != "SYS/TEMP" && perr.Code != "IN-USE" && perr.Code != "LOGIN-DELAY" {
+			return nil, fmt.Errorf("legacy pop3 %s: login %s: %w: %s", ep.Address, username, ErrBadCredentials, perr.Text)
+		}
+		return nil, fmt.Errorf("legacy pop3 %s: login %s: %w", ep.Address, username, popErr(err))
+	}
+	return c, nil
+}
+
+func popErr(err error) error {
+	if errors.Is(err, pop3.ErrTimeout) && !errors.Is(err, ErrTimeout) {
+		return fmt.Errorf("%w: %v", ErrTimeout, err)
+	}
+	return err
+}
+
+// maildrop is the legacy POP3 maildrop: number, size and UIDL of each
+// message, in the server's order.
+type maildrop struct {
+	nums  []int
+	sizes []int64
+	uidls []string
+}
+
+func readMaildrop(c *pop3.Client) (maildrop, error) {
+	var md maildrop
+	caps, err := c.Capa()
+	if err != nil {
+		return md, err
+	}
+	if _, ok := caps["UIDL"]; !ok && len(caps) > 0 {
+		return md, errors.New("the legacy POP3 server does not offer UIDL: its messages cannot be told apart")
+	}
+	list, err := c.List()
+	if err != nil {
+		return md, err
+	}
+	uidls, err := c.UIDL()
+	if err != nil {
+		return md, err
+	}
+	if len(list) != len(uidls) {
+		return md, fmt.Errorf("%w: LIST has %d messages, UIDL %d", errMailboxChanged, len(list), len(uidls))
+	}
+	seen := map[string]bool{}
+	for i := range list {
+		if list[i].Num != uidls[i].Num {
+			return md, fmt.Errorf("LIST and UIDL disagree at message %d", i+1)
+		}
+		if seen[uidls[i].UIDL] {
+			return md, fmt.Errorf("the legacy POP3 server gives UIDL %q twice", uidls[i].UIDL)
+		}
+		seen[uidls[i].UIDL] = true
+		md.nums = append(md.nums, list[i].Num)
+		md.sizes = append(md.sizes, list[i].Size)
+		md.uidls = append(md.uidls, uidls[i].UIDL)
+	}
+	return md, nil
+}
+
+// pop3Pass captures a POP3-only legacy maildrop into INBOX: messages are
+// told apart by their UIDL, which they keep; what is gone from the legacy
+// maildrop is removed locally.
+func (e *Engine) pop3Pass(ctx context.Context, acct store.Account, password string) (PassResult, error) {
+	var res PassResult
+	c, err := dialPOP3(ctx, e.POP3, acct.Name, password)
+	if err != nil {
+		return res, err
+	}
+	defer c.Close()
+	md, err := readMaildrop(c)
+	if err != nil {
+		return res, popErr(err)
+	}
+	res.Folders = 1
+	inbox, err := e.Store.MailboxByName(ctx, acct.ID, "INBOX")
+	if errors.Is(err, store.ErrNotFound) {
+		inbox, err = e.Store.CreateMailbox(ctx, acct.ID, store.MailboxSpec{Name: "INBOX", Subscribed: true})
+		res.FoldersCreated++
+	}
+	if err != nil {
+		return res, err
+	}
+	stored, err := e.Store.Messages(ctx, inbox.ID, store.AllUIDs)
+	if err != nil {
+		return res, err
+	}
+	have := map[string]bool{}
+	for _, m := range stored {
+		have[m.POP3UIDL] = true
+	}
+	inLegacy := map[string]bool{}
+	var missing []int
+	for i, uidl := range md.uidls {
+		inLegacy[uidl] = true
+		res.LegacyMessages++
+		res.LegacyBytes += md.sizes[i]
+		if !have[uidl] {
+			missing = append(missing, i)
+		}
+	}
+	var gone []uint32
+	for _, m := range stored {
+		if m.POP3UIDL != "" && !inLegacy[m.POP3UIDL] {
+			gone = append(gone, m.UID)
+		}
+	}
+	if len(gone) > 0 {
+		deleted, err := e.Store.Expunge(ctx, inbox.ID, gone)
+		if err != nil {
+			return res, err
+		}
+		res.Expunged += len(deleted)
+	}
+	com := e.newCommitter(ctx)
+	defer com.abort()
+	batch := e.Store.NewBatch()
+	defer func() { batch.Abort() }()
+	var pendingBytes int64
+	for _, i := range missing {
+		r, err := c.Retr(md.nums[i])
+		if err != nil {
+			return res, popErr(err)
+		}
+		if err := batch.Add(ctx, store.NewMessage{MailboxID: inbox.ID, POP3UIDL: md.uidls[i]}, r); err != nil {
+			return res, fmt.Errorf("store message %s: %w", md.uidls[i], popErr(err))
+		}
+		pendingBytes += md.sizes[i]
+		if batch.Len() >= e.batchMessages() || pendingBytes >= e.batchBytes() {
+			if err := com.submit(batch); err != nil {
+				return res, err
+			}
+			batch, pendingBytes = e.Store.NewBatch(), 0
+		}
+	}
+	if err := com.submit(batch); err != nil {
+		return res, err
+	}
+	batch = e.Store.NewBatch()
+	added, addedBytes, err := com.wait()
+	res.Added, res.AddedBytes = added, addedBytes
+	if err != nil {
+		return res, err
+	}
+	c.Quit() // nothing was deleted: QUIT only ends the session politely
+	return res, nil
+}
+
+// mapUIDLs gives the messages of the IMAP-copied INBOX the UIDLs the legacy
+// POP3 server shows for them, so POP3 clients that leave mail on the server
+// download nothing again. Messages are matched by position and size; where
+// those disagree, by the Message-ID of the POP3 message's header (TOP).
+func (e *Engine) mapUIDLs(ctx context.Context, acct store.Account, password string) error {
+	c, err := dialPOP3(ctx, e.POP3, acct.Name, password)
+	if err != nil {
+		return err
+	}
+	defer c.Close()
+	md, err := readMaildrop(c)
+	if err != nil {
+		return popErr(err)
+	}
+	inbox, err := e.Store.MailboxByName(ctx, acct.ID, "INBOX")
+	if err != nil {
+		return err
+	}
+	all, err := e.Store.Messages(ctx, inbox.ID, store.AllUIDs)
+	if err != nil {
+		return err
+	}
+	var local []store.Message
+	byMessageID := map[string][]int{}
+	for _, m := range all {
+		if m.LegacyUID != 0 {
+			if m.MessageID != "" {
+				byMessageID[m.MessageID] = append(byMessageID[m.MessageID], len(local))
+			}
+			local = append(local, m)
+		}
+	}
+	want := map[uint32]string{}
+	taken := map[int]bool{}
+	for i := range md.uidls {
+		j := -1
+		if len(md.uidls) == len(local) && local[i].Size == md.sizes[i] {
+			j = i
+		} else {
+			id, err := topMessageID(c, md.nums[i])
+			if err != nil {
+				return popErr(err)
+			}
+			for _, k := range byMessageID[id] {
+				if !taken[k] && local[k].Size == md.sizes[i] {
+					j = k
+					break
+				}
+			}
+		}
+		if j < 0 {
+			e.log().Warn("legacy POP3 message matches no IMAP message; its UIDL is not kept", "account", acct.Name, "uidl", md.uidls[i])
+			continue
+		}
+		taken[j] = true
+		if local[j].POP3UIDL != md.uidls[i] {
+			want[local[j].UID] = md.uidls[i]
+		}
+	}
+	c.Quit()
+	return e.Store.SetPOP3UIDLs(ctx, inbox.ID, want)
+}
+
+// topMessageID reads the Message-ID from the header of message n.
+func topMessageID(c *pop3.Client, n int) (string, error) {
+	r, err := c.Top(n, 0)
+	if err != nil {
+		return "", err
+	}
+	tp := textproto.NewReader(bufio.NewReader(r))
+	h, _ := tp.ReadMIMEHeader()
+	var drain [512]byte
+	for {
+		if _, err := r.Read(drain[:]); err != nil {
+			break
+		}
+	}
+	return strings.TrimSpace(h.Get("Message-Id")), nil
+}

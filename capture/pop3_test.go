@@ -1,0 +1,169 @@
+package capture
+
+import (
+	"bytes"
+	"context"
+	"io"
+	"testing"
+	"time"
+
+	"mailcapture/legacytest"
+	"mailcapture/pop3"
+	"mailcapture/store"
+)
+
+type popMessage struct {
+	uidl string
+	body []byte
+}
+
+// legacyMaildrop reads the legacy maildrop over POP3, as a POP3 client
+// that leaves mail on the server sees it.
+func legacyMaildrop(t *testing.T, addr string) []popMessage {
+	t.Helper()
+	c, err := pop3.Dial(context.Background(), addr, pop3.DialOptions{Timeout: 10 * time.Second})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	if err := c.Login(user, password); err != nil {
+		t.Fatal(err)
+	}
+	uidls, err := c.UIDL()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var out []popMessage
+	for _, u := range uidls {
+		r, err := c.Retr(u.Num)
+		if err != nil {
+			t.Fatal(err)
+		}
+		body, err := io.ReadAll(r)
+		if err != nil {
+			t.Fatal(err)
+		}
+		out = append(out, popMessage{uidl: u.UIDL, body: body})
+	}
+	c.Quit()
+	return out
+}
+
+// localMaildrop reads the account's maildrop from the store, as the local
+// POP3 server will serve it.
+func localMaildrop(t *testing.T, st *store.Store) []popMessage {
+	t.Helper()
+	ctx := context.Background()
+	acct, _ := st.Account(ctx, user)
+	_, drop, err := st.Maildrop(ctx, acct.ID)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var out []popMessage
+	for _, m := range drop {
+		body, err := st.ReadBody(m.ID)
+		if err != nil {
+			t.Fatal(err)
+		}
+		out = append(out, popMessage{uidl: m.UIDL, body: body})
+	}
+	return out
+}
+
+func assertSameMaildrop(t *testing.T, legacy, local []popMessage) {
+	t.Helper()
+	if len(legacy) != len(local) {
+		t.Fatalf("%d messages locally, %d on the legacy POP3 server", len(local), len(legacy))
+	}
+	for i := range legacy {
+		if legacy[i].uidl != local[i].uidl || !bytes.Equal(legacy[i].body, local[i].body) {
+			t.Fatalf("message %d: local UIDL %s (%d bytes), legacy %s (%d bytes)", i+1, local[i].uidl, len(local[i].body), legacy[i].uidl, len(legacy[i].body))
+		}
+	}
+}
+
+// TestPOP3OnlyCapture: a legacy server reached over POP3 only. INBOX is
+// built from RETR with the legacy UIDLs, and kept converged.
+func TestPOP3OnlyCapture(t *testing.T) {
+	ctx := context.Background()
+	d := legacytest.Start(t, legacytest.Options{UIDLFormat: "%g"})
+	d.AddUser(t, user, password)
+	msgs := legacytest.Generate(11, 30, 100000)
+	d.Populate(t, user, password, []legacytest.Folder{{Name: "INBOX", Messages: msgs}})
+	st := openStore(t)
+	st.CreateAccount(ctx, user, password, store.StateCapturing)
+	e := &Engine{Store: st, POP3: Endpoint{Address: d.POP3Addr, TLS: "none", Timeout: 10 * time.Second}, BatchMessages: 7, VerifySample: 5}
+	conv, err := e.Converge(ctx, user, password, 5)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if conv.Passes[0].Added != 30 || !conv.Verification.OK() {
+		t.Fatalf("capture: %+v", conv)
+	}
+	assertSameMaildrop(t, legacyMaildrop(t, d.POP3Addr), localMaildrop(t, st))
+
+	// A POP3 client deletes two messages at the legacy server; new mail
+	// arrives. The next passes follow.
+	c, err := pop3.Dial(ctx, d.POP3Addr, pop3.DialOptions{Timeout: 10 * time.Second})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := c.Login(user, password); err != nil {
+		t.Fatal(err)
+	}
+	if err := c.Dele(1); err != nil {
+		t.Fatal(err)
+	}
+	if err := c.Dele(7); err != nil {
+		t.Fatal(err)
+	}
+	if err := c.Quit(); err != nil {
+		t.Fatal(err)
+	}
+	d.Populate(t, user, password, []legacytest.Folder{{Name: "INBOX", Messages: legacytest.Generate(12, 3, 5000)}})
+	conv, err = e.Converge(ctx, user, password, 5)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if p := conv.Passes[0]; p.Added != 3 || p.Expunged != 2 {
+		t.Fatalf("delta: %+v", p)
+	}
+	assertSameMaildrop(t, legacyMaildrop(t, d.POP3Addr), localMaildrop(t, st))
+	if res, err := e.Pass(ctx, user, password); err != nil || res.Changed() {
+		t.Fatalf("idle pass: %+v %v", res, err)
+	}
+}
+
+// TestIMAPCaptureKeepsPOP3UIDLs: the legacy server has both; INBOX comes
+// over IMAP and the POP3 UIDLs (in a format unlike mailcapture's default)
+// are mapped onto it, so a POP3 client leaving mail on the server sees the
+// same maildrop before and after.
+func TestIMAPCaptureKeepsPOP3UIDLs(t *testing.T) {
+	ctx := context.Background()
+	d := legacytest.Start(t, legacytest.Options{UIDLFormat: "%g"})
+	populate(t, d)
+	st := openStore(t)
+	st.CreateAccount(ctx, user, password, store.StateCapturing)
+	e := newEngine(st, d)
+	e.POP3 = Endpoint{Address: d.POP3Addr, TLS: "none", Timeout: 10 * time.Second}
+	if _, err := e.Converge(ctx, user, password, 5); err != nil {
+		t.Fatal(err)
+	}
+	// IMAP first: reading the maildrop with RETR makes Dovecot set \Seen.
+	assertSameMailbox(t, d.Snapshot(t, user, password), localSnapshot(t, st, user))
+	legacy := legacyMaildrop(t, d.POP3Addr)
+	if legacy[0].uidl == localMaildropDefaultUIDL(t, st) {
+		t.Fatal("the legacy UIDL format equals mailcapture's default: this test would prove nothing")
+	}
+	assertSameMaildrop(t, legacy, localMaildrop(t, st))
+}
+
+func localMaildropDefaultUIDL(t *testing.T, st *store.Store) string {
+	ctx := context.Background()
+	acct, _ := st.Account(ctx, user)
+	inbox, _ := st.MailboxByName(ctx, acct.ID, "INBOX")
+	msgs, _ := st.Messages(ctx, inbox.ID, store.AllUIDs)
+	m := msgs[0]
+	m.POP3UIDL = ""
+	return store.UIDL(m, inbox.UIDValidity)
+}
