@@ -76,15 +76,12 @@ func Start(t testing.TB, opts Options) *Dovecot {
 	}
 	d.mailUID, _ = strconv.Atoi(mail.Uid)
 	d.mailGID, _ = strconv.Atoi(mail.Gid)
-	for _, sub := range []string{"run", "state", "home"} {
+	for _, sub := range []string{"run", "state", "home", "users"} {
 		if err := os.MkdirAll(filepath.Join(dir, sub), 0o755); err != nil {
 			t.Fatal(err)
 		}
 	}
 	if err := os.Chown(filepath.Join(dir, "home"), d.mailUID, d.mailGID); err != nil {
-		t.Fatal(err)
-	}
-	if err := os.WriteFile(filepath.Join(dir, "passwd"), nil, 0o644); err != nil {
 		t.Fatal(err)
 	}
 
@@ -160,11 +157,11 @@ auth_failure_delay = 0
 mail_max_userip_connections = 200
 passdb {
   driver = passwd-file
-  args = scheme=PLAIN username_format=%%u %[1]s/passwd
+  args = scheme=PLAIN username_format=%%u %[1]s/users/%%u
 }
 userdb {
   driver = passwd-file
-  args = username_format=%%u %[1]s/passwd
+  args = username_format=%%u %[1]s/users/%%u
   default_fields = uid=%[3]d gid=%[4]d home=%[1]s/home/%%u
 }
 namespace inbox {
@@ -271,20 +268,21 @@ func (d *Dovecot) Stop() {
 	d.cmd = nil
 }
 
-// AddUser creates a mail user.
+// AddUser creates a mail user. Each user has a passwd file of their own,
+// which Dovecot reads at the user's first login.
 func (d *Dovecot) AddUser(t testing.TB, name, password string) {
 	t.Helper()
 	d.mu.Lock()
 	defer d.mu.Unlock()
-	if strings.ContainsAny(name+password, ":\n") {
-		t.Fatalf("legacytest: user %q or its password has a ':' or newline", name)
+	if strings.ContainsAny(name+password, ":\n/") || strings.HasPrefix(name, ".") {
+		t.Fatalf("legacytest: user %q or its password has a ':', '/' or newline", name)
+	}
+	if _, ok := d.users[name]; ok {
+		t.Fatalf("legacytest: user %q exists (Dovecot may not see a changed password within a second)", name)
 	}
 	d.users[name] = password
-	var b strings.Builder
-	for u, p := range d.users {
-		fmt.Fprintf(&b, "%s:{PLAIN}%s::::::\n", u, p)
-	}
-	if err := os.WriteFile(filepath.Join(d.Dir, "passwd"), []byte(b.String()), 0o644); err != nil {
+	line := fmt.Sprintf("%s:{PLAIN}%s::::::\n", name, password)
+	if err := os.WriteFile(filepath.Join(d.Dir, "users", name), []byte(line), 0o644); err != nil {
 		t.Fatal(err)
 	}
 }

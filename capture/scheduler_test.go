@@ -1,0 +1,146 @@
+package capture
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"sync"
+	"testing"
+	"time"
+
+	"mailcapture/legacytest"
+	"mailcapture/store"
+)
+
+func waitDone(t *testing.T, ch <-chan struct{}, what string) {
+	t.Helper()
+	select {
+	case <-ch:
+	case <-time.After(60 * time.Second):
+		t.Fatalf("%s did not finish within 60s", what)
+	}
+}
+
+// TestSchedulerOrderAndSingleFlight: with one worker, interactive logins
+// go first, a second submission joins the running job, and every account
+// ends converged and verified.
+func TestSchedulerOrderAndSingleFlight(t *testing.T) {
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	d := legacytest.Start(t, legacytest.Options{})
+	st := openStore(t)
+	accounts := []string{"b@example.org", "c@example.org", "d@example.org"}
+	for i, a := range accounts {
+		d.AddUser(t, a, "pw-"+a)
+		d.Populate(t, a, "pw-"+a, []legacytest.Folder{{Name: "INBOX", Messages: legacytest.Generate(uint64(20+i), 5, 3000)}})
+		st.CreateAccount(ctx, a, "pw-"+a, store.StateCapturing)
+	}
+	var mu sync.Mutex
+	var started, ready []string
+	s := &Scheduler{Engine: newEngine(st, d), Workers: 1}
+	s.onStart = func(a string) {
+		mu.Lock()
+		started = append(started, a)
+		mu.Unlock()
+	}
+	s.OnReady = func(_ context.Context, a, _ string) {
+		mu.Lock()
+		ready = append(ready, a)
+		mu.Unlock()
+	}
+	doneB := s.Submit("b@example.org", "pw-b@example.org", false)
+	doneC := s.Submit("c@example.org", "pw-c@example.org", false)
+	doneD := s.Submit("d@example.org", "pw-d@example.org", true)
+	if again := s.Submit("b@example.org", "pw-b@example.org", false); again != doneB {
+		t.Fatal("a second submission made a second job")
+	}
+	go s.Run(ctx)
+	for _, ch := range []<-chan struct{}{doneB, doneC, doneD} {
+		waitDone(t, ch, "job")
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	if fmt.Sprint(started) != "[d@example.org b@example.org c@example.org]" {
+		t.Fatalf("start order %v: the interactive login must go first", started)
+	}
+	for _, a := range accounts {
+		st, _ := s.Status(a)
+		if st.State != JobReady || st.Attempts != 1 {
+			t.Fatalf("%s: %+v", a, st)
+		}
+	}
+	if len(started) != 3 {
+		t.Fatalf("%d jobs ran for 3 accounts", len(started))
+	}
+}
+
+// TestSchedulerRetriesAndResumes: the legacy server is away; the job
+// fails, the concurrency limit drops, the job is retried with backoff, and
+// completes once the server is back.
+func TestSchedulerRetriesAndResumes(t *testing.T) {
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	d := legacytest.Start(t, legacytest.Options{})
+	populate(t, d)
+	proxy := legacytest.StartProxy(t, d.IMAPAddr)
+	proxy.SetDown(true)
+	st := openStore(t)
+	st.CreateAccount(ctx, user, password, store.StateCapturing)
+	e := newEngine(st, d)
+	e.IMAP.Address = proxy.Addr
+	failed := make(chan struct{}, 16)
+	s := &Scheduler{Engine: e, Workers: 4, BackoffMin: 20 * time.Millisecond, BackoffMax: 100 * time.Millisecond}
+	s.onStart = func(string) {
+		if proxy.Addr != "" {
+			select {
+			case failed <- struct{}{}:
+			default:
+			}
+		}
+	}
+	done := s.Submit(user, password, false)
+	go s.Run(ctx)
+	// Two attempts against the absent server, then bring it back.
+	<-failed
+	<-failed
+	if l := s.Limit(); l >= 4 {
+		t.Fatalf("concurrency limit %d did not drop after legacy errors", l)
+	}
+	acct, _ := st.Account(ctx, user)
+	if acct.LastError == "" {
+		t.Fatal("the legacy error is not recorded on the account")
+	}
+	proxy.SetDown(false)
+	waitDone(t, done, "job")
+	status, _ := s.Status(user)
+	if status.State != JobReady || status.Attempts < 2 {
+		t.Fatalf("status %+v", status)
+	}
+	assertSameMailbox(t, d.Snapshot(t, user, password), localSnapshot(t, st, user))
+	if acct, _ := st.Account(ctx, user); acct.LastError != "" {
+		t.Fatalf("error still shown after success: %q", acct.LastError)
+	}
+}
+
+// TestSchedulerStopsOnBadCredentials: a refused password ends the job for
+// good after one attempt.
+func TestSchedulerStopsOnBadCredentials(t *testing.T) {
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	d := legacytest.Start(t, legacytest.Options{})
+	d.AddUser(t, user, password)
+	st := openStore(t)
+	st.CreateAccount(ctx, user, "old password", store.StateCapturing)
+	stopped := make(chan error, 1)
+	s := &Scheduler{Engine: newEngine(st, d), BackoffMin: time.Millisecond}
+	s.OnStopped = func(_ string, err error) { stopped <- err }
+	done := s.Submit(user, "old password", false)
+	go s.Run(ctx)
+	waitDone(t, done, "job")
+	if err := <-stopped; !errors.Is(err, ErrBadCredentials) {
+		t.Fatalf("stopped with %v", err)
+	}
+	if status, _ := s.Status(user); status.State != JobStopped || status.Attempts != 1 {
+		t.Fatalf("status %+v", status)
+	}
+}
