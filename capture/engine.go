@@ -25,6 +25,9 @@ type Engine struct {
 	// POP3 is the legacy POP3 server, if any. With IMAP too, its UIDLs are
 	// mapped onto the messages copied over IMAP.
 	POP3 Endpoint
+	// Master, if set, logs in to every account as this master user; the
+	// password given to Pass is then not used.
+	Master *MasterLogin
 	Log  *slog.Logger
 	// BatchMessages and BatchBytes bound one store batch (one filesystem
 	// sync and one transaction). Defaults 500 and 32 MiB.
@@ -130,7 +133,7 @@ func (e *Engine) Pass(ctx context.Context, account, password string) (PassResult
 
 // imapPass syncs every folder over IMAP.
 func (e *Engine) imapPass(ctx context.Context, acct store.Account, password string) (PassResult, error) {
-	conn, err := dialIMAP(ctx, e.IMAP, acct.Name, password)
+	conn, err := dialIMAP(ctx, e.IMAP, e.credentials(acct.Name, password))
 	if err != nil {
 		return PassResult{}, err
 	}
@@ -205,6 +208,15 @@ func (e *Engine) pass(ctx context.Context, conn *imapConn, acct store.Account, p
 			plan.orphans[m.LegacyUIDValidity] = m
 		}
 	}
+	if acct.LastSyncAt.IsZero() {
+		// First pass: measure the legacy mailbox up front, so progress has
+		// a denominator while the copy runs.
+		if msgs, size, err := legacyTotals(conn, selectable); err == nil {
+			if err := e.Store.SetLegacySize(ctx, acct.Name, msgs, size); err != nil {
+				return res, err
+			}
+		}
+	}
 	res, err = e.syncFolders(ctx, conn, password, plan, selectable)
 	if err != nil {
 		return res, err
@@ -259,7 +271,7 @@ func (e *Engine) folderWorker(ctx context.Context, w int, conn *imapConn, passwo
 	var res PassResult
 	if w > 0 {
 		var err error
-		if conn, err = dialIMAP(ctx, e.IMAP, plan.acct.Name, password); err != nil {
+		if conn, err = dialIMAP(ctx, e.IMAP, e.credentials(plan.acct.Name, password)); err != nil {
 			return res, err
 		}
 		defer func() {
@@ -303,6 +315,25 @@ func (r *PassResult) add(o PassResult) {
 	r.FoldersRecopied += o.FoldersRecopied
 	r.LegacyMessages += o.LegacyMessages
 	r.LegacyBytes += o.LegacyBytes
+}
+
+// legacyTotals counts messages (and bytes, where the server has
+// STATUS=SIZE) over the folders.
+func legacyTotals(conn *imapConn, folders []legacyFolder) (msgs, size int64, err error) {
+	withSize := conn.Caps().Has(imap.CapStatusSize) || conn.Caps().Has(imap.CapIMAP4rev2)
+	for _, f := range folders {
+		st, err := conn.Status(f.name, &imap.StatusOptions{NumMessages: true, Size: withSize}).Wait()
+		if err != nil {
+			return 0, 0, err
+		}
+		if st.NumMessages != nil {
+			msgs += int64(*st.NumMessages)
+		}
+		if st.Size != nil {
+			size += *st.Size
+		}
+	}
+	return msgs, size, nil
 }
 
 // listFolders reads the legacy folder list, INBOX first, with the personal

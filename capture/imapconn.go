@@ -44,6 +44,46 @@ func (ep Endpoint) tlsConfig() *tls.Config {
 	return &tls.Config{ServerName: host, MinVersion: tls.VersionTLS12}
 }
 
+// credentials are what the engine logs in with: the user's own password,
+// or a master user acting for the account.
+type credentials struct {
+	username string
+	password string
+	// authzid, when set, is the account a master user acts for, sent as
+	// SASL PLAIN's authorization identity.
+	authzid string
+}
+
+// MasterLogin lets the engine log in to every account with one legacy
+// master user, for accounts nobody logs into.
+type MasterLogin struct {
+	Username string
+	Password string
+	// Style is "separator" (default: LOGIN "account*master", Dovecot's
+	// auth_master_user_separator) or "sasl" (AUTHENTICATE PLAIN with the
+	// account as authorization identity).
+	Style string
+	// Separator is used with the "separator" style. Default "*".
+	Separator string
+}
+
+// credentials returns the login for account: its own password, or the
+// master user when one is configured.
+func (e *Engine) credentials(account, password string) credentials {
+	m := e.Master
+	if m == nil || m.Username == "" {
+		return credentials{username: account, password: password}
+	}
+	if m.Style == "sasl" {
+		return credentials{username: m.Username, password: m.Password, authzid: account}
+	}
+	sep := m.Separator
+	if sep == "" {
+		sep = "*"
+	}
+	return credentials{username: account + sep + m.Username, password: m.Password}
+}
+
 // Errors that decide what the scheduler does with a failed job.
 var (
 	// ErrBadCredentials: the legacy server refused the password. The job
@@ -103,7 +143,7 @@ type imapConn struct {
 // dialIMAP connects, upgrades to TLS as configured and logs in. A refusal
 // of the credentials is ErrBadCredentials. The connection is closed when
 // ctx ends, which fails the command in progress.
-func dialIMAP(ctx context.Context, ep Endpoint, username, password string) (*imapConn, error) {
+func dialIMAP(ctx context.Context, ep Endpoint, cred credentials) (*imapConn, error) {
 	d := net.Dialer{Timeout: ep.timeout()}
 	nc, err := d.DialContext(ctx, "tcp", ep.Address)
 	if err != nil {
@@ -137,19 +177,20 @@ func dialIMAP(ctx context.Context, ep Endpoint, username, password string) (*ima
 		conn.Close()
 		return nil, fmt.Errorf("legacy imap %s: greeting: %w", ep.Address, conn.classify(ctx, err))
 	}
-	if err := conn.login(username, password); err != nil {
+	if err := conn.login(cred); err != nil {
 		conn.Close()
-		return nil, fmt.Errorf("legacy imap %s: login %s: %w", ep.Address, username, conn.classify(ctx, err))
+		return nil, fmt.Errorf("legacy imap %s: login %s: %w", ep.Address, cred.username, conn.classify(ctx, err))
 	}
 	return conn, nil
 }
 
-// login uses LOGIN, or AUTHENTICATE PLAIN where the server disables LOGIN.
-func (c *imapConn) login(username, password string) error {
-	if c.Caps().Has(imap.CapLoginDisabled) {
-		return c.Authenticate(sasl.NewPlainClient("", username, password))
+// login uses LOGIN, or AUTHENTICATE PLAIN where the server disables LOGIN
+// or a master user acts for the account.
+func (c *imapConn) login(cred credentials) error {
+	if cred.authzid != "" || c.Caps().Has(imap.CapLoginDisabled) {
+		return c.Authenticate(sasl.NewPlainClient(cred.authzid, cred.username, cred.password))
 	}
-	return c.Login(username, password).Wait()
+	return c.Login(cred.username, cred.password).Wait()
 }
 
 // Close logs nothing out; it drops the connection.

@@ -14,18 +14,22 @@ import (
 
 // dialPOP3 connects to the legacy POP3 server and logs in; a refusal of
 // the credentials is ErrBadCredentials.
-func dialPOP3(ctx context.Context, ep Endpoint, username, password string) (*pop3.Client, error) {
+func dialPOP3(ctx context.Context, ep Endpoint, cred credentials) (*pop3.Client, error) {
 	c, err := pop3.Dial(ctx, ep.Address, pop3.DialOptions{TLS: ep.TLS, TLSConfig: ep.TLSConfig, Timeout: ep.timeout()})
 	if err != nil {
 		return nil, fmt.Errorf("legacy pop3: %w", popErr(err))
 	}
-	if err := c.Login(username, password); err != nil {
+	login := func() error { return c.Login(cred.username, cred.password) }
+	if cred.authzid != "" {
+		login = func() error { return c.AuthPlainAs(cred.authzid, cred.username, cred.password) }
+	}
+	if err := login(); err != nil {
 		c.Close()
 		var perr *pop3.Error
 		if errors.As(err, &perr) && perr.Code != "SYS/TEMP" && perr.Code != "IN-USE" && perr.Code != "LOGIN-DELAY" {
-			return nil, fmt.Errorf("legacy pop3 %s: login %s: %w: %s", ep.Address, username, ErrBadCredentials, perr.Text)
+			return nil, fmt.Errorf("legacy pop3 %s: login %s: %w: %s", ep.Address, cred.username, ErrBadCredentials, perr.Text)
 		}
-		return nil, fmt.Errorf("legacy pop3 %s: login %s: %w", ep.Address, username, popErr(err))
+		return nil, fmt.Errorf("legacy pop3 %s: login %s: %w", ep.Address, cred.username, popErr(err))
 	}
 	return c, nil
 }
@@ -86,7 +90,7 @@ func readMaildrop(c *pop3.Client) (maildrop, error) {
 // maildrop is removed locally.
 func (e *Engine) pop3Pass(ctx context.Context, acct store.Account, password string) (PassResult, error) {
 	var res PassResult
-	c, err := dialPOP3(ctx, e.POP3, acct.Name, password)
+	c, err := dialPOP3(ctx, e.POP3, e.credentials(acct.Name, password))
 	if err != nil {
 		return res, err
 	}
@@ -174,7 +178,7 @@ func (e *Engine) pop3Pass(ctx context.Context, acct store.Account, password stri
 // download nothing again. Messages are matched by position and size; where
 // those disagree, by the Message-ID of the POP3 message's header (TOP).
 func (e *Engine) mapUIDLs(ctx context.Context, acct store.Account, password string) error {
-	c, err := dialPOP3(ctx, e.POP3, acct.Name, password)
+	c, err := dialPOP3(ctx, e.POP3, e.credentials(acct.Name, password))
 	if err != nil {
 		return err
 	}

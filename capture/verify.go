@@ -51,7 +51,7 @@ func (e *Engine) Verify(ctx context.Context, account, password string) (Verifica
 		}
 		return v, nil
 	}
-	conn, err := dialIMAP(ctx, e.IMAP, account, password)
+	conn, err := dialIMAP(ctx, e.IMAP, e.credentials(account, password))
 	if err != nil {
 		return v, fmt.Errorf("verify %s: %w", account, err)
 	}
@@ -322,7 +322,7 @@ func (e *Engine) Converge(ctx context.Context, account, password string, maxPass
 // verifyPOP3 compares a POP3-captured INBOX with the legacy maildrop: the
 // UIDL set, every size, and the SHA-256 of a sample of re-read bodies.
 func (e *Engine) verifyPOP3(ctx context.Context, acct store.Account, password string, v *Verification) error {
-	c, err := dialPOP3(ctx, e.POP3, acct.Name, password)
+	c, err := dialPOP3(ctx, e.POP3, e.credentials(acct.Name, password))
 	if err != nil {
 		return err
 	}

@@ -26,6 +26,8 @@ type Config struct {
 	Listen Listen `koanf:"listen"`
 	// TLS holds the certificate served by the TLS listeners and STARTTLS.
 	TLS TLS `koanf:"tls"`
+	// Capture tunes the capture engine.
+	Capture Capture `koanf:"capture"`
 	// PasswordHash holds the argon2id parameters for stored credentials.
 	PasswordHash PasswordHash `koanf:"password_hash"`
 	// Log configures logging.
@@ -94,6 +96,19 @@ type TLS struct {
 	Key string `koanf:"key"`
 }
 
+// Capture tunes how hard mailcapture works the legacy server.
+type Capture struct {
+	// Workers is how many accounts are captured at once, at most (fewer
+	// while the legacy server shows errors). Default 4.
+	Workers int `koanf:"workers"`
+	// ConnectionsPerAccount is how many legacy connections one account's
+	// capture uses. Default 2.
+	ConnectionsPerAccount int `koanf:"connections_per_account"`
+	// ConnectRate limits capture jobs started per second across accounts;
+	// 0 (default) means no limit.
+	ConnectRate float64 `koanf:"connect_rate"`
+}
+
 // PasswordHash holds argon2id parameters (RFC 9106).
 type PasswordHash struct {
 	// Time is the number of passes. Default 1.
@@ -125,6 +140,7 @@ func Default() Config {
 			TLSVerify: true,
 			Timeout:   60 * time.Second,
 		},
+		Capture:      Capture{Workers: 4, ConnectionsPerAccount: 2},
 		PasswordHash: PasswordHash{Time: 1, MemoryKiB: 64 * 1024, Threads: 2},
 		Log:          Log{Level: "info", Format: "text"},
 	}

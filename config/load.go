@@ -149,6 +149,10 @@ func typeName(t reflect.Type) string {
 		return "list of strings"
 	case t.Kind() >= reflect.Uint && t.Kind() <= reflect.Uint64:
 		return "non-negative whole number"
+	case t.Kind() >= reflect.Int && t.Kind() <= reflect.Int64:
+		return "whole number"
+	case t.Kind() == reflect.Float64:
+		return "number"
 	}
 	return t.Kind().String()
 }

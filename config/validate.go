@@ -59,6 +59,15 @@ func (c *Config) Validate() error {
 		}
 	}
 
+	if c.Capture.Workers < 1 {
+		v.add("capture.workers", "must be at least 1")
+	}
+	if c.Capture.ConnectionsPerAccount < 1 {
+		v.add("capture.connections_per_account", "must be at least 1")
+	}
+	if c.Capture.ConnectRate < 0 {
+		v.add("capture.connect_rate", "must not be negative")
+	}
 	if c.PasswordHash.Time < 1 {
 		v.add("password_hash.time", "must be at least 1")
 	}

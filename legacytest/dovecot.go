@@ -34,6 +34,9 @@ type Options struct {
 	Fsync bool
 	// UIDLFormat is Dovecot's pop3_uidl_format; default %08Xu%08Xv.
 	UIDLFormat string
+	// MasterUser and MasterPassword add a master user that may log in as
+	// anyone ("account*master", or SASL PLAIN with an authorization id).
+	MasterUser, MasterPassword string
 }
 
 // Dovecot is a running private Dovecot.
@@ -126,6 +129,20 @@ func (d *Dovecot) start(ports []int) error {
 	if d.Options.NoSpecialUse {
 		specialUse = ""
 	}
+	master := ""
+	if d.Options.MasterUser != "" {
+		line := fmt.Sprintf("%s:{PLAIN}%s::::::\n", d.Options.MasterUser, d.Options.MasterPassword)
+		if err := os.WriteFile(filepath.Join(d.Dir, "master-users"), []byte(line), 0o644); err != nil {
+			return err
+		}
+		master = fmt.Sprintf(`auth_master_user_separator = *
+passdb {
+  driver = passwd-file
+  master = yes
+  pass = yes
+  args = scheme=PLAIN %s/master-users
+}`, d.Dir)
+	}
 	uidlFormat := d.Options.UIDLFormat
 	if uidlFormat == "" {
 		uidlFormat = "%08Xu%08Xv"
@@ -155,6 +172,7 @@ recipient_delimiter =
 login_greeting = Legacy Dovecot ready.
 auth_failure_delay = 0
 mail_max_userip_connections = 200
+%[12]s
 passdb {
   driver = passwd-file
   args = scheme=PLAIN username_format=%%u %[1]s/users/%%u
@@ -197,7 +215,7 @@ service lmtp {
 service imap {
   process_limit = 512
 }
-`, d.Dir, fsync, d.mailUID, d.mailGID, d.Options.Separator, d.Options.Prefix, specialUse, ports[0], ports[1], ports[2], uidlFormat)
+`, d.Dir, fsync, d.mailUID, d.mailGID, d.Options.Separator, d.Options.Prefix, specialUse, ports[0], ports[1], ports[2], uidlFormat, master)
 	if err := os.WriteFile(d.configPath(), []byte(conf), 0o644); err != nil {
 		return err
 	}

@@ -294,7 +294,13 @@ func hasMech(caps map[string][]string, mech string) bool {
 // AuthPlain authenticates with AUTH PLAIN (RFC 5034), the initial response
 // on the command line.
 func (c *Client) AuthPlain(user, password string) error {
-	resp := base64.StdEncoding.EncodeToString([]byte("\x00" + user + "\x00" + password))
+	return c.AuthPlainAs("", user, password)
+}
+
+// AuthPlainAs authenticates as user and asks to act as authzid (a master
+// user logging in for an account); an empty authzid acts as user.
+func (c *Client) AuthPlainAs(authzid, user, password string) error {
+	resp := base64.StdEncoding.EncodeToString([]byte(authzid + "\x00" + user + "\x00" + password))
 	_, err := c.cmd("AUTH", "AUTH PLAIN "+resp)
 	return err
 }

@@ -81,18 +81,23 @@ func unixOrZero(t time.Time) int64 {
 }
 
 // CreateAccount records a new account in state with the password's hash.
-// It fails with ErrExists if the name is taken.
+// An empty password stores no hash at all (an account captured with a
+// master user): then no password verifies until SetPassword. It fails with
+// ErrExists if the name is taken.
 func (s *Store) CreateAccount(ctx context.Context, name, password string, state State) (Account, error) {
 	name = strings.TrimSpace(name)
 	if name == "" {
 		return Account{}, fmt.Errorf("create account: empty name")
 	}
-	hash, err := HashPassword(password, s.opts.Hash)
-	if err != nil {
-		return Account{}, fmt.Errorf("create account %s: %w", name, err)
+	hash := ""
+	if password != "" {
+		var err error
+		if hash, err = HashPassword(password, s.opts.Hash); err != nil {
+			return Account{}, fmt.Errorf("create account %s: %w", name, err)
+		}
 	}
 	now := time.Now().Unix()
-	err = s.writeTx(ctx, func(tx *sql.Tx) error {
+	err := s.writeTx(ctx, func(tx *sql.Tx) error {
 		_, err := tx.ExecContext(ctx,
 			`INSERT INTO accounts (name, password_hash, state, state_changed_at, created_at, capture_started_at)
 			VALUES (?, ?, ?, ?, ?, ?)`,

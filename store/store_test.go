@@ -61,6 +61,14 @@ func TestAccountsAndStates(t *testing.T) {
 	if ok, _ := s.VerifyPassword(ctx, "ann@example.org", "wrong"); ok {
 		t.Fatal("wrong password accepted")
 	}
+	// An account captured by a master user has no hash: nothing verifies,
+	// not even the empty password.
+	if _, err := s.CreateAccount(ctx, "bulk@example.org", "", StateCapturing); err != nil {
+		t.Fatal(err)
+	}
+	if ok, _ := s.VerifyPassword(ctx, "bulk@example.org", ""); ok {
+		t.Fatal("the empty password verified an account without a hash")
+	}
 	if _, err := s.VerifyPassword(ctx, "nobody@example.org", "x"); !errors.Is(err, ErrNotFound) {
 		t.Fatalf("unknown account: %v", err)
 	}
@@ -117,7 +125,7 @@ func TestAccountsAndStates(t *testing.T) {
 		t.Fatalf("namespace/error not recorded: %+v", got)
 	}
 	counts, err := s.StateCounts(ctx)
-	if err != nil || counts[StateCaptured] != 1 || counts[StateCapturing] != 0 {
+	if err != nil || counts[StateCaptured] != 1 || counts[StateCapturing] != 1 {
 		t.Fatalf("state counts %v %v", counts, err)
 	}
 }
