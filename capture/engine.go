@@ -28,7 +28,7 @@ type Engine struct {
 	// Master, if set, logs in to every account as this master user; the
 	// password given to Pass is then not used.
 	Master *MasterLogin
-	Log  *slog.Logger
+	Log    *slog.Logger
 	// BatchMessages and BatchBytes bound one store batch (one filesystem
 	// sync and one transaction). Defaults 500 and 32 MiB.
 	BatchMessages int
