@@ -5,8 +5,15 @@
 package legacytest
 
 import (
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/x509"
+	"crypto/x509/pkix"
+	"encoding/pem"
 	"errors"
 	"fmt"
+	"math/big"
 	"net"
 	"os"
 	"os/exec"
@@ -37,6 +44,9 @@ type Options struct {
 	// MasterUser and MasterPassword add a master user that may log in as
 	// anyone ("account*master", or SASL PLAIN with an authorization id).
 	MasterUser, MasterPassword string
+	// TLS turns on STARTTLS/STLS and implicit-TLS listeners with a fresh
+	// self-signed certificate for 127.0.0.1 (see Dovecot.CertPool).
+	TLS bool
 }
 
 // Dovecot is a running private Dovecot.
@@ -45,6 +55,11 @@ type Dovecot struct {
 	IMAPAddr string
 	POP3Addr string
 	LMTPAddr string
+	// IMAPSAddr and POP3SAddr are the implicit-TLS listeners (TLS only).
+	IMAPSAddr string
+	POP3SAddr string
+	// CertPool trusts the server's certificate (TLS only).
+	CertPool *x509.CertPool
 	Options  Options
 
 	cmd     *exec.Cmd
@@ -88,15 +103,24 @@ func Start(t testing.TB, opts Options) *Dovecot {
 		t.Fatal(err)
 	}
 
+	if opts.TLS {
+		if err := d.makeCertificate(); err != nil {
+			t.Fatal(err)
+		}
+	}
 	var lastErr error
 	for attempt := 0; attempt < 5; attempt++ {
-		ports, err := freePorts(3)
+		ports, err := freePorts(5)
 		if err != nil {
 			t.Fatal(err)
 		}
 		d.IMAPAddr = fmt.Sprintf("127.0.0.1:%d", ports[0])
 		d.POP3Addr = fmt.Sprintf("127.0.0.1:%d", ports[1])
 		d.LMTPAddr = fmt.Sprintf("127.0.0.1:%d", ports[2])
+		if opts.TLS {
+			d.IMAPSAddr = fmt.Sprintf("127.0.0.1:%d", ports[3])
+			d.POP3SAddr = fmt.Sprintf("127.0.0.1:%d", ports[4])
+		}
 		if lastErr = d.start(ports); lastErr == nil {
 			t.Cleanup(d.Stop)
 			return d
@@ -143,6 +167,11 @@ passdb {
   args = scheme=PLAIN %s/master-users
 }`, d.Dir)
 	}
+	ssl, imapsPort, pop3sPort := "ssl = no", 0, 0
+	if d.Options.TLS {
+		ssl = fmt.Sprintf("ssl = yes\nssl_cert = <%s/cert.pem\nssl_key = <%s/key.pem\nssl_min_protocol = TLSv1.2", d.Dir, d.Dir)
+		imapsPort, pop3sPort = ports[3], ports[4]
+	}
 	uidlFormat := d.Options.UIDLFormat
 	if uidlFormat == "" {
 		uidlFormat = "%08Xu%08Xv"
@@ -158,7 +187,7 @@ log_path = %[1]s/dovecot.log
 info_log_path = %[1]s/dovecot.log
 protocols = imap pop3 lmtp
 listen = 127.0.0.1
-ssl = no
+%[13]s
 disable_plaintext_auth = no
 auth_mechanisms = plain login
 default_login_user = dovenull
@@ -194,7 +223,8 @@ service imap-login {
     port = %[8]d
   }
   inet_listener imaps {
-    port = 0
+    address = 127.0.0.1
+    port = %[14]d
   }
 }
 service pop3-login {
@@ -203,7 +233,8 @@ service pop3-login {
     port = %[9]d
   }
   inet_listener pop3s {
-    port = 0
+    address = 127.0.0.1
+    port = %[15]d
   }
 }
 service lmtp {
@@ -215,7 +246,7 @@ service lmtp {
 service imap {
   process_limit = 512
 }
-`, d.Dir, fsync, d.mailUID, d.mailGID, d.Options.Separator, d.Options.Prefix, specialUse, ports[0], ports[1], ports[2], uidlFormat, master)
+`, d.Dir, fsync, d.mailUID, d.mailGID, d.Options.Separator, d.Options.Prefix, specialUse, ports[0], ports[1], ports[2], uidlFormat, master, ssl, imapsPort, pop3sPort)
 	if err := os.WriteFile(d.configPath(), []byte(conf), 0o644); err != nil {
 		return err
 	}
@@ -228,7 +259,7 @@ service imap {
 	go func() { exited <- cmd.Wait() }()
 	// Ready when every listener greets; bounded to 15 s.
 	deadline := time.Now().Add(15 * time.Second)
-	for _, addr := range []string{d.IMAPAddr, d.POP3Addr, d.LMTPAddr} {
+	for _, addr := range []string{d.IMAPAddr, d.POP3Addr, d.LMTPAddr} { // implicit-TLS ports do not greet in clear
 		for {
 			if err := greets(addr); err == nil {
 				break
@@ -332,4 +363,44 @@ func freePorts(n int) ([]int, error) {
 		ports = append(ports, ln.Addr().(*net.TCPAddr).Port)
 	}
 	return ports, nil
+}
+
+// makeCertificate writes a self-signed certificate for 127.0.0.1 and
+// trusts it in CertPool.
+func (d *Dovecot) makeCertificate() error {
+	priv, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		return err
+	}
+	tmpl := x509.Certificate{
+		SerialNumber: big.NewInt(time.Now().UnixNano()),
+		Subject:      pkix.Name{CommonName: "legacy.test"},
+		NotBefore:    time.Now().Add(-time.Hour),
+		NotAfter:     time.Now().Add(24 * time.Hour),
+		IPAddresses:  []net.IP{net.ParseIP("127.0.0.1")},
+		DNSNames:     []string{"legacy.test"},
+		KeyUsage:     x509.KeyUsageDigitalSignature,
+		ExtKeyUsage:  []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth},
+	}
+	der, err := x509.CreateCertificate(rand.Reader, &tmpl, &tmpl, &priv.PublicKey, priv)
+	if err != nil {
+		return err
+	}
+	keyDER, err := x509.MarshalECPrivateKey(priv)
+	if err != nil {
+		return err
+	}
+	if err := os.WriteFile(filepath.Join(d.Dir, "cert.pem"), pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}), 0o644); err != nil {
+		return err
+	}
+	if err := os.WriteFile(filepath.Join(d.Dir, "key.pem"), pem.EncodeToMemory(&pem.Block{Type: "EC PRIVATE KEY", Bytes: keyDER}), 0o600); err != nil {
+		return err
+	}
+	cert, err := x509.ParseCertificate(der)
+	if err != nil {
+		return err
+	}
+	d.CertPool = x509.NewCertPool()
+	d.CertPool.AddCert(cert)
+	return nil
 }
