@@ -28,7 +28,10 @@ type Engine struct {
 	// Master, if set, logs in to every account as this master user; the
 	// password given to Pass is then not used.
 	Master *MasterLogin
-	Log    *slog.Logger
+	// OnLatency, if set, receives the duration of each legacy login
+	// (connect, greeting, TLS, authentication): the scheduler watches it.
+	OnLatency func(time.Duration)
+	Log       *slog.Logger
 	// BatchMessages and BatchBytes bound one store batch (one filesystem
 	// sync and one transaction). Defaults 500 and 32 MiB.
 	BatchMessages int
@@ -133,9 +136,13 @@ func (e *Engine) Pass(ctx context.Context, account, password string) (PassResult
 
 // imapPass syncs every folder over IMAP.
 func (e *Engine) imapPass(ctx context.Context, acct store.Account, password string) (PassResult, error) {
+	start := time.Now()
 	conn, err := dialIMAP(ctx, e.IMAP, e.credentials(acct.Name, password))
 	if err != nil {
 		return PassResult{}, err
+	}
+	if e.OnLatency != nil {
+		e.OnLatency(time.Since(start))
 	}
 	defer conn.Close()
 	res, err := e.pass(ctx, conn, acct, password)

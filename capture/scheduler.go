@@ -13,8 +13,9 @@ import (
 // Scheduler runs capture jobs to convergence:
 //
 //   - one job per account at a time (a second Submit joins the first);
-//   - at most Workers jobs at once, fewer while the legacy server suffers
-//     (each legacy error halves the limit, each success raises it by one);
+//   - at most Workers jobs at once, fewer while the legacy server suffers:
+//     each legacy error halves the limit, each login much slower than the
+//     fastest seen lowers it by one, each success raises it by one;
 //   - accounts whose user is logged in now (interactive) go before bulk
 //     work, older submissions first;
 //   - legacy errors are retried with exponential backoff, and a retried job
@@ -50,6 +51,32 @@ type Scheduler struct {
 
 	// onStart, if set, runs as each job starts (tests check the order).
 	onStart func(account string)
+	// fastest is the quickest legacy login seen, slowly forgotten.
+	fastest time.Duration
+}
+
+// Logins slower than slowFactor times the fastest one seen (and slower
+// than slowFloor) mean the legacy server is struggling.
+const (
+	slowFactor = 4
+	slowFloor  = 250 * time.Millisecond
+)
+
+// observeLatency takes the duration of a legacy login and lowers the
+// concurrency limit when the legacy server answers much slower than it can.
+func (s *Scheduler) observeLatency(d time.Duration) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.init()
+	if s.fastest == 0 || d < s.fastest {
+		s.fastest = d
+	} else {
+		s.fastest += (d - s.fastest) / 64 // forget a fluke fast login over time
+	}
+	if d > slowFloor && d > slowFactor*s.fastest && s.limit > 1 {
+		s.limit--
+		s.log().Warn("legacy server answers slowly; fewer captures at once", "login", d, "fastest", s.fastest, "concurrency_limit", s.limit)
+	}
 }
 
 // JobState is where a job is.
@@ -171,6 +198,9 @@ func (s *Scheduler) Run(ctx context.Context) {
 	s.mu.Lock()
 	s.init()
 	s.mu.Unlock()
+	if s.Engine.OnLatency == nil {
+		s.Engine.OnLatency = s.observeLatency
+	}
 	var wg sync.WaitGroup
 	defer wg.Wait()
 	timer := time.NewTimer(time.Hour)

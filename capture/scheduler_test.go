@@ -144,3 +144,30 @@ func TestSchedulerStopsOnBadCredentials(t *testing.T) {
 		t.Fatalf("status %+v", status)
 	}
 }
+
+// TestSchedulerSlowsDownOnSlowLogins: logins far slower than the fastest
+// seen lower the concurrency limit; successes raise it again.
+func TestSchedulerSlowsDownOnSlowLogins(t *testing.T) {
+	s := &Scheduler{Workers: 4}
+	for i := 0; i < 5; i++ {
+		s.observeLatency(20 * time.Millisecond)
+	}
+	if s.Limit() != 4 {
+		t.Fatalf("limit %d after fast logins", s.Limit())
+	}
+	s.observeLatency(100 * time.Millisecond) // slower, but under the floor
+	if s.Limit() != 4 {
+		t.Fatalf("limit %d after a login under the floor", s.Limit())
+	}
+	s.observeLatency(2 * time.Second)
+	s.observeLatency(3 * time.Second)
+	if s.Limit() != 2 {
+		t.Fatalf("limit %d after two slow logins, want 2", s.Limit())
+	}
+	for i := 0; i < 10; i++ {
+		s.observeLatency(5 * time.Second)
+	}
+	if s.Limit() != 1 {
+		t.Fatalf("limit %d, want it floored at 1", s.Limit())
+	}
+}
