@@ -292,15 +292,31 @@ func nullUID(uid uint32) any {
 }
 
 // existingCopy finds a message already stored from the same legacy
-// message: same legacy UID, or same POP3 UIDL.
+// message: same legacy UID, or same POP3 UIDL. Each lookup uses its own
+// unique index (one query with OR would scan the mailbox).
 func existingCopy(ctx context.Context, tx *sql.Tx, mailboxID int64, legacyUID uint32, uidl string) (uint32, bool, error) {
-	var uid uint32
-	err := tx.QueryRowContext(ctx, "SELECT uid FROM messages WHERE mailbox_id = ? AND (legacy_uid = ? OR pop3_uidl = ?) LIMIT 1",
-		mailboxID, nullUID(legacyUID), nullString(uidl)).Scan(&uid)
-	if errors.Is(err, sql.ErrNoRows) {
-		return 0, false, nil
+	lookups := []struct {
+		query string
+		arg   any
+		use   bool
+	}{
+		{"SELECT uid FROM messages WHERE mailbox_id = ? AND legacy_uid = ?", legacyUID, legacyUID != 0},
+		{"SELECT uid FROM messages WHERE mailbox_id = ? AND pop3_uidl = ?", uidl, uidl != ""},
 	}
-	return uid, err == nil, err
+	for _, l := range lookups {
+		if !l.use {
+			continue
+		}
+		var uid uint32
+		err := tx.QueryRowContext(ctx, l.query, mailboxID, l.arg).Scan(&uid)
+		if err == nil {
+			return uid, true, nil
+		}
+		if !errors.Is(err, sql.ErrNoRows) {
+			return 0, false, err
+		}
+	}
+	return 0, false, nil
 }
 
 // uidAllocator hands out UIDs within one transaction and writes each
