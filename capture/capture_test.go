@@ -10,6 +10,7 @@ import (
 	"runtime"
 	"sort"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -300,9 +301,15 @@ func TestBadCredentialsStopTheJob(t *testing.T) {
 	d.AddUser(t, user, password)
 	st := openStore(t)
 	st.CreateAccount(ctx, user, "whatever", store.StateCapturing)
-	_, err := newEngine(st, d).Pass(ctx, user, "wrong password")
+	e := newEngine(st, d)
+	obs := &countingObserver{}
+	e.Observer = obs
+	_, err := e.Pass(ctx, user, "wrong password")
 	if !errors.Is(err, ErrBadCredentials) {
 		t.Fatalf("want ErrBadCredentials, got %v", err)
+	}
+	if obs.kinds[KindAuth] != 1 {
+		t.Fatalf("legacy errors counted: %v", obs.kinds)
 	}
 }
 
@@ -327,11 +334,15 @@ func TestHungLegacyServer(t *testing.T) {
 	ctx := context.Background()
 	st := openStore(t)
 	st.CreateAccount(ctx, user, password, store.StateCapturing)
-	e := &Engine{Store: st, IMAP: Endpoint{Address: ln.Addr().String(), TLS: "none", Timeout: 300 * time.Millisecond}}
+	obs := &countingObserver{}
+	e := &Engine{Store: st, IMAP: Endpoint{Address: ln.Addr().String(), TLS: "none", Timeout: 300 * time.Millisecond}, Observer: obs}
 	start := time.Now()
 	_, err = e.Pass(ctx, user, password)
 	if !errors.Is(err, ErrTimeout) {
 		t.Fatalf("want ErrTimeout, got %v", err)
+	}
+	if obs.kinds[KindTimeout] != 1 {
+		t.Fatalf("legacy errors counted: %v", obs.kinds)
 	}
 	if elapsed := time.Since(start); elapsed > 5*time.Second {
 		t.Fatalf("pass took %v to fail", elapsed)
@@ -415,17 +426,7 @@ func TestVerificationCatchesAndRepairsCorruption(t *testing.T) {
 	acct, _ := st.Account(ctx, user)
 	inbox, _ := st.MailboxByName(ctx, acct.ID, "INBOX")
 	msgs, _ := st.Messages(ctx, inbox.ID, store.AllUIDs)
-	f, err := st.OpenBody(msgs[0].ID)
-	if err != nil {
-		t.Fatal(err)
-	}
-	path := f.Name()
-	f.Close()
-	raw, _ := os.ReadFile(path)
-	raw[len(raw)-3] ^= 0x20 // same size, other bytes
-	if err := os.WriteFile(path, raw, 0o640); err != nil {
-		t.Fatal(err)
-	}
+	damage(t, st, msgs[0].ID)
 	v, err := e.Verify(ctx, user, password)
 	if err != nil {
 		t.Fatal(err)
@@ -433,9 +434,58 @@ func TestVerificationCatchesAndRepairsCorruption(t *testing.T) {
 	if v.OK() || !strings.Contains(strings.Join(v.Mismatches, ";"), "SHA-256") {
 		t.Fatalf("corruption not found: %+v", v)
 	}
+	// Damage the last message too (always in the sample): Converge finds
+	// it, counts it, repairs it, and still repairs the first.
+	damage(t, st, msgs[len(msgs)-1].ID)
+	obs := &countingObserver{}
+	e.Observer = obs
 	conv, err := e.Converge(ctx, user, password, 5)
-	if err != nil || !conv.Verification.OK() || conv.Passes[0].Added != 1 {
+	if err != nil || !conv.Verification.OK() {
 		t.Fatalf("repair: %+v %v", conv, err)
 	}
+	if obs.mismatches != 1 || obs.copied != 2 {
+		t.Fatalf("observer after repair: mismatches %d copied %d", obs.mismatches, obs.copied)
+	}
 	assertSameMailbox(t, d.Snapshot(t, user, password), localSnapshot(t, st, user))
+}
+
+// countingObserver records capture events for tests.
+type countingObserver struct {
+	mu         sync.Mutex
+	copied     int
+	kinds      map[string]int
+	mismatches int
+}
+
+func (o *countingObserver) Copied(n int, _ int64) { o.mu.Lock(); o.copied += n; o.mu.Unlock() }
+func (o *countingObserver) LegacyError(kind string) {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	if o.kinds == nil {
+		o.kinds = map[string]int{}
+	}
+	o.kinds[kind]++
+}
+func (o *countingObserver) VerificationMismatches(n int) {
+	o.mu.Lock()
+	o.mismatches += n
+	o.mu.Unlock()
+}
+func (o *countingObserver) JobStarted()                     {}
+func (o *countingObserver) JobFinished(bool, time.Duration) {}
+
+// damage changes a stored body's bytes, keeping its size.
+func damage(t *testing.T, st *store.Store, id int64) {
+	t.Helper()
+	f, err := st.OpenBody(id)
+	if err != nil {
+		t.Fatal(err)
+	}
+	path := f.Name()
+	f.Close()
+	raw, _ := os.ReadFile(path)
+	raw[len(raw)-3] ^= 0x20
+	if err := os.WriteFile(path, raw, 0o640); err != nil {
+		t.Fatal(err)
+	}
 }

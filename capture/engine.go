@@ -31,6 +31,8 @@ type Engine struct {
 	// OnLatency, if set, receives the duration of each legacy login
 	// (connect, greeting, TLS, authentication): the scheduler watches it.
 	OnLatency func(time.Duration)
+	// Observer, if set, receives events for metrics.
+	Observer Observer
 	Log       *slog.Logger
 	// BatchMessages and BatchBytes bound one store batch (one filesystem
 	// sync and one transaction). Defaults 500 and 32 MiB.
@@ -119,6 +121,9 @@ func (e *Engine) Pass(ctx context.Context, account, password string) (PassResult
 		err = fmt.Errorf("%w (%v)", ctx.Err(), err)
 	}
 	if err != nil {
+		if kind := ErrorKind(err); kind != "" && !isStoreError(err) {
+			e.observer().LegacyError(kind)
+		}
 		err = fmt.Errorf("capture %s: %w", account, err)
 		if rerr := e.Store.RecordSync(context.WithoutCancel(ctx), account, time.Now(), err.Error()); rerr != nil {
 			e.log().Error("record sync error", "account", account, "err", rerr)
@@ -151,6 +156,12 @@ func (e *Engine) imapPass(ctx context.Context, acct store.Account, password stri
 	}
 	conn.Logout().Wait()
 	return res, nil
+}
+
+// isStoreError tells errors of the local store apart from the legacy
+// server's.
+func isStoreError(err error) bool {
+	return errors.Is(err, store.ErrNotFound) || errors.Is(err, store.ErrExists) || errors.Is(err, store.ErrReadOnly)
 }
 
 // commandErr names the cause of a failed command: the job's context ended

@@ -299,12 +299,16 @@ func (c *committer) run() {
 			c.err = err
 			continue
 		}
+		n, size := 0, int64(0)
 		for _, in := range inserted {
 			if !in.Duplicate {
-				c.added++
-				c.addedBytes += in.Size
+				n++
+				size += in.Size
 			}
 		}
+		c.added += n
+		c.addedBytes += size
+		c.e.observer().Copied(n, size)
 		if c.e.afterCommit != nil {
 			c.e.hookMu.Lock()
 			c.e.afterCommit()

@@ -110,7 +110,8 @@ type job struct {
 	attempts    int
 	lastErr     error
 	notBefore   time.Time
-	index       int // in the queue; -1 if not queued
+	firstStart  time.Time // of the first attempt: captures are timed from it
+	index       int       // in the queue; -1 if not queued
 	done        chan struct{}
 }
 
@@ -263,6 +264,9 @@ func (s *Scheduler) pick(now time.Time) (*job, time.Duration) {
 	heap.Remove(&s.queue, best.index)
 	best.state = JobRunning
 	best.attempts++
+	if best.firstStart.IsZero() {
+		best.firstStart = now
+	}
 	s.running++
 	s.lastRun = now
 	return best, 0
@@ -270,14 +274,17 @@ func (s *Scheduler) pick(now time.Time) (*job, time.Duration) {
 
 func (s *Scheduler) runJob(ctx context.Context, j *job) {
 	s.mu.Lock()
-	password, attempt, interactive := j.password, j.attempts, j.interactive
+	password, attempt, interactive, firstStart := j.password, j.attempts, j.interactive, j.firstStart
 	s.mu.Unlock()
 	if s.onStart != nil {
 		s.onStart(j.account)
 	}
 	log := s.log().With("account", j.account)
 	log.Info("capture job started", "attempt", attempt, "interactive", interactive)
+	obs := s.Engine.observer()
+	obs.JobStarted()
 	conv, err := s.Engine.Converge(ctx, j.account, password, s.maxPasses())
+	obs.JobFinished(err == nil, time.Since(firstStart))
 
 	s.mu.Lock()
 	defer s.mu.Unlock()

@@ -310,6 +310,7 @@ func (e *Engine) Converge(ctx context.Context, account, password string, maxPass
 		if v.OK() {
 			return c, nil
 		}
+		e.observer().VerificationMismatches(len(v.Mismatches))
 		msg := "verification found " + strings.Join(v.Mismatches, "; ")
 		e.log().Warn("capture verification mismatch; repairing", "account", account, "mismatches", len(v.Mismatches), "first", v.Mismatches[0])
 		if err := e.Store.RecordSync(ctx, account, time.Time{}, msg); err != nil {

@@ -26,6 +26,8 @@ type Reporter func(ctx context.Context) (status.Report, error)
 type Metrics struct {
 	// Registry is the private registry everything is registered on.
 	Registry *prometheus.Registry
+	// Capture counts the capture engine's work (a capture.Observer).
+	Capture *Capture
 }
 
 // Descriptions of the metrics computed from the store at scrape time.
@@ -59,7 +61,7 @@ func New(report Reporter, log *slog.Logger) *Metrics {
 		collectors.NewBuildInfoCollector(),
 		&storeCollector{report: report, log: log},
 	)
-	return &Metrics{Registry: reg}
+	return &Metrics{Registry: reg, Capture: newCapture(reg)}
 }
 
 // storeCollector reads the progress report once per scrape.

@@ -8,6 +8,7 @@ import (
 	"net/http/httptest"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 
@@ -28,6 +29,11 @@ func fixedReport(ctx context.Context) (status.Report, error) {
 // each metric this package declares appears, with the store's figures.
 func TestEveryDeclaredMetricIsExported(t *testing.T) {
 	m := New(fixedReport, slog.New(slog.DiscardHandler))
+	m.Capture.Copied(12, 3400)
+	m.Capture.LegacyError("timeout")
+	m.Capture.VerificationMismatches(2)
+	m.Capture.JobStarted()
+	m.Capture.JobFinished(true, 90*time.Second)
 	rec := httptest.NewRecorder()
 	Handler(m, fixedReport, nil).ServeHTTP(rec, httptest.NewRequest("GET", "/metrics", nil))
 	body := rec.Body.String()
@@ -52,6 +58,13 @@ func TestEveryDeclaredMetricIsExported(t *testing.T) {
 		"mailcapture_relay_queue_oldest_age_seconds 42",
 		"mailcapture_status_scrape_error 0",
 		"go_goroutines", "process_cpu_seconds_total", "go_build_info",
+		"mailcapture_capture_messages_copied_total 12",
+		"mailcapture_capture_bytes_copied_total 3400",
+		`mailcapture_legacy_errors_total{kind="timeout"} 1`,
+		`mailcapture_legacy_errors_total{kind="auth"} 0`,
+		"mailcapture_capture_verification_mismatches_total 2",
+		"mailcapture_capture_jobs_active 0",
+		"mailcapture_capture_duration_seconds_count 1",
 	} {
 		if !strings.Contains(body, want) {
 			t.Errorf("scrape lacks %q", want)

@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"mailcapture/capture"
+	"mailcapture/metrics"
 	"mailcapture/store"
 )
 
@@ -134,6 +135,9 @@ func readAccounts(path string, read func(io.Reader) ([]capture.BulkAccount, erro
 	}
 	return accounts, nil
 }
+
+// The metrics package counts the capture engine's work.
+var _ capture.Observer = (*metrics.Capture)(nil)
 
 // progressView shows a bulk capture's progress: bars on a terminal, one
 // line per finished account otherwise.
