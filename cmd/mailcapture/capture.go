@@ -287,7 +287,9 @@ func (p *progressView) summary(ctx context.Context, interrupted bool) error {
 	switch {
 	case interrupted:
 		return errors.New("interrupted: run the same command again to resume")
-	case failed > 0:
+	case failed == 1:
+		return errors.New("1 account not captured (see above); run again to resume it")
+	case failed > 1:
 		return fmt.Errorf("%d accounts not captured (see above); run again to resume them", failed)
 	}
 	return nil
