@@ -9,11 +9,8 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"runtime"
 	"strconv"
 	"strings"
-	"sync"
-	"sync/atomic"
 	"testing"
 	"time"
 
@@ -104,28 +101,7 @@ func captureOnce(dir string, d *legacytest.Dovecot) (peak uint64, delta time.Dur
 	if _, err := st.CreateAccount(ctx, user, password, store.StateCapturing); err != nil {
 		return 0, 0, err
 	}
-	runtime.GC()
-	var base runtime.MemStats
-	runtime.ReadMemStats(&base)
-	var maxHeap atomic.Uint64
-	stop := make(chan struct{})
-	var wg sync.WaitGroup
-	wg.Add(1)
-	go func() {
-		defer wg.Done()
-		var ms runtime.MemStats
-		for {
-			runtime.ReadMemStats(&ms)
-			if ms.HeapInuse > maxHeap.Load() {
-				maxHeap.Store(ms.HeapInuse)
-			}
-			select {
-			case <-stop:
-				return
-			case <-time.After(20 * time.Millisecond):
-			}
-		}
-	}()
+	stopSampling := sampleHeap(20 * time.Millisecond)
 	e := &Engine{Store: st, IMAP: Endpoint{Address: d.IMAPAddr, TLS: "none", Timeout: time.Minute}}
 	res, err := e.Pass(ctx, user, password)
 	if err == nil && res.Added != 20000 {
@@ -139,9 +115,7 @@ func captureOnce(dir string, d *legacytest.Dovecot) (peak uint64, delta time.Dur
 			err = fmt.Errorf("delta pass over an unchanged mailbox changed things: %+v", res)
 		}
 	}
-	close(stop)
-	wg.Wait()
-	return maxHeap.Load() - min(base.HeapInuse, maxHeap.Load()), delta, err
+	return stopSampling(), delta, err
 }
 
 // runMbsync pulls the whole mailbox into a fresh Maildir with mbsync.

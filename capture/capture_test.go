@@ -198,11 +198,7 @@ func TestFullCopyIsExact(t *testing.T) {
 
 func TestDeltaSync(t *testing.T) {
 	ctx := context.Background()
-	d := legacytest.Start(t, legacytest.Options{})
-	populate(t, d)
-	st := openStore(t)
-	st.CreateAccount(ctx, user, password, store.StateCapturing)
-	e := newEngine(st, d)
+	d, st, e := setupCapture(t)
 	if _, err := e.Converge(ctx, user, password, 5); err != nil {
 		t.Fatal(err)
 	}
@@ -261,11 +257,7 @@ func TestDeltaSync(t *testing.T) {
 // exact with nothing stored twice.
 func TestResumeNeverDuplicates(t *testing.T) {
 	ctx := context.Background()
-	d := legacytest.Start(t, legacytest.Options{})
-	populate(t, d)
-	st := openStore(t)
-	st.CreateAccount(ctx, user, password, store.StateCapturing)
-	e := newEngine(st, d)
+	d, st, e := setupCapture(t)
 	for stopAfter := 1; stopAfter <= 6; stopAfter++ {
 		pctx, cancel := context.WithCancel(ctx)
 		commits := 0
@@ -375,34 +367,12 @@ func TestLargeMessageStreams(t *testing.T) {
 	big = bytes.Buffer{}
 	st := openStore(t)
 	st.CreateAccount(ctx, user, password, store.StateCapturing)
-	runtime.GC()
-	var before runtime.MemStats
-	runtime.ReadMemStats(&before)
-	var peak atomic.Uint64
-	stop := make(chan struct{})
-	sampled := make(chan struct{})
-	go func() {
-		defer close(sampled)
-		var ms runtime.MemStats
-		for {
-			runtime.ReadMemStats(&ms)
-			if ms.HeapInuse > peak.Load() {
-				peak.Store(ms.HeapInuse)
-			}
-			select {
-			case <-stop:
-				return
-			case <-time.After(5 * time.Millisecond):
-			}
-		}
-	}()
+	stopSampling := sampleHeap(5 * time.Millisecond)
 	res, err := newEngine(st, d).Pass(ctx, user, password)
-	close(stop)
-	<-sampled
+	growth := stopSampling()
 	if err != nil || res.Added != 1 || res.AddedBytes != int64(size) {
 		t.Fatalf("pass: %+v %v", res, err)
 	}
-	growth := int64(peak.Load()) - int64(before.HeapInuse)
 	t.Logf("50 MB message: heap grew by at most %.1f MB", float64(growth)/1e6)
 	if growth > 16<<20 {
 		t.Fatalf("heap grew by %d bytes while copying a %d-byte message", growth, size)
@@ -487,5 +457,50 @@ func damage(t *testing.T, st *store.Store, id int64) {
 	raw[len(raw)-3] ^= 0x20
 	if err := os.WriteFile(path, raw, 0o640); err != nil {
 		t.Fatal(err)
+	}
+}
+
+// setupCapture starts a Dovecot holding the standard test mailbox, and
+// returns it with a store that knows the account and an engine.
+func setupCapture(t *testing.T) (*legacytest.Dovecot, *store.Store, *Engine) {
+	t.Helper()
+	d := legacytest.Start(t, legacytest.Options{})
+	populate(t, d)
+	st := openStore(t)
+	if _, err := st.CreateAccount(context.Background(), user, password, store.StateCapturing); err != nil {
+		t.Fatal(err)
+	}
+	return d, st, newEngine(st, d)
+}
+
+// sampleHeap samples the heap in use every interval until the returned
+// function is called, which returns the peak growth over the heap at the
+// start (after a collection).
+func sampleHeap(interval time.Duration) (stop func() uint64) {
+	runtime.GC()
+	var base runtime.MemStats
+	runtime.ReadMemStats(&base)
+	var peak atomic.Uint64
+	done := make(chan struct{})
+	sampled := make(chan struct{})
+	go func() {
+		defer close(sampled)
+		var ms runtime.MemStats
+		for {
+			runtime.ReadMemStats(&ms)
+			if ms.HeapInuse > peak.Load() {
+				peak.Store(ms.HeapInuse)
+			}
+			select {
+			case <-done:
+				return
+			case <-time.After(interval):
+			}
+		}
+	}()
+	return func() uint64 {
+		close(done)
+		<-sampled
+		return peak.Load() - min(base.HeapInuse, peak.Load())
 	}
 }

@@ -33,7 +33,7 @@ type Engine struct {
 	OnLatency func(time.Duration)
 	// Observer, if set, receives events for metrics.
 	Observer Observer
-	Log       *slog.Logger
+	Log      *slog.Logger
 	// BatchMessages and BatchBytes bound one store batch (one filesystem
 	// sync and one transaction). Defaults 500 and 32 MiB.
 	BatchMessages int

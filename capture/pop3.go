@@ -49,6 +49,21 @@ type maildrop struct {
 	uidls []string
 }
 
+// openMaildrop logs in to the legacy POP3 server for the account and reads
+// its maildrop. The caller closes the client.
+func (e *Engine) openMaildrop(ctx context.Context, acct store.Account, password string) (*pop3.Client, maildrop, error) {
+	c, err := dialPOP3(ctx, e.POP3, e.credentials(acct.Name, password))
+	if err != nil {
+		return nil, maildrop{}, err
+	}
+	md, err := readMaildrop(c)
+	if err != nil {
+		c.Close()
+		return nil, maildrop{}, popErr(err)
+	}
+	return c, md, nil
+}
+
 func readMaildrop(c *pop3.Client) (maildrop, error) {
 	var md maildrop
 	caps, err := c.Capa()
@@ -90,15 +105,11 @@ func readMaildrop(c *pop3.Client) (maildrop, error) {
 // maildrop is removed locally.
 func (e *Engine) pop3Pass(ctx context.Context, acct store.Account, password string) (PassResult, error) {
 	var res PassResult
-	c, err := dialPOP3(ctx, e.POP3, e.credentials(acct.Name, password))
+	c, md, err := e.openMaildrop(ctx, acct, password)
 	if err != nil {
 		return res, err
 	}
 	defer c.Close()
-	md, err := readMaildrop(c)
-	if err != nil {
-		return res, popErr(err)
-	}
 	res.Folders = 1
 	inbox, err := e.Store.MailboxByName(ctx, acct.ID, "INBOX")
 	if errors.Is(err, store.ErrNotFound) {
@@ -178,15 +189,11 @@ func (e *Engine) pop3Pass(ctx context.Context, acct store.Account, password stri
 // download nothing again. Messages are matched by position and size; where
 // those disagree, by the Message-ID of the POP3 message's header (TOP).
 func (e *Engine) mapUIDLs(ctx context.Context, acct store.Account, password string) error {
-	c, err := dialPOP3(ctx, e.POP3, e.credentials(acct.Name, password))
+	c, md, err := e.openMaildrop(ctx, acct, password)
 	if err != nil {
 		return err
 	}
 	defer c.Close()
-	md, err := readMaildrop(c)
-	if err != nil {
-		return popErr(err)
-	}
 	inbox, err := e.Store.MailboxByName(ctx, acct.ID, "INBOX")
 	if err != nil {
 		return err

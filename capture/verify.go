@@ -323,15 +323,11 @@ func (e *Engine) Converge(ctx context.Context, account, password string, maxPass
 // verifyPOP3 compares a POP3-captured INBOX with the legacy maildrop: the
 // UIDL set, every size, and the SHA-256 of a sample of re-read bodies.
 func (e *Engine) verifyPOP3(ctx context.Context, acct store.Account, password string, v *Verification) error {
-	c, err := dialPOP3(ctx, e.POP3, e.credentials(acct.Name, password))
+	c, md, err := e.openMaildrop(ctx, acct, password)
 	if err != nil {
 		return err
 	}
 	defer c.Close()
-	md, err := readMaildrop(c)
-	if err != nil {
-		return popErr(err)
-	}
 	v.Folders = 1
 	inbox, err := e.Store.MailboxByName(ctx, acct.ID, "INBOX")
 	if err != nil {
