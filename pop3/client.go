@@ -396,6 +396,12 @@ func (c *Client) Dele(n int) error {
 	return err
 }
 
+// Rset unmarks every message marked for deletion.
+func (c *Client) Rset() error {
+	_, err := c.cmd("RSET", "RSET")
+	return err
+}
+
 // Noop keeps the session alive.
 func (c *Client) Noop() error {
 	_, err := c.cmd("NOOP", "NOOP")

@@ -8,6 +8,8 @@ command -v dovecot >/dev/null 2>&1 || need+=(dovecot-imapd dovecot-pop3d dovecot
 [ -x /usr/lib/dovecot/pop3 ] || need+=(dovecot-pop3d)
 [ -x /usr/lib/dovecot/lmtp ] || need+=(dovecot-lmtpd)
 command -v mbsync >/dev/null 2>&1 || need+=(isync)
+command -v fetchmail >/dev/null 2>&1 || need+=(fetchmail)
+command -v python3 >/dev/null 2>&1 || need+=(python3)
 if [ ${#need[@]} -eq 0 ]; then
   exit 0
 fi
