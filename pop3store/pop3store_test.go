@@ -4,10 +4,17 @@ import (
 	"bufio"
 	"bytes"
 	"context"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
 	"crypto/sha256"
+	"crypto/tls"
+	"crypto/x509"
+	"crypto/x509/pkix"
 	"errors"
 	"fmt"
 	"io"
+	"math/big"
 	"net"
 	"os"
 	"os/exec"
@@ -332,4 +339,78 @@ func truncate(b []byte) []byte {
 		return b[:80]
 	}
 	return b
+}
+
+// TestSTLSAndImplicitTLS: STLS upgrades the session, after which USER is
+// offered; without TLS from a non-loopback peer the password is refused
+// (checked through InsecureAuthAllowed); implicit TLS works too.
+func TestSTLSAndImplicitTLS(t *testing.T) {
+	f := start(t)
+	serverTLS, clientTLS := selfSigned(t)
+	for _, mode := range []string{"starttls", "implicit"} {
+		t.Run(mode, func(t *testing.T) {
+			ln, err := net.Listen("tcp", "127.0.0.1:0")
+			if err != nil {
+				t.Fatal(err)
+			}
+			srv := &pop3.Server{Backend: &Backend{Store: f.st}, TLSConfig: serverTLS,
+				InsecureAuthAllowed: func(net.Addr) bool { return false }}
+			serveLn := ln
+			if mode == "implicit" {
+				serveLn = tls.NewListener(ln, serverTLS)
+			}
+			go srv.Serve(serveLn)
+			defer srv.Shutdown(context.Background())
+			if mode == "starttls" {
+				plain, err := pop3.Dial(context.Background(), ln.Addr().String(), pop3.DialOptions{Timeout: 5 * time.Second})
+				if err != nil {
+					t.Fatal(err)
+				}
+				caps, _ := plain.Capa()
+				if caps["STLS"] == nil || caps["USER"] != nil {
+					t.Fatalf("CAPA before TLS from an untrusted network: %v", caps)
+				}
+				var perr *pop3.Error
+				if err := plain.AuthPlain(user, password); !errors.As(err, &perr) || perr.Code != "AUTH" {
+					t.Fatalf("password before TLS: %v", err)
+				}
+				plain.Close()
+			}
+			c, err := pop3.Dial(context.Background(), ln.Addr().String(), pop3.DialOptions{TLS: mode, TLSConfig: clientTLS, Timeout: 5 * time.Second})
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer c.Close()
+			if caps, _ := c.Capa(); caps["USER"] == nil || caps["STLS"] != nil {
+				t.Fatalf("CAPA over TLS: %v", caps)
+			}
+			if err := c.Login(user, password); err != nil {
+				t.Fatal(err)
+			}
+			if n, _, err := c.Stat(); err != nil || n != len(messages) {
+				t.Fatalf("STAT over TLS: %d %v", n, err)
+			}
+			c.Quit()
+		})
+	}
+}
+
+func selfSigned(t *testing.T) (server, client *tls.Config) {
+	t.Helper()
+	priv, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tmpl := x509.Certificate{SerialNumber: big.NewInt(1), Subject: pkix.Name{CommonName: "mx.example.org"},
+		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(time.Hour), DNSNames: []string{"mx.example.org"}}
+	der, err := x509.CreateCertificate(rand.Reader, &tmpl, &tmpl, &priv.PublicKey, priv)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cert, _ := x509.ParseCertificate(der)
+	pool := x509.NewCertPool()
+	pool.AddCert(cert)
+	server = &tls.Config{Certificates: []tls.Certificate{{Certificate: [][]byte{der}, PrivateKey: priv}}, MinVersion: tls.VersionTLS12}
+	client = &tls.Config{RootCAs: pool, ServerName: "mx.example.org", MinVersion: tls.VersionTLS12}
+	return server, client
 }
