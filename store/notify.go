@@ -1,6 +1,10 @@
 package store
 
-import "sync"
+import (
+	"context"
+	"fmt"
+	"sync"
+)
 
 // ChangeKind says what happened in a mailbox.
 type ChangeKind int
@@ -80,6 +84,33 @@ func (w *Watcher) push(c Change) {
 type watchers struct {
 	mu   sync.Mutex
 	byMB map[int64]map[*Watcher]bool
+	// hooks run synchronously for every change, in commit order, with the
+	// writer lock held.
+	hooks []func(Change)
+}
+
+// OnChange registers fn to run for every committed change, synchronously,
+// in commit order, while the writer lock is held: when the committing call
+// returns, fn has seen its changes. fn must be quick and must not call the
+// store's write methods (it would deadlock).
+func (s *Store) OnChange(fn func(Change)) {
+	s.watchers.mu.Lock()
+	defer s.watchers.mu.Unlock()
+	s.watchers.hooks = append(s.watchers.hooks, fn)
+}
+
+// WithMailboxUIDs calls fn with the mailbox's UIDs, ascending, while the
+// writer lock is held, so that no change can commit between the reading
+// and fn (OnChange handlers see every later change).
+func (s *Store) WithMailboxUIDs(ctx context.Context, mailboxID int64, fn func(uids []uint32)) error {
+	s.wmu.Lock()
+	defer s.wmu.Unlock()
+	uids, err := queryUIDs(ctx, s.write, "SELECT uid FROM messages WHERE mailbox_id = ? ORDER BY uid", mailboxID)
+	if err != nil {
+		return fmt.Errorf("UIDs of mailbox %d: %w", mailboxID, err)
+	}
+	fn(uids)
+	return nil
 }
 
 // Watch starts watching a mailbox. Close the watcher when done.
@@ -99,9 +130,13 @@ func (s *Store) Watch(mailboxID int64) *Watcher {
 
 func (ws *watchers) publish(c Change) {
 	ws.mu.Lock()
-	defer ws.mu.Unlock()
+	hooks := ws.hooks
 	for w := range ws.byMB[c.MailboxID] {
 		w.push(c)
+	}
+	ws.mu.Unlock()
+	for _, fn := range hooks {
+		fn(c)
 	}
 }
 

@@ -1,0 +1,159 @@
+// Package imapstore serves the store over IMAP with go-imap's imapserver:
+// IMAP4rev1 and IMAP4rev2, IDLE, MOVE, UIDPLUS, SPECIAL-USE, NAMESPACE,
+// LIST-STATUS, LITERAL+, APPENDLIMIT, with the folder names, hierarchy
+// separator and namespace of the legacy server the account came from.
+package imapstore
+
+import (
+	"context"
+	"log/slog"
+	"sort"
+	"sync"
+
+	"github.com/emersion/go-imap/v2"
+	"github.com/emersion/go-imap/v2/imapserver"
+
+	"mailcapture/store"
+)
+
+// AppendLimit is the largest message APPEND takes (APPENDLIMIT).
+const AppendLimit = 64 << 20
+
+// Caps are the capabilities the local server announces.
+var Caps = imap.CapSet{
+	imap.CapIMAP4rev1: {}, imap.CapIMAP4rev2: {}, imap.CapIdle: {}, imap.CapMove: {}, imap.CapUIDPlus: {},
+	imap.CapSpecialUse: {}, imap.CapNamespace: {}, imap.CapListExtended: {}, imap.CapListStatus: {},
+	imap.CapLiteralPlus: {}, imap.CapUnselect: {}, imap.CapStatusSize: {}, imap.CapESearch: {},
+	imap.Cap("APPENDLIMIT=67108864"): {}, imap.CapChildren: {},
+}
+
+// Backend holds what sessions share: the store and one tracker per
+// selected mailbox, fed synchronously by the store's change hook so that
+// trackers never disagree with the database.
+type Backend struct {
+	Store *store.Store
+	Log   *slog.Logger
+
+	mu        sync.Mutex
+	mailboxes map[int64]*mailboxState
+}
+
+// mailboxState mirrors one mailbox's UIDs for the sessions that have it
+// selected; seq n is uids[n-1] in the server's (tracker's) view.
+type mailboxState struct {
+	mu      sync.Mutex
+	uids    []uint32
+	tracker *imapserver.MailboxTracker
+	refs    int
+}
+
+// NewBackend builds a backend and hooks it to the store's changes.
+func NewBackend(st *store.Store, log *slog.Logger) *Backend {
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	b := &Backend{Store: st, Log: log, mailboxes: map[int64]*mailboxState{}}
+	st.OnChange(b.apply)
+	return b
+}
+
+// apply runs under the store's writer lock, in commit order.
+func (b *Backend) apply(c store.Change) {
+	b.mu.Lock()
+	m := b.mailboxes[c.MailboxID]
+	b.mu.Unlock()
+	if m == nil {
+		return
+	}
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	switch c.Kind {
+	case store.MessagesAdded:
+		added := append([]uint32(nil), c.UIDs...)
+		sort.Slice(added, func(i, j int) bool { return added[i] < added[j] })
+		m.uids = append(m.uids, added...)
+		m.tracker.QueueNumMessages(uint32(len(m.uids)))
+	case store.MessagesExpunged, store.MailboxDeleted:
+		gone := map[uint32]bool{}
+		for _, u := range c.UIDs {
+			gone[u] = true
+		}
+		kept := m.uids[:0]
+		// Highest first, so each sequence number is valid when queued.
+		for i := len(m.uids) - 1; i >= 0; i-- {
+			if gone[m.uids[i]] {
+				m.tracker.QueueExpunge(uint32(i + 1))
+			}
+		}
+		for _, u := range m.uids {
+			if !gone[u] {
+				kept = append(kept, u)
+			}
+		}
+		m.uids = kept
+	case store.FlagsChanged:
+		for _, f := range c.Flags {
+			if i := indexOf(m.uids, f.UID); i >= 0 {
+				m.tracker.QueueMessageFlags(uint32(i+1), imap.UID(f.UID), toFlags(f.Flags), nil)
+			}
+		}
+	}
+}
+
+// open returns the shared state of a mailbox, creating it from the store
+// under the writer lock so that no change falls between read and hook.
+func (b *Backend) open(ctx context.Context, mailboxID int64) (*mailboxState, error) {
+	b.mu.Lock()
+	if m := b.mailboxes[mailboxID]; m != nil {
+		m.refs++
+		b.mu.Unlock()
+		return m, nil
+	}
+	b.mu.Unlock()
+	var state *mailboxState
+	err := b.Store.WithMailboxUIDs(ctx, mailboxID, func(uids []uint32) {
+		b.mu.Lock()
+		defer b.mu.Unlock()
+		if m := b.mailboxes[mailboxID]; m != nil {
+			state = m
+		} else {
+			state = &mailboxState{uids: uids, tracker: imapserver.NewMailboxTracker(uint32(len(uids)))}
+			b.mailboxes[mailboxID] = state
+		}
+		state.refs++
+	})
+	return state, err
+}
+
+func (b *Backend) release(mailboxID int64, m *mailboxState) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	m.refs--
+	if m.refs == 0 && b.mailboxes[mailboxID] == m {
+		delete(b.mailboxes, mailboxID)
+	}
+}
+
+func indexOf(uids []uint32, uid uint32) int {
+	i := sort.Search(len(uids), func(i int) bool { return uids[i] >= uid })
+	if i < len(uids) && uids[i] == uid {
+		return i
+	}
+	return -1
+}
+
+func toFlags(flags []string) []imap.Flag {
+	out := make([]imap.Flag, len(flags))
+	for i, f := range flags {
+		out[i] = imap.Flag(f)
+	}
+	return out
+}
+
+func fromFlags(flags []imap.Flag) []string {
+	out := make([]string, len(flags))
+	for i, f := range flags {
+		out[i] = string(f)
+	}
+	return out
+}
