@@ -50,9 +50,8 @@ type Engine struct {
 
 	// afterCommit, if set, runs after each committed batch (tests use it
 	// to interrupt a pass at a known point).
-	afterCommit  func()
-	beforeCommit func()
-	hookMu       sync.Mutex
+	afterCommit func()
+	hookMu      sync.Mutex
 }
 
 func (e *Engine) batchMessages() int { return orDefault(e.BatchMessages, 500) }

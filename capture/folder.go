@@ -289,11 +289,6 @@ func (c *committer) run() {
 			b.Abort()
 			continue
 		}
-		if c.e.beforeCommit != nil {
-			c.e.hookMu.Lock()
-			c.e.beforeCommit()
-			c.e.hookMu.Unlock()
-		}
 		inserted, err := b.Commit(c.ctx)
 		if err != nil {
 			c.err = err

@@ -336,16 +336,6 @@ func (d *Dovecot) AddUser(t testing.TB, name, password string) {
 	}
 }
 
-// Doveadm runs doveadm against this instance.
-func (d *Dovecot) Doveadm(t testing.TB, args ...string) string {
-	t.Helper()
-	out, err := exec.Command("doveadm", append([]string{"-c", d.configPath()}, args...)...).CombinedOutput()
-	if err != nil {
-		t.Fatalf("doveadm %s: %v\n%s", strings.Join(args, " "), err, out)
-	}
-	return string(out)
-}
-
 func freePorts(n int) ([]int, error) {
 	var ports []int
 	var lns []net.Listener

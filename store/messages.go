@@ -119,21 +119,6 @@ func queryUIDs(ctx context.Context, q queryer, query string, args ...any) ([]uin
 	}, query, args...)
 }
 
-// SeqRange resolves 1-based sequence numbers (inclusive, in any order)
-// against a UID list from UIDs; out-of-range numbers are clamped.
-func SeqRange(uids []uint32, start, stop uint32) UIDRange {
-	if len(uids) == 0 {
-		return UIDRange{}
-	}
-	lo, hi := min(start, stop), max(start, stop)
-	lo = max(lo, 1)
-	hi = min(hi, uint32(len(uids)))
-	if lo > hi {
-		return UIDRange{}
-	}
-	return UIDRange{uids[lo-1], uids[hi-1]}
-}
-
 // Structure returns the cached envelope and MIME structure of a message.
 func (s *Store) Structure(ctx context.Context, messageID int64) (*mimeinfo.Message, error) {
 	var raw []byte

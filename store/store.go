@@ -170,9 +170,6 @@ func (s *Store) Close() error {
 	return errors.Join(errs...)
 }
 
-// Dir returns the store's directory.
-func (s *Store) Dir() string { return s.dir }
-
 // Ping checks that the store answers and, unless read-only, that a write
 // transaction can be taken.
 func (s *Store) Ping(ctx context.Context) error {
