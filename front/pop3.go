@@ -1,0 +1,124 @@
+package front
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+
+	"mailcapture/capture"
+	"mailcapture/pop3"
+	"mailcapture/pop3store"
+)
+
+// POP3Backend routes POP3 logins: captured accounts are served from the
+// store, the others from the legacy server, proxied message by message
+// with the user's own credentials.
+type POP3Backend struct {
+	Router *Router
+	Local  *pop3store.Backend
+	// Legacy is the legacy POP3 server.
+	Legacy capture.Endpoint
+}
+
+// Login implements pop3.Backend.
+func (b *POP3Backend) Login(ctx context.Context, user, password string, remote net.Addr) (pop3.Maildrop, error) {
+	route, err := b.Router.Route(ctx, user)
+	if err != nil {
+		return nil, err
+	}
+	if route == RouteLocal {
+		return b.Local.Login(ctx, user, password, remote)
+	}
+	// The connection lives as long as the client's session, beyond this
+	// call's context; every exchange on it keeps its own timeout.
+	c, err := pop3.Dial(context.WithoutCancel(ctx), b.Legacy.Address, pop3.DialOptions{TLS: b.Legacy.TLS, TLSConfig: b.Legacy.TLSConfig, Timeout: b.Legacy.Timeout})
+	if err != nil {
+		return nil, fmt.Errorf("legacy pop3: %w", err)
+	}
+	if err := c.Login(user, password); err != nil {
+		c.Close()
+		var perr *pop3.Error
+		switch {
+		case errors.As(err, &perr) && perr.Code == "IN-USE":
+			return nil, pop3.ErrInUse
+		case errors.As(err, &perr) && perr.Code != "SYS/TEMP" && perr.Code != "LOGIN-DELAY":
+			return nil, pop3.ErrAuthFailed
+		}
+		return nil, fmt.Errorf("legacy pop3 login: %w", err)
+	}
+	drop, err := newLegacyMaildrop(c)
+	if err != nil {
+		c.Close()
+		return nil, err
+	}
+	b.Router.LegacyLoginOK(ctx, user, password)
+	return drop, nil
+}
+
+// legacyMaildrop is a maildrop on the legacy server. Deletions are sent
+// only at the client's QUIT, so a session that is cut (at cut-over, or by
+// the network) deletes nothing at the legacy server.
+type legacyMaildrop struct {
+	c      *pop3.Client
+	nums   []int
+	infos  []pop3.MessageInfo
+	closed bool
+}
+
+func newLegacyMaildrop(c *pop3.Client) (*legacyMaildrop, error) {
+	list, err := c.List()
+	if err != nil {
+		return nil, err
+	}
+	uidls, err := c.UIDL()
+	if err != nil {
+		return nil, err
+	}
+	if len(list) != len(uidls) {
+		return nil, fmt.Errorf("legacy pop3: LIST has %d messages, UIDL %d", len(list), len(uidls))
+	}
+	d := &legacyMaildrop{c: c}
+	for i := range list {
+		d.nums = append(d.nums, list[i].Num)
+		d.infos = append(d.infos, pop3.MessageInfo{Size: list[i].Size, UIDL: uidls[i].UIDL})
+	}
+	return d, nil
+}
+
+func (d *legacyMaildrop) Messages() []pop3.MessageInfo { return d.infos }
+
+func (d *legacyMaildrop) Open(_ context.Context, i int) (io.ReadCloser, error) {
+	r, err := d.c.Retr(d.nums[i])
+	if err != nil {
+		return nil, err
+	}
+	return drainCloser{r}, nil
+}
+
+// drainCloser reads the rest of a message on Close, so the next command
+// finds the connection at a command boundary.
+type drainCloser struct{ io.Reader }
+
+func (d drainCloser) Close() error {
+	_, err := io.Copy(io.Discard, d.Reader)
+	return err
+}
+
+func (d *legacyMaildrop) Commit(_ context.Context, deleted []int) error {
+	for _, i := range deleted {
+		if err := d.c.Dele(d.nums[i]); err != nil {
+			return err
+		}
+	}
+	d.closed = true
+	return d.c.Quit()
+}
+
+func (d *legacyMaildrop) Close() {
+	if !d.closed {
+		d.closed = true
+		d.c.Quit() // nothing is marked for deletion unless Commit ran
+	}
+}

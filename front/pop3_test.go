@@ -1,0 +1,216 @@
+package front
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"testing"
+	"time"
+
+	"mailcapture/capture"
+	"mailcapture/legacytest"
+	"mailcapture/pop3"
+	"mailcapture/pop3store"
+	"mailcapture/store"
+)
+
+const (
+	user     = "pop@example.org"
+	password = "front secret"
+)
+
+type pop3Fixture struct {
+	d     *legacytest.Dovecot
+	st    *store.Store
+	sched *capture.Scheduler
+	addr  string
+	ended chan struct{} // a front-end session ended
+}
+
+func startPOP3Front(t *testing.T) *pop3Fixture {
+	t.Helper()
+	d := legacytest.Start(t, legacytest.Options{UIDLFormat: "%g"})
+	d.AddUser(t, user, password)
+	d.Populate(t, user, password, []legacytest.Folder{{Name: "INBOX", Messages: legacytest.Generate(50, 12, 20000)}})
+	st, err := store.Open(context.Background(), t.TempDir(), store.Options{Hash: store.HashParams{Time: 1, MemoryKiB: 8192, Threads: 1}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { st.Close() })
+	imapEP := capture.Endpoint{Address: d.IMAPAddr, TLS: "none", Timeout: 10 * time.Second}
+	popEP := capture.Endpoint{Address: d.POP3Addr, TLS: "none", Timeout: 10 * time.Second}
+	sched := &capture.Scheduler{Engine: &capture.Engine{Store: st, IMAP: imapEP, POP3: popEP}}
+	ctx, cancel := context.WithCancel(context.Background())
+	schedDone := make(chan struct{})
+	go func() {
+		sched.Run(ctx)
+		close(schedDone)
+	}()
+	t.Cleanup(func() {
+		cancel()
+		<-schedDone
+	})
+	router := &Router{Store: st, Scheduler: sched}
+	ended := make(chan struct{}, 16)
+	srv := &pop3.Server{Backend: &POP3Backend{Router: router, Local: &pop3store.Backend{Store: st}, Legacy: popEP},
+		SessionEnded: func() { ended <- struct{}{} }}
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	go srv.Serve(ln)
+	t.Cleanup(func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		srv.Shutdown(ctx)
+	})
+	return &pop3Fixture{d: d, st: st, sched: sched, addr: ln.Addr().String(), ended: ended}
+}
+
+// TestPOP3FrontFetchmailAcrossCapture: fetchmail (keep mode, UIDL) first
+// reaches the legacy server through the front end, which records the
+// account and captures it; once the account is served from the store,
+// fetchmail's next run finds nothing new.
+func TestPOP3FrontFetchmailAcrossCapture(t *testing.T) {
+	f := startPOP3Front(t)
+	ctx := context.Background()
+	host, port, _ := net.SplitHostPort(f.addr)
+	dir := t.TempDir()
+	out := filepath.Join(dir, "out")
+	os.Mkdir(out, 0o700)
+	rc := filepath.Join(dir, "fetchmailrc")
+	os.WriteFile(rc, []byte(fmt.Sprintf(`set no bouncemail
+poll %s service %s protocol pop3 uidl auth password bad-header accept
+  user %q there with password %q is root here
+  options keep no sslcertck
+  mda "/bin/sh -c 'cat > %s/msg.$$'"
+`, host, port, user, password, out)), 0o600)
+	fetch := func() int {
+		cmd := exec.Command("fetchmail", "-f", rc, "-i", filepath.Join(dir, "ids"), "--pidfile", filepath.Join(dir, "pid"), "--nodetach")
+		cmd.Env = append(os.Environ(), "HOME="+dir, "FETCHMAILHOME="+dir)
+		b, err := cmd.CombinedOutput()
+		var ee *exec.ExitError
+		if errors.As(err, &ee) {
+			t.Logf("fetchmail exit %d: %s", ee.ExitCode(), b)
+			return ee.ExitCode()
+		}
+		if err != nil {
+			t.Fatal(err)
+		}
+		return 0
+	}
+	if code := fetch(); code != 0 {
+		t.Fatalf("first run through the front end: exit %d", code)
+	}
+	if files, _ := os.ReadDir(out); len(files) != 12 {
+		t.Fatalf("first run delivered %d messages, want 12", len(files))
+	}
+	// The login recorded the account and started its capture.
+	acct, err := f.st.Account(ctx, user)
+	if err != nil || acct.State != store.StateCapturing {
+		t.Fatalf("account after the first login: %+v %v", acct, err)
+	}
+	select {
+	case <-f.sched.Submit(user, password, true): // joins the running job
+	case <-time.After(60 * time.Second):
+		t.Fatal("the capture did not finish")
+	}
+	if st, _ := f.sched.Status(user); st.State != capture.JobReady {
+		t.Fatalf("capture job %+v", st)
+	}
+	// The cut-over's end, done by hand here: from now on the store serves.
+	f.st.Transition(ctx, user, store.StateCapturing, store.StateCutover)
+	f.st.Transition(ctx, user, store.StateCutover, store.StateCaptured)
+	if code := fetch(); code != 1 {
+		t.Fatalf("run after the switch: exit %d, want 1 (no new mail)", code)
+	}
+	if files, _ := os.ReadDir(out); len(files) != 12 {
+		t.Fatalf("after the switch fetchmail has %d messages, want 12: it fetched again", len(files))
+	}
+	// The local maildrop is what the legacy maildrop was.
+	c, err := pop3.Dial(ctx, f.addr, pop3.DialOptions{Timeout: 5 * time.Second})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	if err := c.Login(user, password); err != nil {
+		t.Fatal(err)
+	}
+	local, _ := c.UIDL()
+	lc, _ := pop3.Dial(ctx, f.d.POP3Addr, pop3.DialOptions{Timeout: 5 * time.Second})
+	defer lc.Close()
+	lc.Login(user, password)
+	legacy, _ := lc.UIDL()
+	if fmt.Sprint(local) != fmt.Sprint(legacy) {
+		t.Fatalf("UIDLs differ:\nlocal  %v\nlegacy %v", local, legacy)
+	}
+}
+
+// TestPOP3FrontRefusesBadPassword: the legacy server's refusal reaches the
+// client as -ERR [AUTH] and nothing is recorded.
+func TestPOP3FrontRefusesBadPassword(t *testing.T) {
+	f := startPOP3Front(t)
+	c, err := pop3.Dial(context.Background(), f.addr, pop3.DialOptions{Timeout: 5 * time.Second})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	var perr *pop3.Error
+	if err := c.Login(user, "wrong"); !errors.As(err, &perr) || perr.Code != "AUTH" {
+		t.Fatalf("wrong password: %v", err)
+	}
+	if _, err := f.st.Account(context.Background(), user); !errors.Is(err, store.ErrNotFound) {
+		t.Fatalf("a refused login created the account: %v", err)
+	}
+}
+
+// TestPOP3FrontCutSessionDeletesNothing: a proxied session that ends
+// without QUIT leaves the legacy maildrop whole.
+func TestPOP3FrontCutSessionDeletesNothing(t *testing.T) {
+	f := startPOP3Front(t)
+	c, err := pop3.Dial(context.Background(), f.addr, pop3.DialOptions{Timeout: 5 * time.Second})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := c.Login(user, password); err != nil {
+		t.Fatal(err)
+	}
+	c.Dele(1)
+	c.Dele(2)
+	c.Close()
+	// Once the front end has ended the cut session, its legacy session is
+	// closed too (with no DELE sent).
+	select {
+	case <-f.ended:
+	case <-time.After(10 * time.Second):
+		t.Fatal("the front end did not end the cut session")
+	}
+	// A second proxied session, DELE and QUIT: that one deletes.
+	c2, err := pop3.Dial(context.Background(), f.addr, pop3.DialOptions{Timeout: 5 * time.Second})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := c2.Login(user, password); err != nil {
+		t.Fatal(err)
+	}
+	n, _, _ := c2.Stat()
+	if n != 12 {
+		t.Fatalf("the cut session deleted messages: %d left of 12", n)
+	}
+	c2.Dele(1)
+	if err := c2.Quit(); err != nil {
+		t.Fatal(err)
+	}
+	lc, _ := pop3.Dial(context.Background(), f.d.POP3Addr, pop3.DialOptions{Timeout: 5 * time.Second})
+	defer lc.Close()
+	if err := lc.Login(user, password); err != nil {
+		t.Fatal(err)
+	}
+	if n, _, _ := lc.Stat(); n != 11 {
+		t.Fatalf("legacy has %d messages after DELE and QUIT through the front end, want 11", n)
+	}
+}

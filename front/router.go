@@ -1,0 +1,123 @@
+// Package front is the login proxy: the IMAP and POP3 front ends check an
+// account's state at each login and either serve it from the store
+// (captured) or log in at the legacy server with the user's credentials,
+// serve the session from there, and start or resume its capture.
+package front
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"time"
+
+	"mailcapture/capture"
+	"mailcapture/store"
+)
+
+// Route is where a login goes.
+type Route int
+
+// The routes.
+const (
+	RouteLegacy Route = iota // unknown or capturing: the legacy server
+	RouteLocal               // captured: the store
+)
+
+func (r Route) String() string {
+	if r == RouteLocal {
+		return "local"
+	}
+	return "legacy"
+}
+
+// Router decides the route of a login and records what a successful
+// legacy login means for the account.
+type Router struct {
+	Store *store.Store
+	// Scheduler, if set, captures accounts whose user logged in
+	// (interactive priority). Nil with Mode "shadow".
+	Scheduler *capture.Scheduler
+	// Mode is "capture" (default) or "shadow" (record nothing, capture
+	// nothing: every login goes to the legacy server).
+	Mode string
+	// CutoverWait bounds how long a login waits for an account in cut-over
+	// (a few seconds). Default 10s.
+	CutoverWait time.Duration
+	Log         *slog.Logger
+}
+
+func (r *Router) log() *slog.Logger {
+	if r.Log == nil {
+		return slog.New(slog.DiscardHandler)
+	}
+	return r.Log
+}
+
+// Route returns where user's login goes. An account in cut-over makes the
+// login wait until the cut-over ends (or CutoverWait passes: then the
+// legacy server, which still has everything, serves it).
+func (r *Router) Route(ctx context.Context, user string) (Route, error) {
+	if r.Mode == "shadow" {
+		return RouteLegacy, nil
+	}
+	wait := r.CutoverWait
+	if wait <= 0 {
+		wait = 10 * time.Second
+	}
+	deadline := time.Now().Add(wait)
+	for {
+		acct, err := r.Store.Account(ctx, user)
+		switch {
+		case errors.Is(err, store.ErrNotFound):
+			return RouteLegacy, nil
+		case err != nil:
+			return RouteLegacy, fmt.Errorf("route %s: %w", user, err)
+		case acct.State == store.StateCaptured:
+			return RouteLocal, nil
+		case acct.State == store.StateCapturing:
+			return RouteLegacy, nil
+		}
+		// Cut-over: wait for it to end, briefly.
+		if time.Now().After(deadline) {
+			return RouteLegacy, nil
+		}
+		select {
+		case <-ctx.Done():
+			return RouteLegacy, ctx.Err()
+		case <-time.After(100 * time.Millisecond):
+		}
+	}
+}
+
+// LegacyLoginOK records a login the legacy server accepted: an unknown
+// account is created in state capturing with the password's hash, a known
+// one gets the newer password's hash, and the capture is (re)submitted
+// with interactive priority.
+func (r *Router) LegacyLoginOK(ctx context.Context, user, password string) {
+	if r.Mode == "shadow" {
+		r.log().Info("shadow login", "account", user)
+		return
+	}
+	acct, err := r.Store.Account(ctx, user)
+	switch {
+	case errors.Is(err, store.ErrNotFound):
+		if _, err := r.Store.CreateAccount(ctx, user, password, store.StateCapturing); err != nil && !errors.Is(err, store.ErrExists) {
+			r.log().Error("record account", "account", user, "err", err)
+			return
+		}
+		r.log().Info("account captured at login", "account", user)
+	case err != nil:
+		r.log().Error("read account", "account", user, "err", err)
+		return
+	default:
+		if ok, _ := r.Store.VerifyPassword(ctx, acct.Name, password); !ok {
+			if err := r.Store.SetPassword(ctx, acct.Name, password); err != nil {
+				r.log().Error("update password hash", "account", user, "err", err)
+			}
+		}
+	}
+	if r.Scheduler != nil {
+		r.Scheduler.Submit(user, password, true)
+	}
+}
