@@ -1,0 +1,278 @@
+package front
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"encoding/base64"
+	"fmt"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"sort"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/emersion/go-imap/v2/imapclient"
+
+	"mailcapture/capture"
+	"mailcapture/imapstore"
+	"mailcapture/legacytest"
+	"mailcapture/store"
+)
+
+const imapUser = "imap@example.org"
+
+type imapFixture struct {
+	d     *legacytest.Dovecot
+	st    *store.Store
+	sched *capture.Scheduler
+	addr  string
+	front *IMAPFront
+}
+
+func startIMAPFront(t *testing.T, trusted func(net.Addr) bool) *imapFixture {
+	t.Helper()
+	d := legacytest.Start(t, legacytest.Options{Separator: ".", Prefix: "INBOX."})
+	d.AddUser(t, imapUser, password)
+	msgs := legacytest.Generate(70, 40, 20000)
+	d.Populate(t, imapUser, password, []legacytest.Folder{
+		{Name: "INBOX", Subscribed: true, Messages: msgs[:25], Expunge: []int{1}},
+		{Name: "Sent", Subscribed: true, Messages: msgs[25:35]},
+		{Name: "Projects/2023", Messages: msgs[35:]},
+	})
+	st, err := store.Open(context.Background(), t.TempDir(), store.Options{Hash: store.HashParams{Time: 1, MemoryKiB: 8192, Threads: 1}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { st.Close() })
+	imapEP := capture.Endpoint{Address: d.IMAPAddr, TLS: "none", Timeout: 10 * time.Second}
+	sched := &capture.Scheduler{Engine: &capture.Engine{Store: st, IMAP: imapEP}}
+	ctx, cancel := context.WithCancel(context.Background())
+	schedDone := make(chan struct{})
+	go func() {
+		sched.Run(ctx)
+		close(schedDone)
+	}()
+	front := &IMAPFront{Router: &Router{Store: st, Scheduler: sched}, Local: imapstore.NewBackend(st, nil), Legacy: imapEP, Trusted: trusted}
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	go front.Serve(ln)
+	t.Cleanup(func() {
+		sctx, scancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer scancel()
+		front.Shutdown(sctx)
+		cancel()
+		<-schedDone
+	})
+	return &imapFixture{d: d, st: st, sched: sched, addr: ln.Addr().String(), front: front}
+}
+
+// transcript drives a raw connection line by line, as mox's tests do.
+type transcript struct {
+	t *testing.T
+	c net.Conn
+	r *bufio.Reader
+}
+
+func dialTranscript(t *testing.T, addr string) *transcript {
+	t.Helper()
+	c, err := net.Dial("tcp", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { c.Close() })
+	tr := &transcript{t: t, c: c, r: bufio.NewReader(c)}
+	tr.expect("* OK ")
+	return tr
+}
+
+func (tr *transcript) send(line string) { fmt.Fprintf(tr.c, "%s\r\n", line) }
+
+func (tr *transcript) expect(prefix string) string {
+	tr.t.Helper()
+	tr.c.SetReadDeadline(time.Now().Add(10 * time.Second))
+	line, err := tr.r.ReadString('\n')
+	if err != nil || !strings.HasPrefix(line, prefix) {
+		tr.t.Fatalf("got %q (%v), want %q...", line, err, prefix)
+	}
+	return line
+}
+
+func TestIMAPFrontPreauth(t *testing.T) {
+	f := startIMAPFront(t, nil)
+	tr := dialTranscript(t, f.addr)
+	tr.send("a CAPABILITY")
+	if caps := tr.expect("* CAPABILITY "); !strings.Contains(caps, "AUTH=PLAIN") || !strings.Contains(caps, "SASL-IR") || !strings.Contains(caps, "LITERAL+") {
+		t.Fatalf("capabilities %q", caps)
+	}
+	tr.expect("a OK")
+	tr.send("b ID (\"name\" \"test\")")
+	tr.expect("* ID ")
+	tr.expect("b OK")
+	tr.send("c NOOP")
+	tr.expect("c OK")
+	tr.send("d FROBNICATE")
+	tr.expect("d BAD")
+	tr.send("e LOGIN only-one-arg")
+	tr.expect("e BAD")
+	tr.send("f SELECT INBOX")
+	tr.expect("f BAD")
+	tr.send(strings.Repeat("x", 10000))
+	tr.expect("* BAD")
+	tr.send("g AUTHENTICATE PLAIN " + base64.StdEncoding.EncodeToString([]byte("\x00"+imapUser+"\x00wrong")))
+	tr.expect("g NO [AUTHENTICATIONFAILED]")
+	// LOGIN with a synchronising literal for the password.
+	tr.send(fmt.Sprintf("h LOGIN %s {%d}", imapUser, len(password)))
+	tr.expect("+ ")
+	tr.send(password)
+	tr.expect("h OK ")
+	tr.send("i SELECT INBOX")
+	tr.expect("* ") // the legacy server answers from here on
+	tr.send("j LOGOUT")
+
+	// AUTHENTICATE PLAIN without initial response, and LITERAL+.
+	tr2 := dialTranscript(t, f.addr)
+	tr2.send("k AUTHENTICATE PLAIN")
+	tr2.expect("+ ")
+	tr2.send(base64.StdEncoding.EncodeToString([]byte("\x00" + imapUser + "\x00" + password)))
+	tr2.expect("k OK ")
+	tr3 := dialTranscript(t, f.addr)
+	tr3.send(fmt.Sprintf("l LOGIN {%d+}", len(imapUser)))
+	tr3.send(fmt.Sprintf("%s \"%s\"", imapUser, password))
+	tr3.expect("l OK ")
+}
+
+func TestIMAPFrontRefusesPlaintextFromUntrusted(t *testing.T) {
+	f := startIMAPFront(t, func(net.Addr) bool { return false })
+	tr := dialTranscript(t, f.addr)
+	tr.send("a CAPABILITY")
+	if caps := tr.expect("* CAPABILITY "); !strings.Contains(caps, "LOGINDISABLED") || strings.Contains(caps, "AUTH=PLAIN") {
+		t.Fatalf("capabilities without TLS from an untrusted peer: %q", caps)
+	}
+	tr.expect("a OK")
+	tr.send(fmt.Sprintf("b LOGIN %s %q", imapUser, password))
+	tr.expect("b NO [PRIVACYREQUIRED]")
+	if _, err := f.st.Account(context.Background(), imapUser); err == nil {
+		t.Fatal("a refused plaintext login reached the legacy server")
+	}
+}
+
+// TestIMAPFrontAcrossCapture: the first login goes to the legacy server
+// (and starts the capture); once the account is captured, logins are
+// served by the local server, which shows the client the same mailbox.
+// mbsync, synced before the switch, transfers nothing after it.
+func TestIMAPFrontAcrossCapture(t *testing.T) {
+	f := startIMAPFront(t, nil)
+	ctx := context.Background()
+	dir := t.TempDir()
+	mbsync := mbsyncConfig(t, dir, f.addr)
+	if out, err := exec.Command("mbsync", "-c", mbsync, "-a").CombinedOutput(); err != nil {
+		t.Fatalf("mbsync through the front end (legacy route): %v\n%s", err, out)
+	}
+	before := maildirFiles(t, filepath.Join(dir, "mail"))
+	if len(before) != 39 {
+		t.Fatalf("mbsync pulled %d messages, want 39", len(before))
+	}
+	acct, err := f.st.Account(ctx, imapUser)
+	if err != nil || acct.State != store.StateCapturing {
+		t.Fatalf("account after the first login: %+v %v", acct, err)
+	}
+	select {
+	case <-f.sched.Submit(imapUser, password, true):
+	case <-time.After(60 * time.Second):
+		t.Fatal("the capture did not finish")
+	}
+	// The cut-over's end, by hand here.
+	f.st.Transition(ctx, imapUser, store.StateCapturing, store.StateCutover)
+	f.st.Transition(ctx, imapUser, store.StateCutover, store.StateCaptured)
+
+	c, err := imapclient.DialInsecure(f.addr, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	if err := c.Login(imapUser, password).Wait(); err != nil {
+		t.Fatal(err)
+	}
+	local := legacytest.SnapshotIMAP(t, c)
+	legacy := f.d.Snapshot(t, imapUser, password)
+	for name, lf := range legacy {
+		lo := local[name]
+		if lo == nil || lo.UIDValidity != lf.UIDValidity || len(lo.Messages) != len(lf.Messages) || strings.Join(lo.Attrs, " ") != strings.Join(lf.Attrs, " ") {
+			t.Fatalf("folder %q differs through the front end: local %+v legacy %+v", name, summary(lo), summary(lf))
+		}
+		for i := range lf.Messages {
+			if lo.Messages[i].UID != lf.Messages[i].UID || !bytes.Equal(lo.Messages[i].Body, lf.Messages[i].Body) ||
+				strings.Join(lo.Messages[i].Flags, " ") != strings.Join(lf.Messages[i].Flags, " ") {
+				t.Fatalf("folder %q message %d differs through the front end", name, i)
+			}
+		}
+	}
+	if out, err := exec.Command("mbsync", "-c", mbsync, "-a").CombinedOutput(); err != nil {
+		t.Fatalf("mbsync through the front end (local route): %v\n%s", err, out)
+	}
+	after := maildirFiles(t, filepath.Join(dir, "mail"))
+	if strings.Join(after, "\n") != strings.Join(before, "\n") {
+		t.Fatalf("mbsync changed the local Maildir after the switch:\nbefore %d files\nafter %d files", len(before), len(after))
+	}
+}
+
+func mbsyncConfig(t *testing.T, dir, addr string) string {
+	t.Helper()
+	host, port, _ := net.SplitHostPort(addr)
+	os.MkdirAll(filepath.Join(dir, "mail"), 0o700)
+	conf := fmt.Sprintf(`IMAPAccount front
+Host %s
+Port %s
+User %s
+Pass "%s"
+SSLType None
+AuthMechs LOGIN
+
+IMAPStore front
+Account front
+
+MaildirStore local
+Path %s/mail/
+Inbox %s/mail/INBOX
+SubFolders Verbatim
+
+Channel pull
+Far :front:
+Near :local:
+Patterns *
+Create Near
+Sync Pull
+SyncState *
+`, host, port, imapUser, password, dir, dir)
+	path := filepath.Join(dir, "mbsyncrc")
+	os.WriteFile(path, []byte(conf), 0o600)
+	return path
+}
+
+// maildirFiles lists the message files of a Maildir tree.
+func maildirFiles(t *testing.T, root string) []string {
+	t.Helper()
+	var out []string
+	filepath.Walk(root, func(path string, info os.FileInfo, err error) error {
+		if err == nil && !info.IsDir() && (strings.Contains(path, "/cur/") || strings.Contains(path, "/new/")) {
+			rel, _ := filepath.Rel(root, path)
+			out = append(out, rel)
+		}
+		return nil
+	})
+	sort.Strings(out)
+	return out
+}
+
+func summary(f *legacytest.SnapshotFolder) string {
+	if f == nil {
+		return "missing"
+	}
+	return fmt.Sprintf("attrs %v uidvalidity %d messages %d", f.Attrs, f.UIDValidity, len(f.Messages))
+}
