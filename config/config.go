@@ -26,6 +26,9 @@ type Config struct {
 	Listen Listen `koanf:"listen"`
 	// TLS holds the certificate served by the TLS listeners and STARTTLS.
 	TLS TLS `koanf:"tls"`
+	// TrustedNetworks lists the CIDR networks whose clients may log in
+	// without TLS. Default loopback only.
+	TrustedNetworks []string `koanf:"trusted_networks"`
 	// Capture tunes the capture engine.
 	Capture Capture `koanf:"capture"`
 	// PasswordHash holds the argon2id parameters for stored credentials.
@@ -140,7 +143,8 @@ func Default() Config {
 			TLSVerify: true,
 			Timeout:   60 * time.Second,
 		},
-		Capture:      Capture{Workers: 4, ConnectionsPerAccount: 2},
+		Capture:         Capture{Workers: 4, ConnectionsPerAccount: 2},
+		TrustedNetworks: []string{"127.0.0.0/8", "::1/128"},
 		PasswordHash: PasswordHash{Time: 1, MemoryKiB: 64 * 1024, Threads: 2},
 		Log:          Log{Level: "info", Format: "text"},
 	}

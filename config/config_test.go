@@ -165,6 +165,7 @@ func TestBadValues(t *testing.T) {
 		{"smtp listener without legacy smtp", "smtp: {address: \"127.0.0.1:1025\", tls: none, protocol: lmtp}", "smtp: {tls: none}", "legacy.smtp.address", "required when listen.smtp"},
 		{"duration", "tls_verify: false", "tls_verify: false\n  timeout: soon", "legacy.timeout", "duration"},
 		{"argon memory", "listen:\n", "password_hash: {memory_kib: 16}\nlisten:\n", "password_hash.memory_kib", "at least 8192"},
+		{"trusted network", "listen:\n", "trusted_networks: [10.0.0.0/33]\nlisten:\n", "trusted_networks[0]", "not a CIDR"},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {

@@ -50,6 +50,11 @@ func (c *Config) Validate() error {
 	v.address("listen.http", c.Listen.HTTP, false)
 
 	v.tlsFiles(c.TLS)
+	for i, n := range c.TrustedNetworks {
+		if _, _, err := net.ParseCIDR(n); err != nil {
+			v.add(fmt.Sprintf("trusted_networks[%d]", i), fmt.Sprintf("%q is not a CIDR network (like 10.0.0.0/8)", n))
+		}
+	}
 	if c.TLS.Cert == "" {
 		if c.Listen.IMAPS != "" {
 			v.add("listen.imaps", "implicit TLS needs a certificate: set tls.cert and tls.key")

@@ -2,11 +2,9 @@ package main
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"log/slog"
 	"net"
-	"net/http"
 	"runtime/debug"
 	"strings"
 	"time"
@@ -121,69 +119,6 @@ func runVersion(ctx context.Context, env *environment, args []string) error {
 		goVersion = info.GoVersion
 	}
 	fmt.Fprintf(env.stdout, "mailcapture %s (%s)\n", version, goVersion)
-	return nil
-}
-
-func runServe(ctx context.Context, env *environment, args []string) error {
-	fs := newFlagSet(env, "serve", "--config FILE", "run mailcapture until SIGINT or SIGTERM")
-	path := configFlags(fs)
-	cfg, err := parseConfig(env, fs, path, args)
-	if err != nil {
-		return err
-	}
-	log := newLogger(cfg.Log, env)
-	st, err := store.Open(ctx, cfg.DataDir, store.Options{Hash: hashParams(cfg.PasswordHash), Logger: log})
-	if err != nil {
-		return err
-	}
-	defer st.Close()
-	log.Info("store open", "data_dir", cfg.DataDir)
-
-	for _, l := range [][2]string{{"listen.imap", cfg.Listen.IMAP}, {"listen.imaps", cfg.Listen.IMAPS},
-		{"listen.pop3", cfg.Listen.POP3}, {"listen.pop3s", cfg.Listen.POP3S}, {"listen.smtp", cfg.Listen.SMTP}} {
-		if l[1] != "" {
-			log.Warn("listener not served by this build yet", "key", l[0], "addr", l[1])
-		}
-	}
-
-	var httpServer *http.Server
-	errc := make(chan error, 1)
-	if cfg.Listen.HTTP != "" {
-		ln, err := net.Listen("tcp", cfg.Listen.HTTP)
-		if err != nil {
-			return fmt.Errorf("listen.http %s: %w", cfg.Listen.HTTP, err)
-		}
-		summary := func(ctx context.Context) (status.Report, error) { return status.Collect(ctx, st, status.Options{}) }
-		detail := func(ctx context.Context) (status.Report, error) {
-			return status.Collect(ctx, st, status.Options{PerAccount: true})
-		}
-		m := metrics.New(summary, log)
-		httpServer = &http.Server{
-			Handler:           metrics.Handler(m, detail, readinessChecks(cfg, st)),
-			ReadHeaderTimeout: 10 * time.Second,
-			ErrorLog:          slog.NewLogLogger(log.Handler(), slog.LevelWarn),
-		}
-		go func() { errc <- httpServer.Serve(ln) }()
-		log.Info("http listening", "addr", ln.Addr().String())
-	}
-	log.Info("mailcapture running", "version", version, "domains", strings.Join(cfg.Domains, ","), "mode", cfg.Mode)
-
-	select {
-	case <-ctx.Done():
-		log.Info("shutting down")
-	case err := <-errc:
-		if !errors.Is(err, http.ErrServerClosed) {
-			return fmt.Errorf("http server: %w", err)
-		}
-	}
-	if httpServer != nil {
-		shutdownCtx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-		defer cancel()
-		if err := httpServer.Shutdown(shutdownCtx); err != nil {
-			return fmt.Errorf("http shutdown: %w", err)
-		}
-	}
-	log.Info("stopped")
 	return nil
 }
 

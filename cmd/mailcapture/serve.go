@@ -1,0 +1,192 @@
+package main
+
+import (
+	"context"
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"strings"
+	"time"
+
+	"mailcapture/capture"
+	"mailcapture/config"
+	"mailcapture/front"
+	"mailcapture/imapstore"
+	"mailcapture/metrics"
+	"mailcapture/pop3"
+	"mailcapture/pop3store"
+	"mailcapture/status"
+	"mailcapture/store"
+)
+
+// server is everything serve runs.
+type server struct {
+	cfg   config.Config
+	log   *slog.Logger
+	st    *store.Store
+	tls   *tls.Config
+	sched *capture.Scheduler
+	imap  *front.IMAPFront
+	pop3  *pop3.Server
+	http  *http.Server
+	errc  chan error
+	stops []func(context.Context) error
+}
+
+func runServe(ctx context.Context, env *environment, args []string) error {
+	fs := newFlagSet(env, "serve", "--config FILE", "run mailcapture until SIGINT or SIGTERM")
+	path := configFlags(fs)
+	cfg, err := parseConfig(env, fs, path, args)
+	if err != nil {
+		return err
+	}
+	log := newLogger(cfg.Log, env)
+	st, err := store.Open(ctx, cfg.DataDir, store.Options{Hash: hashParams(cfg.PasswordHash), Logger: log})
+	if err != nil {
+		return err
+	}
+	defer st.Close()
+	log.Info("store open", "data_dir", cfg.DataDir)
+	s := &server{cfg: cfg, log: log, st: st, errc: make(chan error, 8)}
+	if cfg.TLS.Cert != "" {
+		cert, err := tls.LoadX509KeyPair(cfg.TLS.Cert, cfg.TLS.Key)
+		if err != nil {
+			return fmt.Errorf("tls.cert: %w", err)
+		}
+		s.tls = &tls.Config{Certificates: []tls.Certificate{cert}, MinVersion: tls.VersionTLS12}
+	}
+	schedCtx, stopSched := context.WithCancel(context.WithoutCancel(ctx))
+	schedDone := make(chan struct{})
+	defer func() {
+		stopSched()
+		<-schedDone
+	}()
+	err = s.start(schedCtx, schedDone)
+	if err == nil {
+		log.Info("mailcapture running", "version", version, "domains", strings.Join(cfg.Domains, ","), "mode", cfg.Mode)
+		select {
+		case <-ctx.Done():
+			log.Info("shutting down")
+		case err = <-s.errc:
+			log.Error("a listener failed; shutting down", "err", err)
+		}
+	}
+	shutdownCtx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	for i := len(s.stops) - 1; i >= 0; i-- {
+		if serr := s.stops[i](shutdownCtx); serr != nil && !errors.Is(serr, http.ErrServerClosed) {
+			log.Warn("shutdown", "err", serr)
+		}
+	}
+	if err != nil {
+		return err
+	}
+	log.Info("stopped")
+	return nil
+}
+
+// start opens every configured listener and starts the capture scheduler.
+func (s *server) start(schedCtx context.Context, schedDone chan struct{}) error {
+	cfg, log := s.cfg, s.log
+	m := metrics.New(func(ctx context.Context) (status.Report, error) { return status.Collect(ctx, s.st, status.Options{}) }, log)
+	engine := capture.NewEngine(s.st, cfg, log)
+	engine.Observer = m.Capture
+	s.sched = capture.NewScheduler(engine, cfg, log)
+	go func() {
+		s.sched.Run(schedCtx)
+		close(schedDone)
+	}()
+	router := &front.Router{Store: s.st, Mode: cfg.Mode, Log: log}
+	if cfg.Mode != "shadow" {
+		router.Scheduler = s.sched
+	}
+	trusted := trustedNetworks(cfg.TrustedNetworks)
+	s.imap = &front.IMAPFront{Router: router, Local: imapstore.NewBackend(s.st, log), Legacy: engine.IMAP,
+		TLSConfig: s.tls, Trusted: trusted, Log: log}
+	s.pop3 = &pop3.Server{Backend: &front.POP3Backend{Router: router, Local: &pop3store.Backend{Store: s.st}, Legacy: engine.POP3},
+		TLSConfig: s.tls, Hostname: cfg.Hostname, InsecureAuthAllowed: trusted, Log: log}
+	listeners := []struct {
+		key, addr string
+		implicit  bool
+		serve     func(net.Listener) error
+	}{
+		{"listen.imap", cfg.Listen.IMAP, false, s.imap.Serve},
+		{"listen.imaps", cfg.Listen.IMAPS, true, s.imap.Serve},
+		{"listen.pop3", cfg.Listen.POP3, false, s.pop3.Serve},
+		{"listen.pop3s", cfg.Listen.POP3S, true, s.pop3.Serve},
+	}
+	imapUsed, pop3Used := false, false
+	for _, l := range listeners {
+		if l.addr == "" {
+			continue
+		}
+		ln, err := net.Listen("tcp", l.addr)
+		if err != nil {
+			return fmt.Errorf("%s %s: %w", l.key, l.addr, err)
+		}
+		if l.implicit {
+			ln = tls.NewListener(ln, s.tls)
+		}
+		imapUsed = imapUsed || strings.HasPrefix(l.key, "listen.imap")
+		pop3Used = pop3Used || strings.HasPrefix(l.key, "listen.pop3")
+		go func() { s.errc <- l.serve(ln) }()
+		log.Info("listening", "key", l.key, "addr", ln.Addr().String())
+	}
+	if imapUsed {
+		s.stops = append(s.stops, s.imap.Shutdown)
+	}
+	if pop3Used {
+		s.stops = append(s.stops, s.pop3.Shutdown)
+	}
+	if cfg.Listen.SMTP != "" {
+		log.Warn("listener not served by this build yet", "key", "listen.smtp", "addr", cfg.Listen.SMTP)
+	}
+	if cfg.Listen.HTTP != "" {
+		ln, err := net.Listen("tcp", cfg.Listen.HTTP)
+		if err != nil {
+			return fmt.Errorf("listen.http %s: %w", cfg.Listen.HTTP, err)
+		}
+		detail := func(ctx context.Context) (status.Report, error) {
+			return status.Collect(ctx, s.st, status.Options{PerAccount: true})
+		}
+		s.http = &http.Server{
+			Handler:           metrics.Handler(m, detail, readinessChecks(cfg, s.st)),
+			ReadHeaderTimeout: 10 * time.Second,
+			ErrorLog:          slog.NewLogLogger(log.Handler(), slog.LevelWarn),
+		}
+		go func() {
+			if err := s.http.Serve(ln); !errors.Is(err, http.ErrServerClosed) {
+				s.errc <- err
+			}
+		}()
+		s.stops = append(s.stops, s.http.Shutdown)
+		log.Info("http listening", "addr", ln.Addr().String())
+	}
+	return nil
+}
+
+// trustedNetworks returns whether an address is in one of the networks
+// (validated by config).
+func trustedNetworks(cidrs []string) func(net.Addr) bool {
+	var nets []*net.IPNet
+	for _, c := range cidrs {
+		if _, n, err := net.ParseCIDR(c); err == nil {
+			nets = append(nets, n)
+		}
+	}
+	return func(a net.Addr) bool {
+		tcp, ok := a.(*net.TCPAddr)
+		if !ok {
+			return false
+		}
+		for _, n := range nets {
+			if n.Contains(tcp.IP) {
+				return true
+			}
+		}
+		return false
+	}
+}

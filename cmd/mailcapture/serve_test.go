@@ -1,0 +1,108 @@
+package main
+
+import (
+	"bufio"
+	"context"
+	"encoding/json"
+	"io"
+	"regexp"
+	"testing"
+	"time"
+
+	"github.com/emersion/go-imap/v2/imapclient"
+
+	"mailcapture/legacytest"
+	"mailcapture/pop3"
+)
+
+// TestServeProxiesAndCaptures runs serve with IMAP and POP3 listeners in
+// front of a real Dovecot: a user's first IMAP login is served by the
+// legacy server and starts the account's capture, which converges; POP3
+// logins are proxied too.
+func TestServeProxiesAndCaptures(t *testing.T) {
+	d := legacytest.Start(t, legacytest.Options{})
+	const user, pass = "serve@example.org", "serve pass"
+	d.AddUser(t, user, pass)
+	d.Populate(t, user, pass, []legacytest.Folder{{Name: "INBOX", Messages: legacytest.Generate(80, 15, 8000)}, {Name: "Sent", Messages: legacytest.Generate(81, 5, 8000)}})
+	path, _, environ := bulkConfig(t, d)
+	environ = append(environ, "MAILCAPTURE_LISTEN__IMAP=127.0.0.1:0", "MAILCAPTURE_LISTEN__POP3=127.0.0.1:0")
+
+	pr, pw := io.Pipe()
+	env := &environment{stdout: io.Discard, stderr: pw, environ: environ}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan int, 1)
+	go func() {
+		done <- run(ctx, env, []string{"serve", "--config", path})
+		pw.Close()
+	}()
+	events := make(chan string, 64)
+	go func() {
+		sc := bufio.NewScanner(pr)
+		for sc.Scan() {
+			events <- sc.Text()
+		}
+		close(events)
+	}()
+	waitFor := func(re *regexp.Regexp) []string {
+		t.Helper()
+		timeout := time.After(60 * time.Second)
+		for {
+			select {
+			case line, ok := <-events:
+				if !ok {
+					t.Fatalf("serve ended before logging %s", re)
+				}
+				if m := re.FindStringSubmatch(line); m != nil {
+					return m
+				}
+			case <-timeout:
+				t.Fatalf("serve did not log %s within 60s", re)
+			}
+		}
+	}
+	imapAddr := waitFor(regexp.MustCompile(`msg=listening key=listen.imap addr=(\S+)`))[1]
+	pop3Addr := waitFor(regexp.MustCompile(`msg=listening key=listen.pop3 addr=(\S+)`))[1]
+
+	c, err := imapclient.DialInsecure(imapAddr, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := c.Login(user, pass).Wait(); err != nil {
+		t.Fatal(err)
+	}
+	sel, err := c.Select("INBOX", nil).Wait()
+	if err != nil || sel.NumMessages != 15 {
+		t.Fatalf("SELECT through serve: %+v %v", sel, err)
+	}
+	c.Logout().Wait()
+	c.Close()
+	waitFor(regexp.MustCompile(`msg="capture converged and verified" account=serve@example.org`))
+
+	code, out, errOut := runCLI(t, environ, "status", "--config", path, "--json")
+	var report struct {
+		Accounts map[string]int
+		Stored   struct{ Messages int }
+	}
+	if code != 0 || json.Unmarshal([]byte(out), &report) != nil || report.Accounts["capturing"] != 1 || report.Stored.Messages != 20 {
+		t.Fatalf("status after the capture: exit %d %s %s", code, out, errOut)
+	}
+
+	pc, err := pop3.Dial(context.Background(), pop3Addr, pop3.DialOptions{Timeout: 5 * time.Second})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := pc.Login(user, pass); err != nil {
+		t.Fatal(err)
+	}
+	if n, _, err := pc.Stat(); err != nil || n != 15 {
+		t.Fatalf("POP3 STAT through serve: %d %v", n, err)
+	}
+	pc.Quit()
+
+	cancel()
+	if code := <-done; code != 0 {
+		t.Fatalf("serve exited %d", code)
+	}
+	for range events {
+	}
+}
