@@ -145,7 +145,7 @@ func Default() Config {
 		},
 		Capture:         Capture{Workers: 4, ConnectionsPerAccount: 2},
 		TrustedNetworks: []string{"127.0.0.0/8", "::1/128"},
-		PasswordHash: PasswordHash{Time: 1, MemoryKiB: 64 * 1024, Threads: 2},
-		Log:          Log{Level: "info", Format: "text"},
+		PasswordHash:    PasswordHash{Time: 1, MemoryKiB: 64 * 1024, Threads: 2},
+		Log:             Log{Level: "info", Format: "text"},
 	}
 }
