@@ -48,6 +48,22 @@ type IMAPFront struct {
 	conns     map[net.Conn]struct{}
 	closing   bool
 	wg        sync.WaitGroup
+	proxied   sessions
+}
+
+// EndSessions ends the account's proxied sessions at their next command
+// boundary with * BYE (at the latest when ctx ends) and returns once they
+// are closed.
+func (f *IMAPFront) EndSessions(ctx context.Context, account string) {
+	var wg sync.WaitGroup
+	for _, p := range f.proxied.of(account) {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			p.end(ctx)
+		}()
+	}
+	wg.Wait()
 }
 
 func (f *IMAPFront) log() *slog.Logger {
@@ -374,7 +390,10 @@ func (s *session) login(tag, user, pass string) (done, handedOver bool) {
 		legacy.Close()
 		return true, false
 	}
-	splice(s.conn, s.r, legacy)
+	p := newProxiedIMAP(user, s.conn, s.r, legacy)
+	s.f.proxied.add(p)
+	defer s.f.proxied.remove(p)
+	p.run()
 	return true, false
 }
 
@@ -491,28 +510,6 @@ func readTagged(r *bufio.Reader, tag string) (string, error) {
 		}
 	}
 	return "", errors.New("legacy server sent too many lines before answering")
-}
-
-// splice copies bytes both ways until either side ends, then closes both.
-func splice(client net.Conn, clientBuf *bufio.Reader, legacy *legacyConn) {
-	done := make(chan struct{}, 2)
-	go func() {
-		io.Copy(legacy.Conn, io.MultiReader(bytes.NewReader(buffered(clientBuf)), client))
-		done <- struct{}{}
-	}()
-	go func() {
-		io.Copy(client, io.MultiReader(bytes.NewReader(buffered(legacy.r)), legacy.Conn))
-		done <- struct{}{}
-	}()
-	<-done
-	client.Close()
-	legacy.Close()
-	<-done
-}
-
-func buffered(r *bufio.Reader) []byte {
-	b, _ := r.Peek(r.Buffered())
-	return b
 }
 
 // handedConn is a connection passed to the local server, already

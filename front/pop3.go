@@ -6,6 +6,8 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"strings"
+	"sync"
 
 	"mailcapture/capture"
 	"mailcapture/pop3"
@@ -20,6 +22,57 @@ type POP3Backend struct {
 	Local  *pop3store.Backend
 	// Legacy is the legacy POP3 server.
 	Legacy capture.Endpoint
+
+	mu      sync.Mutex
+	proxied map[string]map[*legacyMaildrop]struct{}
+	changed chan struct{} // signalled when a proxied session ends
+}
+
+// FinishSessions lets the account's proxied POP3 sessions finish until ctx
+// ends, then cuts the rest: a cut session never sent its DELEs to the
+// legacy server, so they are rolled back.
+func (b *POP3Backend) FinishSessions(ctx context.Context, account string) {
+	for {
+		b.mu.Lock()
+		open := b.proxied[strings.ToLower(account)]
+		n := len(open)
+		changed := b.changed
+		b.mu.Unlock()
+		if n == 0 {
+			return
+		}
+		select {
+		case <-changed:
+		case <-ctx.Done():
+			b.mu.Lock()
+			for d := range b.proxied[strings.ToLower(account)] {
+				d.c.Close()
+			}
+			b.mu.Unlock()
+			return
+		}
+	}
+}
+
+func (b *POP3Backend) track(account string, d *legacyMaildrop) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if b.proxied == nil {
+		b.proxied = map[string]map[*legacyMaildrop]struct{}{}
+		b.changed = make(chan struct{})
+	}
+	key := strings.ToLower(account)
+	if b.proxied[key] == nil {
+		b.proxied[key] = map[*legacyMaildrop]struct{}{}
+	}
+	b.proxied[key][d] = struct{}{}
+	d.untrack = func() {
+		b.mu.Lock()
+		defer b.mu.Unlock()
+		delete(b.proxied[key], d)
+		close(b.changed)
+		b.changed = make(chan struct{})
+	}
 }
 
 // Login implements pop3.Backend.
@@ -53,6 +106,7 @@ func (b *POP3Backend) Login(ctx context.Context, user, password string, remote n
 		c.Close()
 		return nil, err
 	}
+	b.track(user, drop)
 	b.Router.LegacyLoginOK(ctx, user, password)
 	return drop, nil
 }
@@ -61,10 +115,11 @@ func (b *POP3Backend) Login(ctx context.Context, user, password string, remote n
 // only at the client's QUIT, so a session that is cut (at cut-over, or by
 // the network) deletes nothing at the legacy server.
 type legacyMaildrop struct {
-	c      *pop3.Client
-	nums   []int
-	infos  []pop3.MessageInfo
-	closed bool
+	c       *pop3.Client
+	nums    []int
+	infos   []pop3.MessageInfo
+	closed  bool
+	untrack func()
 }
 
 func newLegacyMaildrop(c *pop3.Client) (*legacyMaildrop, error) {
@@ -120,5 +175,9 @@ func (d *legacyMaildrop) Close() {
 	if !d.closed {
 		d.closed = true
 		d.c.Quit() // nothing is marked for deletion unless Commit ran
+	}
+	if d.untrack != nil {
+		d.untrack()
+		d.untrack = nil
 	}
 }

@@ -95,10 +95,6 @@ func (s *server) start(schedCtx context.Context, schedDone chan struct{}) error 
 	engine := capture.NewEngine(s.st, cfg, log)
 	engine.Observer = m.Capture
 	s.sched = capture.NewScheduler(engine, cfg, log)
-	go func() {
-		s.sched.Run(schedCtx)
-		close(schedDone)
-	}()
 	router := &front.Router{Store: s.st, Mode: cfg.Mode, Log: log}
 	if cfg.Mode != "shadow" {
 		router.Scheduler = s.sched
@@ -106,8 +102,19 @@ func (s *server) start(schedCtx context.Context, schedDone chan struct{}) error 
 	trusted := trustedNetworks(cfg.TrustedNetworks)
 	s.imap = &front.IMAPFront{Router: router, Local: imapstore.NewBackend(s.st, log), Legacy: engine.IMAP,
 		TLSConfig: s.tls, Trusted: trusted, Log: log}
-	s.pop3 = &pop3.Server{Backend: &front.POP3Backend{Router: router, Local: &pop3store.Backend{Store: s.st}, Legacy: engine.POP3},
-		TLSConfig: s.tls, Hostname: cfg.Hostname, InsecureAuthAllowed: trusted, Log: log}
+	pop3Backend := &front.POP3Backend{Router: router, Local: &pop3store.Backend{Store: s.st}, Legacy: engine.POP3}
+	s.pop3 = &pop3.Server{Backend: pop3Backend, TLSConfig: s.tls, Hostname: cfg.Hostname, InsecureAuthAllowed: trusted, Log: log}
+	if cfg.Mode != "shadow" {
+		// A converged, verified account is cut over at once.
+		cut := &front.Cutover{Store: s.st, Engine: engine, IMAP: s.imap, POP3: pop3Backend, Log: log}
+		s.sched.OnReady = func(ctx context.Context, account, password string) {
+			cut.Run(ctx, account, password)
+		}
+	}
+	go func() {
+		s.sched.Run(schedCtx)
+		close(schedDone)
+	}()
 	listeners := []struct {
 		key, addr string
 		implicit  bool

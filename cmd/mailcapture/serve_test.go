@@ -77,16 +77,18 @@ func TestServeProxiesAndCaptures(t *testing.T) {
 	c.Logout().Wait()
 	c.Close()
 	waitFor(regexp.MustCompile(`msg="capture converged and verified" account=serve@example.org`))
+	waitFor(regexp.MustCompile(`msg="cut-over done; the account is served from the store" account=serve@example.org`))
 
 	code, out, errOut := runCLI(t, environ, "status", "--config", path, "--json")
 	var report struct {
 		Accounts map[string]int
 		Stored   struct{ Messages int }
 	}
-	if code != 0 || json.Unmarshal([]byte(out), &report) != nil || report.Accounts["capturing"] != 1 || report.Stored.Messages != 20 {
-		t.Fatalf("status after the capture: exit %d %s %s", code, out, errOut)
+	if code != 0 || json.Unmarshal([]byte(out), &report) != nil || report.Accounts["captured"] != 1 || report.Stored.Messages != 20 {
+		t.Fatalf("status after the cut-over: exit %d %s %s", code, out, errOut)
 	}
 
+	// Both protocols are now served from the store.
 	pc, err := pop3.Dial(context.Background(), pop3Addr, pop3.DialOptions{Timeout: 5 * time.Second})
 	if err != nil {
 		t.Fatal(err)
@@ -98,6 +100,19 @@ func TestServeProxiesAndCaptures(t *testing.T) {
 		t.Fatalf("POP3 STAT through serve: %d %v", n, err)
 	}
 	pc.Quit()
+	c2, err := imapclient.DialInsecure(imapAddr, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := c2.Login(user, pass).Wait(); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(regexp.MustCompile(`msg="imap login" .*route=local`))
+	if sel, err := c2.Select("Sent", nil).Wait(); err != nil || sel.NumMessages != 5 {
+		t.Fatalf("SELECT Sent served locally: %+v %v", sel, err)
+	}
+	c2.Logout().Wait()
+	c2.Close()
 
 	cancel()
 	if code := <-done; code != 0 {

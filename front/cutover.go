@@ -1,0 +1,87 @@
+package front
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"time"
+
+	"mailcapture/capture"
+	"mailcapture/store"
+)
+
+// Cutover moves a converged account from the legacy server to the store
+// (DESIGN.md, "cutover"): logins wait, proxied IMAP sessions end at a
+// command boundary, proxied POP3 sessions may finish (then are cut, which
+// rolls back their deletions), a final sync runs with no client touching
+// the legacy mailbox, and the account becomes captured. If anything fails
+// the account goes back to capturing, served by the legacy server as
+// before, and the error is returned.
+type Cutover struct {
+	Store  *store.Store
+	Engine *capture.Engine
+	IMAP   *IMAPFront
+	POP3   *POP3Backend
+	// IMAPWait bounds the wait for a command boundary. Default 10s.
+	IMAPWait time.Duration
+	// POP3Grace is how long proxied POP3 sessions may go on. Default 30s.
+	POP3Grace time.Duration
+	Log       *slog.Logger
+}
+
+func (c *Cutover) log() *slog.Logger {
+	if c.Log == nil {
+		return slog.New(slog.DiscardHandler)
+	}
+	return c.Log
+}
+
+// Run cuts the account over. It is a no-op for an account that is not
+// capturing (another cut-over won, or it is captured already).
+func (c *Cutover) Run(ctx context.Context, account, password string) error {
+	err := c.Store.Transition(ctx, account, store.StateCapturing, store.StateCutover)
+	if errors.Is(err, store.ErrStateChanged) {
+		return nil
+	}
+	if err != nil {
+		return fmt.Errorf("cut-over %s: %w", account, err)
+	}
+	log := c.log().With("account", account)
+	log.Info("cut-over started")
+	start := time.Now()
+	if err := c.run(ctx, account, password); err != nil {
+		log.Error("cut-over failed; the account stays on the legacy server", "err", err)
+		if terr := c.Store.Transition(context.WithoutCancel(ctx), account, store.StateCutover, store.StateCapturing); terr != nil {
+			log.Error("cut-over: back to capturing", "err", terr)
+		}
+		return fmt.Errorf("cut-over %s: %w", account, err)
+	}
+	log.Info("cut-over done; the account is served from the store", "took", time.Since(start))
+	return nil
+}
+
+func (c *Cutover) run(ctx context.Context, account, password string) error {
+	if c.IMAP != nil {
+		wctx, cancel := context.WithTimeout(ctx, orDuration(c.IMAPWait, 10*time.Second))
+		c.IMAP.EndSessions(wctx, account)
+		cancel()
+	}
+	if c.POP3 != nil {
+		wctx, cancel := context.WithTimeout(ctx, orDuration(c.POP3Grace, 30*time.Second))
+		c.POP3.FinishSessions(wctx, account)
+		cancel()
+	}
+	// Final sync: nobody touches the legacy mailbox now.
+	if _, err := c.Engine.Converge(ctx, account, password, 10); err != nil {
+		return err
+	}
+	return c.Store.Transition(ctx, account, store.StateCutover, store.StateCaptured)
+}
+
+func orDuration(d, def time.Duration) time.Duration {
+	if d <= 0 {
+		return def
+	}
+	return d
+}

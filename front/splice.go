@@ -1,0 +1,248 @@
+package front
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"io"
+	"net"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+)
+
+// proxiedIMAP is a client session spliced to the legacy server. It follows
+// the client's commands and the server's tagged completions, so that a
+// cut-over can end it between commands.
+type proxiedIMAP struct {
+	account string
+	client  net.Conn
+	clientR *bufio.Reader
+	legacy  *legacyConn
+
+	mu        sync.Mutex
+	inflight  map[string]string // tag -> command name
+	midCmd    bool              // the client is sending a command's lines
+	stopping  bool
+	boundary  chan struct{} // signalled when nothing is in flight
+	ended     chan struct{}
+	endedOnce sync.Once
+}
+
+func newProxiedIMAP(account string, client net.Conn, r *bufio.Reader, legacy *legacyConn) *proxiedIMAP {
+	return &proxiedIMAP{account: account, client: client, clientR: r, legacy: legacy,
+		inflight: map[string]string{}, boundary: make(chan struct{}, 1), ended: make(chan struct{})}
+}
+
+// run splices until either side closes or the session is ended.
+func (p *proxiedIMAP) run() {
+	done := make(chan struct{}, 2)
+	go func() {
+		p.clientToLegacy()
+		done <- struct{}{}
+	}()
+	go func() {
+		p.legacyToClient()
+		done <- struct{}{}
+	}()
+	<-done
+	p.close()
+	<-done
+}
+
+func (p *proxiedIMAP) close() {
+	p.endedOnce.Do(func() {
+		p.client.Close()
+		p.legacy.Close()
+		close(p.ended)
+	})
+}
+
+// clientToLegacy forwards the client's commands line by line (literals
+// raw), noting each command's tag.
+func (p *proxiedIMAP) clientToLegacy() {
+	for {
+		line, err := p.clientR.ReadSlice('\n')
+		if err == bufio.ErrBufferFull {
+			// Overlong line: forward as is, it ends later.
+			if _, err := p.legacy.Write(line); err != nil {
+				return
+			}
+			continue
+		}
+		if err != nil {
+			return
+		}
+		p.mu.Lock()
+		startsCommand := !p.midCmd
+		if startsCommand {
+			if p.stopping {
+				p.mu.Unlock()
+				p.bye()
+				return
+			}
+			tag, rest, _ := strings.Cut(strings.TrimRight(string(line), "\r\n"), " ")
+			name, _, _ := strings.Cut(rest, " ")
+			if idleDone(p.inflight, tag) {
+				// DONE ends an IDLE: part of that command, not a new one.
+			} else if tag != "" {
+				p.inflight[tag] = strings.ToUpper(name)
+			}
+		}
+		n, isLiteral := trailingLiteral(line)
+		p.midCmd = isLiteral
+		p.mu.Unlock()
+		if _, err := p.legacy.Write(line); err != nil {
+			return
+		}
+		if isLiteral {
+			if _, err := io.CopyN(p.legacy, p.clientR, n); err != nil {
+				return
+			}
+		}
+	}
+}
+
+// idleDone tells whether line is the DONE that ends an IDLE in flight.
+func idleDone(inflight map[string]string, word string) bool {
+	if !strings.EqualFold(word, "DONE") {
+		return false
+	}
+	for _, name := range inflight {
+		if name == "IDLE" {
+			return true
+		}
+	}
+	return false
+}
+
+// legacyToClient forwards the server's answers, skipping literals, and
+// notes tagged completions.
+func (p *proxiedIMAP) legacyToClient() {
+	r := p.legacy.r
+	for {
+		line, err := r.ReadSlice('\n')
+		if err == bufio.ErrBufferFull {
+			if _, err := p.client.Write(line); err != nil {
+				return
+			}
+			continue
+		}
+		if err != nil {
+			return
+		}
+		tag, rest, _ := strings.Cut(string(line), " ")
+		status, _, _ := strings.Cut(rest, " ")
+		n, isLiteral := trailingLiteral(line)
+		if _, err := p.client.Write(line); err != nil {
+			return
+		}
+		if isLiteral {
+			if _, err := io.CopyN(p.client, r, n); err != nil {
+				return
+			}
+			continue
+		}
+		if s := strings.ToUpper(status); tag != "*" && tag != "+" && (s == "OK" || s == "NO" || s == "BAD") {
+			p.mu.Lock()
+			delete(p.inflight, tag)
+			if p.atBoundaryLocked() {
+				select {
+				case p.boundary <- struct{}{}:
+				default:
+				}
+			}
+			p.mu.Unlock()
+		}
+	}
+}
+
+func (p *proxiedIMAP) atBoundaryLocked() bool {
+	if p.midCmd {
+		return false
+	}
+	for _, name := range p.inflight {
+		if name != "IDLE" { // an IDLE may be ended at any time
+			return false
+		}
+	}
+	return true
+}
+
+// end ends the session at the next command boundary with * BYE, waiting
+// at most until ctx ends.
+func (p *proxiedIMAP) end(ctx context.Context) {
+	p.mu.Lock()
+	p.stopping = true
+	now := p.atBoundaryLocked()
+	p.mu.Unlock()
+	if !now {
+		select {
+		case <-p.boundary:
+		case <-p.ended:
+			return
+		case <-ctx.Done():
+		}
+	}
+	p.bye()
+}
+
+func (p *proxiedIMAP) bye() {
+	p.client.SetWriteDeadline(time.Now().Add(5 * time.Second))
+	io.WriteString(p.client, "* BYE [UNAVAILABLE] your mailbox has moved; please log in again\r\n")
+	p.close()
+}
+
+// trailingLiteral reads "{n}" or "{n+}" at the end of a line.
+func trailingLiteral(line []byte) (int64, bool) {
+	l := bytes.TrimRight(line, "\r\n")
+	if !bytes.HasSuffix(l, []byte("}")) {
+		return 0, false
+	}
+	open := bytes.LastIndexByte(l, '{')
+	if open < 0 {
+		return 0, false
+	}
+	num := strings.TrimSuffix(string(l[open+1:len(l)-1]), "+")
+	n, err := strconv.ParseInt(num, 10, 64)
+	if err != nil || n < 0 {
+		return 0, false
+	}
+	return n, true
+}
+
+// sessions tracks the proxied sessions of each account.
+type sessions struct {
+	mu   sync.Mutex
+	byID map[string]map[*proxiedIMAP]struct{}
+}
+
+func (s *sessions) add(p *proxiedIMAP) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.byID == nil {
+		s.byID = map[string]map[*proxiedIMAP]struct{}{}
+	}
+	key := strings.ToLower(p.account)
+	if s.byID[key] == nil {
+		s.byID[key] = map[*proxiedIMAP]struct{}{}
+	}
+	s.byID[key][p] = struct{}{}
+}
+
+func (s *sessions) remove(p *proxiedIMAP) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	delete(s.byID[strings.ToLower(p.account)], p)
+}
+
+func (s *sessions) of(account string) []*proxiedIMAP {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	var out []*proxiedIMAP
+	for p := range s.byID[strings.ToLower(account)] {
+		out = append(out, p)
+	}
+	return out
+}
