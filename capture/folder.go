@@ -95,14 +95,14 @@ func (e *Engine) syncFolder(ctx context.Context, conn *imapConn, plan *passPlan,
 		}
 	}
 	if len(missing) > 0 {
-		if err := e.copyMessages(ctx, conn, mbox, missing, res); err != nil {
+		if err := e.copyMessages(ctx, conn, mbox, missing, false, res); err != nil {
 			return err
 		}
 	}
 	if err := e.Store.UpdateMailbox(ctx, mbox.ID, f.specialUse, f.subscribed, uint32(sel.UIDNext)); err != nil {
 		return err
 	}
-	return nil
+	return e.Store.SetLegacyUIDNext(ctx, mbox.ID, uint32(sel.UIDNext))
 }
 
 // localMailbox finds or creates the local mirror of a legacy folder.
@@ -176,18 +176,20 @@ func fetchMetadata(conn *imapConn, count uint32) ([]legacyMessage, error) {
 // copyMessages fetches the bodies of msgs by sequence-number ranges (with
 // UID among the items, checked against the metadata) and streams them into
 // store batches. The number received is checked against the number asked.
-func (e *Engine) copyMessages(ctx context.Context, conn *imapConn, mbox store.Mailbox, msgs []legacyMessage, res *PassResult) error {
+// Copies keep the legacy UIDs, or get fresh local ones when fresh is set
+// (follow syncs after the cut-over).
+func (e *Engine) copyMessages(ctx context.Context, conn *imapConn, mbox store.Mailbox, msgs []legacyMessage, fresh bool, res *PassResult) error {
 	chunk := e.fetchChunk()
 	for lo := 0; lo < len(msgs); lo += chunk {
 		part := msgs[lo:min(lo+chunk, len(msgs))]
-		if err := e.copyChunk(ctx, conn, mbox, part, res); err != nil {
+		if err := e.copyChunk(ctx, conn, mbox, part, fresh, res); err != nil {
 			return err
 		}
 	}
 	return nil
 }
 
-func (e *Engine) copyChunk(ctx context.Context, conn *imapConn, mbox store.Mailbox, msgs []legacyMessage, res *PassResult) error {
+func (e *Engine) copyChunk(ctx context.Context, conn *imapConn, mbox store.Mailbox, msgs []legacyMessage, fresh bool, res *PassResult) error {
 	bySeq := make(map[uint32]*legacyMessage, len(msgs))
 	var seqs imap.SeqSet
 	for i := range msgs {
@@ -224,7 +226,11 @@ func (e *Engine) copyChunk(ctx context.Context, conn *imapConn, mbox store.Mailb
 				if added || v.Literal == nil {
 					continue
 				}
-				err := batch.Add(ctx, store.NewMessage{MailboxID: mbox.ID, UID: want.uid, LegacyUID: want.uid,
+				uid := want.uid
+				if fresh {
+					uid = 0 // the next local UID
+				}
+				err := batch.Add(ctx, store.NewMessage{MailboxID: mbox.ID, UID: uid, LegacyUID: want.uid,
 					InternalDate: want.date, Flags: want.flags}, v.Literal)
 				if err != nil {
 					return fmt.Errorf("store message UID %d: %w", want.uid, err)

@@ -8,6 +8,8 @@ import (
 	"math/rand/v2"
 	"sync"
 	"time"
+
+	"mailcapture/store"
 )
 
 // Scheduler runs capture jobs to convergence:
@@ -300,9 +302,9 @@ func (s *Scheduler) runJob(ctx context.Context, j *job) {
 		if s.OnReady != nil {
 			go s.OnReady(context.WithoutCancel(ctx), j.account, password)
 		}
-	case errors.Is(err, ErrBadCredentials):
+	case errors.Is(err, ErrBadCredentials), errors.Is(err, store.ErrNotFound):
 		j.state = JobStopped
-		log.Warn("capture stopped: the legacy server refused the credentials", "err", err)
+		log.Warn("capture stopped: the legacy server refused the credentials, or the account is gone", "err", err)
 		close(j.done)
 		if s.OnStopped != nil {
 			go s.OnStopped(j.account, err)

@@ -120,3 +120,75 @@ func TestCutoverWaitsForCommandBoundary(t *testing.T) {
 		t.Fatal(err)
 	}
 }
+
+// TestFollowAfterCutover: mail that still reaches the legacy server after
+// the cut-over is copied at the user's next login, with a fresh UID; what
+// the user deleted locally is not brought back.
+func TestFollowAfterCutover(t *testing.T) {
+	f := startIMAPFront(t, nil)
+	ctx := context.Background()
+	followed := make(chan error, 4)
+	f.front.Router.Follow = func(ctx context.Context, account, password string) {
+		_, err := f.sched.Engine.Follow(ctx, account, password)
+		followed <- err
+	}
+	if _, err := f.st.CreateAccount(ctx, imapUser, password, store.StateCapturing); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case <-f.sched.Submit(imapUser, password, true):
+	case <-time.After(60 * time.Second):
+		t.Fatal("the capture did not finish")
+	}
+	cut := &Cutover{Store: f.st, Engine: f.sched.Engine, IMAP: f.front}
+	if err := cut.Run(ctx, imapUser, password); err != nil {
+		t.Fatal(err)
+	}
+	acct, _ := f.st.Account(ctx, imapUser)
+	inbox, _ := f.st.MailboxByName(ctx, acct.ID, "INBOX")
+	uids, _ := f.st.UIDs(ctx, inbox.ID)
+	// The user deletes the newest message locally.
+	if _, err := f.st.Expunge(ctx, inbox.ID, uids[len(uids)-1:]); err != nil {
+		t.Fatal(err)
+	}
+	before, _ := f.st.Status(ctx, inbox.ID)
+	// A sender with a cached old MX delivers to the legacy server.
+	late := legacytest.Generate(123, 1, 3000)
+	f.d.Populate(t, imapUser, password, []legacytest.Folder{{Name: "INBOX", Messages: late}})
+
+	c, err := imapclient.DialInsecure(f.addr, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	if err := c.Login(imapUser, password).Wait(); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case err := <-followed:
+		if err != nil {
+			t.Fatal(err)
+		}
+	case <-time.After(30 * time.Second):
+		t.Fatal("no follow sync after the local login")
+	}
+	after, _ := f.st.UIDs(ctx, inbox.ID)
+	if len(after) != len(uids) || after[len(after)-1] != before.UIDNext {
+		t.Fatalf("after follow: %d messages, last UID %d; want %d messages, last UID %d (fresh)", len(after), after[len(after)-1], len(uids), before.UIDNext)
+	}
+	msgs, _ := f.st.Messages(ctx, inbox.ID, []store.UIDRange{{Start: before.UIDNext, Stop: before.UIDNext}})
+	body, _ := f.st.ReadBody(msgs[0].ID)
+	if !strings.Contains(string(body), "Message-ID: <123.0@legacy.example>") {
+		t.Fatalf("the followed message is not the late one: %.80q", body)
+	}
+	// A second login finds nothing new.
+	c2, _ := imapclient.DialInsecure(f.addr, nil)
+	defer c2.Close()
+	c2.Login(imapUser, password).Wait()
+	if err := <-followed; err != nil {
+		t.Fatal(err)
+	}
+	if again, _ := f.st.UIDs(ctx, inbox.ID); len(again) != len(after) {
+		t.Fatalf("a second follow copied again: %d -> %d", len(after), len(again))
+	}
+}

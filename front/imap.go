@@ -369,6 +369,7 @@ func (s *session) login(tag, user, pass string) (done, handedOver bool) {
 			return false, false
 		}
 		log.Info("imap login", "route", "local")
+		s.f.Router.LocalLoginOK(acct.Name, pass)
 		s.write("%s OK [CAPABILITY %s] logged in", tag, capsString())
 		s.f.handoff.hand(&handedConn{Conn: s.conn, r: s.r, account: acct})
 		return true, true

@@ -82,7 +82,11 @@ func (b *POP3Backend) Login(ctx context.Context, user, password string, remote n
 		return nil, err
 	}
 	if route == RouteLocal {
-		return b.Local.Login(ctx, user, password, remote)
+		drop, err := b.Local.Login(ctx, user, password, remote)
+		if err == nil {
+			b.Router.LocalLoginOK(user, password)
+		}
+		return drop, err
 	}
 	// The connection lives as long as the client's session, beyond this
 	// call's context; every exchange on it keeps its own timeout.

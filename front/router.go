@@ -9,6 +9,8 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"strings"
+	"sync"
 	"time"
 
 	"mailcapture/capture"
@@ -44,7 +46,43 @@ type Router struct {
 	// CutoverWait bounds how long a login waits for an account in cut-over
 	// (a few seconds). Default 10s.
 	CutoverWait time.Duration
-	Log         *slog.Logger
+	// Follow, if set, runs after a local login of a captured account, in
+	// the background, one at a time per account: a follow sync of mail
+	// that still reached the legacy server. Nil once the legacy server is
+	// retired.
+	Follow func(ctx context.Context, account, password string)
+	Log    *slog.Logger
+
+	followMu  sync.Mutex
+	following map[string]bool
+}
+
+// LocalLoginOK starts a follow sync for the account unless one runs.
+func (r *Router) LocalLoginOK(account, password string) {
+	if r.Follow == nil {
+		return
+	}
+	key := strings.ToLower(account)
+	r.followMu.Lock()
+	if r.following == nil {
+		r.following = map[string]bool{}
+	}
+	if r.following[key] {
+		r.followMu.Unlock()
+		return
+	}
+	r.following[key] = true
+	r.followMu.Unlock()
+	go func() {
+		defer func() {
+			r.followMu.Lock()
+			delete(r.following, key)
+			r.followMu.Unlock()
+		}()
+		ctx, cancel := context.WithTimeout(context.Background(), time.Hour)
+		defer cancel()
+		r.Follow(ctx, account, password)
+	}()
 }
 
 func (r *Router) log() *slog.Logger {

@@ -22,6 +22,9 @@ type Mailbox struct {
 	// LegacyUIDValidity is the legacy folder's UIDVALIDITY this mailbox
 	// mirrors; 0 for a mailbox created locally.
 	LegacyUIDValidity uint32
+	// LegacyUIDNext is the legacy UIDNEXT last synced: legacy messages
+	// with lower UIDs have been copied (or were gone) already.
+	LegacyUIDNext uint32
 }
 
 // MailboxSpec describes a mailbox to create.
@@ -46,12 +49,12 @@ type MailboxStatus struct {
 	UIDValidity uint32
 }
 
-const mailboxColumns = "id, account_id, name, uidvalidity, uidnext, special_use, subscribed, legacy_uidvalidity"
+const mailboxColumns = "id, account_id, name, uidvalidity, uidnext, special_use, subscribed, legacy_uidvalidity, legacy_uidnext"
 
 func scanMailbox(row interface{ Scan(...any) error }) (Mailbox, error) {
 	var m Mailbox
 	var special string
-	err := row.Scan(&m.ID, &m.AccountID, &m.Name, &m.UIDValidity, &m.UIDNext, &special, &m.Subscribed, &m.LegacyUIDValidity)
+	err := row.Scan(&m.ID, &m.AccountID, &m.Name, &m.UIDValidity, &m.UIDNext, &special, &m.Subscribed, &m.LegacyUIDValidity, &m.LegacyUIDNext)
 	if special != "" {
 		m.SpecialUse = strings.Fields(special)
 	}
@@ -150,6 +153,18 @@ func (s *Store) UpdateMailbox(ctx context.Context, id int64, specialUse []string
 	})
 	if err != nil {
 		return fmt.Errorf("update mailbox %d: %w", id, err)
+	}
+	return nil
+}
+
+// SetLegacyUIDNext records the legacy UIDNEXT a sync reached; it never
+// goes down.
+func (s *Store) SetLegacyUIDNext(ctx context.Context, id int64, uidnext uint32) error {
+	err := s.writeTx(ctx, func(tx *sql.Tx) error {
+		return execOne(ctx, tx, "UPDATE mailboxes SET legacy_uidnext = max(legacy_uidnext, ?) WHERE id = ?", uidnext, id)
+	})
+	if err != nil {
+		return fmt.Errorf("mailbox %d: legacy UIDNEXT: %w", id, err)
 	}
 	return nil
 }

@@ -38,6 +38,8 @@ CREATE TABLE mailboxes (
 	special_use        TEXT NOT NULL DEFAULT '',
 	subscribed         INTEGER NOT NULL DEFAULT 0,
 	legacy_uidvalidity INTEGER NOT NULL DEFAULT 0,
+	-- the legacy UIDNEXT last synced: follow syncs copy from there on
+	legacy_uidnext     INTEGER NOT NULL DEFAULT 0,
 	UNIQUE (account_id, name)
 );
 

@@ -99,6 +99,18 @@ func (s *server) start(schedCtx context.Context, schedDone chan struct{}) error 
 	if cfg.Mode != "shadow" {
 		router.Scheduler = s.sched
 	}
+	if !cfg.Legacy.Retired {
+		router.Follow = func(ctx context.Context, account, password string) {
+			res, err := engine.Follow(ctx, account, password)
+			if err != nil {
+				log.Warn("follow sync failed", "account", account, "err", err)
+				return
+			}
+			if res.Added > 0 {
+				log.Info("follow sync copied new legacy mail", "account", account, "messages", res.Added)
+			}
+		}
+	}
 	trusted := trustedNetworks(cfg.TrustedNetworks)
 	s.imap = &front.IMAPFront{Router: router, Local: imapstore.NewBackend(s.st, log), Legacy: engine.IMAP,
 		TLSConfig: s.tls, Trusted: trusted, Log: log}
