@@ -125,13 +125,15 @@ func TestCutoverWaitsForCommandBoundary(t *testing.T) {
 // the cut-over is copied at the user's next login, with a fresh UID; what
 // the user deleted locally is not brought back.
 func TestFollowAfterCutover(t *testing.T) {
-	f := startIMAPFront(t, nil)
-	ctx := context.Background()
 	followed := make(chan error, 4)
-	f.front.Router.Follow = func(ctx context.Context, account, password string) {
-		_, err := f.sched.Engine.Follow(ctx, account, password)
-		followed <- err
-	}
+	var f *imapFixture
+	f = startIMAPFront(t, nil, func(fr *IMAPFront) {
+		fr.Router.Follow = func(ctx context.Context, account, password string) {
+			_, err := f.sched.Engine.Follow(ctx, account, password)
+			followed <- err
+		}
+	})
+	ctx := context.Background()
 	if _, err := f.st.CreateAccount(ctx, imapUser, password, store.StateCapturing); err != nil {
 		t.Fatal(err)
 	}

@@ -33,7 +33,7 @@ type imapFixture struct {
 	front *IMAPFront
 }
 
-func startIMAPFront(t *testing.T, trusted func(net.Addr) bool) *imapFixture {
+func startIMAPFront(t *testing.T, trusted func(net.Addr) bool, configure ...func(*IMAPFront)) *imapFixture {
 	t.Helper()
 	d := legacytest.Start(t, legacytest.Options{Separator: ".", Prefix: "INBOX."})
 	d.AddUser(t, imapUser, password)
@@ -57,6 +57,9 @@ func startIMAPFront(t *testing.T, trusted func(net.Addr) bool) *imapFixture {
 		close(schedDone)
 	}()
 	front := &IMAPFront{Router: &Router{Store: st, Scheduler: sched}, Local: imapstore.NewBackend(st, nil), Legacy: imapEP, Trusted: trusted}
+	for _, c := range configure {
+		c(front)
+	}
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
@@ -275,4 +278,25 @@ func summary(f *legacytest.SnapshotFolder) string {
 		return "missing"
 	}
 	return fmt.Sprintf("attrs %v uidvalidity %d messages %d", f.Attrs, f.UIDValidity, len(f.Messages))
+}
+
+// TestIMAPFrontSTARTTLS: an untrusted peer sees LOGINDISABLED until
+// STARTTLS, then logs in over TLS.
+func TestIMAPFrontSTARTTLS(t *testing.T) {
+	serverTLS, clientTLS := selfSignedPair(t)
+	f := startIMAPFront(t, func(net.Addr) bool { return false }, func(fr *IMAPFront) { fr.TLSConfig = serverTLS })
+	c, err := imapclient.DialStartTLS(f.addr, &imapclient.Options{TLSConfig: clientTLS})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	if c.Caps().Has("LOGINDISABLED") {
+		t.Fatal("LOGINDISABLED after STARTTLS")
+	}
+	if err := c.Login(imapUser, password).Wait(); err != nil {
+		t.Fatal(err)
+	}
+	if sel, err := c.Select("INBOX", nil).Wait(); err != nil || sel.NumMessages != 24 {
+		t.Fatalf("SELECT over STARTTLS: %+v %v", sel, err)
+	}
 }

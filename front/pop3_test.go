@@ -131,6 +131,10 @@ poll %s service %s protocol pop3 uidl auth password bad-header accept
 	if files, _ := os.ReadDir(out); len(files) != 12 {
 		t.Fatalf("after the switch fetchmail has %d messages, want 12: it fetched again", len(files))
 	}
+	// Python's poplib sees the same maildrop at the legacy server and here.
+	if legacy, local := poplibView(t, f.d.POP3Addr), poplibView(t, f.addr); legacy != local {
+		t.Fatalf("poplib sees different maildrops:\nlegacy:\n%s\nmailcapture:\n%s", legacy, local)
+	}
 	// The local maildrop is what the legacy maildrop was.
 	c, err := pop3.Dial(ctx, f.addr, pop3.DialOptions{Timeout: 5 * time.Second})
 	if err != nil {
@@ -213,4 +217,29 @@ func TestPOP3FrontCutSessionDeletesNothing(t *testing.T) {
 	if n, _, _ := lc.Stat(); n != 11 {
 		t.Fatalf("legacy has %d messages after DELE and QUIT through the front end, want 11", n)
 	}
+}
+
+// poplibView lists UIDL, size and SHA-256 of every message as poplib sees
+// them (TOP with a huge line count: the whole message, without RETR's
+// side effects on the legacy server).
+func poplibView(t *testing.T, addr string) string {
+	t.Helper()
+	host, port, _ := net.SplitHostPort(addr)
+	script := fmt.Sprintf(`
+import hashlib, poplib
+p = poplib.POP3(%q, %s, timeout=10)
+p.user(%q)
+p.pass_(%q)
+for line in p.uidl()[1]:
+    n, uidl = line.decode().split()
+    size = p.list(int(n)).decode().split()[2]
+    lines = p.top(int(n), 100000)[1]
+    print(uidl, size, hashlib.sha256(b"\r\n".join(lines)).hexdigest())
+p.quit()
+`, host, port, user, password)
+	out, err := exec.Command("python3", "-c", script).CombinedOutput()
+	if err != nil {
+		t.Fatalf("poplib against %s: %v\n%s", addr, err, out)
+	}
+	return string(out)
 }
