@@ -191,6 +191,23 @@ func TestSectionsFlagsSearchAndMoves(t *testing.T) {
 	if err != nil || apData.UID == 0 {
 		t.Fatalf("APPEND: %+v %v", apData, err)
 	}
+	// LIST-STATUS: STATUS data with each selectable mailbox.
+	listed, err := c.List("", "*", &imap.ListOptions{ReturnStatus: &imap.StatusOptions{NumMessages: true}}).Collect()
+	if err != nil {
+		t.Fatal(err)
+	}
+	withStatus := 0
+	for _, l := range listed {
+		if l.Status != nil && l.Status.NumMessages != nil {
+			withStatus++
+			if l.Mailbox == "INBOX" && *l.Status.NumMessages != 26 {
+				t.Fatalf("LIST-STATUS INBOX: %d messages", *l.Status.NumMessages)
+			}
+		}
+	}
+	if withStatus != 5 {
+		t.Fatalf("LIST-STATUS gave STATUS for %d mailboxes, want the 5 selectable ones", withStatus)
+	}
 	status, err := c.Status("INBOX", &imap.StatusOptions{NumMessages: true, UIDNext: true}).Wait()
 	if err != nil || *status.NumMessages != 26 || uint32(status.UIDNext) != uint32(apData.UID)+1 {
 		t.Fatalf("STATUS %+v %v", status, err)
