@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"io"
 	"net"
-	"os"
 	"os/exec"
 	"path/filepath"
 	"strconv"
@@ -67,7 +66,7 @@ func BenchmarkCapture20k(b *testing.B) {
 			peak, delta, err = captureOnce(filepath.Join(scratch, fmt.Sprintf("store-%d", i)), d)
 			return err
 		})
-		mbsync := timeIt(b, func() error { return runMbsync(filepath.Join(scratch, fmt.Sprintf("mbsync-%d", i)), d) })
+		mbsync := timeIt(b, func() error { return runMbsync(b, filepath.Join(scratch, fmt.Sprintf("mbsync-%d", i)), d) })
 		raw := timeIt(b, func() error { return rawRead(d.IMAPAddr, names) })
 		fmt.Printf("capture bench: raw read %.2fs, mbsync %.2fs, mailcapture %.2fs\n", raw.Seconds(), mbsync.Seconds(), capture.Seconds())
 		fmt.Printf("capture bench: mailcapture is %.1fx faster than mbsync (target >= 3x), %.1fx the raw limit (target <= 4x)\n",
@@ -119,42 +118,8 @@ func captureOnce(dir string, d *legacytest.Dovecot) (peak uint64, delta time.Dur
 }
 
 // runMbsync pulls the whole mailbox into a fresh Maildir with mbsync.
-func runMbsync(dir string, d *legacytest.Dovecot) error {
-	host, port, _ := net.SplitHostPort(d.IMAPAddr)
-	conf := fmt.Sprintf(`FSync yes
-
-IMAPAccount legacy
-Host %s
-Port %s
-User %s
-Pass "%s"
-SSLType None
-AuthMechs LOGIN
-
-IMAPStore legacy
-Account legacy
-
-MaildirStore local
-Path %s/mail/
-Inbox %s/mail/INBOX
-SubFolders Verbatim
-
-Channel pull
-Far :legacy:
-Near :local:
-Patterns *
-Create Near
-Sync Pull
-SyncState *
-`, host, port, user, strings.ReplaceAll(strings.ReplaceAll(password, `\`, `\\`), `"`, `\"`), dir, dir)
-	if err := os.MkdirAll(filepath.Join(dir, "mail"), 0o700); err != nil {
-		return err
-	}
-	confPath := filepath.Join(dir, "mbsyncrc")
-	if err := os.WriteFile(confPath, []byte(conf), 0o600); err != nil {
-		return err
-	}
-	out, err := exec.Command("mbsync", "-q", "-c", confPath, "-a").CombinedOutput()
+func runMbsync(b *testing.B, dir string, d *legacytest.Dovecot) error {
+	out, err := exec.Command("mbsync", "-q", "-c", legacytest.MbsyncConfig(b, dir, d.IMAPAddr, user, password), "-a").CombinedOutput()
 	if err != nil {
 		return fmt.Errorf("mbsync: %v\n%s", err, out)
 	}

@@ -27,11 +27,7 @@ func TestCutover(t *testing.T) {
 	tr.send("b SELECT INBOX")
 	for !strings.HasPrefix(tr.expect(""), "b OK") {
 	}
-	select {
-	case <-f.sched.Submit(imapUser, password, true):
-	case <-time.After(60 * time.Second):
-		t.Fatal("the capture did not finish")
-	}
+	f.waitCaptured(t, imapUser, password)
 	tr.send("c IDLE")
 	tr.expect("+ ")
 	// New mail at the legacy server after the copy converged.
@@ -86,11 +82,7 @@ func TestCutoverWaitsForCommandBoundary(t *testing.T) {
 	tr := dialTranscript(t, f.addr)
 	tr.send(fmt.Sprintf("a LOGIN %s %q", imapUser, password))
 	tr.expect("a OK ")
-	select {
-	case <-f.sched.Submit(imapUser, password, true):
-	case <-time.After(60 * time.Second):
-		t.Fatal("the capture did not finish")
-	}
+	f.waitCaptured(t, imapUser, password)
 	// Half a command: the client announces a literal and has not sent it.
 	tr.send("b SELECT {5}")
 	tr.expect("+ ") // Dovecot asks for the literal
@@ -137,11 +129,7 @@ func TestFollowAfterCutover(t *testing.T) {
 	if _, err := f.st.CreateAccount(ctx, imapUser, password, store.StateCapturing); err != nil {
 		t.Fatal(err)
 	}
-	select {
-	case <-f.sched.Submit(imapUser, password, true):
-	case <-time.After(60 * time.Second):
-		t.Fatal("the capture did not finish")
-	}
+	f.waitCaptured(t, imapUser, password)
 	cut := &Cutover{Store: f.st, Engine: f.sched.Engine, IMAP: f.front}
 	if err := cut.Run(ctx, imapUser, password); err != nil {
 		t.Fatal(err)

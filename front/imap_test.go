@@ -173,7 +173,7 @@ func TestIMAPFrontAcrossCapture(t *testing.T) {
 	f := startIMAPFront(t, nil)
 	ctx := context.Background()
 	dir := t.TempDir()
-	mbsync := mbsyncConfig(t, dir, f.addr)
+	mbsync := legacytest.MbsyncConfig(t, dir, f.addr, imapUser, password)
 	if out, err := exec.Command("mbsync", "-c", mbsync, "-a").CombinedOutput(); err != nil {
 		t.Fatalf("mbsync through the front end (legacy route): %v\n%s", err, out)
 	}
@@ -185,11 +185,7 @@ func TestIMAPFrontAcrossCapture(t *testing.T) {
 	if err != nil || acct.State != store.StateCapturing {
 		t.Fatalf("account after the first login: %+v %v", acct, err)
 	}
-	select {
-	case <-f.sched.Submit(imapUser, password, true):
-	case <-time.After(60 * time.Second):
-		t.Fatal("the capture did not finish")
-	}
+	f.waitCaptured(t, imapUser, password)
 	// The cut-over's end, by hand here.
 	f.st.Transition(ctx, imapUser, store.StateCapturing, store.StateCutover)
 	f.st.Transition(ctx, imapUser, store.StateCutover, store.StateCaptured)
@@ -225,39 +221,6 @@ func TestIMAPFrontAcrossCapture(t *testing.T) {
 	}
 }
 
-func mbsyncConfig(t *testing.T, dir, addr string) string {
-	t.Helper()
-	host, port, _ := net.SplitHostPort(addr)
-	os.MkdirAll(filepath.Join(dir, "mail"), 0o700)
-	conf := fmt.Sprintf(`IMAPAccount front
-Host %s
-Port %s
-User %s
-Pass "%s"
-SSLType None
-AuthMechs LOGIN
-
-IMAPStore front
-Account front
-
-MaildirStore local
-Path %s/mail/
-Inbox %s/mail/INBOX
-SubFolders Verbatim
-
-Channel pull
-Far :front:
-Near :local:
-Patterns *
-Create Near
-Sync Pull
-SyncState *
-`, host, port, imapUser, password, dir, dir)
-	path := filepath.Join(dir, "mbsyncrc")
-	os.WriteFile(path, []byte(conf), 0o600)
-	return path
-}
-
 // maildirFiles lists the message files of a Maildir tree.
 func maildirFiles(t *testing.T, root string) []string {
 	t.Helper()
@@ -283,8 +246,9 @@ func summary(f *legacytest.SnapshotFolder) string {
 // TestIMAPFrontSTARTTLS: an untrusted peer sees LOGINDISABLED until
 // STARTTLS, then logs in over TLS.
 func TestIMAPFrontSTARTTLS(t *testing.T) {
-	serverTLS, clientTLS := selfSignedPair(t)
+	serverTLS, clientTLS := legacytest.SelfSignedTLS(t)
 	f := startIMAPFront(t, func(net.Addr) bool { return false }, func(fr *IMAPFront) { fr.TLSConfig = serverTLS })
+	clientTLS.ServerName = ""
 	c, err := imapclient.DialStartTLS(f.addr, &imapclient.Options{TLSConfig: clientTLS})
 	if err != nil {
 		t.Fatal(err)
@@ -298,5 +262,19 @@ func TestIMAPFrontSTARTTLS(t *testing.T) {
 	}
 	if sel, err := c.Select("INBOX", nil).Wait(); err != nil || sel.NumMessages != 24 {
 		t.Fatalf("SELECT over STARTTLS: %+v %v", sel, err)
+	}
+}
+
+// waitCaptured waits for the account's capture job (joining it) to end
+// converged and verified.
+func (f *imapFixture) waitCaptured(t *testing.T, account, pass string) {
+	t.Helper()
+	select {
+	case <-f.sched.Submit(account, pass, true):
+	case <-time.After(60 * time.Second):
+		t.Fatal("the capture did not finish")
+	}
+	if st, _ := f.sched.Status(account); st.State != capture.JobReady {
+		t.Fatalf("capture job %+v", st)
 	}
 }

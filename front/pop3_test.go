@@ -7,7 +7,6 @@ import (
 	"net"
 	"os"
 	"os/exec"
-	"path/filepath"
 	"testing"
 	"time"
 
@@ -78,31 +77,7 @@ func startPOP3Front(t *testing.T) *pop3Fixture {
 func TestPOP3FrontFetchmailAcrossCapture(t *testing.T) {
 	f := startPOP3Front(t)
 	ctx := context.Background()
-	host, port, _ := net.SplitHostPort(f.addr)
-	dir := t.TempDir()
-	out := filepath.Join(dir, "out")
-	os.Mkdir(out, 0o700)
-	rc := filepath.Join(dir, "fetchmailrc")
-	os.WriteFile(rc, []byte(fmt.Sprintf(`set no bouncemail
-poll %s service %s protocol pop3 uidl auth password bad-header accept
-  user %q there with password %q is root here
-  options keep no sslcertck
-  mda "/bin/sh -c 'cat > %s/msg.$$'"
-`, host, port, user, password, out)), 0o600)
-	fetch := func() int {
-		cmd := exec.Command("fetchmail", "-f", rc, "-i", filepath.Join(dir, "ids"), "--pidfile", filepath.Join(dir, "pid"), "--nodetach")
-		cmd.Env = append(os.Environ(), "HOME="+dir, "FETCHMAILHOME="+dir)
-		b, err := cmd.CombinedOutput()
-		var ee *exec.ExitError
-		if errors.As(err, &ee) {
-			t.Logf("fetchmail exit %d: %s", ee.ExitCode(), b)
-			return ee.ExitCode()
-		}
-		if err != nil {
-			t.Fatal(err)
-		}
-		return 0
-	}
+	fetch, out := legacytest.Fetchmail(t, f.addr, user, password)
 	if code := fetch(); code != 0 {
 		t.Fatalf("first run through the front end: exit %d", code)
 	}

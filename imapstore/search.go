@@ -118,40 +118,42 @@ func day(t time.Time) time.Time {
 
 // filterSent keeps the messages whose Date header is within the bounds.
 func (s *Session) filterSent(ctx context.Context, uids []uint32, bounds []sentBounds) ([]uint32, error) {
-	var ranges []store.UIDRange
-	for _, u := range uids {
-		ranges = append(ranges, store.UIDRange{Start: u, Stop: u})
+	ts := make([]target, len(uids))
+	for i, u := range uids {
+		ts[i] = target{uid: u}
+	}
+	msgs, err := s.messagesOf(ts)
+	if err != nil {
+		return nil, err
 	}
 	var kept []uint32
-	for len(ranges) > 0 {
-		n := min(len(ranges), 400)
-		msgs, err := s.b.Store.Messages(ctx, s.sel.mbox.ID, ranges[:n])
+	for _, u := range uids {
+		m, ok := msgs[u]
+		if !ok {
+			continue
+		}
+		info, err := s.b.Store.Structure(ctx, m.ID)
 		if err != nil {
 			return nil, err
 		}
-		for _, m := range msgs {
-			info, err := s.b.Store.Structure(ctx, m.ID)
-			if err != nil {
-				return nil, err
-			}
-			d, err := mail.ParseDate(info.Envelope.Date)
-			if err != nil {
-				continue
-			}
-			ok := true
-			for _, b := range bounds {
-				if !b.since.IsZero() && day(d).Before(day(b.since)) {
-					ok = false
-				}
-				if !b.before.IsZero() && !day(d).Before(day(b.before)) {
-					ok = false
-				}
-			}
-			if ok {
-				kept = append(kept, m.UID)
-			}
+		d, err := mail.ParseDate(info.Envelope.Date)
+		if err != nil || !withinDays(d, bounds) {
+			continue
 		}
-		ranges = ranges[n:]
+		kept = append(kept, m.UID)
 	}
 	return kept, nil
+}
+
+// withinDays checks a Date header against SENTSINCE/SENTBEFORE (days).
+func withinDays(d time.Time, bounds []sentBounds) bool {
+	for _, b := range bounds {
+		if !b.since.IsZero() && day(d).Before(day(b.since)) {
+			return false
+		}
+		if !b.before.IsZero() && !day(d).Before(day(b.before)) {
+			return false
+		}
+	}
+	return true
 }

@@ -4,25 +4,19 @@ import (
 	"bufio"
 	"bytes"
 	"context"
-	"crypto/ecdsa"
-	"crypto/elliptic"
-	"crypto/rand"
 	"crypto/sha256"
 	"crypto/tls"
-	"crypto/x509"
-	"crypto/x509/pkix"
 	"errors"
 	"fmt"
 	"io"
-	"math/big"
 	"net"
 	"os"
 	"os/exec"
-	"path/filepath"
 	"strings"
 	"testing"
 	"time"
 
+	"mailcapture/legacytest"
 	"mailcapture/pop3"
 	"mailcapture/store"
 )
@@ -287,44 +281,18 @@ func sumSizes() int64 {
 // TestFetchmailKeepMode: fetchmail leaving mail on the server fetches
 // every message once, then nothing on its next run (UIDLs are stable).
 func TestFetchmailKeepMode(t *testing.T) {
-	if _, err := exec.LookPath("fetchmail"); err != nil {
-		t.Fatalf("fetchmail is not installed (make test installs it): %v", err)
-	}
 	f := start(t)
-	host, port, _ := net.SplitHostPort(f.addr)
-	dir := t.TempDir()
-	out := filepath.Join(dir, "out")
-	os.Mkdir(out, 0o700)
-	rc := filepath.Join(dir, "fetchmailrc")
-	os.WriteFile(rc, []byte(fmt.Sprintf(`set no bouncemail
-poll %s service %s protocol pop3 uidl auth password
-  user %q there with password %q is root here
-  options keep no sslcertck
-  mda "/bin/sh -c 'cat > %s/msg.$$'"
-`, host, port, user, password, out)), 0o600)
-	run := func() (int, string) {
-		cmd := exec.Command("fetchmail", "-f", rc, "-i", filepath.Join(dir, "ids"), "--pidfile", filepath.Join(dir, "pid"), "--nodetach")
-		cmd.Env = append(os.Environ(), "HOME="+dir, "FETCHMAILHOME="+dir)
-		b, err := cmd.CombinedOutput()
-		var ee *exec.ExitError
-		if errors.As(err, &ee) {
-			return ee.ExitCode(), string(b)
-		}
-		if err != nil {
-			t.Fatalf("fetchmail: %v\n%s", err, b)
-		}
-		return 0, string(b)
-	}
-	if code, log := run(); code != 0 {
-		t.Fatalf("first fetchmail run: exit %d\n%s", code, log)
+	fetch, out := legacytest.Fetchmail(t, f.addr, user, password)
+	if code := fetch(); code != 0 {
+		t.Fatalf("first fetchmail run: exit %d", code)
 	}
 	files, _ := os.ReadDir(out)
 	if len(files) != len(messages) {
 		t.Fatalf("fetchmail delivered %d messages, want %d", len(files), len(messages))
 	}
 	// fetchmail exits 1 for "no new mail".
-	if code, log := run(); code != 1 {
-		t.Fatalf("second fetchmail run: exit %d, want 1 (no mail)\n%s", code, log)
+	if code := fetch(); code != 1 {
+		t.Fatalf("second fetchmail run: exit %d, want 1 (no mail)", code)
 	}
 	if files, _ := os.ReadDir(out); len(files) != len(messages) {
 		t.Fatalf("second run fetched again: %d files", len(files))
@@ -346,7 +314,7 @@ func truncate(b []byte) []byte {
 // (checked through InsecureAuthAllowed); implicit TLS works too.
 func TestSTLSAndImplicitTLS(t *testing.T) {
 	f := start(t)
-	serverTLS, clientTLS := selfSigned(t)
+	serverTLS, clientTLS := legacytest.SelfSignedTLS(t)
 	for _, mode := range []string{"starttls", "implicit"} {
 		t.Run(mode, func(t *testing.T) {
 			ln, err := net.Listen("tcp", "127.0.0.1:0")
@@ -393,24 +361,4 @@ func TestSTLSAndImplicitTLS(t *testing.T) {
 			c.Quit()
 		})
 	}
-}
-
-func selfSigned(t *testing.T) (server, client *tls.Config) {
-	t.Helper()
-	priv, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		t.Fatal(err)
-	}
-	tmpl := x509.Certificate{SerialNumber: big.NewInt(1), Subject: pkix.Name{CommonName: "mx.example.org"},
-		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(time.Hour), DNSNames: []string{"mx.example.org"}}
-	der, err := x509.CreateCertificate(rand.Reader, &tmpl, &tmpl, &priv.PublicKey, priv)
-	if err != nil {
-		t.Fatal(err)
-	}
-	cert, _ := x509.ParseCertificate(der)
-	pool := x509.NewCertPool()
-	pool.AddCert(cert)
-	server = &tls.Config{Certificates: []tls.Certificate{{Certificate: [][]byte{der}, PrivateKey: priv}}, MinVersion: tls.VersionTLS12}
-	client = &tls.Config{RootCAs: pool, ServerName: "mx.example.org", MinVersion: tls.VersionTLS12}
-	return server, client
 }
