@@ -119,7 +119,7 @@ func TestCutoverWaitsForCommandBoundary(t *testing.T) {
 func TestFollowAfterCutover(t *testing.T) {
 	followed := make(chan error, 4)
 	var f *imapFixture
-	f = startIMAPFront(t, nil, func(fr *IMAPFront) {
+	f = startIMAPFront(t, nil, func(fr *IMAPFront, _ *legacytest.Dovecot) {
 		fr.Router.Follow = func(ctx context.Context, account, password string) {
 			_, err := f.sched.Engine.Follow(ctx, account, password)
 			followed <- err

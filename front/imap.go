@@ -356,6 +356,12 @@ func (s *session) login(tag, user, pass string) (done, handedOver bool) {
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
 	log := s.log.With("account", user)
+	remote := s.conn.RemoteAddr()
+	if !s.f.Router.allow(remote, user) {
+		log.Warn("imap login refused: too many failed logins")
+		s.write("%s NO [UNAVAILABLE] too many failed logins, try again later", tag)
+		return false, false
+	}
 	route, err := s.f.Router.Route(ctx, user)
 	if err != nil {
 		log.Error("route login", "err", err)
@@ -365,6 +371,7 @@ func (s *session) login(tag, user, pass string) (done, handedOver bool) {
 	if route == RouteLocal {
 		acct, ok := s.checkLocal(ctx, user, pass)
 		if !ok {
+			s.f.Router.failed(remote, user)
 			s.write("%s NO [AUTHENTICATIONFAILED] authentication failed", tag)
 			return false, false
 		}
@@ -376,6 +383,7 @@ func (s *session) login(tag, user, pass string) (done, handedOver bool) {
 	}
 	legacy, text, err := loginLegacy(ctx, s.f.Legacy, user, pass)
 	if errors.Is(err, capture.ErrBadCredentials) {
+		s.f.Router.failed(remote, user)
 		log.Info("imap login refused by the legacy server")
 		s.write("%s NO [AUTHENTICATIONFAILED] authentication failed", tag)
 		return false, false

@@ -33,7 +33,7 @@ type imapFixture struct {
 	front *IMAPFront
 }
 
-func startIMAPFront(t *testing.T, trusted func(net.Addr) bool, configure ...func(*IMAPFront)) *imapFixture {
+func startIMAPFront(t *testing.T, trusted func(net.Addr) bool, configure ...func(*IMAPFront, *legacytest.Dovecot)) *imapFixture {
 	t.Helper()
 	d := legacytest.Start(t, legacytest.Options{Separator: ".", Prefix: "INBOX."})
 	d.AddUser(t, imapUser, password)
@@ -58,7 +58,7 @@ func startIMAPFront(t *testing.T, trusted func(net.Addr) bool, configure ...func
 	}()
 	front := &IMAPFront{Router: &Router{Store: st, Scheduler: sched}, Local: imapstore.NewBackend(st, nil), Legacy: imapEP, Trusted: trusted}
 	for _, c := range configure {
-		c(front)
+		c(front, d)
 	}
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
@@ -247,7 +247,7 @@ func summary(f *legacytest.SnapshotFolder) string {
 // STARTTLS, then logs in over TLS.
 func TestIMAPFrontSTARTTLS(t *testing.T) {
 	serverTLS, clientTLS := legacytest.SelfSignedTLS(t)
-	f := startIMAPFront(t, func(net.Addr) bool { return false }, func(fr *IMAPFront) { fr.TLSConfig = serverTLS })
+	f := startIMAPFront(t, func(net.Addr) bool { return false }, func(fr *IMAPFront, _ *legacytest.Dovecot) { fr.TLSConfig = serverTLS })
 	clientTLS.ServerName = ""
 	c, err := imapclient.DialStartTLS(f.addr, &imapclient.Options{TLSConfig: clientTLS})
 	if err != nil {

@@ -77,14 +77,20 @@ func (b *POP3Backend) track(account string, d *legacyMaildrop) {
 
 // Login implements pop3.Backend.
 func (b *POP3Backend) Login(ctx context.Context, user, password string, remote net.Addr) (pop3.Maildrop, error) {
+	if !b.Router.allow(remote, user) {
+		return nil, errTooManyFailures
+	}
 	route, err := b.Router.Route(ctx, user)
 	if err != nil {
 		return nil, err
 	}
 	if route == RouteLocal {
 		drop, err := b.Local.Login(ctx, user, password, remote)
-		if err == nil {
+		switch {
+		case err == nil:
 			b.Router.LocalLoginOK(user, password)
+		case errors.Is(err, pop3.ErrAuthFailed):
+			b.Router.failed(remote, user)
 		}
 		return drop, err
 	}
@@ -101,6 +107,7 @@ func (b *POP3Backend) Login(ctx context.Context, user, password string, remote n
 		case errors.As(err, &perr) && perr.Code == "IN-USE":
 			return nil, pop3.ErrInUse
 		case errors.As(err, &perr) && perr.Code != "SYS/TEMP" && perr.Code != "LOGIN-DELAY":
+			b.Router.failed(remote, user)
 			return nil, pop3.ErrAuthFailed
 		}
 		return nil, fmt.Errorf("legacy pop3 login: %w", err)
@@ -114,6 +121,10 @@ func (b *POP3Backend) Login(ctx context.Context, user, password string, remote n
 	b.Router.LegacyLoginOK(ctx, user, password)
 	return drop, nil
 }
+
+// errTooManyFailures: the limiter refused the attempt (answered as a
+// temporary failure).
+var errTooManyFailures = errors.New("too many failed logins, try again later")
 
 // legacyMaildrop is a maildrop on the legacy server. Deletions are sent
 // only at the client's QUIT, so a session that is cut (at cut-over, or by

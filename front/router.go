@@ -9,6 +9,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"net"
 	"strings"
 	"sync"
 	"time"
@@ -46,6 +47,9 @@ type Router struct {
 	// CutoverWait bounds how long a login waits for an account in cut-over
 	// (a few seconds). Default 10s.
 	CutoverWait time.Duration
+	// Limiter, if set, refuses logins after too many failures, before
+	// anything is checked.
+	Limiter *LoginLimiter
 	// Follow, if set, runs after a local login of a captured account, in
 	// the background, one at a time per account: a follow sync of mail
 	// that still reached the legacy server. Nil once the legacy server is
@@ -55,6 +59,18 @@ type Router struct {
 
 	followMu  sync.Mutex
 	following map[string]bool
+}
+
+// allow reports whether a login may be tried now.
+func (r *Router) allow(addr net.Addr, account string) bool {
+	return r.Limiter == nil || r.Limiter.Allow(addr, account)
+}
+
+// failed records a failed login.
+func (r *Router) failed(addr net.Addr, account string) {
+	if r.Limiter != nil {
+		r.Limiter.Failed(addr, account)
+	}
 }
 
 // LocalLoginOK starts a follow sync for the account unless one runs.

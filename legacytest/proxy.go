@@ -15,9 +15,11 @@ type Proxy struct {
 	target string
 	ln     net.Listener
 	down   atomic.Bool
-	mu     sync.Mutex
-	conns  map[net.Conn]bool
-	wg     sync.WaitGroup
+	// accepted counts connections forwarded to the target.
+	accepted atomic.Int64
+	mu       sync.Mutex
+	conns    map[net.Conn]bool
+	wg       sync.WaitGroup
 }
 
 // StartProxy forwards a loopback port to target until the test ends.
@@ -47,6 +49,9 @@ func (p *Proxy) SetDown(down bool) {
 	}
 }
 
+// Accepted returns how many connections reached the target.
+func (p *Proxy) Accepted() int { return int(p.accepted.Load()) }
+
 // Close stops the proxy and every connection through it.
 func (p *Proxy) Close() {
 	p.ln.Close()
@@ -70,6 +75,7 @@ func (p *Proxy) serve() {
 			c.Close()
 			continue
 		}
+		p.accepted.Add(1)
 		p.track(c, up)
 		p.wg.Add(2)
 		go p.pipe(c, up)

@@ -95,7 +95,7 @@ func (s *server) start(schedCtx context.Context, schedDone chan struct{}) error 
 	engine := capture.NewEngine(s.st, cfg, log)
 	engine.Observer = m.Capture
 	s.sched = capture.NewScheduler(engine, cfg, log)
-	router := &front.Router{Store: s.st, Mode: cfg.Mode, Log: log}
+	router := &front.Router{Store: s.st, Mode: cfg.Mode, Log: log, Limiter: &front.LoginLimiter{}}
 	if cfg.Mode != "shadow" {
 		router.Scheduler = s.sched
 	}
