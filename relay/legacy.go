@@ -1,0 +1,167 @@
+package relay
+
+import (
+	"context"
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"time"
+
+	"github.com/emersion/go-smtp"
+)
+
+// Legacy is the legacy server's mail intake, reached over SMTP or LMTP.
+type Legacy struct {
+	Address   string
+	TLS       string // none, starttls, implicit
+	TLSConfig *tls.Config
+	// Protocol is "smtp" or "lmtp".
+	Protocol string
+	Timeout  time.Duration
+	// Hostname is sent in EHLO/LHLO.
+	Hostname string
+}
+
+func (l Legacy) timeout() time.Duration {
+	if l.Timeout <= 0 {
+		return time.Minute
+	}
+	return l.Timeout
+}
+
+func (l Legacy) dial(ctx context.Context) (*smtp.Client, error) {
+	d := net.Dialer{Timeout: l.timeout()}
+	conn, err := d.DialContext(ctx, "tcp", l.Address)
+	if err != nil {
+		return nil, err
+	}
+	conn.SetDeadline(time.Now().Add(l.timeout()))
+	if l.TLS == "implicit" {
+		conn = tls.Client(conn, l.TLSConfig)
+	}
+	var c *smtp.Client
+	switch {
+	case l.Protocol == "lmtp":
+		c = smtp.NewClientLMTP(conn)
+	case l.TLS == "starttls":
+		if c, err = smtp.NewClientStartTLS(conn, l.TLSConfig); err != nil {
+			conn.Close()
+			return nil, err
+		}
+	default:
+		c = smtp.NewClient(conn)
+	}
+	host := l.Hostname
+	if host == "" {
+		host = "localhost"
+	}
+	if err := c.Hello(host); err != nil {
+		c.Close()
+		return nil, err
+	}
+	return c, nil
+}
+
+// CheckRecipient asks the legacy server whether it takes mail for rcpt.
+// A refusal is the server's *smtp.SMTPError (passed on to the sender at
+// RCPT time); any other error means the server could not be asked.
+func (l Legacy) CheckRecipient(ctx context.Context, rcpt string) error {
+	c, err := l.dial(ctx)
+	if err != nil {
+		return fmt.Errorf("legacy smtp %s: %w", l.Address, err)
+	}
+	defer c.Close()
+	if err := c.Mail("", nil); err != nil {
+		return fmt.Errorf("legacy smtp MAIL: %w", err)
+	}
+	err = c.Rcpt(rcpt, nil)
+	c.Reset()
+	c.Quit()
+	var se *smtp.SMTPError
+	if errors.As(err, &se) && se.Code >= 500 {
+		return se
+	}
+	if err != nil {
+		return fmt.Errorf("legacy smtp RCPT: %w", err)
+	}
+	return nil
+}
+
+// Delivery is the outcome of one relay attempt.
+type Delivery struct {
+	// Refused holds recipients the legacy server refused for good.
+	Refused map[string]*smtp.SMTPError
+	// Retry holds recipients to try again later.
+	Retry []string
+	// Err is the reason for Retry.
+	Err error
+}
+
+// Deliver relays one message to the legacy server.
+func (l Legacy) Deliver(ctx context.Context, from string, to []string, body io.Reader) Delivery {
+	res := Delivery{Refused: map[string]*smtp.SMTPError{}}
+	c, err := l.dial(ctx)
+	if err != nil {
+		return Delivery{Retry: to, Err: err}
+	}
+	defer c.Close()
+	if err := c.Mail(from, nil); err != nil {
+		return Delivery{Retry: to, Err: err}
+	}
+	var accepted []string
+	for _, rcpt := range to {
+		err := c.Rcpt(rcpt, nil)
+		var se *smtp.SMTPError
+		switch {
+		case err == nil:
+			accepted = append(accepted, rcpt)
+		case errors.As(err, &se) && se.Code >= 500:
+			res.Refused[rcpt] = se
+		default:
+			res.Retry = append(res.Retry, rcpt)
+			res.Err = err
+		}
+	}
+	if len(accepted) == 0 {
+		return res
+	}
+	w, err := c.Data()
+	if err != nil {
+		return Delivery{Refused: res.Refused, Retry: append(res.Retry, accepted...), Err: err}
+	}
+	if _, err := io.Copy(w, body); err != nil {
+		return Delivery{Refused: res.Refused, Retry: append(res.Retry, accepted...), Err: err}
+	}
+	if l.Protocol == "lmtp" {
+		_, err = w.CloseWithLMTPResponse()
+		var lerr smtp.LMTPDataError
+		if errors.As(err, &lerr) {
+			for rcpt, se := range lerr {
+				if se.Code >= 500 {
+					res.Refused[rcpt] = se
+				} else {
+					res.Retry = append(res.Retry, rcpt)
+					res.Err = se
+				}
+			}
+			err = nil
+		}
+	} else {
+		err = w.Close()
+	}
+	if err != nil {
+		var se *smtp.SMTPError
+		if errors.As(err, &se) && se.Code >= 500 {
+			for _, rcpt := range accepted {
+				res.Refused[rcpt] = se
+			}
+		} else {
+			res.Retry, res.Err = append(res.Retry, accepted...), err
+		}
+		return res
+	}
+	c.Quit()
+	return res
+}

@@ -1,0 +1,162 @@
+package relay
+
+import (
+	"context"
+	"fmt"
+	"net"
+	"os/exec"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/emersion/go-smtp"
+
+	"mailcapture/legacytest"
+	"mailcapture/store"
+)
+
+type fixture struct {
+	d     *legacytest.Dovecot
+	st    *store.Store
+	addr  string
+	queue *Queue
+}
+
+// start runs the SMTP front end before a Dovecot (LMTP) with three users:
+// legacy@ is not captured, local@ is captured, moving@ is in cut-over.
+func start(t *testing.T) *fixture {
+	t.Helper()
+	ctx := context.Background()
+	d := legacytest.Start(t, legacytest.Options{})
+	for _, u := range []string{"legacy", "local", "moving"} {
+		d.AddUser(t, u+"@example.org", "pw")
+	}
+	st, err := store.Open(ctx, t.TempDir(), store.Options{Hash: store.HashParams{Time: 1, MemoryKiB: 8192, Threads: 1}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { st.Close() })
+	for _, u := range []string{"local", "moving"} {
+		a, _ := st.CreateAccount(ctx, u+"@example.org", "pw", store.StateCapturing)
+		st.CreateMailbox(ctx, a.ID, store.MailboxSpec{Name: "INBOX"})
+		st.Transition(ctx, a.Name, store.StateCapturing, store.StateCutover)
+	}
+	st.Transition(ctx, "local@example.org", store.StateCutover, store.StateCaptured)
+	legacy := Legacy{Address: d.LMTPAddr, Protocol: "lmtp", Hostname: "mx.example.org", Timeout: 10 * time.Second}
+	srv := smtp.NewServer(&Backend{Store: st, Domains: []string{"example.org"}, Legacy: legacy, Hostname: "mx.example.org"})
+	srv.Domain = "mx.example.org"
+	srv.ReadTimeout, srv.WriteTimeout = time.Minute, time.Minute
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	go srv.Serve(ln)
+	t.Cleanup(func() { srv.Close() })
+	return &fixture{d: d, st: st, addr: ln.Addr().String(), queue: &Queue{Store: st, Legacy: legacy}}
+}
+
+// smtplib sends with Python's smtplib and prints each answer.
+func (f *fixture) smtplib(t *testing.T, script string) string {
+	t.Helper()
+	host, port, _ := net.SplitHostPort(f.addr)
+	full := fmt.Sprintf(`
+import smtplib
+s = smtplib.SMTP(%q, %s, timeout=30)
+s.ehlo("sender.example.net")
+def rcpt(addr):
+    code, msg = s.rcpt(addr)
+    print("RCPT", addr, code)
+def send(to, msgid):
+    s.mail("a@example.net")
+    for t in to:
+        rcpt(t)
+    code, msg = s.data("Message-ID: <%%s>\r\nSubject: hi\r\n\r\nhello\r\n" %% msgid)
+    print("DATA", code)
+%s
+s.quit()
+`, host, port, script)
+	out, err := exec.Command("python3", "-c", full).CombinedOutput()
+	if err != nil {
+		t.Fatalf("smtplib: %v\n%s", err, out)
+	}
+	return string(out)
+}
+
+func TestRoutingAtRcptTime(t *testing.T) {
+	f := start(t)
+	out := f.smtplib(t, `
+s.mail("a@example.net")
+rcpt("someone@elsewhere.example")
+rcpt("nobody@example.org")
+rcpt("local@example.org")
+rcpt("legacy@example.org")
+s.rset()
+`)
+	want := "RCPT someone@elsewhere.example 554\nRCPT nobody@example.org 550\nRCPT local@example.org 250\nRCPT legacy@example.org 452\n"
+	if out != want {
+		t.Fatalf("smtplib said:\n%s\nwant:\n%s", out, want)
+	}
+}
+
+// TestWhereMailLands: each message lands where its recipient's state says,
+// checked by reading the legacy and the local mailboxes.
+func TestWhereMailLands(t *testing.T) {
+	f := start(t)
+	ctx := context.Background()
+	out := f.smtplib(t, `
+send(["legacy@example.org"], "m1@example.net")
+send(["local@example.org"], "m2@example.net")
+send(["moving@example.org"], "m3@example.net")
+`)
+	if out != "RCPT legacy@example.org 250\nDATA 250\nRCPT local@example.org 250\nDATA 250\nRCPT moving@example.org 250\nDATA 250\n" {
+		t.Fatalf("smtplib said:\n%s", out)
+	}
+	// Local: in the store at once.
+	local, _ := f.st.Account(ctx, "local@example.org")
+	inbox, _ := f.st.MailboxByName(ctx, local.ID, "INBOX")
+	msgs, _ := f.st.Messages(ctx, inbox.ID, store.AllUIDs)
+	if len(msgs) != 1 || msgs[0].MessageID != "<m2@example.net>" {
+		t.Fatalf("local delivery: %+v", msgs)
+	}
+	body, _ := f.st.ReadBody(msgs[0].ID)
+	if !strings.HasPrefix(string(body), "Received: from sender.example.net") {
+		t.Fatalf("no Received header: %.80q", body)
+	}
+	// Legacy: spooled, then relayed by the queue.
+	if n, _, _ := f.st.SpoolStats(ctx); n != 2 {
+		t.Fatalf("spool holds %d messages, want 2 (one to relay, one held)", n)
+	}
+	f.queue.pass(ctx)
+	snap := f.d.Snapshot(t, "legacy@example.org", "pw")
+	if len(snap["INBOX"].Messages) != 1 || !strings.Contains(string(snap["INBOX"].Messages[0].Body), "Message-ID: <m1@example.net>") {
+		t.Fatalf("legacy INBOX after the relay: %d messages", len(snap["INBOX"].Messages))
+	}
+	// Held: delivered when the cut-over ends.
+	moving, _ := f.st.Account(ctx, "moving@example.org")
+	if n, err := ReleaseHeld(ctx, f.st, moving.ID); err != nil || n != 1 {
+		t.Fatalf("release held: %d %v", n, err)
+	}
+	if n, _, _ := f.st.SpoolStats(ctx); n != 0 {
+		t.Fatalf("spool not empty after relay and release: %d", n)
+	}
+	// Nothing reached the legacy server twice.
+	f.queue.pass(ctx)
+	if snap := f.d.Snapshot(t, "legacy@example.org", "pw"); len(snap["INBOX"].Messages) != 1 {
+		t.Fatalf("legacy INBOX has %d messages after a second pass", len(snap["INBOX"].Messages))
+	}
+}
+
+// TestLegacyDownGivesTemporaryError: with the legacy server unreachable,
+// an unknown recipient gets 451 4.4.1, never a 5xx.
+func TestLegacyDownGivesTemporaryError(t *testing.T) {
+	f := start(t)
+	f.d.Stop()
+	out := f.smtplib(t, `
+s.mail("a@example.net")
+rcpt("legacy@example.org")
+s.rset()
+`)
+	if out != "RCPT legacy@example.org 451\n" {
+		t.Fatalf("smtplib said:\n%s", out)
+	}
+}

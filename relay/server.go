@@ -1,0 +1,276 @@
+package relay
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/emersion/go-smtp"
+
+	"mailcapture/store"
+)
+
+// route is where one transaction's mail goes.
+type route int
+
+const (
+	routeLegacy route = iota + 1 // spooled, relayed to the legacy server
+	routeLocal                   // delivered into the store
+	routeHold                    // held in the spool during a cut-over
+)
+
+// Backend is the SMTP front end (the domain's new MX). It implements
+// smtp.Backend.
+type Backend struct {
+	Store   *store.Store
+	Domains []string
+	Legacy  Legacy
+	// Hostname goes into Received headers.
+	Hostname string
+	Log      *slog.Logger
+
+	cacheMu sync.Mutex
+	cache   map[string]cachedCheck
+}
+
+// cachedCheck is a recent answer of the legacy recipient check: positive
+// answers are kept 5 minutes, refusals 1 minute, so a dictionary attack
+// does not become a flood against the legacy server.
+type cachedCheck struct {
+	err     error
+	expires time.Time
+}
+
+func (b *Backend) log() *slog.Logger {
+	if b.Log == nil {
+		return slog.New(slog.DiscardHandler)
+	}
+	return b.Log
+}
+
+// NewSession implements smtp.Backend.
+func (b *Backend) NewSession(c *smtp.Conn) (smtp.Session, error) {
+	return &session{b: b, helo: c.Hostname(), remote: c.Conn().RemoteAddr()}, nil
+}
+
+type recipient struct {
+	addr    string
+	account store.Account // for local and held mail
+}
+
+type session struct {
+	b      *Backend
+	helo   string
+	remote net.Addr
+	from   string
+	route  route
+	rcpts  []recipient
+}
+
+func (s *session) Reset() {
+	s.from, s.route, s.rcpts = "", 0, nil
+}
+
+func (s *session) Logout() error { return nil }
+
+func (s *session) Mail(from string, _ *smtp.MailOptions) error {
+	s.Reset()
+	s.from = from
+	return nil
+}
+
+var (
+	errNotHosted = &smtp.SMTPError{Code: 554, EnhancedCode: smtp.EnhancedCode{5, 7, 1}, Message: "relay access denied: not a domain of this server"}
+	errMixed     = &smtp.SMTPError{Code: 452, EnhancedCode: smtp.EnhancedCode{4, 5, 3}, Message: "too many recipients this time: send the others in a new transaction"}
+	errLegacyOff = &smtp.SMTPError{Code: 451, EnhancedCode: smtp.EnhancedCode{4, 4, 1}, Message: "the mailbox server is not reachable, try again later"}
+	errTemporary = &smtp.SMTPError{Code: 451, EnhancedCode: smtp.EnhancedCode{4, 3, 0}, Message: "temporary local problem, try again later"}
+)
+
+// Rcpt routes the recipient at once: not hosted (554), captured (local),
+// in cut-over (held), otherwise checked live at the legacy server, whose
+// refusal is passed back now (no backscatter later). Recipients of
+// different routes go in separate transactions.
+func (s *session) Rcpt(to string, _ *smtp.RcptOptions) error {
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	_, domain, ok := strings.Cut(to, "@")
+	if !ok || !s.b.hosted(domain) {
+		return errNotHosted
+	}
+	r := recipient{addr: to}
+	rt := routeLegacy
+	acct, err := s.b.Store.Account(ctx, to)
+	switch {
+	case err == nil && acct.State == store.StateCaptured:
+		rt, r.account = routeLocal, acct
+	case err == nil && acct.State == store.StateCutover:
+		rt, r.account = routeHold, acct
+	case err != nil && !errors.Is(err, store.ErrNotFound):
+		s.b.log().Error("smtp: read account", "rcpt", to, "err", err)
+		return errTemporary
+	}
+	if s.route != 0 && s.route != rt {
+		return errMixed
+	}
+	if rt == routeLegacy {
+		if err := s.b.checkLegacy(ctx, to); err != nil {
+			return err
+		}
+	}
+	s.route = rt
+	s.rcpts = append(s.rcpts, r)
+	return nil
+}
+
+func (b *Backend) hosted(domain string) bool {
+	for _, d := range b.Domains {
+		if strings.EqualFold(d, domain) {
+			return true
+		}
+	}
+	return false
+}
+
+func (b *Backend) checkLegacy(ctx context.Context, rcpt string) error {
+	key := strings.ToLower(rcpt)
+	b.cacheMu.Lock()
+	if c, ok := b.cache[key]; ok && time.Now().Before(c.expires) {
+		b.cacheMu.Unlock()
+		return c.err
+	}
+	b.cacheMu.Unlock()
+	err := b.Legacy.CheckRecipient(ctx, rcpt)
+	var se *smtp.SMTPError
+	switch {
+	case err == nil:
+		b.remember(key, nil, 5*time.Minute)
+		return nil
+	case errors.As(err, &se):
+		b.remember(key, se, time.Minute)
+		return se
+	}
+	b.log().Warn("smtp: legacy recipient check failed", "rcpt", rcpt, "err", err)
+	return errLegacyOff
+}
+
+func (b *Backend) remember(key string, err error, ttl time.Duration) {
+	b.cacheMu.Lock()
+	defer b.cacheMu.Unlock()
+	if b.cache == nil || len(b.cache) > 100000 {
+		b.cache = map[string]cachedCheck{}
+	}
+	b.cache[key] = cachedCheck{err: err, expires: time.Now().Add(ttl)}
+}
+
+// Data stores the message durably (the store, or the spool) before the
+// 250 goes out. Any failure is a 4xx: the sender keeps the message.
+func (s *session) Data(r io.Reader) error {
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Minute)
+	defer cancel()
+	if len(s.rcpts) == 0 {
+		return &smtp.SMTPError{Code: 554, EnhancedCode: smtp.EnhancedCode{5, 5, 1}, Message: "no valid recipients"}
+	}
+	body := io.MultiReader(bytes.NewReader(s.received()), r)
+	var err error
+	switch s.route {
+	case routeLocal:
+		err = s.deliverLocal(ctx, body)
+	case routeHold:
+		err = s.hold(ctx, body)
+	default:
+		var to []string
+		for _, rc := range s.rcpts {
+			to = append(to, rc.addr)
+		}
+		_, err = s.b.Store.Enqueue(ctx, store.RouteLegacy, 0, store.Envelope{From: s.from, To: to}, body)
+	}
+	if err != nil {
+		s.b.log().Error("smtp: store message", "err", err)
+		io.Copy(io.Discard, r)
+		return errTemporary
+	}
+	return nil
+}
+
+// received is the Received header this hop adds (RFC 5321 4.4).
+func (s *session) received() []byte {
+	host := s.b.Hostname
+	if host == "" {
+		host = "mailcapture"
+	}
+	return []byte(fmt.Sprintf("Received: from %s (%s)\r\n\tby %s (mailcapture) with ESMTP;\r\n\t%s\r\n",
+		s.helo, s.remote, host, time.Now().Format(time.RFC1123Z)))
+}
+
+// deliverLocal stores the message in the first recipient's INBOX and
+// links it into the others' (no second copy of the bytes).
+func (s *session) deliverLocal(ctx context.Context, body io.Reader) error {
+	first, err := s.b.Store.MailboxByName(ctx, s.rcpts[0].account.ID, "INBOX")
+	if err != nil {
+		return err
+	}
+	ins, err := s.b.Store.Append(ctx, first.ID, body, nil, time.Now())
+	if err != nil {
+		return err
+	}
+	for _, rc := range s.rcpts[1:] {
+		inbox, err := s.b.Store.MailboxByName(ctx, rc.account.ID, "INBOX")
+		if err != nil {
+			return err
+		}
+		if _, err := s.b.Store.Copy(ctx, first.ID, []uint32{ins.UID}, inbox.ID); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// hold spools the message once per held account; it is delivered when
+// the cut-over ends.
+func (s *session) hold(ctx context.Context, body io.Reader) error {
+	raw, err := io.ReadAll(io.LimitReader(body, 256<<20))
+	if err != nil {
+		return err
+	}
+	byAccount := map[int64][]string{}
+	for _, rc := range s.rcpts {
+		byAccount[rc.account.ID] = append(byAccount[rc.account.ID], rc.addr)
+	}
+	for id, to := range byAccount {
+		if _, err := s.b.Store.Enqueue(ctx, store.RouteHold, id, store.Envelope{From: s.from, To: to}, bytes.NewReader(raw)); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// ReleaseHeld delivers the mail held for an account into its INBOX (at
+// the end of its cut-over); messages the final sync already brought (same
+// Message-ID) are dropped.
+func ReleaseHeld(ctx context.Context, st *store.Store, accountID int64) (delivered int, err error) {
+	inbox, err := st.MailboxByName(ctx, accountID, "INBOX")
+	if err != nil {
+		return 0, err
+	}
+	held, err := st.Held(ctx, accountID)
+	if err != nil {
+		return 0, err
+	}
+	for _, h := range held {
+		_, dup, err := st.DeliverHeld(ctx, h.ID, inbox.ID)
+		if err != nil {
+			return delivered, err
+		}
+		if !dup {
+			delivered++
+		}
+	}
+	return delivered, nil
+}
