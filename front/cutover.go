@@ -27,7 +27,10 @@ type Cutover struct {
 	IMAPWait time.Duration
 	// POP3Grace is how long proxied POP3 sessions may go on. Default 30s.
 	POP3Grace time.Duration
-	Log       *slog.Logger
+	// Switched, if set, runs once the account is captured (the relay
+	// delivers the mail it held during the cut-over).
+	Switched func(ctx context.Context, account store.Account)
+	Log      *slog.Logger
 }
 
 func (c *Cutover) log() *slog.Logger {
@@ -76,7 +79,15 @@ func (c *Cutover) run(ctx context.Context, account, password string) error {
 	if _, err := c.Engine.Converge(ctx, account, password, 10); err != nil {
 		return err
 	}
-	return c.Store.Transition(ctx, account, store.StateCutover, store.StateCaptured)
+	if err := c.Store.Transition(ctx, account, store.StateCutover, store.StateCaptured); err != nil {
+		return err
+	}
+	if c.Switched != nil {
+		if acct, err := c.Store.Account(ctx, account); err == nil {
+			c.Switched(ctx, acct)
+		}
+	}
+	return nil
 }
 
 func orDuration(d, def time.Duration) time.Duration {

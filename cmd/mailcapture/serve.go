@@ -11,6 +11,8 @@ import (
 	"strings"
 	"time"
 
+	"github.com/emersion/go-smtp"
+
 	"mailcapture/capture"
 	"mailcapture/config"
 	"mailcapture/front"
@@ -18,6 +20,7 @@ import (
 	"mailcapture/metrics"
 	"mailcapture/pop3"
 	"mailcapture/pop3store"
+	"mailcapture/relay"
 	"mailcapture/status"
 	"mailcapture/store"
 )
@@ -118,7 +121,14 @@ func (s *server) start(schedCtx context.Context, schedDone chan struct{}) error 
 	s.pop3 = &pop3.Server{Backend: pop3Backend, TLSConfig: s.tls, Hostname: cfg.Hostname, InsecureAuthAllowed: trusted, Log: log}
 	if cfg.Mode != "shadow" {
 		// A converged, verified account is cut over at once.
-		cut := &front.Cutover{Store: s.st, Engine: engine, IMAP: s.imap, POP3: pop3Backend, Log: log}
+		cut := &front.Cutover{Store: s.st, Engine: engine, IMAP: s.imap, POP3: pop3Backend, Log: log,
+			Switched: func(ctx context.Context, acct store.Account) {
+				if n, err := relay.ReleaseHeld(ctx, s.st, acct.ID); err != nil {
+					log.Error("deliver held mail", "account", acct.Name, "err", err)
+				} else if n > 0 {
+					log.Info("held mail delivered", "account", acct.Name, "messages", n)
+				}
+			}}
 		s.sched.OnReady = func(ctx context.Context, account, password string) {
 			cut.Run(ctx, account, password)
 		}
@@ -161,7 +171,36 @@ func (s *server) start(schedCtx context.Context, schedDone chan struct{}) error 
 		s.stops = append(s.stops, s.pop3.Shutdown)
 	}
 	if cfg.Listen.SMTP != "" {
-		log.Warn("listener not served by this build yet", "key", "listen.smtp", "addr", cfg.Listen.SMTP)
+		legacy := relay.Legacy{Address: cfg.Legacy.SMTP.Address, TLS: cfg.Legacy.SMTP.TLS, Protocol: cfg.Legacy.SMTP.Protocol,
+			TLSConfig: engine.IMAP.TLSConfig.Clone(), Timeout: cfg.Legacy.Timeout, Hostname: cfg.Hostname}
+		if host, _, err := net.SplitHostPort(legacy.Address); err == nil {
+			legacy.TLSConfig.ServerName = host
+		}
+		srv := smtp.NewServer(&relay.Backend{Store: s.st, Domains: cfg.Domains, Legacy: legacy, Hostname: cfg.Hostname, Log: log})
+		srv.Domain = cfg.Hostname
+		srv.TLSConfig = s.tls
+		srv.ReadTimeout, srv.WriteTimeout = 10*time.Minute, time.Minute
+		srv.MaxMessageBytes, srv.MaxRecipients = 64<<20, 100
+		srv.EnableSMTPUTF8 = true
+		ln, err := net.Listen("tcp", cfg.Listen.SMTP)
+		if err != nil {
+			return fmt.Errorf("listen.smtp %s: %w", cfg.Listen.SMTP, err)
+		}
+		go func() { s.errc <- srv.Serve(ln) }()
+		s.stops = append(s.stops, srv.Shutdown)
+		queueCtx, stopQueue := context.WithCancel(context.WithoutCancel(schedCtx))
+		queue := &relay.Queue{Store: s.st, Legacy: legacy, Log: log}
+		queueDone := make(chan struct{})
+		go func() {
+			queue.Run(queueCtx)
+			close(queueDone)
+		}()
+		s.stops = append(s.stops, func(context.Context) error {
+			stopQueue()
+			<-queueDone
+			return nil
+		})
+		log.Info("listening", "key", "listen.smtp", "addr", ln.Addr().String())
 	}
 	if cfg.Listen.HTTP != "" {
 		ln, err := net.Listen("tcp", cfg.Listen.HTTP)

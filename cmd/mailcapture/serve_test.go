@@ -4,7 +4,10 @@ import (
 	"bufio"
 	"context"
 	"encoding/json"
+	"fmt"
 	"io"
+	"net"
+	"os/exec"
 	"regexp"
 	"testing"
 	"time"
@@ -25,7 +28,9 @@ func TestServeProxiesAndCaptures(t *testing.T) {
 	d.AddUser(t, user, pass)
 	d.Populate(t, user, pass, []legacytest.Folder{{Name: "INBOX", Messages: legacytest.Generate(80, 15, 8000)}, {Name: "Sent", Messages: legacytest.Generate(81, 5, 8000)}})
 	path, _, environ := bulkConfig(t, d)
-	environ = append(environ, "MAILCAPTURE_LISTEN__IMAP=127.0.0.1:0", "MAILCAPTURE_LISTEN__POP3=127.0.0.1:0")
+	environ = append(environ, "MAILCAPTURE_LISTEN__IMAP=127.0.0.1:0", "MAILCAPTURE_LISTEN__POP3=127.0.0.1:0",
+		"MAILCAPTURE_LISTEN__SMTP=127.0.0.1:0", "MAILCAPTURE_LEGACY__SMTP__ADDRESS="+d.LMTPAddr,
+		"MAILCAPTURE_LEGACY__SMTP__PROTOCOL=lmtp", "MAILCAPTURE_LEGACY__SMTP__TLS=none")
 
 	pr, pw := io.Pipe()
 	env := &environment{stdout: io.Discard, stderr: pw, environ: environ}
@@ -62,6 +67,7 @@ func TestServeProxiesAndCaptures(t *testing.T) {
 	}
 	imapAddr := waitFor(regexp.MustCompile(`msg=listening key=listen.imap addr=(\S+)`))[1]
 	pop3Addr := waitFor(regexp.MustCompile(`msg=listening key=listen.pop3 addr=(\S+)`))[1]
+	smtpAddr := waitFor(regexp.MustCompile(`msg=listening key=listen.smtp addr=(\S+)`))[1]
 
 	c, err := imapclient.DialInsecure(imapAddr, nil)
 	if err != nil {
@@ -110,6 +116,20 @@ func TestServeProxiesAndCaptures(t *testing.T) {
 	waitFor(regexp.MustCompile(`msg="imap login" .*route=local`))
 	if sel, err := c2.Select("Sent", nil).Wait(); err != nil || sel.NumMessages != 5 {
 		t.Fatalf("SELECT Sent served locally: %+v %v", sel, err)
+	}
+	// New mail for the captured account is delivered into the store.
+	host, port, _ := net.SplitHostPort(smtpAddr)
+	script := fmt.Sprintf(`
+import smtplib
+s = smtplib.SMTP(%q, %s, timeout=30)
+s.sendmail("a@example.net", [%q], "Message-ID: <after-cutover@example.net>\r\nSubject: new\r\n\r\nhello\r\n")
+s.quit()
+`, host, port, user)
+	if out, err := exec.Command("python3", "-c", script).CombinedOutput(); err != nil {
+		t.Fatalf("smtplib: %v\n%s", err, out)
+	}
+	if sel, err := c2.Select("INBOX", nil).Wait(); err != nil || sel.NumMessages != 16 {
+		t.Fatalf("INBOX after SMTP delivery: %+v %v", sel, err)
 	}
 	c2.Logout().Wait()
 	c2.Close()
