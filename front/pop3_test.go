@@ -23,11 +23,12 @@ const (
 )
 
 type pop3Fixture struct {
-	d     *legacytest.Dovecot
-	st    *store.Store
-	sched *capture.Scheduler
-	addr  string
-	ended chan struct{} // a front-end session ended
+	d       *legacytest.Dovecot
+	st      *store.Store
+	sched   *capture.Scheduler
+	backend *POP3Backend
+	addr    string
+	ended   chan struct{} // a front-end session ended
 }
 
 func startPOP3Front(t *testing.T) *pop3Fixture {
@@ -55,8 +56,8 @@ func startPOP3Front(t *testing.T) *pop3Fixture {
 	})
 	router := &Router{Store: st, Scheduler: sched}
 	ended := make(chan struct{}, 16)
-	srv := &pop3.Server{Backend: &POP3Backend{Router: router, Local: &pop3store.Backend{Store: st}, Legacy: popEP},
-		SessionEnded: func() { ended <- struct{}{} }}
+	backend := &POP3Backend{Router: router, Local: &pop3store.Backend{Store: st}, Legacy: popEP}
+	srv := &pop3.Server{Backend: backend, SessionEnded: func() { ended <- struct{}{} }}
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
@@ -67,7 +68,7 @@ func startPOP3Front(t *testing.T) *pop3Fixture {
 		defer cancel()
 		srv.Shutdown(ctx)
 	})
-	return &pop3Fixture{d: d, st: st, sched: sched, addr: ln.Addr().String(), ended: ended}
+	return &pop3Fixture{d: d, st: st, sched: sched, backend: backend, addr: ln.Addr().String(), ended: ended}
 }
 
 // TestPOP3FrontFetchmailAcrossCapture: fetchmail (keep mode, UIDL) first
@@ -217,4 +218,83 @@ p.quit()
 		t.Fatalf("poplib against %s: %v\n%s", addr, err, out)
 	}
 	return string(out)
+}
+
+// TestCutoverLetsPOP3SessionsFinish: a proxied POP3 session open at the
+// cut-over may finish (its QUIT deletes at the legacy server, before the
+// final sync); one that overstays the grace period is cut and its DELEs
+// are rolled back.
+func TestCutoverLetsPOP3SessionsFinish(t *testing.T) {
+	f := startPOP3Front(t)
+	ctx := context.Background()
+	c, err := pop3.Dial(ctx, f.addr, pop3.DialOptions{Timeout: 5 * time.Second})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := c.Login(user, password); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case <-f.sched.Submit(user, password, true):
+	case <-time.After(60 * time.Second):
+		t.Fatal("the capture did not finish")
+	}
+	b := f.backend
+	cut := &Cutover{Store: f.st, Engine: f.sched.Engine, POP3: b, POP3Grace: time.Minute}
+	done := make(chan error, 1)
+	go func() { done <- cut.Run(ctx, user, password) }()
+	// The session is still served from the legacy server and finishes.
+	if err := c.Dele(1); err != nil {
+		t.Fatal(err)
+	}
+	if err := c.Quit(); err != nil {
+		t.Fatal(err)
+	}
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
+	lc, _ := pop3.Dial(ctx, f.d.POP3Addr, pop3.DialOptions{Timeout: 5 * time.Second})
+	defer lc.Close()
+	lc.Login(user, password)
+	n, _, _ := lc.Stat()
+	acct, _ := f.st.Account(ctx, user)
+	_, drop, _ := f.st.Maildrop(ctx, acct.ID)
+	if n != 11 || len(drop) != 11 || acct.State != store.StateCaptured {
+		t.Fatalf("after the cut-over: legacy %d, local %d messages (want 11 each), state %s", n, len(drop), acct.State)
+	}
+}
+
+// TestCutoverCutsOverstayingPOP3Session: past the grace period the
+// session is cut; its DELE never reaches the legacy server.
+func TestCutoverCutsOverstayingPOP3Session(t *testing.T) {
+	f := startPOP3Front(t)
+	ctx := context.Background()
+	c, err := pop3.Dial(ctx, f.addr, pop3.DialOptions{Timeout: 5 * time.Second})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	if err := c.Login(user, password); err != nil {
+		t.Fatal(err)
+	}
+	if err := c.Dele(1); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case <-f.sched.Submit(user, password, true):
+	case <-time.After(60 * time.Second):
+		t.Fatal("the capture did not finish")
+	}
+	cut := &Cutover{Store: f.st, Engine: f.sched.Engine, POP3: f.backend, POP3Grace: 200 * time.Millisecond}
+	if err := cut.Run(ctx, user, password); err != nil {
+		t.Fatal(err)
+	}
+	if err := c.Quit(); err == nil {
+		t.Fatal("QUIT of the cut session succeeded")
+	}
+	acct, _ := f.st.Account(ctx, user)
+	_, drop, _ := f.st.Maildrop(ctx, acct.ID)
+	if len(drop) != 12 || acct.State != store.StateCaptured {
+		t.Fatalf("after cutting the session: %d local messages (want 12), state %s", len(drop), acct.State)
+	}
 }

@@ -284,7 +284,7 @@ for r in sorted(rows):
     print(r)
 for box in ("INBOX", "INBOX.Sent", "INBOX.Work.Projects.2024"):
     typ, data = c.select(box, readonly=True)
-    print(box, typ, data[0].decode())
+    print(box, typ, data[0].decode(), c.response("UIDVALIDITY")[1])
     typ, data = c.uid("FETCH", "1:*", "(UID FLAGS INTERNALDATE RFC822.SIZE BODY.PEEK[])")
     for item in data:
         if not isinstance(item, tuple):

@@ -3,11 +3,16 @@ package main
 import (
 	"bufio"
 	"context"
+	"crypto/tls"
+	"crypto/x509"
+	"encoding/pem"
 	"encoding/json"
 	"fmt"
 	"io"
 	"net"
+	"os"
 	"os/exec"
+	"path/filepath"
 	"regexp"
 	"testing"
 	"time"
@@ -140,4 +145,77 @@ s.quit()
 	}
 	for range events {
 	}
+}
+
+// TestServeTLSListeners: with a certificate, serve offers IMAP and POP3
+// over implicit TLS, and logins there are proxied as on the plain ports.
+func TestServeTLSListeners(t *testing.T) {
+	d := legacytest.Start(t, legacytest.Options{})
+	const user, pass = "tls@example.org", "tls pass"
+	d.AddUser(t, user, pass)
+	d.Populate(t, user, pass, []legacytest.Folder{{Name: "INBOX", Messages: legacytest.Generate(90, 3, 2000)}})
+	path, _, environ := bulkConfig(t, d)
+	dir := t.TempDir()
+	certPath, keyPath, clientTLS := writeCertificate(t, dir)
+	environ = append(environ, "MAILCAPTURE_TLS__CERT="+certPath, "MAILCAPTURE_TLS__KEY="+keyPath,
+		"MAILCAPTURE_LISTEN__IMAPS=127.0.0.1:0", "MAILCAPTURE_LISTEN__POP3S=127.0.0.1:0", "MAILCAPTURE_MODE=shadow")
+	pr, pw := io.Pipe()
+	env := &environment{stdout: io.Discard, stderr: pw, environ: environ}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan int, 1)
+	go func() {
+		done <- run(ctx, env, []string{"serve", "--config", path})
+		pw.Close()
+	}()
+	sc := bufio.NewScanner(pr)
+	addrs := map[string]string{}
+	re := regexp.MustCompile(`msg=listening key=(listen\.\w+) addr=(\S+)`)
+	for len(addrs) < 2 && sc.Scan() {
+		if m := re.FindStringSubmatch(sc.Text()); m != nil {
+			addrs[m[1]] = m[2]
+		}
+	}
+	go io.Copy(io.Discard, pr)
+	c, err := imapclient.DialTLS(addrs["listen.imaps"], &imapclient.Options{TLSConfig: clientTLS})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := c.Login(user, pass).Wait(); err != nil {
+		t.Fatalf("IMAPS login: %v", err)
+	}
+	if sel, err := c.Select("INBOX", nil).Wait(); err != nil || sel.NumMessages != 3 {
+		t.Fatalf("IMAPS SELECT: %+v %v", sel, err)
+	}
+	c.Close()
+	pc, err := pop3.Dial(context.Background(), addrs["listen.pop3s"], pop3.DialOptions{TLS: "implicit", TLSConfig: clientTLS, Timeout: 5 * time.Second})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := pc.Login(user, pass); err != nil {
+		t.Fatalf("POP3S login: %v", err)
+	}
+	if n, _, err := pc.Stat(); err != nil || n != 3 {
+		t.Fatalf("POP3S STAT: %d %v", n, err)
+	}
+	pc.Quit()
+	cancel()
+	if code := <-done; code != 0 {
+		t.Fatalf("serve exited %d", code)
+	}
+}
+
+// writeCertificate writes a fresh certificate and key as PEM files and
+// returns a client TLS config that trusts it.
+func writeCertificate(t *testing.T, dir string) (certPath, keyPath string, client *tls.Config) {
+	t.Helper()
+	server, client := legacytest.SelfSignedTLS(t)
+	cert := server.Certificates[0]
+	keyDER, err := x509.MarshalPKCS8PrivateKey(cert.PrivateKey)
+	if err != nil {
+		t.Fatal(err)
+	}
+	certPath, keyPath = filepath.Join(dir, "cert.pem"), filepath.Join(dir, "key.pem")
+	os.WriteFile(certPath, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: cert.Certificate[0]}), 0o600)
+	os.WriteFile(keyPath, pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: keyDER}), 0o600)
+	return certPath, keyPath, client
 }

@@ -1,0 +1,44 @@
+package front
+
+import (
+	"context"
+	"testing"
+	"time"
+
+	"mailcapture/store"
+)
+
+// TestRouteWaitsDuringCutover: a login for an account in cut-over waits
+// for it to end and then goes to the store.
+func TestRouteWaitsDuringCutover(t *testing.T) {
+	ctx := context.Background()
+	st, err := store.Open(ctx, t.TempDir(), store.Options{Hash: store.HashParams{Time: 1, MemoryKiB: 8192, Threads: 1}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer st.Close()
+	st.CreateAccount(ctx, "w@example.org", "pw", store.StateCapturing)
+	st.Transition(ctx, "w@example.org", store.StateCapturing, store.StateCutover)
+	r := &Router{Store: st, CutoverWait: time.Minute}
+	routed := make(chan Route, 1)
+	go func() {
+		route, _ := r.Route(ctx, "w@example.org")
+		routed <- route
+	}()
+	// While the account is in cut-over the login can only wait (the
+	// deadline is a minute away), so its answer must follow the switch.
+	if err := st.Transition(ctx, "w@example.org", store.StateCutover, store.StateCaptured); err != nil {
+		t.Fatal(err)
+	}
+	if got := <-routed; got != RouteLocal {
+		t.Fatalf("route after the cut-over ended: %v, want local", got)
+	}
+	// An unknown account goes to the legacy server, in shadow mode too.
+	if got, _ := r.Route(ctx, "new@example.org"); got != RouteLegacy {
+		t.Fatalf("unknown account routed %v", got)
+	}
+	shadow := &Router{Store: st, Mode: "shadow"}
+	if got, _ := shadow.Route(ctx, "w@example.org"); got != RouteLegacy {
+		t.Fatalf("shadow mode routed a captured account %v", got)
+	}
+}
