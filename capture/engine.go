@@ -469,3 +469,25 @@ func guessSpecialUse(name, prefix, sep string) []string {
 	}
 	return nil
 }
+
+// CheckPassword asks the legacy server whether it accepts user's password
+// (over IMAP, or POP3 when the legacy server has no IMAP): nil when it
+// does, an error wrapping ErrBadCredentials when it refuses it, another
+// error when it cannot be asked.
+func (e *Engine) CheckPassword(ctx context.Context, user, password string) error {
+	cred := credentials{username: user, password: password}
+	if e.IMAP.Address == "" {
+		c, err := dialPOP3(ctx, e.POP3, cred)
+		if err != nil {
+			return err
+		}
+		c.Quit()
+		return nil
+	}
+	c, err := dialIMAP(ctx, e.IMAP, cred)
+	if err != nil {
+		return err
+	}
+	c.Logout().Wait()
+	return c.Close()
+}

@@ -33,6 +33,10 @@ type Config struct {
 	Capture Capture `koanf:"capture"`
 	// PasswordHash holds the argon2id parameters for stored credentials.
 	PasswordHash PasswordHash `koanf:"password_hash"`
+	// Limits bound what one client can cost.
+	Limits Limits `koanf:"limits"`
+	// SMTP tunes the SMTP front end and the relay queue.
+	SMTP SMTP `koanf:"smtp"`
 	// Log configures logging.
 	Log Log `koanf:"log"`
 }
@@ -112,6 +116,50 @@ type Capture struct {
 	ConnectRate float64 `koanf:"connect_rate"`
 }
 
+// Limits bound what a client, or many, can cost.
+type Limits struct {
+	// FailedLoginsPerAddress is the most failed logins from one client
+	// address within FailedLoginWindow. Default 20.
+	FailedLoginsPerAddress int `koanf:"failed_logins_per_address"`
+	// FailedLoginsPerAccount is the most failed logins for one account
+	// within FailedLoginWindow, whoever tries: a guessing run stops after a
+	// few tries, well before the legacy server's own lockout. Default 5.
+	FailedLoginsPerAccount int `koanf:"failed_logins_per_account"`
+	// FailedLoginWindow is the sliding window of the failure counts.
+	// Default 10m.
+	FailedLoginWindow time.Duration `koanf:"failed_login_window"`
+	// ConnectionsPerAddress is the most open connections from one client
+	// address, over all listeners. Default 50.
+	ConnectionsPerAddress int `koanf:"connections_per_address"`
+	// Connections is the most open connections in all. Default 20000.
+	Connections int `koanf:"connections"`
+	// IMAPIdleTimeout closes a proxied IMAP session that sent nothing for
+	// this long (RFC 9051: at least 30 minutes). Default 30m.
+	IMAPIdleTimeout time.Duration `koanf:"imap_idle_timeout"`
+	// POP3IdleTimeout closes a POP3 session that sent nothing for this long
+	// (RFC 1939: at least 10 minutes). Default 10m.
+	POP3IdleTimeout time.Duration `koanf:"pop3_idle_timeout"`
+}
+
+// SMTP tunes the SMTP front end and the relay queue.
+type SMTP struct {
+	// MaxMessageBytes is the SIZE limit. Default 52428800 (50 MiB).
+	MaxMessageBytes int64 `koanf:"max_message_bytes"`
+	// MaxRecipients is the most RCPT TO per transaction. Default 100.
+	MaxRecipients int `koanf:"max_recipients"`
+	// MaxHops is the most Received headers a message may carry; more means
+	// a mail loop, refused with 554. Default 50.
+	MaxHops int `koanf:"max_hops"`
+	// CommandTimeout closes a session silent for this long between
+	// commands (RFC 5321: 5 minutes). Default 5m.
+	CommandTimeout time.Duration `koanf:"command_timeout"`
+	// DataTimeout bounds one DATA transfer. Default 10m.
+	DataTimeout time.Duration `koanf:"data_timeout"`
+	// MessageLifetime is how long the relay queue retries a message before
+	// it is bounced to its sender. Default 120h (5 days).
+	MessageLifetime time.Duration `koanf:"message_lifetime"`
+}
+
 // PasswordHash holds argon2id parameters (RFC 9106).
 type PasswordHash struct {
 	// Time is the number of passes. Default 1.
@@ -146,6 +194,10 @@ func Default() Config {
 		Capture:         Capture{Workers: 4, ConnectionsPerAccount: 2},
 		TrustedNetworks: []string{"127.0.0.0/8", "::1/128"},
 		PasswordHash:    PasswordHash{Time: 1, MemoryKiB: 64 * 1024, Threads: 2},
-		Log:             Log{Level: "info", Format: "text"},
+		Limits: Limits{FailedLoginsPerAddress: 20, FailedLoginsPerAccount: 5, FailedLoginWindow: 10 * time.Minute,
+			ConnectionsPerAddress: 50, Connections: 20000, IMAPIdleTimeout: 30 * time.Minute, POP3IdleTimeout: 10 * time.Minute},
+		SMTP: SMTP{MaxMessageBytes: 50 << 20, MaxRecipients: 100, MaxHops: 50, CommandTimeout: 5 * time.Minute,
+			DataTimeout: 10 * time.Minute, MessageLifetime: 120 * time.Hour},
+		Log: Log{Level: "info", Format: "text"},
 	}
 }

@@ -165,6 +165,9 @@ func TestBadValues(t *testing.T) {
 		{"smtp listener without legacy smtp", "smtp: {address: \"127.0.0.1:1025\", tls: none, protocol: lmtp}", "smtp: {tls: none}", "legacy.smtp.address", "required when listen.smtp"},
 		{"duration", "tls_verify: false", "tls_verify: false\n  timeout: soon", "legacy.timeout", "duration"},
 		{"argon memory", "listen:\n", "password_hash: {memory_kib: 16}\nlisten:\n", "password_hash.memory_kib", "at least 8192"},
+		{"idle timeout below the RFC", "listen:\n", "limits: {imap_idle_timeout: 5m}\nlisten:\n", "limits.imap_idle_timeout", "at least 30m"},
+		{"total below per address", "listen:\n", "limits: {connections: 10, connections_per_address: 50}\nlisten:\n", "limits.connections", "at least 50"},
+		{"hop limit zero", "listen:\n", "smtp: {max_hops: 0}\nlisten:\n", "smtp.max_hops", "at least 1"},
 		{"trusted network", "listen:\n", "trusted_networks: [10.0.0.0/33]\nlisten:\n", "trusted_networks[0]", "not a CIDR"},
 	}
 	for _, tc := range cases {

@@ -8,6 +8,7 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+	"time"
 )
 
 // Validate checks every value and returns an *Error listing each bad key,
@@ -82,6 +83,25 @@ func (c *Config) Validate() error {
 	if c.PasswordHash.Threads < 1 {
 		v.add("password_hash.threads", "must be at least 1")
 	}
+	v.atLeast("limits.failed_logins_per_address", c.Limits.FailedLoginsPerAddress, 1)
+	v.atLeast("limits.failed_logins_per_account", c.Limits.FailedLoginsPerAccount, 1)
+	v.positive("limits.failed_login_window", c.Limits.FailedLoginWindow)
+	v.atLeast("limits.connections_per_address", c.Limits.ConnectionsPerAddress, 1)
+	v.atLeast("limits.connections", c.Limits.Connections, c.Limits.ConnectionsPerAddress)
+	if c.Limits.IMAPIdleTimeout < 30*time.Minute {
+		v.add("limits.imap_idle_timeout", "must be at least 30m (RFC 9051: clients may idle for 29 minutes)")
+	}
+	if c.Limits.POP3IdleTimeout < 10*time.Minute {
+		v.add("limits.pop3_idle_timeout", "must be at least 10m (RFC 1939)")
+	}
+	if c.SMTP.MaxMessageBytes < 1024 {
+		v.add("smtp.max_message_bytes", "must be at least 1024")
+	}
+	v.atLeast("smtp.max_recipients", c.SMTP.MaxRecipients, 1)
+	v.atLeast("smtp.max_hops", c.SMTP.MaxHops, 1)
+	v.positive("smtp.command_timeout", c.SMTP.CommandTimeout)
+	v.positive("smtp.data_timeout", c.SMTP.DataTimeout)
+	v.positive("smtp.message_lifetime", c.SMTP.MessageLifetime)
 	v.oneOf("log.level", c.Log.Level, "debug", "info", "warn", "error")
 	v.oneOf("log.format", c.Log.Format, "text", "json")
 	return v.err()
@@ -98,6 +118,18 @@ func (v *validator) err() error {
 		return nil
 	}
 	return &Error{Problems: v.problems}
+}
+
+func (v *validator) atLeast(key string, value, min int) {
+	if value < min {
+		v.add(key, fmt.Sprintf("must be at least %d", min))
+	}
+}
+
+func (v *validator) positive(key string, d time.Duration) {
+	if d <= 0 {
+		v.add(key, "must be a positive duration")
+	}
 }
 
 func (v *validator) oneOf(key, value string, allowed ...string) {

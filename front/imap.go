@@ -36,7 +36,10 @@ type IMAPFront struct {
 	// Trusted tells whether a peer may log in without TLS. Nil trusts
 	// loopback only.
 	Trusted func(net.Addr) bool
-	Log     *slog.Logger
+	// IdleTimeout closes a proxied session whose client sent nothing for
+	// this long (the legacy server has its own). Default 30 minutes.
+	IdleTimeout time.Duration
+	Log         *slog.Logger
 
 	once      sync.Once
 	local     *imapserver.Server
@@ -357,14 +360,17 @@ func (s *session) login(tag, user, pass string) (done, handedOver bool) {
 	defer cancel()
 	log := s.log.With("account", user)
 	remote := s.conn.RemoteAddr()
+	obs := s.f.Router.observer()
 	if !s.f.Router.allow(remote, user) {
 		log.Warn("imap login refused: too many failed logins")
+		obs.Login("imap", "legacy", "limited")
 		s.write("%s NO [UNAVAILABLE] too many failed logins, try again later", tag)
 		return false, false
 	}
 	route, err := s.f.Router.Route(ctx, user)
 	if err != nil {
 		log.Error("route login", "err", err)
+		obs.Login("imap", route.String(), "error")
 		s.write("%s NO [UNAVAILABLE] temporary failure, try again later", tag)
 		return false, false
 	}
@@ -372,46 +378,60 @@ func (s *session) login(tag, user, pass string) (done, handedOver bool) {
 		acct, ok := s.checkLocal(ctx, user, pass)
 		if !ok {
 			s.f.Router.failed(remote, user)
+			obs.Login("imap", "local", "failed")
 			s.write("%s NO [AUTHENTICATIONFAILED] authentication failed", tag)
 			return false, false
 		}
 		log.Info("imap login", "route", "local")
+		s.f.Router.loggedIn(ctx, "imap", RouteLocal, acct.Name)
 		s.f.Router.LocalLoginOK(acct.Name, pass)
 		s.write("%s OK [CAPABILITY %s] logged in", tag, capsString())
-		s.f.handoff.hand(&handedConn{Conn: s.conn, r: s.r, account: acct})
+		obs.SessionStarted("imap", "local")
+		s.f.handoff.hand(&handedConn{Conn: s.conn, r: s.r, account: acct, closed: func() { obs.SessionEnded("imap", "local") }})
 		return true, true
 	}
 	legacy, text, err := loginLegacy(ctx, s.f.Legacy, user, pass)
 	if errors.Is(err, capture.ErrBadCredentials) {
 		s.f.Router.failed(remote, user)
+		obs.Login("imap", "legacy", "failed")
 		log.Info("imap login refused by the legacy server")
 		s.write("%s NO [AUTHENTICATIONFAILED] authentication failed", tag)
 		return false, false
 	}
 	if err != nil {
 		log.Error("legacy login", "err", err)
+		obs.Login("imap", "legacy", "error")
 		s.write("%s NO [UNAVAILABLE] the mail server is not reachable, try again later", tag)
 		return false, false
 	}
+	s.f.Router.loggedIn(ctx, "imap", RouteLegacy, user)
 	s.f.Router.LegacyLoginOK(ctx, user, pass)
 	log.Info("imap login", "route", "legacy")
 	if s.write("%s OK %s", tag, text) != nil {
 		legacy.Close()
 		return true, false
 	}
-	p := newProxiedIMAP(user, s.conn, s.r, legacy)
+	obs.SessionStarted("imap", "legacy")
+	defer obs.SessionEnded("imap", "legacy")
+	p := newProxiedIMAP(user, s.conn, s.r, legacy, orDuration(s.f.IdleTimeout, 30*time.Minute))
 	s.f.proxied.add(p)
 	defer s.f.proxied.remove(p)
 	p.run()
 	return true, false
 }
 
+// checkLocal checks the password of a captured account against its hash
+// and, when that fails, once against the legacy server (a password
+// changed there before the cut-over).
 func (s *session) checkLocal(ctx context.Context, user, pass string) (*store.Account, bool) {
 	acct, err := s.f.Local.Store.Account(ctx, user)
 	if err != nil || acct.State != store.StateCaptured {
 		return nil, false
 	}
 	ok, err := s.f.Local.Store.VerifyPassword(ctx, acct.Name, pass)
+	if err == nil && !ok {
+		ok = s.f.Router.passwordChanged(ctx, acct.Name, pass)
+	}
 	if err != nil || !ok {
 		return nil, false
 	}
@@ -529,6 +549,9 @@ type handedConn struct {
 	net.Conn
 	r       *bufio.Reader
 	account *store.Account
+	// closed, if set, is called once when the connection is closed.
+	closed    func()
+	closeOnce sync.Once
 
 	mu          sync.Mutex
 	greetingCut bool
@@ -536,6 +559,14 @@ type handedConn struct {
 }
 
 func (c *handedConn) Read(p []byte) (int, error) { return c.r.Read(p) }
+
+func (c *handedConn) Close() error {
+	err := c.Conn.Close()
+	if c.closed != nil {
+		c.closeOnce.Do(c.closed)
+	}
+	return err
+}
 
 func (c *handedConn) Write(p []byte) (int, error) {
 	c.mu.Lock()

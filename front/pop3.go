@@ -77,27 +77,41 @@ func (b *POP3Backend) track(account string, d *legacyMaildrop) {
 
 // Login implements pop3.Backend.
 func (b *POP3Backend) Login(ctx context.Context, user, password string, remote net.Addr) (pop3.Maildrop, error) {
+	obs := b.Router.observer()
 	if !b.Router.allow(remote, user) {
+		obs.Login("pop3", "legacy", "limited")
 		return nil, errTooManyFailures
 	}
 	route, err := b.Router.Route(ctx, user)
 	if err != nil {
+		obs.Login("pop3", route.String(), "error")
 		return nil, err
 	}
 	if route == RouteLocal {
 		drop, err := b.Local.Login(ctx, user, password, remote)
+		if errors.Is(err, pop3.ErrAuthFailed) && b.Router.passwordChanged(ctx, user, password) {
+			drop, err = b.Local.Login(ctx, user, password, remote)
+		}
 		switch {
 		case err == nil:
+			b.Router.loggedIn(ctx, "pop3", RouteLocal, user)
 			b.Router.LocalLoginOK(user, password)
+			obs.SessionStarted("pop3", "local")
+			return &observedMaildrop{Maildrop: drop, ended: func() { obs.SessionEnded("pop3", "local") }}, nil
 		case errors.Is(err, pop3.ErrAuthFailed):
 			b.Router.failed(remote, user)
+			obs.Login("pop3", "local", "failed")
+		case errors.Is(err, pop3.ErrInUse):
+		default:
+			obs.Login("pop3", "local", "error")
 		}
-		return drop, err
+		return nil, err
 	}
 	// The connection lives as long as the client's session, beyond this
 	// call's context; every exchange on it keeps its own timeout.
 	c, err := pop3.Dial(context.WithoutCancel(ctx), b.Legacy.Address, pop3.DialOptions{TLS: b.Legacy.TLS, TLSConfig: b.Legacy.TLSConfig, Timeout: b.Legacy.Timeout})
 	if err != nil {
+		obs.Login("pop3", "legacy", "error")
 		return nil, fmt.Errorf("legacy pop3: %w", err)
 	}
 	if err := c.Login(user, password); err != nil {
@@ -108,18 +122,34 @@ func (b *POP3Backend) Login(ctx context.Context, user, password string, remote n
 			return nil, pop3.ErrInUse
 		case errors.As(err, &perr) && perr.Code != "SYS/TEMP" && perr.Code != "LOGIN-DELAY":
 			b.Router.failed(remote, user)
+			obs.Login("pop3", "legacy", "failed")
 			return nil, pop3.ErrAuthFailed
 		}
+		obs.Login("pop3", "legacy", "error")
 		return nil, fmt.Errorf("legacy pop3 login: %w", err)
 	}
 	drop, err := newLegacyMaildrop(c)
 	if err != nil {
 		c.Close()
+		obs.Login("pop3", "legacy", "error")
 		return nil, err
 	}
 	b.track(user, drop)
+	b.Router.loggedIn(ctx, "pop3", RouteLegacy, user)
 	b.Router.LegacyLoginOK(ctx, user, password)
-	return drop, nil
+	obs.SessionStarted("pop3", "legacy")
+	return &observedMaildrop{Maildrop: drop, ended: func() { obs.SessionEnded("pop3", "legacy") }}, nil
+}
+
+// observedMaildrop reports the end of its session.
+type observedMaildrop struct {
+	pop3.Maildrop
+	ended func()
+}
+
+func (m *observedMaildrop) Close() {
+	m.Maildrop.Close()
+	m.ended()
 }
 
 // errTooManyFailures: the limiter refused the attempt (answered as a

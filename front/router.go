@@ -55,7 +55,15 @@ type Router struct {
 	// that still reached the legacy server. Nil once the legacy server is
 	// retired.
 	Follow func(ctx context.Context, account, password string)
-	Log    *slog.Logger
+	// LegacyCheck, if set, asks the legacy server whether it accepts the
+	// password (nil error: yes; capture.ErrBadCredentials: no). A captured
+	// account's password that fails against the local hash is tried there
+	// once: a user who changed it at the legacy server before the cut-over
+	// keeps the new one. Nil once the legacy server is retired.
+	LegacyCheck func(ctx context.Context, user, password string) error
+	// Observer, if set, is told about logins and sessions.
+	Observer Observer
+	Log      *slog.Logger
 
 	followMu  sync.Mutex
 	following map[string]bool
@@ -63,7 +71,41 @@ type Router struct {
 
 // allow reports whether a login may be tried now.
 func (r *Router) allow(addr net.Addr, account string) bool {
-	return r.Limiter == nil || r.Limiter.Allow(addr, account)
+	if r.Limiter == nil || r.Limiter.Allow(addr, account) {
+		return true
+	}
+	r.observer().Refused("failed_logins")
+	return false
+}
+
+// loggedIn records a successful login: who, over which protocol (the
+// shadow-mode forecast, kept in every mode).
+func (r *Router) loggedIn(ctx context.Context, protocol string, route Route, account string) {
+	r.observer().Login(protocol, route.String(), "ok")
+	if err := r.Store.RecordLogin(ctx, account, protocol, time.Now()); err != nil {
+		r.log().Warn("record login", "account", account, "err", err)
+	}
+}
+
+// passwordChanged tries a password that failed against a captured
+// account's local hash once at the legacy server; when the legacy server
+// accepts it, the local hash is replaced and true returned.
+func (r *Router) passwordChanged(ctx context.Context, account, password string) bool {
+	if r.LegacyCheck == nil || password == "" {
+		return false
+	}
+	if err := r.LegacyCheck(ctx, account, password); err != nil {
+		if !errors.Is(err, capture.ErrBadCredentials) {
+			r.log().Warn("legacy password check", "account", account, "err", err)
+		}
+		return false
+	}
+	if err := r.Store.SetPassword(ctx, account, password); err != nil {
+		r.log().Error("update password hash", "account", account, "err", err)
+		return false
+	}
+	r.log().Info("password changed at the legacy server: local hash replaced", "account", account)
+	return true
 }
 
 // failed records a failed login.

@@ -20,6 +20,9 @@ type proxiedIMAP struct {
 	client  net.Conn
 	clientR *bufio.Reader
 	legacy  *legacyConn
+	// idle closes the session when the client sends nothing for this
+	// long; 0 never.
+	idle time.Duration
 
 	mu        sync.Mutex
 	inflight  map[string]string // tag -> command name
@@ -30,8 +33,8 @@ type proxiedIMAP struct {
 	endedOnce sync.Once
 }
 
-func newProxiedIMAP(account string, client net.Conn, r *bufio.Reader, legacy *legacyConn) *proxiedIMAP {
-	return &proxiedIMAP{account: account, client: client, clientR: r, legacy: legacy,
+func newProxiedIMAP(account string, client net.Conn, r *bufio.Reader, legacy *legacyConn, idle time.Duration) *proxiedIMAP {
+	return &proxiedIMAP{account: account, client: client, clientR: r, legacy: legacy, idle: idle,
 		inflight: map[string]string{}, boundary: make(chan struct{}, 1), ended: make(chan struct{})}
 }
 
@@ -63,6 +66,7 @@ func (p *proxiedIMAP) close() {
 // raw), noting each command's tag.
 func (p *proxiedIMAP) clientToLegacy() {
 	for {
+		p.armIdle()
 		line, err := p.clientR.ReadSlice('\n')
 		if err == bufio.ErrBufferFull {
 			// Overlong line: forward as is, it ends later.
@@ -97,10 +101,18 @@ func (p *proxiedIMAP) clientToLegacy() {
 			return
 		}
 		if isLiteral {
+			p.armIdle()
 			if _, err := io.CopyN(p.legacy, p.clientR, n); err != nil {
 				return
 			}
 		}
+	}
+}
+
+// armIdle restarts the client's idle clock.
+func (p *proxiedIMAP) armIdle() {
+	if p.idle > 0 {
+		p.client.SetReadDeadline(time.Now().Add(p.idle))
 	}
 }
 

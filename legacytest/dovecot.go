@@ -336,6 +336,36 @@ func (d *Dovecot) AddUser(t testing.TB, name, password string) {
 	}
 }
 
+// ChangePassword replaces a user's password. Dovecot's passwd-file
+// driver looks at a file's modification time at most once per second of
+// wall clock, so the file's time is moved on explicitly and ChangePassword
+// returns once the wall clock has entered the next second: from then on
+// every login sees the new password.
+func (d *Dovecot) ChangePassword(t testing.TB, name, password string) {
+	t.Helper()
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if _, ok := d.users[name]; !ok || strings.ContainsAny(password, ":\n") {
+		t.Fatalf("legacytest: no user %q, or a ':' or newline in the password", name)
+	}
+	path := filepath.Join(d.Dir, "users", name)
+	old, err := os.Stat(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	d.users[name] = password
+	line := fmt.Sprintf("%s:{PLAIN}%s::::::\n", name, password)
+	if err := os.WriteFile(path, []byte(line), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	later := old.ModTime().Add(2 * time.Second)
+	if err := os.Chtimes(path, later, later); err != nil {
+		t.Fatal(err)
+	}
+	now := time.Now()
+	time.Sleep(now.Truncate(time.Second).Add(time.Second).Sub(now))
+}
+
 func freePorts(n int) ([]int, error) {
 	var ports []int
 	var lns []net.Listener

@@ -28,6 +28,8 @@ type Metrics struct {
 	Registry *prometheus.Registry
 	// Capture counts the capture engine's work (a capture.Observer).
 	Capture *Capture
+	// Traffic counts logins, sessions, SMTP messages and limit refusals.
+	Traffic *Traffic
 }
 
 // Descriptions of the metrics computed from the store at scrape time.
@@ -61,7 +63,7 @@ func New(report Reporter, log *slog.Logger) *Metrics {
 		collectors.NewBuildInfoCollector(),
 		&storeCollector{report: report, log: log},
 	)
-	return &Metrics{Registry: reg, Capture: newCapture(reg)}
+	return &Metrics{Registry: reg, Capture: newCapture(reg), Traffic: newTraffic(reg)}
 }
 
 // storeCollector reads the progress report once per scrape.

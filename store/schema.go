@@ -97,6 +97,18 @@ CREATE TABLE blob_ids (
 );
 INSERT INTO blob_ids VALUES (0, 0);
 `,
+	// 2: who logs in, over which protocol (all modes; the forecast of
+	// shadow mode).
+	`
+CREATE TABLE logins (
+	account  TEXT NOT NULL COLLATE NOCASE,
+	protocol TEXT NOT NULL,
+	first_at INTEGER NOT NULL,
+	last_at  INTEGER NOT NULL,
+	count    INTEGER NOT NULL,
+	PRIMARY KEY (account, protocol)
+);
+`,
 }
 
 // migrate brings the schema to the newest version, one transaction per

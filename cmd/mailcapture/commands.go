@@ -2,11 +2,13 @@ package main
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
 	"log/slog"
 	"net"
 	"runtime/debug"
 	"strings"
+	"text/tabwriter"
 	"time"
 
 	"github.com/spf13/pflag"
@@ -107,6 +109,75 @@ func runStatus(ctx context.Context, env *environment, args []string) error {
 		return r.WriteJSON(env.stdout)
 	}
 	return r.WriteText(env.stdout, env.isTerminal)
+}
+
+// loginRow is one account in `mailcapture logins`.
+type loginRow struct {
+	Account   string           `json:"account"`
+	State     string           `json:"state"`
+	Protocols map[string]int64 `json:"protocols"`
+	First     time.Time        `json:"first_login"`
+	Last      time.Time        `json:"last_login"`
+}
+
+func runLogins(ctx context.Context, env *environment, args []string) error {
+	fs := newFlagSet(env, "logins", "--config FILE [--json]",
+		"list the accounts that logged in (over which protocols, when, how often) and their migration state; in shadow mode this forecasts coverage: accounts never seen need `mailcapture capture`")
+	path := configFlags(fs)
+	asJSON := fs.Bool("json", false, "print the list as JSON")
+	cfg, err := parseConfig(env, fs, path, args)
+	if err != nil {
+		return err
+	}
+	st, err := store.Open(ctx, cfg.DataDir, store.Options{ReadOnly: true})
+	if err != nil {
+		return fmt.Errorf("%w (has serve run with this data_dir yet?)", err)
+	}
+	defer st.Close()
+	records, err := st.Logins(ctx)
+	if err != nil {
+		return err
+	}
+	var rows []*loginRow
+	byName := map[string]*loginRow{}
+	for _, r := range records {
+		key := strings.ToLower(r.Account)
+		row := byName[key]
+		if row == nil {
+			row = &loginRow{Account: r.Account, State: "unknown", Protocols: map[string]int64{}, First: r.First, Last: r.Last}
+			if acct, err := st.Account(ctx, r.Account); err == nil {
+				row.State = string(acct.State)
+			}
+			byName[key] = row
+			rows = append(rows, row)
+		}
+		row.Protocols[r.Protocol] += r.Count
+		if r.First.Before(row.First) {
+			row.First = r.First
+		}
+		if r.Last.After(row.Last) {
+			row.Last = r.Last
+		}
+	}
+	if *asJSON {
+		enc := json.NewEncoder(env.stdout)
+		enc.SetIndent("", "  ")
+		if rows == nil {
+			rows = []*loginRow{}
+		}
+		return enc.Encode(rows)
+	}
+	tw := tabwriter.NewWriter(env.stdout, 0, 4, 2, ' ', 0)
+	fmt.Fprintln(tw, "ACCOUNT\tSTATE\tIMAP\tPOP3\tFIRST LOGIN\tLAST LOGIN")
+	for _, r := range rows {
+		fmt.Fprintf(tw, "%s\t%s\t%d\t%d\t%s\t%s\n", r.Account, r.State, r.Protocols["imap"], r.Protocols["pop3"],
+			r.First.Format(time.DateTime), r.Last.Format(time.DateTime))
+	}
+	if err := tw.Flush(); err != nil {
+		return err
+	}
+	fmt.Fprintf(env.stdout, "%d accounts logged in\n", len(rows))
+	return nil
 }
 
 func runVersion(ctx context.Context, env *environment, args []string) error {

@@ -39,6 +39,7 @@ func commands() []command {
 		{"serve", "--config FILE", "run mailcapture from one configuration file", runServe},
 		{"check-config", "--config FILE", "load and validate a configuration, then print it", runCheckConfig},
 		{"status", "--config FILE [--json]", "show the migration's progress", runStatus},
+		{"logins", "--config FILE [--json]", "list who logged in, over which protocol (the shadow-mode forecast)", runLogins},
 		{"capture", "--config FILE (--csv FILE | --accounts FILE --master-user NAME ...)", "capture accounts nobody logs into", runCapture},
 		{"version", "", "print the version", runVersion},
 	}

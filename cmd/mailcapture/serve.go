@@ -15,6 +15,7 @@ import (
 
 	"mailcapture/capture"
 	"mailcapture/config"
+	"mailcapture/connlimit"
 	"mailcapture/front"
 	"mailcapture/imapstore"
 	"mailcapture/metrics"
@@ -98,11 +99,15 @@ func (s *server) start(schedCtx context.Context, schedDone chan struct{}) error 
 	engine := capture.NewEngine(s.st, cfg, log)
 	engine.Observer = m.Capture
 	s.sched = capture.NewScheduler(engine, cfg, log)
-	router := &front.Router{Store: s.st, Mode: cfg.Mode, Log: log, Limiter: &front.LoginLimiter{}}
+	lim := cfg.Limits
+	router := &front.Router{Store: s.st, Mode: cfg.Mode, Log: log, Observer: m.Traffic,
+		Limiter: &front.LoginLimiter{PerAddress: lim.FailedLoginsPerAddress, PerAccount: lim.FailedLoginsPerAccount, Window: lim.FailedLoginWindow}}
+	conns := &connlimit.Limiter{PerAddress: lim.ConnectionsPerAddress, Total: lim.Connections, Refused: m.Traffic.Refused}
 	if cfg.Mode != "shadow" {
 		router.Scheduler = s.sched
 	}
 	if !cfg.Legacy.Retired {
+		router.LegacyCheck = engine.CheckPassword
 		router.Follow = func(ctx context.Context, account, password string) {
 			res, err := engine.Follow(ctx, account, password)
 			if err != nil {
@@ -116,9 +121,10 @@ func (s *server) start(schedCtx context.Context, schedDone chan struct{}) error 
 	}
 	trusted := trustedNetworks(cfg.TrustedNetworks)
 	s.imap = &front.IMAPFront{Router: router, Local: imapstore.NewBackend(s.st, log), Legacy: engine.IMAP,
-		TLSConfig: s.tls, Trusted: trusted, Log: log}
+		TLSConfig: s.tls, Trusted: trusted, IdleTimeout: lim.IMAPIdleTimeout, Log: log}
 	pop3Backend := &front.POP3Backend{Router: router, Local: &pop3store.Backend{Store: s.st}, Legacy: engine.POP3}
-	s.pop3 = &pop3.Server{Backend: pop3Backend, TLSConfig: s.tls, Hostname: cfg.Hostname, InsecureAuthAllowed: trusted, Log: log}
+	s.pop3 = &pop3.Server{Backend: pop3Backend, TLSConfig: s.tls, Hostname: cfg.Hostname, InsecureAuthAllowed: trusted,
+		Timeout: lim.POP3IdleTimeout, Log: log}
 	if cfg.Mode != "shadow" {
 		// A converged, verified account is cut over at once.
 		cut := &front.Cutover{Store: s.st, Engine: engine, IMAP: s.imap, POP3: pop3Backend, Log: log,
@@ -137,15 +143,21 @@ func (s *server) start(schedCtx context.Context, schedDone chan struct{}) error 
 		s.sched.Run(schedCtx)
 		close(schedDone)
 	}()
+	const (
+		imapRefusal = "* BYE [UNAVAILABLE] too many connections, try again later\r\n"
+		pop3Refusal = "-ERR [SYS/TEMP] too many connections, try again later\r\n"
+		smtpRefusal = "421 4.7.0 too many connections, try again later\r\n"
+	)
 	listeners := []struct {
 		key, addr string
 		implicit  bool
+		refusal   string
 		serve     func(net.Listener) error
 	}{
-		{"listen.imap", cfg.Listen.IMAP, false, s.imap.Serve},
-		{"listen.imaps", cfg.Listen.IMAPS, true, s.imap.Serve},
-		{"listen.pop3", cfg.Listen.POP3, false, s.pop3.Serve},
-		{"listen.pop3s", cfg.Listen.POP3S, true, s.pop3.Serve},
+		{"listen.imap", cfg.Listen.IMAP, false, imapRefusal, s.imap.Serve},
+		{"listen.imaps", cfg.Listen.IMAPS, true, "", s.imap.Serve},
+		{"listen.pop3", cfg.Listen.POP3, false, pop3Refusal, s.pop3.Serve},
+		{"listen.pop3s", cfg.Listen.POP3S, true, "", s.pop3.Serve},
 	}
 	imapUsed, pop3Used := false, false
 	for _, l := range listeners {
@@ -156,6 +168,7 @@ func (s *server) start(schedCtx context.Context, schedDone chan struct{}) error 
 		if err != nil {
 			return fmt.Errorf("%s %s: %w", l.key, l.addr, err)
 		}
+		ln = connlimit.Listen(ln, conns, l.refusal)
 		if l.implicit {
 			ln = tls.NewListener(ln, s.tls)
 		}
@@ -179,13 +192,14 @@ func (s *server) start(schedCtx context.Context, schedDone chan struct{}) error 
 		srv := smtp.NewServer(&relay.Backend{Store: s.st, Domains: cfg.Domains, Legacy: legacy, Hostname: cfg.Hostname, Log: log})
 		srv.Domain = cfg.Hostname
 		srv.TLSConfig = s.tls
-		srv.ReadTimeout, srv.WriteTimeout = 10*time.Minute, time.Minute
-		srv.MaxMessageBytes, srv.MaxRecipients = 64<<20, 100
+		srv.ReadTimeout, srv.WriteTimeout = cfg.SMTP.CommandTimeout, time.Minute
+		srv.MaxMessageBytes, srv.MaxRecipients = cfg.SMTP.MaxMessageBytes, cfg.SMTP.MaxRecipients
 		srv.EnableSMTPUTF8 = true
 		ln, err := net.Listen("tcp", cfg.Listen.SMTP)
 		if err != nil {
 			return fmt.Errorf("listen.smtp %s: %w", cfg.Listen.SMTP, err)
 		}
+		ln = connlimit.Listen(ln, conns, smtpRefusal)
 		go func() { s.errc <- srv.Serve(ln) }()
 		s.stops = append(s.stops, srv.Shutdown)
 		queueCtx, stopQueue := context.WithCancel(context.WithoutCancel(schedCtx))

@@ -37,39 +37,8 @@ func TestServeProxiesAndCaptures(t *testing.T) {
 		"MAILCAPTURE_LISTEN__SMTP=127.0.0.1:0", "MAILCAPTURE_LEGACY__SMTP__ADDRESS="+d.LMTPAddr,
 		"MAILCAPTURE_LEGACY__SMTP__PROTOCOL=lmtp", "MAILCAPTURE_LEGACY__SMTP__TLS=none")
 
-	pr, pw := io.Pipe()
-	env := &environment{stdout: io.Discard, stderr: pw, environ: environ}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan int, 1)
-	go func() {
-		done <- run(ctx, env, []string{"serve", "--config", path})
-		pw.Close()
-	}()
-	events := make(chan string, 64)
-	go func() {
-		sc := bufio.NewScanner(pr)
-		for sc.Scan() {
-			events <- sc.Text()
-		}
-		close(events)
-	}()
-	waitFor := func(re *regexp.Regexp) []string {
-		t.Helper()
-		timeout := time.After(60 * time.Second)
-		for {
-			select {
-			case line, ok := <-events:
-				if !ok {
-					t.Fatalf("serve ended before logging %s", re)
-				}
-				if m := re.FindStringSubmatch(line); m != nil {
-					return m
-				}
-			case <-timeout:
-				t.Fatalf("serve did not log %s within 60s", re)
-			}
-		}
-	}
+	srv := startServe(t, path, environ)
+	waitFor := srv.waitFor
 	imapAddr := waitFor(regexp.MustCompile(`msg=listening key=listen.imap addr=(\S+)`))[1]
 	pop3Addr := waitFor(regexp.MustCompile(`msg=listening key=listen.pop3 addr=(\S+)`))[1]
 	smtpAddr := waitFor(regexp.MustCompile(`msg=listening key=listen.smtp addr=(\S+)`))[1]
@@ -139,12 +108,7 @@ s.quit()
 	c2.Logout().Wait()
 	c2.Close()
 
-	cancel()
-	if code := <-done; code != 0 {
-		t.Fatalf("serve exited %d", code)
-	}
-	for range events {
-	}
+	srv.stop(t)
 }
 
 // TestServeTLSListeners: with a certificate, serve offers IMAP and POP3
@@ -159,23 +123,11 @@ func TestServeTLSListeners(t *testing.T) {
 	certPath, keyPath, clientTLS := writeCertificate(t, dir)
 	environ = append(environ, "MAILCAPTURE_TLS__CERT="+certPath, "MAILCAPTURE_TLS__KEY="+keyPath,
 		"MAILCAPTURE_LISTEN__IMAPS=127.0.0.1:0", "MAILCAPTURE_LISTEN__POP3S=127.0.0.1:0", "MAILCAPTURE_MODE=shadow")
-	pr, pw := io.Pipe()
-	env := &environment{stdout: io.Discard, stderr: pw, environ: environ}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan int, 1)
-	go func() {
-		done <- run(ctx, env, []string{"serve", "--config", path})
-		pw.Close()
-	}()
-	sc := bufio.NewScanner(pr)
-	addrs := map[string]string{}
-	re := regexp.MustCompile(`msg=listening key=(listen\.\w+) addr=(\S+)`)
-	for len(addrs) < 2 && sc.Scan() {
-		if m := re.FindStringSubmatch(sc.Text()); m != nil {
-			addrs[m[1]] = m[2]
-		}
+	srv := startServe(t, path, environ)
+	addrs := map[string]string{
+		"listen.imaps": srv.waitFor(regexp.MustCompile(`msg=listening key=listen.imaps addr=(\S+)`))[1],
+		"listen.pop3s": srv.waitFor(regexp.MustCompile(`msg=listening key=listen.pop3s addr=(\S+)`))[1],
 	}
-	go io.Copy(io.Discard, pr)
 	c, err := imapclient.DialTLS(addrs["listen.imaps"], &imapclient.Options{TLSConfig: clientTLS})
 	if err != nil {
 		t.Fatal(err)
@@ -198,10 +150,7 @@ func TestServeTLSListeners(t *testing.T) {
 		t.Fatalf("POP3S STAT: %d %v", n, err)
 	}
 	pc.Quit()
-	cancel()
-	if code := <-done; code != 0 {
-		t.Fatalf("serve exited %d", code)
-	}
+	srv.stop(t)
 }
 
 // writeCertificate writes a fresh certificate and key as PEM files and
@@ -218,4 +167,74 @@ func writeCertificate(t *testing.T, dir string) (certPath, keyPath string, clien
 	os.WriteFile(certPath, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: cert.Certificate[0]}), 0o600)
 	os.WriteFile(keyPath, pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: keyDER}), 0o600)
 	return certPath, keyPath, client
+}
+
+// serveProcess is a running `mailcapture serve` whose log lines tests
+// wait for.
+type serveProcess struct {
+	t      *testing.T
+	events chan string
+	cancel context.CancelFunc
+	done   chan int
+}
+
+// startServe runs serve with the configuration file and environment; it
+// is stopped at the end of the test if stop was not called.
+func startServe(t *testing.T, path string, environ []string) *serveProcess {
+	t.Helper()
+	pr, pw := io.Pipe()
+	env := &environment{stdout: io.Discard, stderr: pw, environ: environ}
+	ctx, cancel := context.WithCancel(context.Background())
+	p := &serveProcess{t: t, events: make(chan string, 256), cancel: cancel, done: make(chan int, 1)}
+	go func() {
+		p.done <- run(ctx, env, []string{"serve", "--config", path})
+		pw.Close()
+	}()
+	go func() {
+		sc := bufio.NewScanner(pr)
+		for sc.Scan() {
+			p.events <- sc.Text()
+		}
+		close(p.events)
+		io.Copy(io.Discard, pr)
+	}()
+	t.Cleanup(func() {
+		cancel()
+		for range p.events {
+		}
+	})
+	return p
+}
+
+// waitFor returns the submatches of the first log line matching re, from
+// the lines not read yet.
+func (p *serveProcess) waitFor(re *regexp.Regexp) []string {
+	p.t.Helper()
+	timeout := time.After(60 * time.Second)
+	for {
+		select {
+		case line, ok := <-p.events:
+			if !ok {
+				p.t.Fatalf("serve ended before logging %s", re)
+			}
+			if m := re.FindStringSubmatch(line); m != nil {
+				return m
+			}
+		case <-timeout:
+			p.t.Fatalf("serve did not log %s within 60s", re)
+		}
+	}
+}
+
+// stop ends serve as SIGTERM would and checks it exited cleanly.
+func (p *serveProcess) stop(t *testing.T) {
+	t.Helper()
+	p.cancel()
+	go func() {
+		for range p.events {
+		}
+	}()
+	if code := <-p.done; code != 0 {
+		t.Fatalf("serve exited %d", code)
+	}
 }

@@ -1,0 +1,126 @@
+package main
+
+import (
+	"bufio"
+	"encoding/json"
+	"io"
+	"net"
+	"net/http"
+	"regexp"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/emersion/go-imap/v2/imapclient"
+
+	"mailcapture/legacytest"
+)
+
+// TestServeLimitsConnections: connections from one address are bounded
+// over all listeners, each refused in its protocol's words, and the
+// refusals, logins and sessions show in the metrics.
+func TestServeLimitsConnections(t *testing.T) {
+	d := legacytest.Start(t, legacytest.Options{})
+	const user, pass = "limits@example.org", "limits pass"
+	d.AddUser(t, user, pass)
+	d.Populate(t, user, pass, []legacytest.Folder{{Name: "INBOX", Messages: legacytest.Generate(91, 3, 2000)}})
+	path, _, environ := bulkConfig(t, d)
+	environ = append(environ, "MAILCAPTURE_LISTEN__IMAP=127.0.0.1:0", "MAILCAPTURE_LISTEN__POP3=127.0.0.1:0",
+		"MAILCAPTURE_LISTEN__HTTP=127.0.0.1:0", "MAILCAPTURE_LIMITS__CONNECTIONS_PER_ADDRESS=3", "MAILCAPTURE_MODE=shadow")
+	srv := startServe(t, path, environ)
+	imapAddr := srv.waitFor(regexp.MustCompile(`msg=listening key=listen.imap addr=(\S+)`))[1]
+	pop3Addr := srv.waitFor(regexp.MustCompile(`msg=listening key=listen.pop3 addr=(\S+)`))[1]
+	httpAddr := srv.waitFor(regexp.MustCompile(`msg="http listening" addr=(\S+)`))[1]
+
+	greeting := func(addr string) (net.Conn, string) {
+		t.Helper()
+		c, err := net.Dial("tcp", addr)
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { c.Close() })
+		c.SetReadDeadline(time.Now().Add(10 * time.Second))
+		line, err := bufio.NewReader(c).ReadString('\n')
+		if err != nil {
+			t.Fatalf("greeting from %s: %v", addr, err)
+		}
+		return c, line
+	}
+	client, err := imapclient.DialInsecure(imapAddr, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer client.Close()
+	if err := client.Login(user, pass).Wait(); err != nil {
+		t.Fatal(err)
+	}
+	var open []net.Conn
+	for range 2 {
+		c, line := greeting(imapAddr)
+		if !strings.HasPrefix(line, "* OK") {
+			t.Fatalf("connection within the limit got %q", line)
+		}
+		open = append(open, c)
+	}
+	if _, line := greeting(imapAddr); !strings.HasPrefix(line, "* BYE [UNAVAILABLE]") {
+		t.Fatalf("4th IMAP connection got %q", line)
+	}
+	if _, line := greeting(pop3Addr); !strings.HasPrefix(line, "-ERR [SYS/TEMP]") {
+		t.Fatalf("POP3 connection over the shared limit got %q", line)
+	}
+	// LOGOUT, then read to the server's close: the slot is released right
+	// after it (the bounded retry covers that instant only).
+	io.WriteString(open[0], "a LOGOUT\r\n")
+	if rest, err := io.ReadAll(open[0]); err != nil || !strings.Contains(string(rest), "a OK") {
+		t.Fatalf("LOGOUT: %q %v", rest, err)
+	}
+	for i := 0; ; i++ {
+		_, line := greeting(pop3Addr)
+		if strings.HasPrefix(line, "+OK") {
+			break
+		}
+		if i == 50 || !strings.HasPrefix(line, "-ERR [SYS/TEMP]") {
+			t.Fatalf("after a close, POP3 got %q", line)
+		}
+	}
+
+	metrics := scrape(t, "http://"+httpAddr+"/metrics")
+	for _, want := range []string{
+		`mailcapture_logins_total{protocol="imap",result="ok",route="legacy"} 1`,
+		`mailcapture_sessions_active{protocol="imap",route="legacy"} 1`,
+	} {
+		if !strings.Contains(metrics, want+"\n") {
+			t.Errorf("metrics lack %s", want)
+		}
+	}
+	if m := regexp.MustCompile(`mailcapture_limit_refusals_total\{limit="connections_per_address"\} (\d+)`).FindStringSubmatch(metrics); m == nil || m[1] == "0" || m[1] == "1" {
+		t.Errorf("refusals by connections_per_address: %v", m)
+	}
+	client.Logout().Wait()
+
+	// Shadow mode recorded the login, nothing else: the forecast.
+	code, out, errOut := runCLI(t, environ, "logins", "--config", path, "--json")
+	var rows []loginRow
+	if code != 0 || json.Unmarshal([]byte(out), &rows) != nil || len(rows) != 1 ||
+		rows[0].Account != user || rows[0].State != "unknown" || rows[0].Protocols["imap"] != 1 {
+		t.Fatalf("logins: exit %d %s %s", code, out, errOut)
+	}
+	if code, out, _ := runCLI(t, environ, "logins", "--config", path); code != 0 || !strings.Contains(out, user+"  unknown  1") {
+		t.Fatalf("logins (text): exit %d\n%s", code, out)
+	}
+	srv.stop(t)
+}
+
+func scrape(t *testing.T, url string) string {
+	t.Helper()
+	resp, err := http.Get(url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	body, err := io.ReadAll(resp.Body)
+	if err != nil || resp.StatusCode != 200 {
+		t.Fatalf("GET %s: %d %v", url, resp.StatusCode, err)
+	}
+	return string(body)
+}
