@@ -111,6 +111,7 @@ func TestShadowModeRecordsLogins(t *testing.T) {
 	if _, err := f.st.Account(ctx, imapUser); !errors.Is(err, store.ErrNotFound) {
 		t.Fatalf("shadow mode recorded an account: %v", err)
 	}
+	f.front.Router.FlushLogins()
 	logins, err := f.st.Logins(ctx)
 	if err != nil {
 		t.Fatal(err)

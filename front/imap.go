@@ -383,7 +383,7 @@ func (s *session) login(tag, user, pass string) (done, handedOver bool) {
 			return false, false
 		}
 		log.Info("imap login", "route", "local")
-		s.f.Router.loggedIn(ctx, "imap", RouteLocal, acct.Name)
+		s.f.Router.loggedIn("imap", RouteLocal, acct.Name)
 		s.f.Router.LocalLoginOK(acct.Name, pass)
 		s.write("%s OK [CAPABILITY %s] logged in", tag, capsString())
 		obs.SessionStarted("imap", "local")
@@ -404,7 +404,7 @@ func (s *session) login(tag, user, pass string) (done, handedOver bool) {
 		s.write("%s NO [UNAVAILABLE] the mail server is not reachable, try again later", tag)
 		return false, false
 	}
-	s.f.Router.loggedIn(ctx, "imap", RouteLegacy, user)
+	s.f.Router.loggedIn("imap", RouteLegacy, user)
 	s.f.Router.LegacyLoginOK(ctx, user, pass)
 	log.Info("imap login", "route", "legacy")
 	if s.write("%s OK %s", tag, text) != nil {

@@ -94,7 +94,7 @@ func (b *POP3Backend) Login(ctx context.Context, user, password string, remote n
 		}
 		switch {
 		case err == nil:
-			b.Router.loggedIn(ctx, "pop3", RouteLocal, user)
+			b.Router.loggedIn("pop3", RouteLocal, user)
 			b.Router.LocalLoginOK(user, password)
 			obs.SessionStarted("pop3", "local")
 			return &observedMaildrop{Maildrop: drop, ended: func() { obs.SessionEnded("pop3", "local") }}, nil
@@ -135,7 +135,7 @@ func (b *POP3Backend) Login(ctx context.Context, user, password string, remote n
 		return nil, err
 	}
 	b.track(user, drop)
-	b.Router.loggedIn(ctx, "pop3", RouteLegacy, user)
+	b.Router.loggedIn("pop3", RouteLegacy, user)
 	b.Router.LegacyLoginOK(ctx, user, password)
 	obs.SessionStarted("pop3", "legacy")
 	return &observedMaildrop{Maildrop: drop, ended: func() { obs.SessionEnded("pop3", "legacy") }}, nil

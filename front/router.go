@@ -6,6 +6,9 @@ package front
 
 import (
 	"context"
+	"crypto/hmac"
+	"crypto/rand"
+	"crypto/sha256"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -67,6 +70,20 @@ type Router struct {
 
 	followMu  sync.Mutex
 	following map[string]bool
+
+	// Successful logins are written to the store in the background, in
+	// batches, off the login's path.
+	loginMu       sync.Mutex
+	loginsWritten *sync.Cond
+	pendingLogins []store.Login
+	writingLogins bool
+
+	// known holds, per account, a keyed MAC of the password last seen to
+	// match its stored hash, so that repeated legacy logins skip the slow
+	// hash. The key is random per process and never leaves memory.
+	known  sync.Map // lower-case account -> [32]byte
+	macKey [32]byte
+	keyed  sync.Once
 }
 
 // allow reports whether a login may be tried now.
@@ -79,12 +96,80 @@ func (r *Router) allow(addr net.Addr, account string) bool {
 }
 
 // loggedIn records a successful login: who, over which protocol (the
-// shadow-mode forecast, kept in every mode).
-func (r *Router) loggedIn(ctx context.Context, protocol string, route Route, account string) {
+// shadow-mode forecast, kept in every mode). The write happens in the
+// background; FlushLogins waits for it.
+func (r *Router) loggedIn(protocol string, route Route, account string) {
 	r.observer().Login(protocol, route.String(), "ok")
-	if err := r.Store.RecordLogin(ctx, account, protocol, time.Now()); err != nil {
-		r.log().Warn("record login", "account", account, "err", err)
+	r.loginMu.Lock()
+	defer r.loginMu.Unlock()
+	r.pendingLogins = append(r.pendingLogins, store.Login{Account: account, Protocol: protocol, At: time.Now()})
+	if !r.writingLogins {
+		r.writingLogins = true
+		go r.writeLogins()
 	}
+}
+
+// writeLogins writes pending logins until none is left.
+func (r *Router) writeLogins() {
+	for {
+		r.loginMu.Lock()
+		batch := r.pendingLogins
+		r.pendingLogins = nil
+		if len(batch) == 0 {
+			r.writingLogins = false
+			if r.loginsWritten != nil {
+				r.loginsWritten.Broadcast()
+			}
+			r.loginMu.Unlock()
+			return
+		}
+		r.loginMu.Unlock()
+		ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+		if err := r.Store.RecordLogins(ctx, batch); err != nil {
+			r.log().Warn("record logins", "err", err)
+		}
+		cancel()
+	}
+}
+
+// FlushLogins returns once every login so far is written to the store.
+func (r *Router) FlushLogins() {
+	r.loginMu.Lock()
+	defer r.loginMu.Unlock()
+	if r.loginsWritten == nil {
+		r.loginsWritten = sync.NewCond(&r.loginMu)
+	}
+	for r.writingLogins {
+		r.loginsWritten.Wait()
+	}
+}
+
+// passwordMAC is the keyed MAC of an account's password (see known).
+func (r *Router) passwordMAC(account, password string) [32]byte {
+	r.keyed.Do(func() { rand.Read(r.macKey[:]) })
+	m := hmac.New(sha256.New, r.macKey[:])
+	m.Write([]byte(strings.ToLower(account)))
+	m.Write([]byte{0})
+	m.Write([]byte(password))
+	var out [32]byte
+	m.Sum(out[:0])
+	return out
+}
+
+// matchesKnown tells whether password is the one last seen to match the
+// account's stored hash.
+func (r *Router) matchesKnown(account, password string) bool {
+	v, ok := r.known.Load(strings.ToLower(account))
+	if !ok {
+		return false
+	}
+	want := v.([32]byte)
+	got := r.passwordMAC(account, password)
+	return hmac.Equal(got[:], want[:])
+}
+
+func (r *Router) rememberPassword(account, password string) {
+	r.known.Store(strings.ToLower(account), r.passwordMAC(account, password))
 }
 
 // passwordChanged tries a password that failed against a captured
@@ -104,6 +189,7 @@ func (r *Router) passwordChanged(ctx context.Context, account, password string) 
 		r.log().Error("update password hash", "account", account, "err", err)
 		return false
 	}
+	r.rememberPassword(account, password)
 	r.log().Info("password changed at the legacy server: local hash replaced", "account", account)
 	return true
 }
@@ -202,16 +288,22 @@ func (r *Router) LegacyLoginOK(ctx context.Context, user, password string) {
 			r.log().Error("record account", "account", user, "err", err)
 			return
 		}
+		r.rememberPassword(user, password)
 		r.log().Info("account captured at login", "account", user)
 	case err != nil:
 		r.log().Error("read account", "account", user, "err", err)
 		return
 	default:
+		if r.matchesKnown(acct.Name, password) {
+			break
+		}
 		if ok, _ := r.Store.VerifyPassword(ctx, acct.Name, password); !ok {
 			if err := r.Store.SetPassword(ctx, acct.Name, password); err != nil {
 				r.log().Error("update password hash", "account", user, "err", err)
+				break
 			}
 		}
+		r.rememberPassword(acct.Name, password)
 	}
 	if r.Scheduler != nil {
 		r.Scheduler.Submit(user, password, true)

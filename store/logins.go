@@ -18,20 +18,30 @@ type LoginRecord struct {
 	Count    int64
 }
 
-// RecordLogin notes a successful login of account over protocol ("imap"
-// or "pop3"). Accounts need not exist: in shadow mode nothing else is
-// recorded.
-func (s *Store) RecordLogin(ctx context.Context, account, protocol string, at time.Time) error {
-	account = strings.TrimSpace(account)
+// Login is one successful login to record.
+type Login struct {
+	Account  string
+	Protocol string // "imap" or "pop3"
+	At       time.Time
+}
+
+// RecordLogins notes successful logins, in one transaction. Accounts need
+// not exist: in shadow mode nothing else is recorded.
+func (s *Store) RecordLogins(ctx context.Context, logins []Login) error {
 	err := s.writeTx(ctx, func(tx *sql.Tx) error {
-		_, err := tx.ExecContext(ctx, `INSERT INTO logins (account, protocol, first_at, last_at, count)
-			VALUES (?, ?, ?, ?, 1)
-			ON CONFLICT (account, protocol) DO UPDATE SET last_at = excluded.last_at, count = count + 1`,
-			account, protocol, at.Unix(), at.Unix())
-		return err
+		for _, l := range logins {
+			_, err := tx.ExecContext(ctx, `INSERT INTO logins (account, protocol, first_at, last_at, count)
+				VALUES (?, ?, ?, ?, 1)
+				ON CONFLICT (account, protocol) DO UPDATE SET last_at = excluded.last_at, count = count + 1`,
+				strings.TrimSpace(l.Account), l.Protocol, l.At.Unix(), l.At.Unix())
+			if err != nil {
+				return err
+			}
+		}
+		return nil
 	})
 	if err != nil {
-		return fmt.Errorf("record login %s: %w", account, err)
+		return fmt.Errorf("record %d logins: %w", len(logins), err)
 	}
 	return nil
 }

@@ -97,8 +97,10 @@ func TestServeLimitsConnections(t *testing.T) {
 		t.Errorf("refusals by connections_per_address: %v", m)
 	}
 	client.Logout().Wait()
+	srv.stop(t)
 
-	// Shadow mode recorded the login, nothing else: the forecast.
+	// Shadow mode recorded the login (written at the latest at shutdown),
+	// nothing else: the forecast.
 	code, out, errOut := runCLI(t, environ, "logins", "--config", path, "--json")
 	var rows []loginRow
 	if code != 0 || json.Unmarshal([]byte(out), &rows) != nil || len(rows) != 1 ||
@@ -108,7 +110,6 @@ func TestServeLimitsConnections(t *testing.T) {
 	if code, out, _ := runCLI(t, environ, "logins", "--config", path); code != 0 || !strings.Contains(out, user+"  unknown  1") {
 		t.Fatalf("logins (text): exit %d\n%s", code, out)
 	}
-	srv.stop(t)
 }
 
 func scrape(t *testing.T, url string) string {

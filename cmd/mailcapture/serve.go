@@ -106,6 +106,12 @@ func (s *server) start(schedCtx context.Context, schedDone chan struct{}) error 
 	if cfg.Mode != "shadow" {
 		router.Scheduler = s.sched
 	}
+	// Stopped last: the logins of sessions ended by the other stops are
+	// written before the store closes.
+	s.stops = append(s.stops, func(context.Context) error {
+		router.FlushLogins()
+		return nil
+	})
 	if !cfg.Legacy.Retired {
 		router.LegacyCheck = engine.CheckPassword
 		router.Follow = func(ctx context.Context, account, password string) {
