@@ -428,6 +428,9 @@ func (s *session) checkLocal(ctx context.Context, user, pass string) (*store.Acc
 	if err != nil || acct.State != store.StateCaptured {
 		return nil, false
 	}
+	if s.f.Router.matchesKnown(acct.Name, pass) {
+		return &acct, true
+	}
 	ok, err := s.f.Local.Store.VerifyPassword(ctx, acct.Name, pass)
 	if err == nil && !ok {
 		ok = s.f.Router.passwordChanged(ctx, acct.Name, pass)
@@ -435,6 +438,7 @@ func (s *session) checkLocal(ctx context.Context, user, pass string) (*store.Acc
 	if err != nil || !ok {
 		return nil, false
 	}
+	s.f.Router.rememberPassword(acct.Name, pass)
 	return &acct, true
 }
 

@@ -47,6 +47,11 @@ type Options struct {
 	// TLS turns on STARTTLS/STLS and implicit-TLS listeners with a fresh
 	// self-signed certificate for 127.0.0.1 (see Dovecot.CertPool).
 	TLS bool
+	// ManySessions configures Dovecot for tens of thousands of concurrent
+	// IMAP sessions of one user from one address (long-lived login
+	// processes, many clients per imap process). The caller's file
+	// descriptor limit must allow it.
+	ManySessions bool
 }
 
 // Dovecot is a running private Dovecot.
@@ -153,6 +158,22 @@ func (d *Dovecot) start(ports []int) error {
 	if d.Options.NoSpecialUse {
 		specialUse = ""
 	}
+	many := ""
+	if d.Options.ManySessions {
+		many = `default_client_limit = 15000
+mail_max_userip_connections = 15000
+service imap-login {
+  service_count = 0
+  client_limit = 15000
+  process_min_avail = 1
+  vsz_limit = 2G
+}
+service imap {
+  service_count = 0
+  client_limit = 100
+}
+`
+	}
 	master := ""
 	if d.Options.MasterUser != "" {
 		line := fmt.Sprintf("%s:{PLAIN}%s::::::\n", d.Options.MasterUser, d.Options.MasterPassword)
@@ -246,7 +267,7 @@ service lmtp {
 service imap {
   process_limit = 512
 }
-`, d.Dir, fsync, d.mailUID, d.mailGID, d.Options.Separator, d.Options.Prefix, specialUse, ports[0], ports[1], ports[2], uidlFormat, master, ssl, imapsPort, pop3sPort)
+%[16]s`, d.Dir, fsync, d.mailUID, d.mailGID, d.Options.Separator, d.Options.Prefix, specialUse, ports[0], ports[1], ports[2], uidlFormat, master, ssl, imapsPort, pop3sPort, many)
 	if err := os.WriteFile(d.configPath(), []byte(conf), 0o644); err != nil {
 		return err
 	}

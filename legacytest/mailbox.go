@@ -5,6 +5,8 @@ import (
 	"fmt"
 	"io"
 	"math/rand/v2"
+	"os"
+	"path/filepath"
 	"sort"
 	"strings"
 	"testing"
@@ -307,4 +309,38 @@ func Generate(seed uint64, n int, maxSize int) []Message {
 		out[i] = Message{Body: b.Bytes(), Flags: flagSets[r.IntN(len(flagSets))], InternalDate: date}
 	}
 	return out
+}
+
+// SeedInbox writes messages straight into a user's INBOX Maildir, in
+// order, as files Dovecot has not seen yet: much faster than APPEND for
+// large mailboxes. Dovecot gives them UIDs at the next login that opens
+// INBOX, in the order of their file names. Flags are not written. Call it
+// before anything else touches the user's INBOX.
+func (d *Dovecot) SeedInbox(t testing.TB, user string, msgs []Message) {
+	t.Helper()
+	home := filepath.Join(d.Dir, "home", user)
+	maildir := filepath.Join(home, "Maildir")
+	for _, sub := range []string{"", "Maildir", "Maildir/cur", "Maildir/new", "Maildir/tmp"} {
+		dir := filepath.Join(home, sub)
+		if err := os.MkdirAll(dir, 0o700); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.Chown(dir, d.mailUID, d.mailGID); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for i, m := range msgs {
+		name := filepath.Join(maildir, "cur", fmt.Sprintf("1700000000.M%08dP1.legacytest,S=%d:2,", i, len(m.Body)))
+		if err := os.WriteFile(name, m.Body, 0o600); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.Chown(name, d.mailUID, d.mailGID); err != nil {
+			t.Fatal(err)
+		}
+		if !m.InternalDate.IsZero() {
+			if err := os.Chtimes(name, m.InternalDate, m.InternalDate); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
 }
