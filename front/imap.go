@@ -560,11 +560,33 @@ type handedConn struct {
 	mu          sync.Mutex
 	greetingCut bool
 	pending     []byte // rest of a greeting split across writes
+	// The server's output is gathered and written out when it reads next,
+	// or a millisecond after its last write.
+	out        batchWriter
+	flushTimer *time.Timer
 }
 
-func (c *handedConn) Read(p []byte) (int, error) { return c.r.Read(p) }
+// Read writes out what the server gathered first: the server reads the
+// next command only once it has answered the last.
+func (c *handedConn) Read(p []byte) (int, error) {
+	if err := c.flush(); err != nil {
+		return 0, err
+	}
+	return c.r.Read(p)
+}
+
+// flush writes out the gathered output.
+func (c *handedConn) flush() error {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.flushTimer != nil {
+		c.flushTimer.Stop()
+	}
+	return c.out.Flush()
+}
 
 func (c *handedConn) Close() error {
+	c.flush()
 	err := c.Conn.Close()
 	if c.closed != nil {
 		c.closeOnce.Do(c.closed)
@@ -591,8 +613,21 @@ func (c *handedConn) Write(p []byte) (int, error) {
 		}
 		return len(p), nil
 	}
-	c.mu.Unlock()
-	return c.Conn.Write(p)
+	defer c.mu.Unlock()
+	if c.out.w == nil {
+		c.out.w = c.Conn
+	}
+	n, err := c.out.Write(p)
+	if c.out.buf != nil {
+		// Output written while the server is not reading (IDLE updates)
+		// goes out within a millisecond.
+		if c.flushTimer == nil {
+			c.flushTimer = time.AfterFunc(time.Millisecond, func() { c.flush() })
+		} else {
+			c.flushTimer.Reset(time.Millisecond)
+		}
+	}
+	return n, err
 }
 
 // handoffListener feeds handed-over connections to the local server.

@@ -133,10 +133,12 @@ func idleDone(inflight map[string]string, word string) bool {
 // notes tagged completions.
 func (p *proxiedIMAP) legacyToClient() {
 	r := p.legacy.r
+	w := &batchWriter{w: p.client}
+	defer w.Flush()
 	for {
 		line, err := r.ReadSlice('\n')
 		if err == bufio.ErrBufferFull {
-			if _, err := p.client.Write(line); err != nil {
+			if _, err := w.Write(line); err != nil {
 				return
 			}
 			continue
@@ -147,16 +149,27 @@ func (p *proxiedIMAP) legacyToClient() {
 		tag, rest, _ := strings.Cut(string(line), " ")
 		status, _, _ := strings.Cut(rest, " ")
 		n, isLiteral := trailingLiteral(line)
-		if _, err := p.client.Write(line); err != nil {
+		if _, err := w.Write(line); err != nil {
 			return
 		}
 		if isLiteral {
-			if _, err := io.CopyN(p.client, r, n); err != nil {
+			if err := copyLiteral(w, r, n); err != nil {
 				return
 			}
 			continue
 		}
+		completion := false
 		if s := strings.ToUpper(status); tag != "*" && tag != "+" && (s == "OK" || s == "NO" || s == "BAD") {
+			completion = true
+		}
+		// Write out whenever nothing more is at hand, and always at a
+		// command's completion (a cut-over may follow it with * BYE).
+		if r.Buffered() == 0 || completion || tag == "+" {
+			if err := w.Flush(); err != nil {
+				return
+			}
+		}
+		if completion {
 			p.mu.Lock()
 			delete(p.inflight, tag)
 			if p.atBoundaryLocked() {
@@ -168,6 +181,30 @@ func (p *proxiedIMAP) legacyToClient() {
 			p.mu.Unlock()
 		}
 	}
+}
+
+// copyLiteral forwards n bytes of a literal from r, writing out whenever r
+// has nothing more at hand.
+func copyLiteral(w *batchWriter, r *bufio.Reader, n int64) error {
+	for n > 0 {
+		k := min(n, int64(r.Buffered()))
+		if k == 0 {
+			if err := w.Flush(); err != nil {
+				return err
+			}
+			k = min(n, int64(r.Size()))
+		}
+		b, err := r.Peek(int(k))
+		if len(b) == 0 {
+			return err
+		}
+		if _, err := w.Write(b); err != nil {
+			return err
+		}
+		r.Discard(len(b))
+		n -= int64(len(b))
+	}
+	return nil
 }
 
 func (p *proxiedIMAP) atBoundaryLocked() bool {

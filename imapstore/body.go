@@ -58,6 +58,9 @@ func (s *Session) writeSection(rw *imapserver.FetchResponseWriter, m store.Messa
 
 // sectionBounds returns the byte range of a section.
 func sectionBounds(info *mimeinfo.Message, size int64, sec *imap.FetchItemBodySection) (int64, int64) {
+	if wholeMessage(sec) {
+		return 0, size
+	}
 	msg := info
 	part := &info.Root
 	for i, n := range sec.Part {

@@ -9,6 +9,7 @@ import (
 	"github.com/emersion/go-imap/v2"
 	"github.com/emersion/go-imap/v2/imapserver"
 
+	"mailcapture/mimeinfo"
 	"mailcapture/store"
 )
 
@@ -175,11 +176,15 @@ func (s *Session) fetchOne(rw *imapserver.FetchResponseWriter, m store.Message, 
 		rw.WriteRFC822Size(m.Size)
 	}
 	if options.Envelope || options.BodyStructure != nil || len(options.BodySection) > 0 || len(options.BinarySection) > 0 {
-		ctx, cancel := s.ctx()
-		info, err := s.b.Store.Structure(ctx, m.ID)
-		cancel()
-		if err != nil {
-			return s.internal("fetch", err)
+		var info *mimeinfo.Message
+		if needsStructure(options) {
+			ctx, cancel := s.ctx()
+			var err error
+			info, err = s.b.Store.Structure(ctx, m.ID)
+			cancel()
+			if err != nil {
+				return s.internal("fetch", err)
+			}
 		}
 		if options.Envelope {
 			rw.WriteEnvelope(envelope(&info.Envelope))
@@ -201,6 +206,30 @@ func (s *Session) fetchOne(rw *imapserver.FetchResponseWriter, m store.Message, 
 		}
 	}
 	return nil
+}
+
+// needsStructure tells whether a FETCH needs a message's cached structure:
+// whole messages (BODY[], RFC822) are served from the file alone.
+func needsStructure(options *imap.FetchOptions) bool {
+	if options.Envelope || options.BodyStructure != nil {
+		return true
+	}
+	for _, bs := range options.BodySection {
+		if !wholeMessage(bs) {
+			return true
+		}
+	}
+	for _, bs := range options.BinarySection {
+		if len(bs.Part) > 0 {
+			return true
+		}
+	}
+	return false
+}
+
+// wholeMessage tells whether a section is the whole message.
+func wholeMessage(bs *imap.FetchItemBodySection) bool {
+	return len(bs.Part) == 0 && bs.Specifier == imap.PartSpecifierNone
 }
 
 // Store changes flags and writes the new flags unless SILENT.
