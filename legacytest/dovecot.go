@@ -383,8 +383,28 @@ func (d *Dovecot) ChangePassword(t testing.TB, name, password string) {
 	if err := os.Chtimes(path, later, later); err != nil {
 		t.Fatal(err)
 	}
+	nextSecond()
+}
+
+// nextSecond returns once the wall clock has entered the next second:
+// Dovecot's passwd-file driver looks at a file at most once per second.
+func nextSecond() {
 	now := time.Now()
 	time.Sleep(now.Truncate(time.Second).Add(time.Second).Sub(now))
+}
+
+// RemoveUser deletes a user's passwd file. It returns once the wall clock
+// has entered the next second (see ChangePassword): from then on the user
+// is unknown (logins fail, LMTP refuses the address).
+func (d *Dovecot) RemoveUser(t testing.TB, name string) {
+	t.Helper()
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if err := os.Remove(filepath.Join(d.Dir, "users", name)); err != nil {
+		t.Fatal(err)
+	}
+	delete(d.users, name)
+	nextSecond()
 }
 
 func freePorts(n int) ([]int, error) {

@@ -2,17 +2,19 @@ package relay
 
 import (
 	"context"
+	"fmt"
 	"log/slog"
-	"strings"
 	"time"
+
+	"github.com/emersion/go-smtp"
 
 	"mailcapture/store"
 )
 
 // Queue relays spooled mail to the legacy server, with exponential
-// backoff. A message the legacy server refuses for good, or still
-// undelivered after Lifetime, stays in the spool with its last error and no
-// further attempt, for the admin to see.
+// backoff. Recipients the legacy server refuses for good, and those still
+// undelivered after Lifetime, are reported to the sender in a DSN (RFC
+// 3464), itself relayed like any message, from the null sender.
 type Queue struct {
 	Store  *store.Store
 	Legacy Legacy
@@ -21,12 +23,11 @@ type Queue struct {
 	// Poll is how often the spool is scanned when idle. Default 10s.
 	Poll time.Duration
 	Log  *slog.Logger
+	// Observer, if set, counts delivered and bounced messages.
+	Observer Observer
 	// afterPass, if set, runs after each scan (tests wait on it).
 	afterPass func()
 }
-
-// never is when a given-up message would be retried: not in practice.
-var never = time.Date(9999, 1, 1, 0, 0, 0, 0, time.UTC)
 
 // Run relays until ctx ends.
 func (q *Queue) Run(ctx context.Context) {
@@ -74,26 +75,64 @@ func (q *Queue) deliver(ctx context.Context, e store.SpoolEntry) {
 	d := q.Legacy.Deliver(ctx, e.From, e.To, f)
 	f.Close()
 	log := q.log().With("id", e.ID)
-	var refused []string
+	var failures []Failure
 	for rcpt, se := range d.Refused {
-		refused = append(refused, rcpt+": "+se.Error())
 		log.Warn("relay: the legacy server refused a recipient", "rcpt", rcpt, "err", se)
+		failures = append(failures, Failure{Recipient: rcpt, Status: statusOf(se), Diagnostic: se.Error()})
+	}
+	lifetime := orDuration(q.Lifetime, 5*24*time.Hour)
+	expired := len(d.Retry) > 0 && time.Since(e.ReceivedAt) > lifetime
+	if expired {
+		for _, rcpt := range d.Retry {
+			failures = append(failures, Failure{Recipient: rcpt, Status: "4.4.7",
+				Diagnostic: fmt.Sprintf("delivery time expired after %s; last error: %v", lifetime, d.Err)})
+		}
+	}
+	if len(failures) > 0 {
+		// The DSN is spooled before the original leaves: a crash in
+		// between bounces twice at worst, never loses the notice.
+		if err := q.enqueueDSN(ctx, e, failures); err != nil {
+			log.Error("relay: spool a DSN", "err", err)
+			q.Store.Defer(ctx, e.ID, e.To, time.Now().Add(time.Minute), "spooling the DSN failed: "+err.Error())
+			return
+		}
+		q.observe(e, "bounced", len(failures))
+		log.Warn("relay: returned to the sender", "from", e.From, "failed", len(failures), "expired", expired)
 	}
 	switch {
-	case len(d.Retry) == 0 && len(refused) == 0:
+	case len(d.Retry) == 0 || expired:
 		if err := q.Store.Dequeue(ctx, e.ID); err != nil {
 			log.Error("relay: dequeue", "err", err)
 		}
-		log.Info("relay: delivered to the legacy server", "rcpts", len(e.To))
-	case len(d.Retry) == 0:
-		// Refused for good: kept, with the reason, for the admin.
-		q.Store.Defer(ctx, e.ID, e.To, never, "refused: "+strings.Join(refused, "; "))
-	case time.Since(e.ReceivedAt) > orDuration(q.Lifetime, 5*24*time.Hour):
-		q.Store.Defer(ctx, e.ID, d.Retry, never, "expired after "+orDuration(q.Lifetime, 5*24*time.Hour).String()+": "+d.Err.Error())
+		if delivered := len(e.To) - len(failures); delivered > 0 {
+			q.observe(e, "delivered", delivered)
+			log.Info("relay: delivered to the legacy server", "rcpts", delivered)
+		}
 	default:
+		if delivered := len(e.To) - len(d.Retry) - len(d.Refused); delivered > 0 {
+			q.observe(e, "delivered", delivered)
+		}
 		wait := time.Minute << min(e.Attempts, 6) // 1m, 2m, ... 64m
 		q.Store.Defer(ctx, e.ID, d.Retry, time.Now().Add(wait), d.Err.Error())
 		log.Info("relay: deferred", "retry_in", wait, "err", d.Err)
+	}
+}
+
+// statusOf is the enhanced status code of an SMTP refusal.
+func statusOf(se *smtp.SMTPError) string {
+	if se.EnhancedCode != (smtp.EnhancedCode{}) && se.EnhancedCode != smtp.NoEnhancedCode {
+		return fmt.Sprintf("%d.%d.%d", se.EnhancedCode[0], se.EnhancedCode[1], se.EnhancedCode[2])
+	}
+	return fmt.Sprintf("%d.0.0", se.Code/100)
+}
+
+// observe counts recipients of a relayed message by result.
+func (q *Queue) observe(e store.SpoolEntry, result string, n int) {
+	if q.Observer == nil {
+		return
+	}
+	for range n {
+		q.Observer.SMTPMessage("legacy", result)
 	}
 }
 

@@ -24,11 +24,11 @@ type fixture struct {
 
 // start runs the SMTP front end before a Dovecot (LMTP) with three users:
 // legacy@ is not captured, local@ is captured, moving@ is in cut-over.
-func start(t *testing.T) *fixture {
+func start(t *testing.T, configure ...func(*Backend)) *fixture {
 	t.Helper()
 	ctx := context.Background()
 	d := legacytest.Start(t, legacytest.Options{})
-	for _, u := range []string{"legacy", "local", "moving"} {
+	for _, u := range []string{"legacy", "local", "moving", "sender"} {
 		d.AddUser(t, u+"@example.org", "pw")
 	}
 	st, err := store.Open(ctx, t.TempDir(), store.Options{Hash: store.HashParams{Time: 1, MemoryKiB: 8192, Threads: 1}})
@@ -43,7 +43,11 @@ func start(t *testing.T) *fixture {
 	}
 	st.Transition(ctx, "local@example.org", store.StateCutover, store.StateCaptured)
 	legacy := Legacy{Address: d.LMTPAddr, Protocol: "lmtp", Hostname: "mx.example.org", Timeout: 10 * time.Second}
-	srv := smtp.NewServer(&Backend{Store: st, Domains: []string{"example.org"}, Legacy: legacy, Hostname: "mx.example.org"})
+	backend := &Backend{Store: st, Domains: []string{"example.org"}, Legacy: legacy, Hostname: "mx.example.org"}
+	for _, c := range configure {
+		c(backend)
+	}
+	srv := smtp.NewServer(backend)
 	srv.Domain = "mx.example.org"
 	srv.ReadTimeout, srv.WriteTimeout = time.Minute, time.Minute
 	ln, err := net.Listen("tcp", "127.0.0.1:0")

@@ -8,6 +8,7 @@ import (
 	"io"
 	"log/slog"
 	"net"
+	"os"
 	"strings"
 	"sync"
 	"time"
@@ -34,6 +35,14 @@ type Backend struct {
 	Legacy  Legacy
 	// Hostname goes into Received headers.
 	Hostname string
+	// MaxHops is the most Received headers a message may carry: more is
+	// a mail loop, refused with 554 5.4.6. Default 50.
+	MaxHops int
+	// DataTimeout bounds one DATA transfer; a slower sender is cut off
+	// (and retries). Default 10 minutes.
+	DataTimeout time.Duration
+	// Observer, if set, counts messages and refusals.
+	Observer Observer
 	Log      *slog.Logger
 
 	cacheMu sync.Mutex
@@ -57,7 +66,7 @@ func (b *Backend) log() *slog.Logger {
 
 // NewSession implements smtp.Backend.
 func (b *Backend) NewSession(c *smtp.Conn) (smtp.Session, error) {
-	return &session{b: b, helo: c.Hostname(), remote: c.Conn().RemoteAddr()}, nil
+	return &session{b: b, conn: c, helo: c.Hostname(), remote: c.Conn().RemoteAddr()}, nil
 }
 
 type recipient struct {
@@ -67,6 +76,7 @@ type recipient struct {
 
 type session struct {
 	b      *Backend
+	conn   *smtp.Conn
 	helo   string
 	remote net.Addr
 	from   string
@@ -102,6 +112,7 @@ func (s *session) Rcpt(to string, _ *smtp.RcptOptions) error {
 	defer cancel()
 	_, domain, ok := strings.Cut(to, "@")
 	if !ok || !s.b.hosted(domain) {
+		s.b.observe("none", "rejected")
 		return errNotHosted
 	}
 	r := recipient{addr: to}
@@ -121,6 +132,9 @@ func (s *session) Rcpt(to string, _ *smtp.RcptOptions) error {
 	}
 	if rt == routeLegacy {
 		if err := s.b.checkLegacy(ctx, to); err != nil {
+			if se, ok := err.(*smtp.SMTPError); ok && se.Code >= 500 {
+				s.b.observe("legacy", "rejected")
+			}
 			return err
 		}
 	}
@@ -170,33 +184,126 @@ func (b *Backend) remember(key string, err error, ttl time.Duration) {
 }
 
 // Data stores the message durably (the store, or the spool) before the
-// 250 goes out. Any failure is a 4xx: the sender keeps the message.
+// 250 goes out. Any failure of ours is a 4xx: the sender keeps the
+// message. A message that has looped (too many Received headers) is
+// refused with 554.
 func (s *session) Data(r io.Reader) error {
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Minute)
 	defer cancel()
 	if len(s.rcpts) == 0 {
 		return &smtp.SMTPError{Code: 554, EnhancedCode: smtp.EnhancedCode{5, 5, 1}, Message: "no valid recipients"}
 	}
-	body := io.MultiReader(bytes.NewReader(s.received()), r)
-	var err error
-	switch s.route {
-	case routeLocal:
-		err = s.deliverLocal(ctx, body)
-	case routeHold:
-		err = s.hold(ctx, body)
-	default:
-		var to []string
-		for _, rc := range s.rcpts {
-			to = append(to, rc.addr)
+	routeName := map[route]string{routeLocal: "local", routeHold: "held", routeLegacy: "legacy"}[s.route]
+	// The whole transfer has DataTimeout (the command's read deadline,
+	// set by go-smtp at the DATA line, would bound it otherwise).
+	s.conn.Conn().SetReadDeadline(time.Now().Add(orDuration(s.b.DataTimeout, 10*time.Minute)))
+	header, hops, err := readHeader(r)
+	if err == nil && hops >= orInt(s.b.MaxHops, 50) {
+		s.b.observe(routeName, "rejected")
+		s.b.refused("smtp_hops")
+		s.b.log().Warn("smtp: mail loop refused", "from", s.from, "hops", hops)
+		return &smtp.SMTPError{Code: 554, EnhancedCode: smtp.EnhancedCode{5, 4, 6}, Message: fmt.Sprintf("too many hops (%d Received headers): mail loop", hops)}
+	}
+	body := io.MultiReader(bytes.NewReader(s.received()), bytes.NewReader(header), r)
+	if err == nil {
+		switch s.route {
+		case routeLocal:
+			err = s.deliverLocal(ctx, body)
+		case routeHold:
+			err = s.hold(ctx, body)
+		default:
+			var to []string
+			for _, rc := range s.rcpts {
+				to = append(to, rc.addr)
+			}
+			_, err = s.b.Store.Enqueue(ctx, store.RouteLegacy, 0, store.Envelope{From: s.from, To: to}, body)
 		}
-		_, err = s.b.Store.Enqueue(ctx, store.RouteLegacy, 0, store.Envelope{From: s.from, To: to}, body)
+	}
+	if errors.Is(err, os.ErrDeadlineExceeded) {
+		s.b.observe(routeName, "deferred")
+		s.b.log().Warn("smtp: DATA took too long; connection closed", "remote", s.remote)
+		s.conn.Close()
+		return &smtp.SMTPError{Code: 421, EnhancedCode: smtp.EnhancedCode{4, 4, 2}, Message: "data timeout, try again later"}
 	}
 	if err != nil {
+		s.b.observe(routeName, "deferred")
 		s.b.log().Error("smtp: store message", "err", err)
-		io.Copy(io.Discard, r)
 		return errTemporary
 	}
+	s.b.observe(routeName, "accepted")
 	return nil
+}
+
+func (b *Backend) observe(route, result string) {
+	if b.Observer != nil {
+		b.Observer.SMTPMessage(route, result)
+	}
+}
+
+func (b *Backend) refused(limit string) {
+	if b.Observer != nil {
+		b.Observer.Refused(limit)
+	}
+}
+
+func orInt(v, def int) int {
+	if v <= 0 {
+		return def
+	}
+	return v
+}
+
+// maxHeaderScan bounds how much of a header is read to count hops.
+const maxHeaderScan = 1 << 20
+
+// readHeader reads the message's header section (up to maxHeaderScan
+// bytes) and counts its Received fields.
+func readHeader(r io.Reader) (header []byte, hops int, err error) {
+	var buf bytes.Buffer
+	one := make([]byte, 0, 1024)
+	br := &byteLineReader{r: r}
+	for buf.Len() < maxHeaderScan {
+		line, err := br.line(one[:0])
+		buf.Write(line)
+		if len(line) >= 9 && strings.EqualFold(string(line[:9]), "received:") {
+			hops++
+		}
+		if err == io.EOF {
+			return buf.Bytes(), hops, nil
+		}
+		if err != nil {
+			return nil, 0, err
+		}
+		if len(line) == 0 || line[0] == '\n' || (line[0] == '\r' && len(line) >= 2 && line[1] == '\n') {
+			break // the empty line that ends the header
+		}
+	}
+	return buf.Bytes(), hops, nil
+}
+
+// byteLineReader reads lines without reading past them (the rest of the
+// message stays in the underlying reader, unbuffered here).
+type byteLineReader struct {
+	r   io.Reader
+	one [1]byte
+}
+
+func (l *byteLineReader) line(dst []byte) ([]byte, error) {
+	for {
+		if len(dst) >= maxHeaderScan {
+			return dst, nil
+		}
+		n, err := l.r.Read(l.one[:])
+		if n == 1 {
+			dst = append(dst, l.one[0])
+			if l.one[0] == '\n' {
+				return dst, nil
+			}
+		}
+		if err != nil {
+			return dst, err
+		}
+	}
 }
 
 // received is the Received header this hop adds (RFC 5321 4.4).
