@@ -98,8 +98,11 @@ func (q *Queue) enqueueDSN(ctx context.Context, e store.SpoolEntry, failures []F
 		_, err = q.Store.Append(ctx, inbox.ID, bytes.NewReader(dsn), nil, time.Now())
 		return err
 	}
-	_, err = q.Store.Enqueue(ctx, store.RouteLegacy, 0, store.Envelope{From: "", To: []string{e.From}}, bytes.NewReader(dsn))
-	return err
+	if _, err = q.Store.Enqueue(ctx, store.RouteLegacy, 0, store.Envelope{From: "", To: []string{e.From}}, bytes.NewReader(dsn)); err != nil {
+		return err
+	}
+	q.Wake()
+	return nil
 }
 
 func (q *Queue) hostname() string {

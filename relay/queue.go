@@ -4,6 +4,8 @@ import (
 	"context"
 	"fmt"
 	"log/slog"
+	"strings"
+	"sync"
 	"time"
 
 	"github.com/emersion/go-smtp"
@@ -20,13 +22,30 @@ type Queue struct {
 	Legacy Legacy
 	// Lifetime bounds how long a message is retried. Default 5 days.
 	Lifetime time.Duration
-	// Poll is how often the spool is scanned when idle. Default 10s.
+	// Poll is how often the spool is scanned when idle (retries and drops
+	// asked for by `mailcapture queue` are seen then). Default 2s.
 	Poll time.Duration
 	Log  *slog.Logger
 	// Observer, if set, counts delivered and bounced messages.
 	Observer Observer
 	// afterPass, if set, runs after each scan (tests wait on it).
 	afterPass func()
+
+	wakeOnce sync.Once
+	wake     chan struct{}
+}
+
+func (q *Queue) wakeChan() chan struct{} {
+	q.wakeOnce.Do(func() { q.wake = make(chan struct{}, 1) })
+	return q.wake
+}
+
+// Wake makes the queue scan the spool now (a message was just spooled).
+func (q *Queue) Wake() {
+	select {
+	case q.wakeChan() <- struct{}{}:
+	default:
+	}
 }
 
 // Run relays until ctx ends.
@@ -39,7 +58,8 @@ func (q *Queue) Run(ctx context.Context) {
 		select {
 		case <-ctx.Done():
 			return
-		case <-time.After(orDuration(q.Poll, 10*time.Second)):
+		case <-q.wakeChan():
+		case <-time.After(orDuration(q.Poll, 2*time.Second)):
 		}
 	}
 }
@@ -67,6 +87,14 @@ func (q *Queue) pass(ctx context.Context) {
 }
 
 func (q *Queue) deliver(ctx context.Context, e store.SpoolEntry) {
+	if e.DropRequested {
+		if err := q.Store.Dequeue(ctx, e.ID); err != nil {
+			q.log().Error("relay: drop", "id", e.ID, "err", err)
+			return
+		}
+		q.log().Warn("relay: dropped at the admin's request", "id", e.ID, "from", e.From, "to", strings.Join(e.To, ","), "message_id", e.MessageID)
+		return
+	}
 	f, err := q.Store.OpenSpooled(e.ID)
 	if err != nil {
 		q.log().Error("relay: open spooled message", "id", e.ID, "err", err)

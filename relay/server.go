@@ -43,7 +43,10 @@ type Backend struct {
 	DataTimeout time.Duration
 	// Observer, if set, counts messages and refusals.
 	Observer Observer
-	Log      *slog.Logger
+	// Spooled, if set, is called after a message is spooled for the
+	// legacy server (Queue.Wake).
+	Spooled func()
+	Log     *slog.Logger
 
 	cacheMu sync.Mutex
 	cache   map[string]cachedCheck
@@ -217,6 +220,9 @@ func (s *session) Data(r io.Reader) error {
 				to = append(to, rc.addr)
 			}
 			_, err = s.b.Store.Enqueue(ctx, store.RouteLegacy, 0, store.Envelope{From: s.from, To: to}, body)
+			if err == nil && s.b.Spooled != nil {
+				s.b.Spooled()
+			}
 		}
 	}
 	if errors.Is(err, os.ErrDeadlineExceeded) {

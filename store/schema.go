@@ -109,6 +109,24 @@ CREATE TABLE logins (
 	PRIMARY KEY (account, protocol)
 );
 `,
+	// 3: spool actions asked for by `mailcapture queue` beside a running
+	// server.
+	`
+ALTER TABLE spool ADD COLUMN drop_requested INTEGER NOT NULL DEFAULT 0;
+`,
+}
+
+// checkVersion checks that a store opened beside its owner has the schema
+// this binary knows.
+func checkVersion(ctx context.Context, db *sql.DB) error {
+	var version int
+	if err := db.QueryRowContext(ctx, "PRAGMA user_version").Scan(&version); err != nil {
+		return err
+	}
+	if version != len(migrations) {
+		return fmt.Errorf("schema version %d, this mailcapture knows %d: run the same version as serve", version, len(migrations))
+	}
+	return nil
 }
 
 // migrate brings the schema to the newest version, one transaction per

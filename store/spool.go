@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"strings"
 	"time"
 )
 
@@ -36,6 +37,9 @@ type SpoolEntry struct {
 	Attempts      int
 	NextAttemptAt time.Time
 	LastError     string
+	// DropRequested: the admin asked for the message to be dropped; the
+	// relay queue removes it.
+	DropRequested bool
 }
 
 // Envelope is an SMTP envelope.
@@ -44,13 +48,13 @@ type Envelope struct {
 	To   []string
 }
 
-const spoolColumns = "id, route, coalesce(account_id, 0), sender, recipients, size, message_id, received_at, attempts, next_attempt_at, last_error"
+const spoolColumns = "id, route, coalesce(account_id, 0), sender, recipients, size, message_id, received_at, attempts, next_attempt_at, last_error, drop_requested"
 
 func scanSpool(row interface{ Scan(...any) error }) (SpoolEntry, error) {
 	var e SpoolEntry
 	var rcpts string
 	var received, next int64
-	if err := row.Scan(&e.ID, &e.Route, &e.AccountID, &e.From, &rcpts, &e.Size, &e.MessageID, &received, &e.Attempts, &next, &e.LastError); err != nil {
+	if err := row.Scan(&e.ID, &e.Route, &e.AccountID, &e.From, &rcpts, &e.Size, &e.MessageID, &received, &e.Attempts, &next, &e.LastError, &e.DropRequested); err != nil {
 		return e, err
 	}
 	e.ReceivedAt, e.NextAttemptAt = time.Unix(received, 0).UTC(), time.Unix(next, 0).UTC()
@@ -120,6 +124,49 @@ func (s *Store) Held(ctx context.Context, accountID int64) ([]SpoolEntry, error)
 // Spooled returns every spooled message, oldest first.
 func (s *Store) Spooled(ctx context.Context) ([]SpoolEntry, error) {
 	return s.spoolQuery(ctx, "ORDER BY received_at, id")
+}
+
+// RequestRetry makes legacy-route messages due now (all of them when ids
+// is empty) and returns how many it changed.
+func (s *Store) RequestRetry(ctx context.Context, ids []int64) (int64, error) {
+	return s.spoolControl(ctx, "UPDATE spool SET next_attempt_at = ? WHERE route = 'legacy'", ids, time.Now().Unix())
+}
+
+// RequestDrop marks legacy-route messages to be dropped (the relay queue
+// removes them at its next pass, or at the next start) and returns how
+// many it marked.
+func (s *Store) RequestDrop(ctx context.Context, ids []int64) (int64, error) {
+	if len(ids) == 0 {
+		return 0, fmt.Errorf("drop: name the messages to drop")
+	}
+	return s.spoolControl(ctx, "UPDATE spool SET drop_requested = 1, next_attempt_at = ? WHERE route = 'legacy'", ids, time.Now().Unix())
+}
+
+func (s *Store) spoolControl(ctx context.Context, update string, ids []int64, now int64) (int64, error) {
+	if s.opts.ReadOnly {
+		return 0, ErrReadOnly
+	}
+	args := []any{now}
+	if len(ids) > 0 {
+		marks := strings.TrimSuffix(strings.Repeat("?,", len(ids)), ",")
+		update += " AND id IN (" + marks + ")"
+		for _, id := range ids {
+			args = append(args, id)
+		}
+	}
+	var n int64
+	err := s.writeTx(context.WithValue(ctx, controlKey{}, true), func(tx *sql.Tx) error {
+		res, err := tx.ExecContext(ctx, update, args...)
+		if err != nil {
+			return err
+		}
+		n, err = res.RowsAffected()
+		return err
+	})
+	if err != nil {
+		return 0, fmt.Errorf("spool control: %w", err)
+	}
+	return n, nil
 }
 
 // SpoolEntryByID returns one spooled message or ErrNotFound.

@@ -46,6 +46,10 @@ type Options struct {
 	// ReadOnly opens without taking the writer lock and without recovery,
 	// for inspecting a store that a running server owns.
 	ReadOnly bool
+	// Control opens, like ReadOnly, beside a running server, but may ask
+	// for spool actions (RequestRetry, RequestDrop) that the server's relay
+	// queue carries out. No other write is allowed.
+	Control bool
 }
 
 // Store is an open store. It is safe for concurrent use.
@@ -83,8 +87,16 @@ func Open(ctx context.Context, dir string, opts Options) (*Store, error) {
 	}
 	s := &Store{dir: dir, opts: opts, log: opts.Logger}
 	s.ids.store = s
-	if opts.ReadOnly {
-		return s, s.openDatabases(ctx)
+	if opts.ReadOnly || opts.Control {
+		if err := s.openDatabases(ctx); err != nil {
+			s.Close()
+			return nil, err
+		}
+		if err := checkVersion(ctx, s.read); err != nil {
+			s.Close()
+			return nil, fmt.Errorf("open store %s: %w", dir, err)
+		}
+		return s, nil
 	}
 	if err := os.MkdirAll(filepath.Join(dir, blobsDir), 0o750); err != nil {
 		return nil, fmt.Errorf("open store: %w", err)
@@ -192,7 +204,14 @@ func (s *Store) writeTx(ctx context.Context, fn func(tx *sql.Tx) error) error {
 	return s.writeTxLocked(ctx, fn)
 }
 
+// controlKey marks the context of a spool control write, the only write
+// a store opened with Control may do.
+type controlKey struct{}
+
 func (s *Store) writeTxLocked(ctx context.Context, fn func(tx *sql.Tx) error) error {
+	if s.opts.ReadOnly || (s.opts.Control && ctx.Value(controlKey{}) == nil) {
+		return ErrReadOnly
+	}
 	tx, err := s.write.BeginTx(ctx, nil)
 	if err != nil {
 		return err

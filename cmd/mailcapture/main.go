@@ -29,9 +29,13 @@ type command struct {
 
 // environment is what a command talks to; tests replace it.
 type environment struct {
+	stdin          io.Reader
 	stdout, stderr io.Writer
 	environ        []string
-	isTerminal     bool
+	// isTerminal: standard output is a terminal (progress bars).
+	isTerminal bool
+	// canAsk: standard input and output are terminals (questions).
+	canAsk bool
 }
 
 func commands() []command {
@@ -40,6 +44,7 @@ func commands() []command {
 		{"check-config", "--config FILE", "load and validate a configuration, then print it", runCheckConfig},
 		{"status", "--config FILE [--json]", "show the migration's progress", runStatus},
 		{"logins", "--config FILE [--json]", "list who logged in, over which protocol (the shadow-mode forecast)", runLogins},
+		{"queue", queueUsage, "list, retry or drop the relay spool's messages", runQueue},
 		{"capture", "--config FILE (--csv FILE | --accounts FILE --master-user NAME ...)", "capture accounts nobody logs into", runCapture},
 		{"version", "", "print the version", runVersion},
 	}
@@ -50,7 +55,8 @@ var errUsage = errors.New("usage")
 
 func main() {
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
-	env := &environment{stdout: os.Stdout, stderr: os.Stderr, environ: os.Environ(), isTerminal: isTerminal(os.Stdout)}
+	env := &environment{stdin: os.Stdin, stdout: os.Stdout, stderr: os.Stderr, environ: os.Environ(), isTerminal: isTerminal(os.Stdout),
+		canAsk: isTerminal(os.Stdout) && isTerminal(os.Stdin)}
 	code := run(ctx, env, os.Args[1:])
 	stop()
 	os.Exit(code)
@@ -114,8 +120,23 @@ func newFlagSet(env *environment, name, args, summary string) *pflag.FlagSet {
 	return fs
 }
 
-// parse parses args, turning flag errors into usage errors.
+// parse parses args, turning flag errors into usage errors; positional
+// arguments are refused.
 func parse(fs *pflag.FlagSet, args []string) error {
+	if err := parseWithArgs(fs, args); err != nil {
+		return err
+	}
+	if fs.NArg() > 0 {
+		return fmt.Errorf("%w: unexpected argument %q", errUsage, fs.Arg(0))
+	}
+	return nil
+}
+
+// usageError is a usage error with a message.
+func usageError(msg string) error { return fmt.Errorf("%w: %s", errUsage, msg) }
+
+// parseWithArgs is parse, leaving positional arguments in fs.Args().
+func parseWithArgs(fs *pflag.FlagSet, args []string) error {
 	fs.SetOutput(io.Discard) // errors are reported once, by run
 	err := fs.Parse(args)
 	if errors.Is(err, pflag.ErrHelp) {
@@ -124,9 +145,6 @@ func parse(fs *pflag.FlagSet, args []string) error {
 	}
 	if err != nil {
 		return fmt.Errorf("%w: %v", errUsage, err)
-	}
-	if fs.NArg() > 0 {
-		return fmt.Errorf("%w: unexpected argument %q", errUsage, fs.Arg(0))
 	}
 	return nil
 }

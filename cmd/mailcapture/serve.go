@@ -195,8 +195,9 @@ func (s *server) start(schedCtx context.Context, schedDone chan struct{}) error 
 		if host, _, err := net.SplitHostPort(legacy.Address); err == nil {
 			legacy.TLSConfig.ServerName = host
 		}
+		queue := &relay.Queue{Store: s.st, Legacy: legacy, Lifetime: cfg.SMTP.MessageLifetime, Observer: m.Traffic, Log: log}
 		srv := smtp.NewServer(&relay.Backend{Store: s.st, Domains: cfg.Domains, Legacy: legacy, Hostname: cfg.Hostname,
-			MaxHops: cfg.SMTP.MaxHops, DataTimeout: cfg.SMTP.DataTimeout, Observer: m.Traffic, Log: log})
+			MaxHops: cfg.SMTP.MaxHops, DataTimeout: cfg.SMTP.DataTimeout, Observer: m.Traffic, Spooled: queue.Wake, Log: log})
 		srv.Domain = cfg.Hostname
 		srv.TLSConfig = s.tls
 		srv.ReadTimeout, srv.WriteTimeout = cfg.SMTP.CommandTimeout, time.Minute
@@ -210,7 +211,6 @@ func (s *server) start(schedCtx context.Context, schedDone chan struct{}) error 
 		go func() { s.errc <- srv.Serve(ln) }()
 		s.stops = append(s.stops, srv.Shutdown)
 		queueCtx, stopQueue := context.WithCancel(context.WithoutCancel(schedCtx))
-		queue := &relay.Queue{Store: s.st, Legacy: legacy, Lifetime: cfg.SMTP.MessageLifetime, Observer: m.Traffic, Log: log}
 		queueDone := make(chan struct{})
 		go func() {
 			queue.Run(queueCtx)
