@@ -1,0 +1,247 @@
+package main
+
+import (
+	"bufio"
+	"context"
+	"fmt"
+	"math/rand/v2"
+	"net"
+	"os"
+	"os/exec"
+	"os/signal"
+	"regexp"
+	"strings"
+	"syscall"
+	"testing"
+
+	"mailcapture/legacytest"
+	"mailcapture/store"
+)
+
+// childEnv makes the test binary run mailcapture's main instead of the
+// tests (the child of TestSMTPSurvivesSIGKILL).
+const childEnv = "MAILCAPTURETEST_RUN_MAIN"
+
+func TestMain(m *testing.M) {
+	if os.Getenv(childEnv) == "1" {
+		ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+		env := &environment{stdin: os.Stdin, stdout: os.Stdout, stderr: os.Stderr, environ: os.Environ()}
+		code := run(ctx, env, os.Args[1:])
+		stop()
+		os.Exit(code)
+	}
+	os.Exit(m.Run())
+}
+
+// loadSenders is a Python script: parallel smtplib senders of 10 KB
+// messages, alternately to a legacy-route and a local-route recipient,
+// printing "OK recipient message-id" for each 250, until the server goes
+// away.
+const loadSenders = `
+import smtplib, sys, threading
+host, port, prefix, senders = sys.argv[1], int(sys.argv[2]), sys.argv[3], int(sys.argv[4])
+lock = threading.Lock()
+def say(*words):
+    with lock:
+        print(*words, flush=True)
+def send(w):
+    i = 0
+    try:
+        s = smtplib.SMTP(host, port, timeout=20)
+        while True:
+            to = "legacy@example.org" if i % 2 == 0 else "local@example.org"
+            mid = "%s-%d-%d@load.example.net" % (prefix, w, i)
+            s.sendmail("sender@example.net", [to], "Message-ID: <%s>\r\nSubject: load\r\n\r\n%s" % (mid, ("x" * 76 + "\r\n") * 130))
+            say("OK", to, mid)
+            i += 1
+    except Exception as e:
+        say("STOP", w, type(e).__name__)
+threads = [threading.Thread(target=send, args=(w,)) for w in range(senders)]
+for t in threads: t.start()
+for t in threads: t.join()
+`
+
+// TestSMTPSurvivesSIGKILL kills serve with SIGKILL at random points while
+// ten senders deliver to both routes, many times in a row. Afterwards
+// every message that got a 250 is found, by Message-ID, in the legacy
+// mailbox (legacy route) or the local one (local route). The relay queue
+// delivers one message at a time, so a kill can interrupt at most one
+// delivery between the legacy server's 250 and the spool's dequeue: at
+// most one duplicate per kill, and none on the local route.
+func TestSMTPSurvivesSIGKILL(t *testing.T) {
+	const rounds = 8
+	d := legacytest.Start(t, legacytest.Options{})
+	d.AddUser(t, "legacy@example.org", "pw")
+	path, dataDir, environ := bulkConfig(t, d)
+	st, err := store.Open(context.Background(), dataDir, store.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	local, _ := st.CreateAccount(context.Background(), "local@example.org", "pw", store.StateCapturing)
+	st.CreateMailbox(context.Background(), local.ID, store.MailboxSpec{Name: "INBOX"})
+	st.Transition(context.Background(), local.Name, store.StateCapturing, store.StateCutover)
+	st.Transition(context.Background(), local.Name, store.StateCutover, store.StateCaptured)
+	st.Close()
+	environ = append(environ, "MAILCAPTURE_LISTEN__SMTP=127.0.0.1:0", "MAILCAPTURE_LEGACY__SMTP__ADDRESS="+d.LMTPAddr,
+		"MAILCAPTURE_LEGACY__SMTP__PROTOCOL=lmtp", "MAILCAPTURE_LEGACY__SMTP__TLS=none", childEnv+"=1")
+
+	acked := map[string]string{} // Message-ID -> recipient
+	rng := rand.New(rand.NewPCG(7, 11))
+	for round := 0; round < rounds; round++ {
+		child, smtpAddr := startChild(t, path, environ)
+		host, port, _ := net.SplitHostPort(smtpAddr)
+		load := exec.Command("python3", "-c", loadSenders, host, port, fmt.Sprintf("r%d", round), "10")
+		out, err := load.StdoutPipe()
+		if err != nil {
+			t.Fatal(err)
+		}
+		load.Stderr = os.Stderr
+		if err := load.Start(); err != nil {
+			t.Fatal(err)
+		}
+		killAfter := 20 + rng.IntN(120)
+		sc := bufio.NewScanner(out)
+		n, killed := 0, false
+		for sc.Scan() {
+			f := strings.Fields(sc.Text())
+			if f[0] == "STOP" && !killed {
+				t.Logf("round %d: %s", round, sc.Text())
+			}
+			if len(f) == 3 && f[0] == "OK" {
+				acked["<"+f[2]+">"] = f[1]
+				n++
+			}
+			if n >= killAfter && !killed {
+				child.Process.Kill()
+				killed = true
+			}
+		}
+		if err := load.Wait(); err != nil {
+			t.Fatalf("round %d: senders: %v", round, err)
+		}
+		if !killed {
+			t.Fatalf("round %d: the senders stopped before the kill", round)
+		}
+		child.Wait()
+	}
+	// A last run drains the relay queue.
+	child, _ := startChild(t, path, environ)
+	waitSpool(t, environ, path, 0)
+	child.Process.Signal(syscall.SIGTERM)
+	if err := child.Wait(); err != nil {
+		t.Fatalf("serve after the kills: %v", err)
+	}
+
+	found := map[string]int{}
+	localIDs := storedMessageIDs(t, dataDir, "local@example.org")
+	for _, id := range localIDs {
+		found[id]++
+	}
+	legacyIDs := map[string]int{}
+	for _, m := range d.Snapshot(t, "legacy@example.org", "pw")["INBOX"].Messages {
+		id := headerValue(string(m.Body), "Message-ID")
+		legacyIDs[id]++
+	}
+	lost, wrongPlace, localDup, legacyDup := 0, 0, 0, 0
+	for id, rcpt := range acked {
+		inLocal, inLegacy := found[id], legacyIDs[id]
+		switch {
+		case inLocal+inLegacy == 0:
+			lost++
+		case rcpt == "local@example.org" && inLegacy > 0, rcpt == "legacy@example.org" && inLocal > 0:
+			wrongPlace++
+		}
+	}
+	for _, n := range found {
+		if n > 1 {
+			localDup += n - 1
+		}
+	}
+	for _, n := range legacyIDs {
+		if n > 1 {
+			legacyDup += n - 1
+		}
+	}
+	t.Logf("%d kills; %d messages acknowledged; local %d, legacy %d stored; %d legacy duplicates", rounds, len(acked), len(localIDs), len(d.Snapshot(t, "legacy@example.org", "pw")["INBOX"].Messages), legacyDup)
+	if lost > 0 || wrongPlace > 0 || localDup > 0 || legacyDup > rounds {
+		t.Fatalf("after %d kills: %d acknowledged messages lost, %d in the wrong place, %d local duplicates, %d legacy duplicates (at most %d allowed)",
+			rounds, lost, wrongPlace, localDup, legacyDup, rounds)
+	}
+}
+
+// startChild runs serve in a child process and returns it with the SMTP
+// listener's address.
+func startChild(t *testing.T, path string, environ []string) (*exec.Cmd, string) {
+	t.Helper()
+	cmd := exec.Command(os.Args[0], "serve", "--config", path)
+	cmd.Env = environ
+	stderr, err := cmd.StderrPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		cmd.Process.Kill()
+		cmd.Wait()
+	})
+	sc := bufio.NewScanner(stderr)
+	re := regexp.MustCompile(`msg=listening key=listen.smtp addr=(\S+)`)
+	var said []string
+	for sc.Scan() {
+		said = append(said, sc.Text())
+		if m := re.FindStringSubmatch(sc.Text()); m != nil {
+			go func() {
+				for sc.Scan() {
+				}
+			}()
+			return cmd, m[1]
+		}
+	}
+	t.Fatalf("serve ended before listening: %v\n%s", sc.Err(), strings.Join(said, "\n"))
+	return nil, ""
+}
+
+// storedMessageIDs returns the Message-IDs in an account's local INBOX.
+func storedMessageIDs(t *testing.T, dataDir, account string) []string {
+	t.Helper()
+	ctx := context.Background()
+	st, err := store.Open(ctx, dataDir, store.Options{ReadOnly: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer st.Close()
+	acct, err := st.Account(ctx, account)
+	if err != nil {
+		t.Fatal(err)
+	}
+	inbox, err := st.MailboxByName(ctx, acct.ID, "INBOX")
+	if err != nil {
+		t.Fatal(err)
+	}
+	msgs, err := st.Messages(ctx, inbox.ID, store.AllUIDs)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var ids []string
+	for _, m := range msgs {
+		ids = append(ids, m.MessageID)
+	}
+	return ids
+}
+
+// headerValue returns a header field's value from a message.
+func headerValue(msg, name string) string {
+	for _, line := range strings.Split(msg, "\n") {
+		line = strings.TrimRight(line, "\r")
+		if line == "" {
+			break
+		}
+		if k, v, ok := strings.Cut(line, ":"); ok && strings.EqualFold(k, name) {
+			return strings.TrimSpace(v)
+		}
+	}
+	return ""
+}
+
