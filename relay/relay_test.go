@@ -50,6 +50,9 @@ func start(t *testing.T, configure ...func(*Backend)) *fixture {
 	srv := smtp.NewServer(backend)
 	srv.Domain = "mx.example.org"
 	srv.ReadTimeout, srv.WriteTimeout = time.Minute, time.Minute
+	srv.TLSConfig, _ = legacytest.SelfSignedTLS(t)
+	srv.MaxMessageBytes, srv.MaxRecipients = 1<<20, 10
+	srv.EnableSMTPUTF8 = true
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)

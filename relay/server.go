@@ -225,6 +225,11 @@ func (s *session) Data(r io.Reader) error {
 			}
 		}
 	}
+	if errors.Is(err, smtp.ErrDataTooLarge) {
+		s.b.observe(routeName, "rejected")
+		s.b.refused("smtp_size")
+		return smtp.ErrDataTooLarge
+	}
 	if errors.Is(err, os.ErrDeadlineExceeded) {
 		s.b.observe(routeName, "deferred")
 		s.b.log().Warn("smtp: DATA took too long; connection closed", "remote", s.remote)

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Installs the Debian packages the integration tests run against (a real
-# Dovecot as the legacy server, mbsync as a peer), only when missing.
+# Dovecot as the legacy server; mbsync, fetchmail, swaks and Python as
+# clients), only when missing.
 set -euo pipefail
 need=()
 command -v dovecot >/dev/null 2>&1 || need+=(dovecot-imapd dovecot-pop3d dovecot-lmtpd)
@@ -10,6 +11,8 @@ command -v dovecot >/dev/null 2>&1 || need+=(dovecot-imapd dovecot-pop3d dovecot
 command -v mbsync >/dev/null 2>&1 || need+=(isync)
 command -v fetchmail >/dev/null 2>&1 || need+=(fetchmail)
 command -v python3 >/dev/null 2>&1 || need+=(python3)
+command -v swaks >/dev/null 2>&1 || need+=(swaks)
+perl -MNet::SSLeay -MIO::Socket::SSL -e1 >/dev/null 2>&1 || need+=(libnet-ssleay-perl libio-socket-ssl-perl) # swaks -tls
 if [ ${#need[@]} -eq 0 ]; then
   exit 0
 fi

@@ -91,7 +91,30 @@ func TestServeProxiesAndCaptures(t *testing.T) {
 	if sel, err := c2.Select("Sent", nil).Wait(); err != nil || sel.NumMessages != 5 {
 		t.Fatalf("SELECT Sent served locally: %+v %v", sel, err)
 	}
-	// New mail for the captured account is delivered into the store.
+	// New mail for the captured account is delivered into the store and
+	// shows up at once in an IDLE session through the front end.
+	exists := make(chan uint32, 8)
+	idler, err := imapclient.DialInsecure(imapAddr, &imapclient.Options{UnilateralDataHandler: &imapclient.UnilateralDataHandler{
+		Mailbox: func(data *imapclient.UnilateralDataMailbox) {
+			if data.NumMessages != nil {
+				exists <- *data.NumMessages
+			}
+		},
+	}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer idler.Close()
+	if err := idler.Login(user, pass).Wait(); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := idler.Select("INBOX", nil).Wait(); err != nil {
+		t.Fatal(err)
+	}
+	idle, err := idler.Idle()
+	if err != nil {
+		t.Fatal(err)
+	}
 	host, port, _ := net.SplitHostPort(smtpAddr)
 	script := fmt.Sprintf(`
 import smtplib
@@ -102,9 +125,30 @@ s.quit()
 	if out, err := exec.Command("python3", "-c", script).CombinedOutput(); err != nil {
 		t.Fatalf("smtplib: %v\n%s", err, out)
 	}
+	select {
+	case n := <-exists:
+		if n != 16 {
+			t.Fatalf("IDLE reported EXISTS %d, want 16", n)
+		}
+	case <-time.After(time.Second):
+		t.Fatal("the IDLE session did not see the delivery within a second")
+	}
+	idle.Close()
 	if sel, err := c2.Select("INBOX", nil).Wait(); err != nil || sel.NumMessages != 16 {
 		t.Fatalf("INBOX after SMTP delivery: %+v %v", sel, err)
 	}
+	// And in the next POP3 login.
+	pc2, err := pop3.Dial(context.Background(), pop3Addr, pop3.DialOptions{Timeout: 5 * time.Second})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := pc2.Login(user, pass); err != nil {
+		t.Fatal(err)
+	}
+	if n, _, err := pc2.Stat(); err != nil || n != 16 {
+		t.Fatalf("POP3 STAT after SMTP delivery: %d %v", n, err)
+	}
+	pc2.Quit()
 	c2.Logout().Wait()
 	c2.Close()
 
