@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Installs the Debian packages the integration tests run against (a real
 # Dovecot as the legacy server; mbsync, fetchmail, swaks and Python as
-# clients), only when missing.
+# clients; Postfix as the legacy MTA), only when missing.
 set -euo pipefail
 need=()
 command -v dovecot >/dev/null 2>&1 || need+=(dovecot-imapd dovecot-pop3d dovecot-lmtpd)
@@ -12,6 +12,7 @@ command -v mbsync >/dev/null 2>&1 || need+=(isync)
 command -v fetchmail >/dev/null 2>&1 || need+=(fetchmail)
 command -v python3 >/dev/null 2>&1 || need+=(python3)
 command -v swaks >/dev/null 2>&1 || need+=(swaks)
+command -v postfix >/dev/null 2>&1 || need+=(postfix)
 perl -MNet::SSLeay -MIO::Socket::SSL -e1 >/dev/null 2>&1 || need+=(libnet-ssleay-perl libio-socket-ssl-perl) # swaks -tls
 if [ ${#need[@]} -eq 0 ]; then
   exit 0
@@ -21,7 +22,13 @@ if [ "$(id -u)" -ne 0 ]; then
   exit 1
 fi
 export DEBIAN_FRONTEND=noninteractive
+# Postfix is installed unconfigured: the tests run private instances.
+echo "postfix postfix/main_mailer_type select No configuration" | debconf-set-selections
 apt-get update -qq
 apt-get install -y -qq --no-install-recommends $(printf '%s\n' "${need[@]}" | sort -u) >/dev/null
-# The packages may start a system-wide Dovecot; the tests run their own.
-if command -v service >/dev/null 2>&1; then service dovecot stop >/dev/null 2>&1 || true; fi
+# The packages may start a system-wide Dovecot or Postfix; the tests run
+# their own.
+if command -v service >/dev/null 2>&1; then
+  service dovecot stop >/dev/null 2>&1 || true
+  service postfix stop >/dev/null 2>&1 || true
+fi

@@ -1,0 +1,174 @@
+package legacytest
+
+import (
+	"fmt"
+	"os"
+	"os/exec"
+	"os/user"
+	"path/filepath"
+	"regexp"
+	"strconv"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+)
+
+// PostfixOptions configures a private Postfix.
+type PostfixOptions struct {
+	// LMTPAddr is where Postfix delivers mail for Domain (a Dovecot's
+	// LMTP listener).
+	LMTPAddr string
+	// Domain is the mail domain Postfix accepts mail for.
+	Domain string
+	// Users are the addresses that exist; others are refused at RCPT
+	// time with 550 5.1.1.
+	Users []string
+	// Dir, if set, holds Postfix's queue and configuration (for example on
+	// a scratch filesystem); default a test temporary directory.
+	Dir string
+}
+
+// Postfix is a running private Postfix: the legacy domain's MTA in front
+// of its Dovecot, as many legacy installations have it.
+type Postfix struct {
+	Dir  string
+	Addr string // SMTP listener, 127.0.0.1:port
+}
+
+// StartPostfix starts a Postfix (Debian package postfix) listening on a
+// free loopback port with its queue and configuration in a directory of
+// its own; it is stopped when the test ends. It fails the test if Postfix
+// cannot run here.
+func StartPostfix(t testing.TB, opts PostfixOptions) *Postfix {
+	t.Helper()
+	if _, err := exec.LookPath("postfix"); err != nil {
+		t.Fatalf("legacytest: postfix is not installed (make test-deps installs it): %v", err)
+	}
+	owner, err := user.Lookup("postfix")
+	if err != nil {
+		t.Fatalf("legacytest: no postfix user: %v", err)
+	}
+	uid, _ := strconv.Atoi(owner.Uid)
+	gid, _ := strconv.Atoi(owner.Gid)
+	dir := opts.Dir
+	if dir == "" {
+		dir = t.TempDir()
+	}
+	// Postfix's daemons drop to the postfix user: every directory above
+	// its own must let them through.
+	for d := dir; d != "/" && d != "."; d = filepath.Dir(d) {
+		if fi, err := os.Stat(d); err == nil && fi.Mode().Perm()&0o011 != 0o011 {
+			if err := os.Chmod(d, fi.Mode().Perm()|0o011); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	for _, sub := range []string{"spool", "data"} {
+		if err := os.MkdirAll(filepath.Join(dir, sub), 0o755); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := os.Chown(filepath.Join(dir, "data"), uid, gid); err != nil {
+		t.Fatal(err)
+	}
+	ports, err := freePorts(1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	p := &Postfix{Dir: dir, Addr: fmt.Sprintf("127.0.0.1:%d", ports[0])}
+	main := fmt.Sprintf(`compatibility_level = 3.6
+queue_directory = %[1]s/spool
+data_directory = %[1]s/data
+command_directory = /usr/sbin
+daemon_directory = /usr/lib/postfix/sbin
+meta_directory = /etc/postfix
+shlib_directory = /usr/lib/postfix
+mail_owner = postfix
+setgid_group = postdrop
+inet_interfaces = 127.0.0.1
+inet_protocols = ipv4
+myhostname = legacy-mta.%[2]s
+mydestination =
+mynetworks = 127.0.0.0/8
+virtual_mailbox_domains = %[2]s
+virtual_mailbox_maps = texthash:%[1]s/vmailbox
+virtual_transport = lmtp:inet:%[3]s
+smtpd_recipient_restrictions = permit_mynetworks, reject_unauth_destination
+maillog_file_prefixes = %[1]s
+maillog_file = %[1]s/maillog
+`, dir, opts.Domain, opts.LMTPAddr)
+	var users strings.Builder
+	for _, u := range opts.Users {
+		fmt.Fprintf(&users, "%s ok\n", u)
+	}
+	master, err := os.ReadFile("/etc/postfix/master.cf")
+	if err != nil {
+		t.Fatalf("legacytest: %v", err)
+	}
+	// The SMTP listener on our port; no chroot (the queue is not set up
+	// for one).
+	conf := regexp.MustCompile(`(?m)^smtp(\s+)inet`).ReplaceAllString(string(master), p.Addr+"${1}inet")
+	conf = regexp.MustCompile(`(?m)^(\S+\s+\S+\s+\S+\s+\S+\s+)y(\s)`).ReplaceAllString(conf, "${1}n${2}")
+	for name, body := range map[string]string{"main.cf": main, "master.cf": conf, "vmailbox": users.String()} {
+		if err := os.WriteFile(filepath.Join(dir, name), []byte(body), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if out, err := exec.Command("postfix", "-c", dir, "start").CombinedOutput(); err != nil {
+		t.Fatalf("legacytest: postfix start: %v\n%s\n%s", err, out, p.log())
+	}
+	t.Cleanup(p.stop)
+	deadline := time.Now().Add(15 * time.Second)
+	for greets(p.Addr) != nil {
+		if time.Now().After(deadline) {
+			t.Fatalf("legacytest: postfix did not listen on %s within 15s\n%s", p.Addr, p.log())
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	return p
+}
+
+// log returns the end of Postfix's log.
+func (p *Postfix) log() string {
+	raw, _ := os.ReadFile(filepath.Join(p.Dir, "maillog"))
+	lines := strings.Split(strings.TrimSpace(string(raw)), "\n")
+	return strings.Join(lines[max(0, len(lines)-20):], "\n")
+}
+
+// Queued returns how many messages wait in Postfix's queue.
+func (p *Postfix) Queued() int {
+	n := 0
+	for _, q := range []string{"incoming", "active", "deferred", "maildrop", "hold"} {
+		filepath.Walk(filepath.Join(p.Dir, "spool", q), func(_ string, fi os.FileInfo, err error) error {
+			if err == nil && fi.Mode().IsRegular() {
+				n++
+			}
+			return nil
+		})
+	}
+	return n
+}
+
+// stop stops Postfix and waits (bounded) for its master to exit.
+func (p *Postfix) stop() {
+	raw, _ := os.ReadFile(filepath.Join(p.Dir, "spool", "pid", "master.pid"))
+	pid, _ := strconv.Atoi(strings.TrimSpace(string(raw)))
+	exec.Command("postfix", "-c", p.Dir, "stop").Run()
+	for i := 0; pid > 0 && i < 500 && running(pid); i++ {
+		time.Sleep(10 * time.Millisecond)
+	}
+	if pid > 0 && running(pid) {
+		syscall.Kill(pid, syscall.SIGKILL)
+	}
+}
+
+// running tells whether a process exists and is not a zombie.
+func running(pid int) bool {
+	raw, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return false
+	}
+	_, rest, _ := strings.Cut(string(raw), ") ")
+	return !strings.HasPrefix(rest, "Z")
+}
