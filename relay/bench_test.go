@@ -1,0 +1,135 @@
+package relay
+
+import (
+	"context"
+	"fmt"
+	"net"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/emersion/go-smtp"
+
+	"mailcapture/legacytest"
+	"mailcapture/scratchfs"
+	"mailcapture/store"
+)
+
+// BenchmarkSMTPAccept measures messages per second accepted and durably
+// stored (250 after DATA), 10 parallel senders of 10 KB messages, for
+// mailcapture's local route, its legacy route (spooled for the legacy
+// server, with the relay queue running) and, as the peer, a Postfix on this
+// machine taking the same load into its queue (delivering into Dovecot).
+// Stores and queues live on the same scratch filesystem.
+func BenchmarkSMTPAccept(b *testing.B) {
+	const senders, perSender = 10, 300
+	ctx := context.Background()
+	scratch := scratchfs.Mount(b, 2048)
+	d := legacytest.Start(b, legacytest.Options{})
+	d.AddUser(b, "legacy@example.org", "pw")
+	pf := legacytest.StartPostfix(b, legacytest.PostfixOptions{LMTPAddr: d.LMTPAddr, Domain: "example.org",
+		Users: []string{"legacy@example.org"}, Dir: filepath.Join(scratch, "postfix")})
+	st, err := store.Open(ctx, filepath.Join(scratch, "store"), store.Options{Hash: store.HashParams{Time: 1, MemoryKiB: 8192, Threads: 1}})
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer st.Close()
+	local, _ := st.CreateAccount(ctx, "local@example.org", "pw", store.StateCapturing)
+	st.CreateMailbox(ctx, local.ID, store.MailboxSpec{Name: "INBOX"})
+	st.Transition(ctx, local.Name, store.StateCapturing, store.StateCutover)
+	st.Transition(ctx, local.Name, store.StateCutover, store.StateCaptured)
+
+	legacy := Legacy{Address: pf.Addr, Protocol: "smtp", TLS: "none", Hostname: "mx.example.org", Timeout: time.Minute}
+	queue := &Queue{Store: st, Legacy: legacy}
+	backend := &Backend{Store: st, Domains: []string{"example.org"}, Legacy: legacy, Hostname: "mx.example.org", Spooled: queue.Wake}
+	srv := smtp.NewServer(backend)
+	srv.Domain = "mx.example.org"
+	srv.MaxMessageBytes = 50 << 20
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		b.Fatal(err)
+	}
+	go srv.Serve(ln)
+	defer srv.Close()
+	queueCtx, stopQueue := context.WithCancel(ctx)
+	queueDone := make(chan struct{})
+	go func() {
+		queue.Run(queueCtx)
+		close(queueDone)
+	}()
+	defer func() {
+		stopQueue()
+		<-queueDone
+	}()
+	body := []byte("Subject: bench\r\n\r\n" + strings.Repeat(strings.Repeat("b", 76)+"\r\n", 130)) // ~10 KB
+
+	for i := 0; i < b.N; i++ {
+		rate := func(addr, to string) float64 {
+			start := time.Now()
+			if err := sendLoad(addr, to, senders, perSender, body); err != nil {
+				b.Fatal(err)
+			}
+			return float64(senders*perSender) / time.Since(start).Seconds()
+		}
+		postfix := rate(pf.Addr, "legacy@example.org")
+		localRate := rate(ln.Addr().String(), "local@example.org")
+		legacyRate := rate(ln.Addr().String(), "legacy@example.org")
+		fmt.Printf("smtp bench: %d senders x %d messages of %d bytes: Postfix %.0f msg/s, mailcapture local route %.0f msg/s (%.2fx, target >= 1x), legacy route %.0f msg/s (%.2fx, target >= 0.8x)\n",
+			senders, perSender, len(body), postfix, localRate, localRate/postfix, legacyRate, legacyRate/postfix)
+		b.ReportMetric(localRate/postfix, "x-postfix-local")
+		b.ReportMetric(legacyRate/postfix, "x-postfix-legacy")
+	}
+}
+
+// sendLoad sends n messages to rcpt over each of senders connections in
+// parallel; every message must get its 250.
+func sendLoad(addr, rcpt string, senders, n int, body []byte) error {
+	var wg sync.WaitGroup
+	errs := make(chan error, senders)
+	for w := 0; w < senders; w++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			c, err := smtp.Dial(addr)
+			if err != nil {
+				errs <- err
+				return
+			}
+			defer c.Close()
+			if err := c.Hello("sender.example.net"); err != nil {
+				errs <- err
+				return
+			}
+			for i := 0; i < n; i++ {
+				msg := fmt.Appendf(nil, "Message-ID: <bench-%d-%d-%d@example.net>\r\n", time.Now().UnixNano(), w, i)
+				if err := sendOne(c, rcpt, append(msg, body...)); err != nil {
+					errs <- fmt.Errorf("sender %d message %d: %w", w, i, err)
+					return
+				}
+			}
+			c.Quit()
+		}()
+	}
+	wg.Wait()
+	close(errs)
+	return <-errs
+}
+
+func sendOne(c *smtp.Client, rcpt string, msg []byte) error {
+	if err := c.Mail("sender@example.net", nil); err != nil {
+		return err
+	}
+	if err := c.Rcpt(rcpt, nil); err != nil {
+		return err
+	}
+	w, err := c.Data()
+	if err != nil {
+		return err
+	}
+	if _, err := w.Write(msg); err != nil {
+		return err
+	}
+	return w.Close()
+}
