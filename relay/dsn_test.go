@@ -1,7 +1,10 @@
 package relay
 
 import (
+	"bufio"
 	"context"
+	"fmt"
+	"net"
 	"strings"
 	"testing"
 	"time"
@@ -126,5 +129,48 @@ print("DATA", code)
 	if len(got) != 1 || !strings.Contains(got[0], "Status: 4.4.7") || !strings.Contains(got[0], "Final-Recipient: rfc822; legacy@example.org") ||
 		!strings.Contains(got[0], "Message-ID: <late@example.org>") {
 		t.Fatalf("local INBOX after expiry: %q", got)
+	}
+}
+
+// TestDataTimeout: a sender that trickles its DATA past the data timeout
+// is cut off with 421 4.4.2 (it retries later) and nothing is stored.
+func TestDataTimeout(t *testing.T) {
+	f := start(t, func(b *Backend) { b.DataTimeout = 300 * time.Millisecond })
+	c, err := net.Dial("tcp", f.addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	r := bufio.NewReader(c)
+	expect := func(prefix string) string {
+		t.Helper()
+		c.SetReadDeadline(time.Now().Add(10 * time.Second))
+		for {
+			line, err := r.ReadString('\n')
+			if err != nil {
+				t.Fatalf("waiting for %q: %v", prefix, err)
+			}
+			if len(line) >= 4 && line[3] == '-' {
+				continue // a continuation line
+			}
+			if !strings.HasPrefix(line, prefix) {
+				t.Fatalf("got %q, want %q", line, prefix)
+			}
+			return line
+		}
+	}
+	expect("220 ")
+	for _, step := range [][2]string{{"EHLO slow.example.net", "250 "}, {"MAIL FROM:<a@example.net>", "250 "},
+		{"RCPT TO:<local@example.org>", "250 "}, {"DATA", "354 "}} {
+		fmt.Fprintf(c, "%s\r\n", step[0])
+		expect(step[1])
+	}
+	fmt.Fprintf(c, "Subject: slow\r\n\r\nthe first line, then nothing")
+	expect("421 4.4.2")
+	if _, err := r.ReadString('\n'); err == nil {
+		t.Fatal("the connection stayed open after the data timeout")
+	}
+	if got := f.localInbox(t, "local@example.org"); len(got) != 0 {
+		t.Fatalf("a cut-off message was stored: %d", len(got))
 	}
 }

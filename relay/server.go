@@ -233,7 +233,12 @@ func (s *session) Data(r io.Reader) error {
 	if errors.Is(err, os.ErrDeadlineExceeded) {
 		s.b.observe(routeName, "deferred")
 		s.b.log().Warn("smtp: DATA took too long; connection closed", "remote", s.remote)
-		s.conn.Close()
+		// The rest of the DATA is never read: answer and close here, so
+		// that it is not taken for commands.
+		nc := s.conn.Conn()
+		nc.SetWriteDeadline(time.Now().Add(5 * time.Second))
+		io.WriteString(nc, "421 4.4.2 data timeout, closing the connection: try again later\r\n")
+		nc.Close()
 		return &smtp.SMTPError{Code: 421, EnhancedCode: smtp.EnhancedCode{4, 4, 2}, Message: "data timeout, try again later"}
 	}
 	if err != nil {
