@@ -111,7 +111,7 @@ func (s *Session) messagesOf(ts []target) (map[uint32]store.Message, error) {
 	ranges := uidRanges(ts)
 	for len(ranges) > 0 {
 		n := min(len(ranges), 400)
-		msgs, err := s.b.Store.Messages(ctx, s.sel.mbox.ID, ranges[:n])
+		msgs, err := s.b.Store.Summaries(ctx, s.sel.mbox.ID, ranges[:n])
 		if err != nil {
 			return nil, err
 		}

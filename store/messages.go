@@ -11,6 +11,7 @@ import (
 	"path/filepath"
 	"sort"
 	"strings"
+	"sync"
 	"time"
 
 	"mailcapture/mimeinfo"
@@ -54,11 +55,18 @@ func scanMessage(row interface{ Scan(...any) error }) (Message, error) {
 	return m, nil
 }
 
+// zones caches the fixed zones of internal dates, by offset in seconds.
+var zones sync.Map
+
 func zoneFor(offset int) *time.Location {
 	if offset == 0 {
 		return time.UTC
 	}
-	return time.FixedZone("", offset)
+	if z, ok := zones.Load(offset); ok {
+		return z.(*time.Location)
+	}
+	z, _ := zones.LoadOrStore(offset, time.FixedZone("", offset))
+	return z.(*time.Location)
 }
 
 // rangeSQL turns UID ranges into a WHERE fragment and its arguments.
@@ -92,6 +100,33 @@ func (s *Store) Messages(ctx context.Context, mailboxID int64, ranges []UIDRange
 		if err != nil {
 			return nil, fmt.Errorf("messages of mailbox %d: %w", mailboxID, err)
 		}
+		out = append(out, m)
+	}
+	return out, rows.Err()
+}
+
+// Summaries returns, by UID, what serving a FETCH takes of the messages
+// of a mailbox whose UIDs are in ranges: ID, UID, InternalDate, Size and
+// Flags (the other fields are left zero). It reads less than Messages.
+func (s *Store) Summaries(ctx context.Context, mailboxID int64, ranges []UIDRange) ([]Message, error) {
+	where, args := rangeSQL(ranges)
+	rows, err := s.read.QueryContext(ctx, "SELECT id, uid, internal_date, internal_tz, size, flags FROM messages WHERE mailbox_id = ? AND "+where+" ORDER BY uid",
+		append([]any{mailboxID}, args...)...)
+	if err != nil {
+		return nil, fmt.Errorf("messages of mailbox %d: %w", mailboxID, err)
+	}
+	defer rows.Close()
+	var out []Message
+	var date int64
+	var tz int
+	var flags string
+	for rows.Next() {
+		m := Message{MailboxID: mailboxID}
+		if err := rows.Scan(&m.ID, &m.UID, &date, &tz, &m.Size, &flags); err != nil {
+			return nil, fmt.Errorf("messages of mailbox %d: %w", mailboxID, err)
+		}
+		m.InternalDate = time.Unix(date, 0).In(zoneFor(tz))
+		m.Flags = parseFlags(flags)
 		out = append(out, m)
 	}
 	return out, rows.Err()
