@@ -77,10 +77,10 @@ func TestQueueCommand(t *testing.T) {
 	}
 	// Bad calls get a usage error naming the problem.
 	for args, want := range map[string]string{
-		"drop":              "give the ids",
-		"retry":             "ids or --all",
-		"retry x":           `"x" is not a message id`,
-		"purge":             `unknown action "purge"`,
+		"drop":    "give the ids",
+		"retry":   "ids or --all",
+		"retry x": `"x" is not a message id`,
+		"purge":   `unknown action "purge"`,
 		"drop " + strconv.FormatInt(rows[1].ID, 10): "confirm with --yes",
 	} {
 		code, _, errOut := runCLI(t, environ, append([]string{"queue", "--config", path}, strings.Fields(args)...)...)

@@ -244,4 +244,3 @@ func headerValue(msg, name string) string {
 	}
 	return ""
 }
-
