@@ -40,6 +40,7 @@ type environment struct {
 
 func commands() []command {
 	return []command{
+		{"demo", "[--walkthrough]", "run a whole migration on this machine with a sample legacy server (nothing to install)", runDemo},
 		{"serve", "--config FILE", "run mailcapture from one configuration file", runServe},
 		{"check-config", "--config FILE", "load and validate a configuration, then print it", runCheckConfig},
 		{"status", "--config FILE [--json]", "show the migration's progress", runStatus},

@@ -38,6 +38,8 @@ type server struct {
 	http  *http.Server
 	errc  chan error
 	stops []func(context.Context) error
+	// addrs are the listeners' addresses, by configuration key.
+	addrs map[string]string
 }
 
 func runServe(ctx context.Context, env *environment, args []string) error {
@@ -47,14 +49,20 @@ func runServe(ctx context.Context, env *environment, args []string) error {
 	if err != nil {
 		return err
 	}
-	log := newLogger(cfg.Log, env)
+	return serveConfig(ctx, newLogger(cfg.Log, env), cfg, nil)
+}
+
+// serveConfig runs mailcapture with cfg until ctx ends. ready, if set,
+// receives the listeners' addresses by configuration key once they all
+// listen.
+func serveConfig(ctx context.Context, log *slog.Logger, cfg config.Config, ready func(addrs map[string]string)) error {
 	st, err := store.Open(ctx, cfg.DataDir, store.Options{Hash: hashParams(cfg.PasswordHash), Logger: log})
 	if err != nil {
 		return err
 	}
 	defer st.Close()
 	log.Info("store open", "data_dir", cfg.DataDir)
-	s := &server{cfg: cfg, log: log, st: st, errc: make(chan error, 8)}
+	s := &server{cfg: cfg, log: log, st: st, errc: make(chan error, 8), addrs: map[string]string{}}
 	if cfg.TLS.Cert != "" {
 		cert, err := tls.LoadX509KeyPair(cfg.TLS.Cert, cfg.TLS.Key)
 		if err != nil {
@@ -71,6 +79,9 @@ func runServe(ctx context.Context, env *environment, args []string) error {
 	err = s.start(schedCtx, schedDone)
 	if err == nil {
 		log.Info("mailcapture running", "version", version, "domains", strings.Join(cfg.Domains, ","), "mode", cfg.Mode)
+		if ready != nil {
+			ready(s.addrs)
+		}
 		select {
 		case <-ctx.Done():
 			log.Info("shutting down")
@@ -181,6 +192,7 @@ func (s *server) start(schedCtx context.Context, schedDone chan struct{}) error 
 		imapUsed = imapUsed || strings.HasPrefix(l.key, "listen.imap")
 		pop3Used = pop3Used || strings.HasPrefix(l.key, "listen.pop3")
 		go func() { s.errc <- l.serve(ln) }()
+		s.addrs[l.key] = ln.Addr().String()
 		log.Info("listening", "key", l.key, "addr", ln.Addr().String())
 	}
 	if imapUsed {
@@ -221,6 +233,7 @@ func (s *server) start(schedCtx context.Context, schedDone chan struct{}) error 
 			<-queueDone
 			return nil
 		})
+		s.addrs["listen.smtp"] = ln.Addr().String()
 		log.Info("listening", "key", "listen.smtp", "addr", ln.Addr().String())
 	}
 	if cfg.Listen.HTTP != "" {
@@ -242,6 +255,7 @@ func (s *server) start(schedCtx context.Context, schedDone chan struct{}) error 
 			}
 		}()
 		s.stops = append(s.stops, s.http.Shutdown)
+		s.addrs["listen.http"] = ln.Addr().String()
 		log.Info("http listening", "addr", ln.Addr().String())
 	}
 	return nil
