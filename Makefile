@@ -10,7 +10,7 @@ all: build
 
 ## build: the mailcapture binary in bin/
 build:
-	$(GO) build -ldflags "$(LDFLAGS)" -o bin/mailcapture ./cmd/mailcapture
+	$(GO) build -buildvcs=auto -ldflags "$(LDFLAGS)" -o bin/mailcapture ./cmd/mailcapture
 
 ## test-deps: the Debian packages the integration tests need (idempotent)
 test-deps:

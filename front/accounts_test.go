@@ -138,9 +138,11 @@ func TestProxiedIMAPIdleTimeout(t *testing.T) {
 		fr.IdleTimeout = 300 * time.Millisecond
 	})
 	tr := dialTranscript(t, f.addr)
+	// The idle clock starts once the session is spliced, after the LOGIN
+	// was sent.
+	start := time.Now()
 	tr.send(fmt.Sprintf("a LOGIN %s %q", imapUser, password))
 	tr.expect("a OK")
-	start := time.Now()
 	tr.c.SetReadDeadline(time.Now().Add(30 * time.Second))
 	rest, err := io.ReadAll(tr.r)
 	if err != nil {

@@ -363,14 +363,14 @@ func (s *session) login(tag, user, pass string) (done, handedOver bool) {
 	obs := s.f.Router.observer()
 	if !s.f.Router.allow(remote, user) {
 		log.Warn("imap login refused: too many failed logins")
-		obs.Login("imap", "legacy", "limited")
+		s.f.Router.loginDone("imap", "legacy", "limited", user, remote)
 		s.write("%s NO [UNAVAILABLE] too many failed logins, try again later", tag)
 		return false, false
 	}
 	route, err := s.f.Router.Route(ctx, user)
 	if err != nil {
 		log.Error("route login", "err", err)
-		obs.Login("imap", route.String(), "error")
+		s.f.Router.loginDone("imap", route.String(), "error", user, remote)
 		s.write("%s NO [UNAVAILABLE] temporary failure, try again later", tag)
 		return false, false
 	}
@@ -378,12 +378,11 @@ func (s *session) login(tag, user, pass string) (done, handedOver bool) {
 		acct, ok := s.checkLocal(ctx, user, pass)
 		if !ok {
 			s.f.Router.failed(remote, user)
-			obs.Login("imap", "local", "failed")
+			s.f.Router.loginDone("imap", "local", "failed", user, remote)
 			s.write("%s NO [AUTHENTICATIONFAILED] authentication failed", tag)
 			return false, false
 		}
-		log.Info("imap login", "route", "local")
-		s.f.Router.loggedIn("imap", RouteLocal, acct.Name)
+		s.f.Router.loggedIn("imap", RouteLocal, acct.Name, remote)
 		s.f.Router.LocalLoginOK(acct.Name, pass)
 		s.write("%s OK [CAPABILITY %s] logged in", tag, capsString())
 		obs.SessionStarted("imap", "local")
@@ -393,20 +392,18 @@ func (s *session) login(tag, user, pass string) (done, handedOver bool) {
 	legacy, text, err := loginLegacy(ctx, s.f.Legacy, user, pass)
 	if errors.Is(err, capture.ErrBadCredentials) {
 		s.f.Router.failed(remote, user)
-		obs.Login("imap", "legacy", "failed")
-		log.Info("imap login refused by the legacy server")
+		s.f.Router.loginDone("imap", "legacy", "failed", user, remote)
 		s.write("%s NO [AUTHENTICATIONFAILED] authentication failed", tag)
 		return false, false
 	}
 	if err != nil {
 		log.Error("legacy login", "err", err)
-		obs.Login("imap", "legacy", "error")
+		s.f.Router.loginDone("imap", "legacy", "error", user, remote)
 		s.write("%s NO [UNAVAILABLE] the mail server is not reachable, try again later", tag)
 		return false, false
 	}
-	s.f.Router.loggedIn("imap", RouteLegacy, user)
+	s.f.Router.loggedIn("imap", RouteLegacy, user, remote)
 	s.f.Router.LegacyLoginOK(ctx, user, pass)
-	log.Info("imap login", "route", "legacy")
 	if s.write("%s OK %s", tag, text) != nil {
 		legacy.Close()
 		return true, false

@@ -79,12 +79,12 @@ func (b *POP3Backend) track(account string, d *legacyMaildrop) {
 func (b *POP3Backend) Login(ctx context.Context, user, password string, remote net.Addr) (pop3.Maildrop, error) {
 	obs := b.Router.observer()
 	if !b.Router.allow(remote, user) {
-		obs.Login("pop3", "legacy", "limited")
+		b.Router.loginDone("pop3", "legacy", "limited", user, remote)
 		return nil, errTooManyFailures
 	}
 	route, err := b.Router.Route(ctx, user)
 	if err != nil {
-		obs.Login("pop3", route.String(), "error")
+		b.Router.loginDone("pop3", route.String(), "error", user, remote)
 		return nil, err
 	}
 	if route == RouteLocal {
@@ -94,16 +94,16 @@ func (b *POP3Backend) Login(ctx context.Context, user, password string, remote n
 		}
 		switch {
 		case err == nil:
-			b.Router.loggedIn("pop3", RouteLocal, user)
+			b.Router.loggedIn("pop3", RouteLocal, user, remote)
 			b.Router.LocalLoginOK(user, password)
 			obs.SessionStarted("pop3", "local")
 			return &observedMaildrop{Maildrop: drop, ended: func() { obs.SessionEnded("pop3", "local") }}, nil
 		case errors.Is(err, pop3.ErrAuthFailed):
 			b.Router.failed(remote, user)
-			obs.Login("pop3", "local", "failed")
+			b.Router.loginDone("pop3", "local", "failed", user, remote)
 		case errors.Is(err, pop3.ErrInUse):
 		default:
-			obs.Login("pop3", "local", "error")
+			b.Router.loginDone("pop3", "local", "error", user, remote)
 		}
 		return nil, err
 	}
@@ -111,7 +111,7 @@ func (b *POP3Backend) Login(ctx context.Context, user, password string, remote n
 	// call's context; every exchange on it keeps its own timeout.
 	c, err := pop3.Dial(context.WithoutCancel(ctx), b.Legacy.Address, pop3.DialOptions{TLS: b.Legacy.TLS, TLSConfig: b.Legacy.TLSConfig, Timeout: b.Legacy.Timeout})
 	if err != nil {
-		obs.Login("pop3", "legacy", "error")
+		b.Router.loginDone("pop3", "legacy", "error", user, remote)
 		return nil, fmt.Errorf("legacy pop3: %w", err)
 	}
 	if err := c.Login(user, password); err != nil {
@@ -122,20 +122,20 @@ func (b *POP3Backend) Login(ctx context.Context, user, password string, remote n
 			return nil, pop3.ErrInUse
 		case errors.As(err, &perr) && perr.Code != "SYS/TEMP" && perr.Code != "LOGIN-DELAY":
 			b.Router.failed(remote, user)
-			obs.Login("pop3", "legacy", "failed")
+			b.Router.loginDone("pop3", "legacy", "failed", user, remote)
 			return nil, pop3.ErrAuthFailed
 		}
-		obs.Login("pop3", "legacy", "error")
+		b.Router.loginDone("pop3", "legacy", "error", user, remote)
 		return nil, fmt.Errorf("legacy pop3 login: %w", err)
 	}
 	drop, err := newLegacyMaildrop(c)
 	if err != nil {
 		c.Close()
-		obs.Login("pop3", "legacy", "error")
+		b.Router.loginDone("pop3", "legacy", "error", user, remote)
 		return nil, err
 	}
 	b.track(user, drop)
-	b.Router.loggedIn("pop3", RouteLegacy, user)
+	b.Router.loggedIn("pop3", RouteLegacy, user, remote)
 	b.Router.LegacyLoginOK(ctx, user, password)
 	obs.SessionStarted("pop3", "legacy")
 	return &observedMaildrop{Maildrop: drop, ended: func() { obs.SessionEnded("pop3", "legacy") }}, nil

@@ -98,8 +98,8 @@ func (r *Router) allow(addr net.Addr, account string) bool {
 // loggedIn records a successful login: who, over which protocol (the
 // shadow-mode forecast, kept in every mode). The write happens in the
 // background; FlushLogins waits for it.
-func (r *Router) loggedIn(protocol string, route Route, account string) {
-	r.observer().Login(protocol, route.String(), "ok")
+func (r *Router) loggedIn(protocol string, route Route, account string, remote net.Addr) {
+	r.loginDone(protocol, route.String(), "ok", account, remote)
 	r.loginMu.Lock()
 	defer r.loginMu.Unlock()
 	r.pendingLogins = append(r.pendingLogins, store.Login{Account: account, Protocol: protocol, At: time.Now()})
@@ -107,6 +107,21 @@ func (r *Router) loggedIn(protocol string, route Route, account string) {
 		r.writingLogins = true
 		go r.writeLogins()
 	}
+}
+
+// loginDone counts a login's outcome and logs it: one line per login, never
+// a password. result is ok, failed, limited or error.
+func (r *Router) loginDone(protocol, route, result, account string, remote net.Addr) {
+	r.observer().Login(protocol, route, result)
+	level := slog.LevelInfo
+	if result != "ok" {
+		level = slog.LevelWarn
+	}
+	client := ""
+	if remote != nil {
+		client = remote.String()
+	}
+	r.log().Log(context.Background(), level, "login", "protocol", protocol, "route", route, "result", result, "account", account, "client", client)
 }
 
 // writeLogins writes pending logins until none is left.

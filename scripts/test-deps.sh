@@ -12,6 +12,7 @@ command -v mbsync >/dev/null 2>&1 || need+=(isync)
 command -v fetchmail >/dev/null 2>&1 || need+=(fetchmail)
 command -v python3 >/dev/null 2>&1 || need+=(python3)
 command -v swaks >/dev/null 2>&1 || need+=(swaks)
+command -v systemd-analyze >/dev/null 2>&1 || need+=(systemd) # verifies the shipped unit
 command -v postfix >/dev/null 2>&1 || need+=(postfix)
 perl -MNet::SSLeay -MIO::Socket::SSL -e1 >/dev/null 2>&1 || need+=(libnet-ssleay-perl libio-socket-ssl-perl) # swaks -tls
 if [ ${#need[@]} -eq 0 ]; then

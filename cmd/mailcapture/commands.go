@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
+	"runtime"
 	"runtime/debug"
 	"strings"
 	"text/tabwriter"
@@ -181,16 +182,42 @@ func runLogins(ctx context.Context, env *environment, args []string) error {
 }
 
 func runVersion(ctx context.Context, env *environment, args []string) error {
-	fs := newFlagSet(env, "version", "", "print the version")
+	fs := newFlagSet(env, "version", "", "print the version and how the binary was built")
 	if err := parse(fs, args); err != nil {
 		return err
 	}
-	goVersion := "unknown"
+	fmt.Fprintln(env.stdout, versionLine())
+	return nil
+}
+
+// versionLine is the version with the build information the binary
+// carries: Go version, VCS revision and time, platform.
+func versionLine() string {
+	goVersion, revision, built, modified := "unknown", "", "", false
 	if info, ok := debug.ReadBuildInfo(); ok {
 		goVersion = info.GoVersion
+		for _, s := range info.Settings {
+			switch s.Key {
+			case "vcs.revision":
+				revision = s.Value
+			case "vcs.time":
+				built = s.Value
+			case "vcs.modified":
+				modified = s.Value == "true"
+			}
+		}
 	}
-	fmt.Fprintf(env.stdout, "mailcapture %s (%s)\n", version, goVersion)
-	return nil
+	line := fmt.Sprintf("mailcapture %s (%s, %s/%s", version, goVersion, runtime.GOOS, runtime.GOARCH)
+	if revision != "" {
+		line += ", revision " + revision[:min(12, len(revision))]
+		if modified {
+			line += "+changes"
+		}
+	}
+	if built != "" {
+		line += ", committed " + built
+	}
+	return line + ")"
 }
 
 // readinessChecks: the store takes writes, and each configured legacy
