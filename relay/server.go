@@ -208,6 +208,7 @@ func (s *session) Data(r io.Reader) error {
 		return &smtp.SMTPError{Code: 554, EnhancedCode: smtp.EnhancedCode{5, 4, 6}, Message: fmt.Sprintf("too many hops (%d Received headers): mail loop", hops)}
 	}
 	body := io.MultiReader(bytes.NewReader(s.received()), bytes.NewReader(header), r)
+	var queueID int64
 	if err == nil {
 		switch s.route {
 		case routeLocal:
@@ -219,7 +220,9 @@ func (s *session) Data(r io.Reader) error {
 			for _, rc := range s.rcpts {
 				to = append(to, rc.addr)
 			}
-			_, err = s.b.Store.Enqueue(ctx, store.RouteLegacy, 0, store.Envelope{From: s.from, To: to}, body)
+			var e store.SpoolEntry
+			e, err = s.b.Store.Enqueue(ctx, store.RouteLegacy, 0, store.Envelope{From: s.from, To: to}, body)
+			queueID = e.ID
 			if err == nil && s.b.Spooled != nil {
 				s.b.Spooled()
 			}
@@ -247,6 +250,11 @@ func (s *session) Data(r io.Reader) error {
 		return errTemporary
 	}
 	s.b.observe(routeName, "accepted")
+	var rcpts []string
+	for _, rc := range s.rcpts {
+		rcpts = append(rcpts, rc.addr)
+	}
+	s.b.log().Info("smtp: message accepted", "route", routeName, "queue_id", queueID, "from", s.from, "to", strings.Join(rcpts, ","), "client", s.remote.String())
 	return nil
 }
 
