@@ -4,7 +4,7 @@ VERSION := $(shell git describe --always --dirty 2>/dev/null || echo dev)
 LDFLAGS := -X main.version=$(VERSION)
 GOFILES  = $(shell git ls-files '*.go' 2>/dev/null || find . -name '*.go' -not -path './data/*')
 
-.PHONY: all build test test-deps bench lint clean
+.PHONY: all build test test-deps bench fuzz lint clean
 
 all: build
 
@@ -19,6 +19,17 @@ test-deps:
 ## test: lint, then every test with the race detector
 test: test-deps lint
 	$(GO) test -race -count=1 -timeout 30m ./...
+
+## fuzz: every fuzz target for FUZZTIME each (the committed seed corpora
+## also run in make test)
+FUZZTIME ?= 30s
+FUZZ_TARGETS = mimeinfo:FuzzParse front:FuzzPreauthCommand pop3:FuzzServerSession pop3:FuzzClient relay:FuzzRecipientRouting
+fuzz:
+	@set -e; for t in $(FUZZ_TARGETS); do \
+	  pkg=$${t%%:*}; name=$${t##*:}; \
+	  echo "fuzz $$name ($$pkg) for $(FUZZTIME)"; \
+	  $(GO) test -run '^$$' -fuzz "^$$name$$" -fuzztime $(FUZZTIME) ./$$pkg; \
+	done
 
 ## bench: the benchmarks, each printing its figures against its target
 bench: test-deps

@@ -13,6 +13,8 @@ import (
 const (
 	maxPreauthLine    = 8 * 1024
 	maxPreauthLiteral = 8 * 1024
+	// maxPreauthCommand bounds a whole command, its literals included.
+	maxPreauthCommand = 24 * 1024
 )
 
 // errBadCommand is a command that cannot be parsed; the client gets BAD.
@@ -50,7 +52,7 @@ func readPreauthCommand(r *bufio.Reader, cont func() error) (*preauthCommand, er
 	if rest != "" && rest[0] != ' ' {
 		return cmd, errBadCommand
 	}
-	depth := 0
+	depth, total := 0, len(line)
 	for rest != "" {
 		// Spaces and list parentheses separate arguments; lists (ID's) are
 		// flattened, since nothing before login needs their structure.
@@ -84,6 +86,9 @@ func readPreauthCommand(r *bufio.Reader, cont func() error) (*preauthCommand, er
 			if n > maxPreauthLiteral {
 				return cmd, fmt.Errorf("%w: literal of %d bytes before login", errBadCommand, n)
 			}
+			if total += n; total > maxPreauthCommand {
+				return cmd, fmt.Errorf("%w: command longer than %d bytes before login", errBadCommand, maxPreauthCommand)
+			}
 			if sync {
 				if err := cont(); err != nil {
 					return cmd, err
@@ -96,6 +101,9 @@ func readPreauthCommand(r *bufio.Reader, cont func() error) (*preauthCommand, er
 			cmd.args = append(cmd.args, string(buf))
 			if rest, err = readLimitedLine(r); err != nil {
 				return cmd, err
+			}
+			if total += len(rest); total > maxPreauthCommand {
+				return cmd, fmt.Errorf("%w: command longer than %d bytes before login", errBadCommand, maxPreauthCommand)
 			}
 		default:
 			var a string

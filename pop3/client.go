@@ -228,10 +228,17 @@ func (c *Client) Capa() (map[string][]string, error) {
 	return caps, nil
 }
 
+// maxListing bounds the entries of one listing (CAPA, LIST, UIDL): far
+// above any real maildrop, it keeps a broken server from exhausting memory.
+const maxListing = 5_000_000
+
 // multiline reads a dot-terminated listing, un-stuffed, one entry a line.
 func (c *Client) multiline(command string) ([]string, error) {
 	var out []string
 	for {
+		if len(out) >= maxListing {
+			return nil, fmt.Errorf("pop3 %s: more than %d lines", command, maxListing)
+		}
 		line, err := c.readLine()
 		if err != nil {
 			return nil, fmt.Errorf("pop3 %s: %w", command, err)

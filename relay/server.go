@@ -113,7 +113,7 @@ var (
 func (s *session) Rcpt(to string, _ *smtp.RcptOptions) error {
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
-	_, domain, ok := strings.Cut(to, "@")
+	domain, ok := recipientDomain(to)
 	if !ok || !s.b.hosted(domain) {
 		s.b.observe("none", "rejected")
 		return errNotHosted
@@ -144,6 +144,22 @@ func (s *session) Rcpt(to string, _ *smtp.RcptOptions) error {
 	s.route = rt
 	s.rcpts = append(s.rcpts, r)
 	return nil
+}
+
+// recipientDomain returns the domain of a recipient address: what follows
+// its last "@" (a quoted local part may hold one). Addresses without a
+// local part or a domain, or with control characters, have none.
+func recipientDomain(to string) (string, bool) {
+	i := strings.LastIndexByte(to, '@')
+	if i <= 0 || i == len(to)-1 {
+		return "", false
+	}
+	for _, c := range to {
+		if c < ' ' || c == 0x7f {
+			return "", false
+		}
+	}
+	return to[i+1:], true
 }
 
 func (b *Backend) hosted(domain string) bool {

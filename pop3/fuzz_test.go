@@ -1,0 +1,144 @@
+package pop3
+
+import (
+	"context"
+	"io"
+	"log/slog"
+	"net"
+	"strings"
+	"sync/atomic"
+	"testing"
+	"time"
+)
+
+// fuzzBackend is one maildrop ("u"/"p") of three awkward messages.
+type fuzzBackend struct{}
+
+var fuzzMessages = []string{
+	"Subject: dots\r\n\r\n.\r\n..\r\n.x\r\n",
+	"Subject: long\r\n\r\n" + strings.Repeat("y", 5000) + "\r\n",
+	"bare\nLF\n",
+}
+
+func (fuzzBackend) Login(_ context.Context, user, password string, _ net.Addr) (Maildrop, error) {
+	if user != "u" || password != "p" {
+		return nil, ErrAuthFailed
+	}
+	return &fuzzDrop{}, nil
+}
+
+type fuzzDrop struct{}
+
+func (*fuzzDrop) Messages() []MessageInfo {
+	var out []MessageInfo
+	for i, m := range fuzzMessages {
+		out = append(out, MessageInfo{Size: int64(len(m)), UIDL: "uid-" + string(rune('a'+i))})
+	}
+	return out
+}
+func (*fuzzDrop) Open(_ context.Context, i int) (io.ReadCloser, error) {
+	return io.NopCloser(strings.NewReader(fuzzMessages[i])), nil
+}
+func (*fuzzDrop) Commit(context.Context, []int) error { return nil }
+func (*fuzzDrop) Close()                              {}
+
+// panicCatcher fails the fuzz run when a session logs a recovered panic.
+type panicCatcher struct{ panics *atomic.Int64 }
+
+func (h panicCatcher) Enabled(context.Context, slog.Level) bool { return true }
+func (h panicCatcher) Handle(_ context.Context, r slog.Record) error {
+	if strings.Contains(r.Message, "panic") {
+		h.panics.Add(1)
+	}
+	return nil
+}
+func (h panicCatcher) WithAttrs([]slog.Attr) slog.Handler { return h }
+func (h panicCatcher) WithGroup(string) slog.Handler      { return h }
+
+// FuzzServerSession: any bytes from a client end in replies and a closed
+// session, never a panic or a hang.
+func FuzzServerSession(f *testing.F) {
+	for _, seed := range []string{
+		"USER u\r\nPASS p\r\nSTAT\r\nLIST\r\nUIDL 2\r\nRETR 1\r\nTOP 2 0\r\nDELE 3\r\nRSET\r\nQUIT\r\n",
+		"CAPA\r\nAUTH PLAIN AHUAcA==\r\nRETR 99\r\nLIST -1\r\nQUIT\r\n",
+		"AUTH PLAIN\r\n*\r\nAUTH PLAIN\r\n!!!\r\nPASS x\r\nSTLS\r\n",
+		"user u\npass p\nretr 2\ndele 1\ndele 1\nquit\n",
+		strings.Repeat("X", 600) + "\r\nNOOP\r\n",
+	} {
+		f.Add([]byte(seed))
+	}
+	f.Fuzz(func(t *testing.T, raw []byte) {
+		var panics atomic.Int64
+		srv := &Server{Backend: fuzzBackend{}, InsecureAuthAllowed: func(net.Addr) bool { return true },
+			Timeout: 2 * time.Second, Log: slog.New(panicCatcher{&panics})}
+		client, server := net.Pipe()
+		done := make(chan struct{})
+		go func() {
+			newSession(srv, server).serve()
+			close(done)
+		}()
+		go io.Copy(io.Discard, client)
+		client.SetWriteDeadline(time.Now().Add(2 * time.Second))
+		client.Write(raw)
+		client.Close()
+		select {
+		case <-done:
+		case <-time.After(5 * time.Second):
+			t.Fatal("the session did not end")
+		}
+		if panics.Load() > 0 {
+			t.Fatal("the session panicked")
+		}
+	})
+}
+
+// FuzzClient: any bytes from a server give the client errors or data, never
+// a panic or a hang, and never more message bytes than the server sent.
+func FuzzClient(f *testing.F) {
+	for _, seed := range []string{
+		"+OK ready\r\n+OK\r\nTOP\r\nUIDL\r\n.\r\n+OK 2 30\r\n+OK\r\n1 10\r\n2 20\r\n.\r\n+OK\r\n1 a\r\n2 b\r\n.\r\n+OK\r\nline\r\n..dot\r\n.\r\n",
+		"+OK\r\n-ERR [SYS/TEMP] later\r\n",
+		"+OK\r\n+OK\r\n" + strings.Repeat("z", 70000) + "\r\n.\r\n",
+		"garbage\n\n.\n",
+	} {
+		f.Add([]byte(seed))
+	}
+	f.Fuzz(func(t *testing.T, raw []byte) {
+		client, server := net.Pipe()
+		go io.Copy(io.Discard, server)
+		go func() {
+			server.SetWriteDeadline(time.Now().Add(2 * time.Second))
+			server.Write(raw)
+			server.Close()
+		}()
+		done := make(chan struct{})
+		go func() {
+			defer close(done)
+			c := newClient(client, time.Second)
+			defer c.Close()
+			if _, err := c.readLine(); err != nil {
+				return
+			}
+			c.Capa()
+			c.Stat()
+			c.List()
+			c.UIDL()
+			if r, err := c.Retr(1); err == nil {
+				got, _ := io.ReadAll(r)
+				if len(got) > len(raw) {
+					t.Errorf("RETR gave %d bytes from a %d-byte stream", len(got), len(raw))
+				}
+			}
+			if r, err := c.Top(1, 0); err == nil {
+				io.Copy(io.Discard, r)
+			}
+			c.Quit()
+		}()
+		select {
+		case <-done:
+		case <-time.After(10 * time.Second):
+			t.Fatal("the client hung")
+		}
+	})
+}
+
