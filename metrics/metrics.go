@@ -41,6 +41,10 @@ var (
 		"Messages on the legacy server not yet in the local store (for accounts whose legacy size is known).", nil, nil)
 	bytesRemainingDesc = prometheus.NewDesc("mailcapture_capture_bytes_remaining",
 		"Bytes on the legacy server not yet in the local store (for accounts whose legacy size is known).", nil, nil)
+	legacyMessagesDesc = prometheus.NewDesc("mailcapture_legacy_messages",
+		"Messages in the legacy mailboxes of the known accounts, as last measured by their captures (the denominator of progress).", nil, nil)
+	legacyBytesDesc = prometheus.NewDesc("mailcapture_legacy_bytes",
+		"Bytes in the legacy mailboxes of the known accounts, as last measured by their captures.", nil, nil)
 	storeMessagesDesc = prometheus.NewDesc("mailcapture_store_messages",
 		"Messages in the local store.", nil, nil)
 	storeBytesDesc = prometheus.NewDesc("mailcapture_store_bytes",
@@ -74,7 +78,7 @@ type storeCollector struct {
 
 func (c *storeCollector) Describe(ch chan<- *prometheus.Desc) {
 	for _, d := range []*prometheus.Desc{accountsDesc, messagesRemainingDesc, bytesRemainingDesc,
-		storeMessagesDesc, storeBytesDesc, queueMessagesDesc, queueOldestDesc, scrapeErrorDesc} {
+		legacyMessagesDesc, legacyBytesDesc, storeMessagesDesc, storeBytesDesc, queueMessagesDesc, queueOldestDesc, scrapeErrorDesc} {
 		ch <- d
 	}
 }
@@ -95,6 +99,8 @@ func (c *storeCollector) Collect(ch chan<- prometheus.Metric) {
 	remaining := r.Remaining()
 	ch <- prometheus.MustNewConstMetric(messagesRemainingDesc, prometheus.GaugeValue, float64(remaining.Messages))
 	ch <- prometheus.MustNewConstMetric(bytesRemainingDesc, prometheus.GaugeValue, float64(remaining.Bytes))
+	ch <- prometheus.MustNewConstMetric(legacyMessagesDesc, prometheus.GaugeValue, float64(r.Legacy.Messages))
+	ch <- prometheus.MustNewConstMetric(legacyBytesDesc, prometheus.GaugeValue, float64(r.Legacy.Bytes))
 	ch <- prometheus.MustNewConstMetric(storeMessagesDesc, prometheus.GaugeValue, float64(r.Stored.Messages))
 	ch <- prometheus.MustNewConstMetric(storeBytesDesc, prometheus.GaugeValue, float64(r.Stored.Bytes))
 	ch <- prometheus.MustNewConstMetric(queueMessagesDesc, prometheus.GaugeValue, float64(r.Spool.Messages))

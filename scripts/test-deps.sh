@@ -13,6 +13,7 @@ command -v fetchmail >/dev/null 2>&1 || need+=(fetchmail)
 command -v python3 >/dev/null 2>&1 || need+=(python3)
 command -v swaks >/dev/null 2>&1 || need+=(swaks)
 command -v systemd-analyze >/dev/null 2>&1 || need+=(systemd) # verifies the shipped unit
+command -v prometheus >/dev/null 2>&1 || need+=(prometheus) # evaluates the dashboard and alerts
 command -v postfix >/dev/null 2>&1 || need+=(postfix)
 perl -MNet::SSLeay -MIO::Socket::SSL -e1 >/dev/null 2>&1 || need+=(libnet-ssleay-perl libio-socket-ssl-perl) # swaks -tls
 if [ ${#need[@]} -eq 0 ]; then
@@ -32,4 +33,5 @@ apt-get install -y -qq --no-install-recommends $(printf '%s\n' "${need[@]}" | so
 if command -v service >/dev/null 2>&1; then
   service dovecot stop >/dev/null 2>&1 || true
   service postfix stop >/dev/null 2>&1 || true
+  service prometheus stop >/dev/null 2>&1 || true
 fi
