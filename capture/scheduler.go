@@ -166,6 +166,19 @@ func (s *Scheduler) Submit(account, password string, interactive bool) <-chan st
 }
 
 // Status returns the account's job status, if it has one.
+// Password returns the password the account's job was last submitted
+// with, if the scheduler has a job for it (kept in memory only).
+func (s *Scheduler) Password(account string) (string, bool) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	j, ok := s.jobs[account]
+	if !ok || j.password == "" {
+		return "", false
+	}
+	return j.password, true
+}
+
+// Status returns the account's job status, if it has a job.
 func (s *Scheduler) Status(account string) (JobStatus, bool) {
 	s.mu.Lock()
 	defer s.mu.Unlock()

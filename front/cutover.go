@@ -41,7 +41,9 @@ func (c *Cutover) log() *slog.Logger {
 }
 
 // Run cuts the account over. It is a no-op for an account that is not
-// capturing (another cut-over won, or it is captured already).
+// capturing (another cut-over won, or it is captured already). With an
+// empty password (a forced cut-over of an account nobody logged into
+// since the start) there is no final sync.
 func (c *Cutover) Run(ctx context.Context, account, password string) error {
 	err := c.Store.Transition(ctx, account, store.StateCapturing, store.StateCutover)
 	if errors.Is(err, store.ErrStateChanged) {
@@ -75,8 +77,25 @@ func (c *Cutover) run(ctx context.Context, account, password string) error {
 		c.POP3.FinishSessions(wctx, account)
 		cancel()
 	}
-	// Final sync: nobody touches the legacy mailbox now.
-	if _, err := c.Engine.Converge(ctx, account, password, 10); err != nil {
+	// Final sync: nobody touches the legacy mailbox now. A forced cut-over
+	// of an account whose password is not known here skips it: follow
+	// syncs at the user's next logins bring what the last sync missed.
+	if password != "" {
+		if _, err := c.Engine.Converge(ctx, account, password, 10); err != nil {
+			return err
+		}
+	} else {
+		c.log().Warn("forced cut-over without the user's password: no final sync", "account", account)
+	}
+	// Local delivery needs an INBOX, even for an account cut over before
+	// any copy.
+	if acct, err := c.Store.Account(ctx, account); err != nil {
+		return err
+	} else if _, err := c.Store.MailboxByName(ctx, acct.ID, "INBOX"); errors.Is(err, store.ErrNotFound) {
+		if _, err := c.Store.CreateMailbox(ctx, acct.ID, store.MailboxSpec{Name: "INBOX", Subscribed: true}); err != nil {
+			return err
+		}
+	} else if err != nil {
 		return err
 	}
 	if err := c.Store.Transition(ctx, account, store.StateCutover, store.StateCaptured); err != nil {

@@ -15,6 +15,7 @@ import (
 	"net"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"mailcapture/capture"
@@ -70,6 +71,9 @@ type Router struct {
 
 	followMu  sync.Mutex
 	following map[string]bool
+	// retired: the legacy server is gone (SetRetired); no follow sync and
+	// no password check there any more.
+	retired atomic.Bool
 
 	// Successful logins are written to the store in the background, in
 	// batches, off the login's path.
@@ -191,7 +195,7 @@ func (r *Router) rememberPassword(account, password string) {
 // account's local hash once at the legacy server; when the legacy server
 // accepts it, the local hash is replaced and true returned.
 func (r *Router) passwordChanged(ctx context.Context, account, password string) bool {
-	if r.LegacyCheck == nil || password == "" {
+	if r.LegacyCheck == nil || password == "" || r.retired.Load() {
 		return false
 	}
 	if err := r.LegacyCheck(ctx, account, password); err != nil {
@@ -216,9 +220,17 @@ func (r *Router) failed(addr net.Addr, account string) {
 	}
 }
 
+// SetRetired records that the legacy server is gone: follow syncs and
+// password checks there stop.
+func (r *Router) SetRetired() {
+	if !r.retired.Swap(true) {
+		r.log().Info("legacy server retired: no more follow syncs or password checks there")
+	}
+}
+
 // LocalLoginOK starts a follow sync for the account unless one runs.
 func (r *Router) LocalLoginOK(account, password string) {
-	if r.Follow == nil {
+	if r.Follow == nil || r.retired.Load() {
 		return
 	}
 	key := strings.ToLower(account)

@@ -114,6 +114,15 @@ CREATE TABLE logins (
 	`
 ALTER TABLE spool ADD COLUMN drop_requested INTEGER NOT NULL DEFAULT 0;
 `,
+	// 4: a forced cut-over asked for by ` + "`mailcapture cutover`" + `, and
+	// store-wide settings (the legacy server's retirement).
+	`
+ALTER TABLE accounts ADD COLUMN cutover_requested INTEGER NOT NULL DEFAULT 0;
+CREATE TABLE settings (
+	key   TEXT PRIMARY KEY,
+	value TEXT NOT NULL
+);
+`,
 }
 
 // checkVersion checks that a store opened beside its owner has the schema

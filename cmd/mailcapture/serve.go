@@ -142,9 +142,10 @@ func (s *server) start(schedCtx context.Context, schedDone chan struct{}) error 
 	pop3Backend := &front.POP3Backend{Router: router, Local: &pop3store.Backend{Store: s.st}, Legacy: engine.POP3}
 	s.pop3 = &pop3.Server{Backend: pop3Backend, TLSConfig: s.tls, Hostname: cfg.Hostname, InsecureAuthAllowed: trusted,
 		Timeout: lim.POP3IdleTimeout, Log: log}
+	var cut *front.Cutover
 	if cfg.Mode != "shadow" {
 		// A converged, verified account is cut over at once.
-		cut := &front.Cutover{Store: s.st, Engine: engine, IMAP: s.imap, POP3: pop3Backend, Log: log,
+		cut = &front.Cutover{Store: s.st, Engine: engine, IMAP: s.imap, POP3: pop3Backend, Log: log,
 			Switched: func(ctx context.Context, acct store.Account) {
 				if n, err := relay.ReleaseHeld(ctx, s.st, acct.ID); err != nil {
 					log.Error("deliver held mail", "account", acct.Name, "err", err)
@@ -156,6 +157,29 @@ func (s *server) start(schedCtx context.Context, schedDone chan struct{}) error 
 			cut.Run(ctx, account, password)
 		}
 	}
+	if cfg.Legacy.Retired {
+		router.SetRetired()
+	}
+	// Requests from the admin commands (cutover, retire-legacy), written
+	// to the store beside this process, are carried out here.
+	adminCtx, stopAdmin := context.WithCancel(schedCtx)
+	adminDone := make(chan struct{})
+	go func() {
+		defer close(adminDone)
+		for {
+			s.adminRequests(adminCtx, router, cut)
+			select {
+			case <-adminCtx.Done():
+				return
+			case <-time.After(2 * time.Second):
+			}
+		}
+	}()
+	s.stops = append(s.stops, func(context.Context) error {
+		stopAdmin()
+		<-adminDone
+		return nil
+	})
 	go func() {
 		s.sched.Run(schedCtx)
 		close(schedDone)
@@ -259,6 +283,33 @@ func (s *server) start(schedCtx context.Context, schedDone chan struct{}) error 
 		log.Info("http listening", "addr", ln.Addr().String())
 	}
 	return nil
+}
+
+// adminRequests carries out what `mailcapture cutover` and
+// `mailcapture retire-legacy` asked for.
+func (s *server) adminRequests(ctx context.Context, router *front.Router, cut *front.Cutover) {
+	if retired, _, err := s.st.LegacyRetired(ctx); err == nil && retired {
+		router.SetRetired()
+	}
+	names, err := s.st.CutoverRequests(ctx)
+	if err != nil {
+		s.log.Warn("read cut-over requests", "err", err)
+		return
+	}
+	for _, name := range names {
+		if cut == nil {
+			s.log.Warn("forced cut-over asked for in shadow mode: ignored", "account", name)
+		} else {
+			password, _ := s.sched.Password(name)
+			s.log.Info("forced cut-over", "account", name, "final_sync", password != "")
+			if err := cut.Run(ctx, name, password); err != nil {
+				s.log.Error("forced cut-over failed", "account", name, "err", err)
+			}
+		}
+		if err := s.st.ClearCutoverRequest(ctx, name); err != nil {
+			s.log.Warn("clear cut-over request", "account", name, "err", err)
+		}
+	}
 }
 
 // trustedNetworks returns whether an address is in one of the networks

@@ -1,0 +1,252 @@
+package main
+
+import (
+	"bufio"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"strings"
+	"text/tabwriter"
+	"time"
+
+	"github.com/spf13/pflag"
+
+	"mailcapture/config"
+	"mailcapture/status"
+	"mailcapture/store"
+)
+
+// openForCommand loads the configuration (positional arguments allowed)
+// and opens the store read-only or for control requests.
+func openForCommand(ctx context.Context, env *environment, fs *pflag.FlagSet, path *string, args []string, control bool) (*store.Store, []string, error) {
+	if err := parseWithArgs(fs, args); err != nil {
+		return nil, nil, err
+	}
+	cfg, err := config.Load(config.Sources{File: *path, Environ: env.environ, Flags: fs})
+	if err != nil {
+		return nil, nil, err
+	}
+	st, err := store.Open(ctx, cfg.DataDir, store.Options{ReadOnly: !control, Control: control})
+	if err != nil {
+		return nil, nil, fmt.Errorf("%w (has serve run with this data_dir yet?)", err)
+	}
+	return st, fs.Args(), nil
+}
+
+// confirm asks a yes/no question on the terminal; without one, --yes is
+// required.
+func confirm(env *environment, yes bool, question string) (bool, error) {
+	if yes {
+		return true, nil
+	}
+	if !env.canAsk {
+		return false, usageError("confirm with --yes (no terminal to ask on)")
+	}
+	fmt.Fprintf(env.stdout, "%s [y/N] ", question)
+	answer, _ := bufio.NewReader(env.stdin).ReadString('\n')
+	a := strings.ToLower(strings.TrimSpace(answer))
+	return a == "y" || a == "yes", nil
+}
+
+const accountsUsage = "--config FILE (list [--json] | show NAME [--json])"
+
+func runAccounts(ctx context.Context, env *environment, args []string) error {
+	fs := newFlagSet(env, "accounts", accountsUsage, "list the accounts mailcapture knows, or show one: state, progress, folders, logins")
+	path := configFlags(fs)
+	asJSON := fs.Bool("json", false, "print JSON")
+	st, rest, err := openForCommand(ctx, env, fs, path, args, false)
+	if err != nil {
+		return err
+	}
+	defer st.Close()
+	switch {
+	case len(rest) == 1 && rest[0] == "list":
+		r, err := status.Collect(ctx, st, status.Options{PerAccount: true})
+		if err != nil {
+			return err
+		}
+		if *asJSON {
+			rows := r.AccountList
+			if rows == nil {
+				rows = []status.Account{}
+			}
+			return writeJSON(env, rows)
+		}
+		tw := tabwriter.NewWriter(env.stdout, 0, 4, 2, ' ', 0)
+		fmt.Fprintln(tw, "ACCOUNT\tSTATE\tMESSAGES\tOF LEGACY\tLAST SYNC\tLAST ERROR")
+		for _, a := range r.AccountList {
+			fmt.Fprintf(tw, "%s\t%s\t%d\t%d\t%s\t%s\n", a.Name, a.State, a.StoredMessages, a.LegacyMessages, when(a.LastSync), a.LastError)
+		}
+		if err := tw.Flush(); err != nil {
+			return err
+		}
+		fmt.Fprintf(env.stdout, "%d accounts\n", len(r.AccountList))
+		return nil
+	case len(rest) == 2 && rest[0] == "show":
+		return showAccount(ctx, env, st, rest[1], *asJSON)
+	}
+	return usageError("accounts: say list, or show NAME")
+}
+
+// accountDetail is `mailcapture accounts show`.
+type accountDetail struct {
+	Name              string           `json:"name"`
+	State             store.State      `json:"state"`
+	StateChangedAt    time.Time        `json:"state_changed_at"`
+	CreatedAt         time.Time        `json:"created_at"`
+	CapturedAt        time.Time        `json:"captured_at,omitzero"`
+	LastSync          time.Time        `json:"last_sync,omitzero"`
+	LastError         string           `json:"last_error,omitempty"`
+	LegacyPrefix      string           `json:"legacy_prefix"`
+	LegacySeparator   string           `json:"legacy_separator"`
+	SpecialUseGuessed bool             `json:"special_use_guessed"`
+	Stored            store.Progress   `json:"stored"`
+	Legacy            store.Progress   `json:"legacy"`
+	Folders           []folderDetail   `json:"folders"`
+	Logins            map[string]int64 `json:"logins"`
+}
+
+type folderDetail struct {
+	Name        string   `json:"name"`
+	Messages    uint32   `json:"messages"`
+	Bytes       int64    `json:"bytes"`
+	UIDValidity uint32   `json:"uidvalidity"`
+	UIDNext     uint32   `json:"uidnext"`
+	SpecialUse  []string `json:"special_use,omitempty"`
+	Subscribed  bool     `json:"subscribed"`
+}
+
+func showAccount(ctx context.Context, env *environment, st *store.Store, name string, asJSON bool) error {
+	acct, err := st.Account(ctx, name)
+	if errors.Is(err, store.ErrNotFound) {
+		return fmt.Errorf("no account %q (see mailcapture accounts list)", name)
+	}
+	if err != nil {
+		return err
+	}
+	stored, err := st.AccountProgress(ctx, acct.ID)
+	if err != nil {
+		return err
+	}
+	d := accountDetail{Name: acct.Name, State: acct.State, StateChangedAt: acct.StateChangedAt, CreatedAt: acct.CreatedAt,
+		CapturedAt: acct.CapturedAt, LastSync: acct.LastSyncAt, LastError: acct.LastError, LegacyPrefix: acct.LegacyPrefix,
+		LegacySeparator: acct.LegacySeparator, SpecialUseGuessed: acct.SpecialUseGuessed, Stored: stored,
+		Legacy: store.Progress{Messages: acct.LegacyMessages, Bytes: acct.LegacyBytes}, Folders: []folderDetail{}, Logins: map[string]int64{}}
+	mailboxes, err := st.Mailboxes(ctx, acct.ID)
+	if err != nil {
+		return err
+	}
+	for _, m := range mailboxes {
+		s, err := st.Status(ctx, m.ID)
+		if err != nil {
+			return err
+		}
+		d.Folders = append(d.Folders, folderDetail{Name: m.Name, Messages: s.Messages, Bytes: s.Size, UIDValidity: m.UIDValidity,
+			UIDNext: m.UIDNext, SpecialUse: m.SpecialUse, Subscribed: m.Subscribed})
+	}
+	logins, err := st.Logins(ctx)
+	if err != nil {
+		return err
+	}
+	for _, l := range logins {
+		if strings.EqualFold(l.Account, acct.Name) {
+			d.Logins[l.Protocol] += l.Count
+		}
+	}
+	if asJSON {
+		return writeJSON(env, d)
+	}
+	w := env.stdout
+	fmt.Fprintf(w, "account:     %s\nstate:       %s (since %s)\n", d.Name, d.State, when(d.StateChangedAt))
+	fmt.Fprintf(w, "copied:      %d of %d messages, %d of %d bytes\n", d.Stored.Messages, d.Legacy.Messages, d.Stored.Bytes, d.Legacy.Bytes)
+	fmt.Fprintf(w, "last sync:   %s\n", when(d.LastSync))
+	if d.LastError != "" {
+		fmt.Fprintf(w, "last error:  %s\n", d.LastError)
+	}
+	fmt.Fprintf(w, "namespace:   prefix %q, separator %q (special-use guessed: %v)\n", d.LegacyPrefix, d.LegacySeparator, d.SpecialUseGuessed)
+	fmt.Fprintf(w, "logins:      imap %d, pop3 %d\n", d.Logins["imap"], d.Logins["pop3"])
+	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
+	fmt.Fprintln(tw, "FOLDER\tMESSAGES\tBYTES\tUIDVALIDITY\tUIDNEXT\tSPECIAL-USE\tSUBSCRIBED")
+	for _, f := range d.Folders {
+		fmt.Fprintf(tw, "%s\t%d\t%d\t%d\t%d\t%s\t%v\n", f.Name, f.Messages, f.Bytes, f.UIDValidity, f.UIDNext, strings.Join(f.SpecialUse, " "), f.Subscribed)
+	}
+	return tw.Flush()
+}
+
+func runCutover(ctx context.Context, env *environment, args []string) error {
+	fs := newFlagSet(env, "cutover", "--config FILE NAME [--yes]",
+		"force an account's cut-over now, converged or not; the running serve carries it out within seconds (with a final sync if it knows the user's password)")
+	path := configFlags(fs)
+	yes := fs.Bool("yes", false, "do not ask for confirmation")
+	st, rest, err := openForCommand(ctx, env, fs, path, args, true)
+	if err != nil {
+		return err
+	}
+	defer st.Close()
+	if len(rest) != 1 {
+		return usageError("cutover: name one account")
+	}
+	name := rest[0]
+	if _, err := st.Account(ctx, name); errors.Is(err, store.ErrNotFound) {
+		return fmt.Errorf("no account %q (see mailcapture accounts list)", name)
+	}
+	ok, err := confirm(env, *yes, fmt.Sprintf("Cut %s over now, even if its copy has not converged?", name))
+	if err != nil || !ok {
+		if err == nil {
+			fmt.Fprintln(env.stdout, "nothing done")
+		}
+		return err
+	}
+	if err := st.RequestCutover(ctx, name); err != nil {
+		return err
+	}
+	fmt.Fprintf(env.stdout, "cut-over of %s requested; serve carries it out within seconds (or at its next start)\n", name)
+	return nil
+}
+
+func runRetireLegacy(ctx context.Context, env *environment, args []string) error {
+	fs := newFlagSet(env, "retire-legacy", "--config FILE [--yes]",
+		"record that the legacy server is gone: follow syncs and password checks there end (for good)")
+	path := configFlags(fs)
+	yes := fs.Bool("yes", false, "do not ask for confirmation")
+	st, rest, err := openForCommand(ctx, env, fs, path, args, true)
+	if err != nil {
+		return err
+	}
+	defer st.Close()
+	if len(rest) != 0 {
+		return usageError(fmt.Sprintf("retire-legacy: unexpected argument %q", rest[0]))
+	}
+	if retired, at, err := st.LegacyRetired(ctx); err != nil {
+		return err
+	} else if retired {
+		fmt.Fprintf(env.stdout, "the legacy server was retired on %s\n", when(at))
+		return nil
+	}
+	ok, err := confirm(env, *yes, "Retire the legacy server for good (no more follow syncs or password checks there)?")
+	if err != nil || !ok {
+		if err == nil {
+			fmt.Fprintln(env.stdout, "nothing done")
+		}
+		return err
+	}
+	if err := st.RetireLegacy(ctx, time.Now()); err != nil {
+		return err
+	}
+	fmt.Fprintln(env.stdout, "legacy server retired; serve stops follow syncs within seconds")
+	return nil
+}
+
+func writeJSON(env *environment, v any) error {
+	enc := json.NewEncoder(env.stdout)
+	enc.SetIndent("", "  ")
+	return enc.Encode(v)
+}
+
+func when(t time.Time) string {
+	if t.IsZero() {
+		return "-"
+	}
+	return t.Local().Format(time.DateTime)
+}

@@ -1,0 +1,93 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"regexp"
+	"strings"
+	"testing"
+
+	"github.com/emersion/go-imap/v2/imapclient"
+
+	"mailcapture/legacytest"
+	"mailcapture/status"
+	"mailcapture/store"
+)
+
+// TestAdminCommands: beside a running serve, `accounts list|show` read the
+// store, `cutover` forces an account over (serve carries it out), and
+// `retire-legacy` ends the password checks at the legacy server.
+func TestAdminCommands(t *testing.T) {
+	d := legacytest.Start(t, legacytest.Options{})
+	const user, pass = "forced@example.org", "forced pass"
+	d.AddUser(t, user, pass)
+	d.Populate(t, user, pass, []legacytest.Folder{{Name: "INBOX", Messages: legacytest.Generate(97, 5, 2000)}})
+	path, dataDir, environ := bulkConfig(t, d)
+	st, err := store.Open(context.Background(), dataDir, store.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Known, never logged into since: nothing captures it.
+	if _, err := st.CreateAccount(context.Background(), user, pass, store.StateCapturing); err != nil {
+		t.Fatal(err)
+	}
+	st.Close()
+	environ = append(environ, "MAILCAPTURE_LISTEN__IMAP=127.0.0.1:0")
+	srv := startServe(t, path, environ)
+	imapAddr := srv.waitFor(regexp.MustCompile(`msg=listening key=listen.imap addr=(\S+)`))[1]
+
+	code, out, errOut := runCLI(t, environ, "accounts", "--config", path, "list", "--json")
+	var rows []status.Account
+	if code != 0 || json.Unmarshal([]byte(out), &rows) != nil || len(rows) != 1 || rows[0].State != store.StateCapturing {
+		t.Fatalf("accounts list: exit %d %s %s", code, out, errOut)
+	}
+	for args, want := range map[string]string{
+		"cutover":                          "name one account",
+		"cutover nobody@example.org --yes": `no account "nobody@example.org"`,
+		"cutover " + user:                  "confirm with --yes",
+		"accounts show":                    "say list, or show NAME",
+		"accounts frob":                    "say list, or show NAME",
+	} {
+		code, _, errOut := runCLI(t, environ, append([]string{strings.Fields(args)[0], "--config", path}, strings.Fields(args)[1:]...)...)
+		if code == 0 || !strings.Contains(errOut, want) {
+			t.Errorf("%s: exit %d %q, want %q", args, code, errOut, want)
+		}
+	}
+	if code, out, errOut := runCLI(t, environ, "cutover", "--config", path, user, "--yes"); code != 0 {
+		t.Fatalf("cutover: exit %d %s %s", code, out, errOut)
+	}
+	srv.waitFor(regexp.MustCompile(`msg="cut-over done; the account is served from the store" account=` + regexp.QuoteMeta(user)))
+	code, out, errOut = runCLI(t, environ, "accounts", "--config", path, "show", user, "--json")
+	var detail accountDetail
+	if code != 0 || json.Unmarshal([]byte(out), &detail) != nil || detail.State != store.StateCaptured || len(detail.Folders) != 1 || detail.Folders[0].Name != "INBOX" {
+		t.Fatalf("accounts show after the forced cut-over: exit %d %s %s", code, out, errOut)
+	}
+	if code, out, _ := runCLI(t, environ, "accounts", "--config", path, "show", user); code != 0 || !strings.Contains(out, "state:       captured") {
+		t.Fatalf("accounts show (text): exit %d\n%s", code, out)
+	}
+	login := func(password string) error {
+		c, err := imapclient.DialInsecure(imapAddr, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer c.Close()
+		return c.Login(user, password).Wait()
+	}
+	if err := login(pass); err != nil {
+		t.Fatalf("local login after the forced cut-over: %v", err)
+	}
+	// Retired: a password changed at the legacy server is not taken over
+	// any more.
+	if code, out, errOut := runCLI(t, environ, "retire-legacy", "--config", path, "--yes"); code != 0 {
+		t.Fatalf("retire-legacy: exit %d %s %s", code, out, errOut)
+	}
+	srv.waitFor(regexp.MustCompile(`msg="legacy server retired`))
+	d.ChangePassword(t, user, "changed after retirement")
+	if err := login("changed after retirement"); err == nil {
+		t.Fatal("a password checked at the retired legacy server was accepted")
+	}
+	if code, out, _ := runCLI(t, environ, "retire-legacy", "--config", path, "--yes"); code != 0 || !strings.Contains(out, "was retired on") {
+		t.Fatalf("retire-legacy again: exit %d %s", code, out)
+	}
+	srv.stop(t)
+}
