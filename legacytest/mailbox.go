@@ -344,3 +344,27 @@ func (d *Dovecot) SeedInbox(t testing.TB, user string, msgs []Message) {
 		}
 	}
 }
+
+// InstallMaildir makes the Maildir tree at src the user's mail store
+// (moved, then owned by the mail user). Call it before the user's first
+// login.
+func (d *Dovecot) InstallMaildir(t testing.TB, user, src string) {
+	t.Helper()
+	home := filepath.Join(d.Dir, "home", user)
+	if err := os.MkdirAll(home, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	dst := filepath.Join(home, "Maildir")
+	if err := os.Rename(src, dst); err != nil {
+		t.Fatal(err)
+	}
+	err := filepath.Walk(home, func(path string, _ os.FileInfo, err error) error {
+		if err != nil {
+			return err
+		}
+		return os.Chown(path, d.mailUID, d.mailGID)
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+}

@@ -13,6 +13,7 @@ import (
 	"github.com/spf13/pflag"
 
 	"mailcapture/config"
+	"mailcapture/export"
 	"mailcapture/status"
 	"mailcapture/store"
 )
@@ -249,4 +250,29 @@ func when(t time.Time) string {
 		return "-"
 	}
 	return t.Local().Format(time.DateTime)
+}
+
+func runExport(ctx context.Context, env *environment, args []string) error {
+	fs := newFlagSet(env, "export", "--config FILE --maildir DIR [--account NAME]...",
+		"write accounts out as Dovecot-compatible Maildir++ trees (DIR/<account>/) with their UIDVALIDITY, UIDs, flags, keywords, dates, subscriptions and POP3 UIDLs; works while serve runs")
+	path := configFlags(fs)
+	dir := fs.String("maildir", "", "directory to write into (one subdirectory per account, which must not exist)")
+	accounts := fs.StringArray("account", nil, "export only this account (repeatable); default all")
+	st, rest, err := openForCommand(ctx, env, fs, path, args, false)
+	if err != nil {
+		return err
+	}
+	defer st.Close()
+	if len(rest) > 0 {
+		return usageError(fmt.Sprintf("export: unexpected argument %q", rest[0]))
+	}
+	if *dir == "" {
+		return usageError("export: --maildir DIR is required")
+	}
+	res, err := export.Maildir(ctx, st, *dir, *accounts)
+	if err != nil {
+		return err
+	}
+	fmt.Fprintf(env.stdout, "exported %d accounts, %d folders, %d messages (%d bytes) to %s\n", res.Accounts, res.Folders, res.Messages, res.Bytes, *dir)
+	return nil
 }

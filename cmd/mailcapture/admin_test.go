@@ -89,5 +89,14 @@ func TestAdminCommands(t *testing.T) {
 	if code, out, _ := runCLI(t, environ, "retire-legacy", "--config", path, "--yes"); code != 0 || !strings.Contains(out, "was retired on") {
 		t.Fatalf("retire-legacy again: exit %d %s", code, out)
 	}
+	// Export the account while serve runs.
+	out = t.TempDir()
+	if code, stdout, errOut := runCLI(t, environ, "export", "--config", path, "--maildir", out, "--account", user); code != 0 ||
+		!strings.Contains(stdout, "exported 1 accounts, 1 folders") {
+		t.Fatalf("export: exit %d %s %s", code, stdout, errOut)
+	}
+	if code, _, errOut := runCLI(t, environ, "export", "--config", path); code != 2 || !strings.Contains(errOut, "--maildir DIR is required") {
+		t.Fatalf("export without --maildir: exit %d %s", code, errOut)
+	}
 	srv.stop(t)
 }

@@ -48,6 +48,7 @@ func commands() []command {
 		{"accounts", accountsUsage, "list the accounts, or show one (state, progress, folders, logins)", runAccounts},
 		{"cutover", "--config FILE NAME [--yes]", "force an account's cut-over now", runCutover},
 		{"retire-legacy", "--config FILE [--yes]", "end follow syncs: the legacy server is gone", runRetireLegacy},
+		{"export", "--config FILE --maildir DIR [--account NAME]...", "write accounts out as Dovecot-compatible Maildir++", runExport},
 		{"queue", queueUsage, "list, retry or drop the relay spool's messages", runQueue},
 		{"capture", "--config FILE (--csv FILE | --accounts FILE --master-user NAME ...)", "capture accounts nobody logs into", runCapture},
 		{"version", "", "print the version", runVersion},
