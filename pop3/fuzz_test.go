@@ -141,4 +141,3 @@ func FuzzClient(f *testing.F) {
 		}
 	})
 }
-
