@@ -35,8 +35,22 @@ func openForCommand(ctx context.Context, env *environment, fs *pflag.FlagSet, pa
 	return st, fs.Args(), nil
 }
 
-// confirm asks a yes/no question on the terminal; without one, --yes is
-// required.
+// openReadOnly is openForCommand for commands that take no positional
+// arguments and only read.
+func openReadOnly(ctx context.Context, env *environment, fs *pflag.FlagSet, path *string, args []string) (*store.Store, error) {
+	st, rest, err := openForCommand(ctx, env, fs, path, args, false)
+	if err != nil {
+		return nil, err
+	}
+	if len(rest) > 0 {
+		st.Close()
+		return nil, usageError(fmt.Sprintf("unexpected argument %q", rest[0]))
+	}
+	return st, nil
+}
+
+// confirm asks a yes/no question on the terminal (without one, --yes is
+// required) and says "nothing done" when the answer is no.
 func confirm(env *environment, yes bool, question string) (bool, error) {
 	if yes {
 		return true, nil
@@ -46,8 +60,11 @@ func confirm(env *environment, yes bool, question string) (bool, error) {
 	}
 	fmt.Fprintf(env.stdout, "%s [y/N] ", question)
 	answer, _ := bufio.NewReader(env.stdin).ReadString('\n')
-	a := strings.ToLower(strings.TrimSpace(answer))
-	return a == "y" || a == "yes", nil
+	if a := strings.ToLower(strings.TrimSpace(answer)); a == "y" || a == "yes" {
+		return true, nil
+	}
+	fmt.Fprintln(env.stdout, "nothing done")
+	return false, nil
 }
 
 const accountsUsage = "--config FILE (list [--json] | show NAME [--json])"
@@ -194,9 +211,6 @@ func runCutover(ctx context.Context, env *environment, args []string) error {
 	}
 	ok, err := confirm(env, *yes, fmt.Sprintf("Cut %s over now, even if its copy has not converged?", name))
 	if err != nil || !ok {
-		if err == nil {
-			fmt.Fprintln(env.stdout, "nothing done")
-		}
 		return err
 	}
 	if err := st.RequestCutover(ctx, name); err != nil {
@@ -227,9 +241,6 @@ func runRetireLegacy(ctx context.Context, env *environment, args []string) error
 	}
 	ok, err := confirm(env, *yes, "Retire the legacy server for good (no more follow syncs or password checks there)?")
 	if err != nil || !ok {
-		if err == nil {
-			fmt.Fprintln(env.stdout, "nothing done")
-		}
 		return err
 	}
 	if err := st.RetireLegacy(ctx, time.Now()); err != nil {

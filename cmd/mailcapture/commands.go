@@ -93,13 +93,9 @@ func runStatus(ctx context.Context, env *environment, args []string) error {
 	fs := newFlagSet(env, "status", "--config FILE [--json]", "show the migration's progress, read from the store (also while serve runs)")
 	path := configFlags(fs)
 	asJSON := fs.Bool("json", false, "print the report as JSON")
-	cfg, err := parseConfig(env, fs, path, args)
+	st, err := openReadOnly(ctx, env, fs, path, args)
 	if err != nil {
 		return err
-	}
-	st, err := store.Open(ctx, cfg.DataDir, store.Options{ReadOnly: true})
-	if err != nil {
-		return fmt.Errorf("%w (has serve run with this data_dir yet?)", err)
 	}
 	defer st.Close()
 	r, err := status.Collect(ctx, st, status.Options{PerAccount: true})
@@ -126,13 +122,9 @@ func runLogins(ctx context.Context, env *environment, args []string) error {
 		"list the accounts that logged in (over which protocols, when, how often) and their migration state; in shadow mode this forecasts coverage: accounts never seen need `mailcapture capture`")
 	path := configFlags(fs)
 	asJSON := fs.Bool("json", false, "print the list as JSON")
-	cfg, err := parseConfig(env, fs, path, args)
+	st, err := openReadOnly(ctx, env, fs, path, args)
 	if err != nil {
 		return err
-	}
-	st, err := store.Open(ctx, cfg.DataDir, store.Options{ReadOnly: true})
-	if err != nil {
-		return fmt.Errorf("%w (has serve run with this data_dir yet?)", err)
 	}
 	defer st.Close()
 	records, err := st.Logins(ctx)

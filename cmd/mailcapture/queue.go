@@ -1,7 +1,6 @@
 package main
 
 import (
-	"bufio"
 	"context"
 	"encoding/json"
 	"fmt"
@@ -10,7 +9,6 @@ import (
 	"text/tabwriter"
 	"time"
 
-	"mailcapture/config"
 	"mailcapture/store"
 )
 
@@ -24,14 +22,12 @@ func runQueue(ctx context.Context, env *environment, args []string) error {
 	asJSON := fs.Bool("json", false, "list: print JSON")
 	all := fs.Bool("all", false, "retry: every message waiting for the legacy server")
 	yes := fs.Bool("yes", false, "drop: do not ask for confirmation")
-	if err := parseWithArgs(fs, args); err != nil {
-		return err
-	}
-	cfg, err := config.Load(config.Sources{File: *path, Environ: env.environ, Flags: fs})
+	// Control allows reading and the two spool requests, beside serve.
+	st, rest, err := openForCommand(ctx, env, fs, path, args, true)
 	if err != nil {
 		return err
 	}
-	rest := fs.Args()
+	defer st.Close()
 	if len(rest) == 0 {
 		return usageError("queue: say list, retry or drop")
 	}
@@ -60,11 +56,6 @@ func runQueue(ctx context.Context, env *environment, args []string) error {
 	default:
 		return usageError(fmt.Sprintf("queue: unknown action %q: say list, retry or drop", action))
 	}
-	st, err := store.Open(ctx, cfg.DataDir, store.Options{ReadOnly: action == "list", Control: action != "list"})
-	if err != nil {
-		return fmt.Errorf("%w (has serve run with this data_dir yet?)", err)
-	}
-	defer st.Close()
 	entries, err := st.Spooled(ctx)
 	if err != nil {
 		return err
@@ -93,16 +84,8 @@ func runQueue(ctx context.Context, env *environment, args []string) error {
 			return fmt.Errorf("queue drop: message %d is held for an account in cut-over; it is delivered when the cut-over ends", id)
 		}
 	}
-	if !*yes {
-		if !env.canAsk {
-			return usageError("queue drop: confirm with --yes (no terminal to ask on)")
-		}
-		fmt.Fprintf(env.stdout, "Drop %d messages for good (their senders are not told)? [y/N] ", len(ids))
-		answer, _ := bufio.NewReader(env.stdin).ReadString('\n')
-		if a := strings.ToLower(strings.TrimSpace(answer)); a != "y" && a != "yes" {
-			fmt.Fprintln(env.stdout, "nothing dropped")
-			return nil
-		}
+	if ok, err := confirm(env, *yes, fmt.Sprintf("Drop %d messages for good (their senders are not told)?", len(ids))); err != nil || !ok {
+		return err
 	}
 	n, err := st.RequestDrop(ctx, ids)
 	if err != nil {
