@@ -2,8 +2,10 @@ package metrics
 
 import (
 	"context"
+	_ "embed"
 	"fmt"
 	"net/http"
+	"strings"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus/promhttp"
@@ -16,8 +18,15 @@ type Check struct {
 	Run  func(ctx context.Context) error
 }
 
+// statusPage is the status page: self-contained (no external assets), it
+// reads /status.json every 5 seconds.
+//
+//go:embed status.html
+var statusPage []byte
+
 // Handler serves /metrics, /healthz (the process is up), /readyz (every
-// check passes) and /status (the progress report as JSON).
+// check passes), /status (the status page; the report as JSON for clients
+// that accept only that) and /status.json (the progress report).
 func Handler(m *Metrics, report Reporter, checks []Check) http.Handler {
 	mux := http.NewServeMux()
 	mux.Handle("GET /metrics", promhttp.HandlerFor(m.Registry, promhttp.HandlerOpts{Registry: m.Registry}))
@@ -44,14 +53,26 @@ func Handler(m *Metrics, report Reporter, checks []Check) http.Handler {
 			fmt.Fprintln(w, l)
 		}
 	})
-	mux.HandleFunc("GET /status", func(w http.ResponseWriter, r *http.Request) {
+	statusJSON := func(w http.ResponseWriter, r *http.Request) {
 		rep, err := report(r.Context())
 		if err != nil {
 			http.Error(w, "cannot read the store", http.StatusInternalServerError)
 			return
 		}
 		w.Header().Set("Content-Type", "application/json")
+		w.Header().Set("Cache-Control", "no-store")
 		rep.WriteJSON(w)
+	}
+	mux.HandleFunc("GET /status.json", statusJSON)
+	// The page for people; programs asking for JSON get the report.
+	mux.HandleFunc("GET /status", func(w http.ResponseWriter, r *http.Request) {
+		if strings.Contains(r.Header.Get("Accept"), "application/json") {
+			statusJSON(w, r)
+			return
+		}
+		w.Header().Set("Content-Type", "text/html; charset=utf-8")
+		w.Header().Set("Content-Security-Policy", "default-src 'none'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; connect-src 'self'")
+		w.Write(statusPage)
 	})
 	return mux
 }

@@ -81,7 +81,7 @@ func TestScrapeErrorIsReported(t *testing.T) {
 		t.Fatal("a failed store read is not visible in the scrape")
 	}
 	rec = httptest.NewRecorder()
-	Handler(m, failing, nil).ServeHTTP(rec, httptest.NewRequest("GET", "/status", nil))
+	Handler(m, failing, nil).ServeHTTP(rec, httptest.NewRequest("GET", "/status.json", nil))
 	if rec.Code != 500 || strings.Contains(rec.Body.String(), "disk on fire") {
 		t.Fatalf("/status on failure: %d %q", rec.Code, rec.Body.String())
 	}

@@ -14,6 +14,7 @@ command -v python3 >/dev/null 2>&1 || need+=(python3)
 command -v swaks >/dev/null 2>&1 || need+=(swaks)
 command -v systemd-analyze >/dev/null 2>&1 || need+=(systemd) # verifies the shipped unit
 command -v prometheus >/dev/null 2>&1 || need+=(prometheus) # evaluates the dashboard and alerts
+command -v chromium >/dev/null 2>&1 || need+=(chromium) # loads the status page
 command -v postfix >/dev/null 2>&1 || need+=(postfix)
 perl -MNet::SSLeay -MIO::Socket::SSL -e1 >/dev/null 2>&1 || need+=(libnet-ssleay-perl libio-socket-ssl-perl) # swaks -tls
 if [ ${#need[@]} -eq 0 ]; then

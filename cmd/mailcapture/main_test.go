@@ -167,8 +167,12 @@ func TestServe(t *testing.T) {
 	if code, body := get("/metrics"); code != 200 || !strings.Contains(body, `mailcapture_accounts{state="capturing"} 0`) || !strings.Contains(body, "go_goroutines") {
 		t.Errorf("/metrics: %d", code)
 	}
-	if code, body := get("/status"); code != 200 || !strings.Contains(body, `"accounts"`) {
-		t.Errorf("/status: %d %q", code, body)
+	if code, body := get("/status.json"); code != 200 || !strings.Contains(body, `"accounts"`) {
+		t.Errorf("/status.json: %d %q", code, body)
+	}
+	if code, body := get("/status"); code != 200 || !strings.Contains(body, "<title>mailcapture: migration status</title>") ||
+		strings.Contains(body, "http://") || strings.Contains(body, "https://") {
+		t.Errorf("/status (the page, no external assets): %d %.200q", code, body)
 	}
 	cancel()
 	if code := <-done; code != 0 {
