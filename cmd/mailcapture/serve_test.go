@@ -14,6 +14,8 @@ import (
 	"os/exec"
 	"path/filepath"
 	"regexp"
+	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -38,6 +40,7 @@ func TestServeProxiesAndCaptures(t *testing.T) {
 		"MAILCAPTURE_LEGACY__SMTP__PROTOCOL=lmtp", "MAILCAPTURE_LEGACY__SMTP__TLS=none")
 
 	srv := startServe(t, path, environ)
+	srv.forbid(pass)
 	waitFor := srv.waitFor
 	imapAddr := waitFor(regexp.MustCompile(`msg=listening key=listen.imap addr=(\S+)`))[1]
 	pop3Addr := waitFor(regexp.MustCompile(`msg=listening key=listen.pop3 addr=(\S+)`))[1]
@@ -220,6 +223,18 @@ type serveProcess struct {
 	events chan string
 	cancel context.CancelFunc
 	done   chan int
+
+	mu      sync.Mutex
+	lines   []string // every log line, for forbid
+	secrets []string
+	scanned chan struct{} // closed once every log line is read
+}
+
+// forbid makes stop fail if any log line contains one of the secrets.
+func (p *serveProcess) forbid(secrets ...string) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.secrets = append(p.secrets, secrets...)
 }
 
 // startServe runs serve with the configuration file and environment; it
@@ -229,7 +244,7 @@ func startServe(t *testing.T, path string, environ []string) *serveProcess {
 	pr, pw := io.Pipe()
 	env := &environment{stdout: io.Discard, stderr: pw, environ: environ}
 	ctx, cancel := context.WithCancel(context.Background())
-	p := &serveProcess{t: t, events: make(chan string, 256), cancel: cancel, done: make(chan int, 1)}
+	p := &serveProcess{t: t, events: make(chan string, 256), cancel: cancel, done: make(chan int, 1), scanned: make(chan struct{})}
 	go func() {
 		p.done <- run(ctx, env, []string{"serve", "--config", path})
 		pw.Close()
@@ -237,9 +252,13 @@ func startServe(t *testing.T, path string, environ []string) *serveProcess {
 	go func() {
 		sc := bufio.NewScanner(pr)
 		for sc.Scan() {
+			p.mu.Lock()
+			p.lines = append(p.lines, sc.Text())
+			p.mu.Unlock()
 			p.events <- sc.Text()
 		}
 		close(p.events)
+		close(p.scanned)
 		io.Copy(io.Discard, pr)
 	}()
 	t.Cleanup(func() {
@@ -280,5 +299,15 @@ func (p *serveProcess) stop(t *testing.T) {
 	}()
 	if code := <-p.done; code != 0 {
 		t.Fatalf("serve exited %d", code)
+	}
+	<-p.scanned
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	for _, line := range p.lines {
+		for _, s := range p.secrets {
+			if strings.Contains(line, s) {
+				t.Errorf("a password is in the log: %s", line)
+			}
+		}
 	}
 }
