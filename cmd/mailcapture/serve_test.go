@@ -2,6 +2,7 @@ package main
 
 import (
 	"bufio"
+	"bytes"
 	"context"
 	"crypto/tls"
 	"crypto/x509"
@@ -34,7 +35,7 @@ func TestServeProxiesAndCaptures(t *testing.T) {
 	const user, pass = "serve@example.org", "serve pass"
 	d.AddUser(t, user, pass)
 	d.Populate(t, user, pass, []legacytest.Folder{{Name: "INBOX", Messages: legacytest.Generate(80, 15, 8000)}, {Name: "Sent", Messages: legacytest.Generate(81, 5, 8000)}})
-	path, _, environ := bulkConfig(t, d)
+	path, dataDir, environ := bulkConfig(t, d)
 	environ = append(environ, "MAILCAPTURE_LISTEN__IMAP=127.0.0.1:0", "MAILCAPTURE_LISTEN__POP3=127.0.0.1:0",
 		"MAILCAPTURE_LISTEN__SMTP=127.0.0.1:0", "MAILCAPTURE_LEGACY__SMTP__ADDRESS="+d.LMTPAddr,
 		"MAILCAPTURE_LEGACY__SMTP__PROTOCOL=lmtp", "MAILCAPTURE_LEGACY__SMTP__TLS=none")
@@ -156,6 +157,32 @@ s.quit()
 	c2.Close()
 
 	srv.stop(t)
+	// The password is nowhere in the store, the spool or the database
+	// files (only its argon2id hash is).
+	assertNotInFiles(t, dataDir, pass)
+}
+
+// assertNotInFiles fails if any file below dir contains secret.
+func assertNotInFiles(t *testing.T, dir, secret string) {
+	t.Helper()
+	files := 0
+	err := filepath.Walk(dir, func(path string, fi os.FileInfo, err error) error {
+		if err != nil || !fi.Mode().IsRegular() {
+			return err
+		}
+		b, err := os.ReadFile(path)
+		if err != nil {
+			return err
+		}
+		files++
+		if bytes.Contains(b, []byte(secret)) {
+			t.Errorf("%s holds the password", path)
+		}
+		return nil
+	})
+	if err != nil || files == 0 {
+		t.Fatalf("read %s: %v (%d files)", dir, err, files)
+	}
 }
 
 // TestServeTLSListeners: with a certificate, serve offers IMAP and POP3
