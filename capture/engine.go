@@ -51,6 +51,8 @@ type Engine struct {
 	// afterCommit, if set, runs after each committed batch (tests use it
 	// to interrupt a pass at a known point).
 	afterCommit func()
+	// afterAdd, if set, runs after each message streamed into a batch.
+	afterAdd func()
 	hookMu      sync.Mutex
 }
 

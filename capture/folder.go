@@ -199,7 +199,9 @@ func (e *Engine) copyChunk(ctx context.Context, conn *imapConn, mbox store.Mailb
 	fetch := conn.Fetch(seqs, &imap.FetchOptions{UID: true, BodySection: []*imap.FetchItemBodySection{{Peek: true}}})
 	defer fetch.Close()
 	// Batches commit in the background while the next one streams in.
-	com := e.newCommitter(ctx)
+	// Commits are not cancelled: when ctx ends (shutdown), the messages
+	// streamed in whole so far are still committed.
+	com := e.newCommitter(context.WithoutCancel(ctx))
 	defer com.abort()
 	batch := e.Store.NewBatch()
 	defer func() { batch.Abort() }()
@@ -232,10 +234,16 @@ func (e *Engine) copyChunk(ctx context.Context, conn *imapConn, mbox store.Mailb
 				}
 				err := batch.Add(ctx, store.NewMessage{MailboxID: mbox.ID, UID: uid, LegacyUID: want.uid,
 					InternalDate: want.date, Flags: want.flags}, v.Literal)
+				if err != nil && ctx.Err() != nil {
+					return e.finishCancelled(ctx, com, &batch, res)
+				}
 				if err != nil {
 					return fmt.Errorf("store message UID %d: %w", want.uid, err)
 				}
 				added = true
+				if e.afterAdd != nil {
+					e.afterAdd()
+				}
 			}
 		}
 		if gotUID != 0 && gotUID != want.uid {
@@ -254,6 +262,9 @@ func (e *Engine) copyChunk(ctx context.Context, conn *imapConn, mbox store.Mailb
 		}
 	}
 	if err := fetch.Close(); err != nil {
+		if ctx.Err() != nil {
+			return e.finishCancelled(ctx, com, &batch, res)
+		}
 		return fmt.Errorf("fetch bodies: %w", err)
 	}
 	if received != len(msgs) {
@@ -267,6 +278,23 @@ func (e *Engine) copyChunk(ctx context.Context, conn *imapConn, mbox store.Mailb
 	res.Added += added
 	res.AddedBytes += addedBytes
 	return err
+}
+
+// finishCancelled commits what was streamed in whole before ctx ended
+// (the batch in progress and those queued), then returns ctx's error.
+func (e *Engine) finishCancelled(ctx context.Context, com *committer, batch **store.Batch, res *PassResult) error {
+	b := *batch
+	*batch = e.Store.NewBatch() // the committer owns b now
+	if err := com.submit(b); err != nil {
+		return err
+	}
+	added, addedBytes, err := com.wait()
+	res.Added += added
+	res.AddedBytes += addedBytes
+	if err != nil {
+		return err
+	}
+	return ctx.Err()
 }
 
 // committer commits batches one after another in the background, so the

@@ -37,6 +37,10 @@ type Config struct {
 	Limits Limits `koanf:"limits"`
 	// SMTP tunes the SMTP front end and the relay queue.
 	SMTP SMTP `koanf:"smtp"`
+	// ShutdownTimeout bounds a graceful stop (SIGTERM): sessions end with
+	// BYE/-ERR at a command boundary, SMTP transactions and capture
+	// batches in progress finish. Default 30s.
+	ShutdownTimeout time.Duration `koanf:"shutdown_timeout"`
 	// Log configures logging.
 	Log Log `koanf:"log"`
 }
@@ -198,6 +202,7 @@ func Default() Config {
 			ConnectionsPerAddress: 50, Connections: 20000, IMAPIdleTimeout: 30 * time.Minute, POP3IdleTimeout: 10 * time.Minute},
 		SMTP: SMTP{MaxMessageBytes: 50 << 20, MaxRecipients: 100, MaxHops: 50, CommandTimeout: 5 * time.Minute,
 			DataTimeout: 10 * time.Minute, MessageLifetime: 120 * time.Hour},
-		Log: Log{Level: "info", Format: "text"},
+		Log:             Log{Level: "info", Format: "text"},
+		ShutdownTimeout: 30 * time.Second,
 	}
 }

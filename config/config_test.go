@@ -276,3 +276,18 @@ func TestREADMEDocumentsEveryKey(t *testing.T) {
 		}
 	}
 }
+
+func TestDiffNamesChangedKeys(t *testing.T) {
+	a := Default()
+	b := Default()
+	b.Listen.IMAP = "127.0.0.1:1143"
+	b.Limits.Connections = 7
+	b.Domains = []string{"example.net"}
+	got := strings.Join(Diff(a, b), " ")
+	if got != "domains listen.imap limits.connections" {
+		t.Fatalf("Diff = %q", got)
+	}
+	if d := Diff(a, Default()); len(d) != 0 {
+		t.Fatalf("Diff of equal configurations: %v", d)
+	}
+}

@@ -102,6 +102,7 @@ func (c *Config) Validate() error {
 	v.positive("smtp.command_timeout", c.SMTP.CommandTimeout)
 	v.positive("smtp.data_timeout", c.SMTP.DataTimeout)
 	v.positive("smtp.message_lifetime", c.SMTP.MessageLifetime)
+	v.positive("shutdown_timeout", c.ShutdownTimeout)
 	v.oneOf("log.level", c.Log.Level, "debug", "info", "warn", "error")
 	v.oneOf("log.format", c.Log.Format, "text", "json")
 	return v.err()

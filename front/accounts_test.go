@@ -152,3 +152,53 @@ func TestProxiedIMAPIdleTimeout(t *testing.T) {
 		t.Fatalf("closed after %v, before the idle timeout", waited)
 	}
 }
+
+// TestShutdownSaysBye: at shutdown every session ends with * BYE between
+// two commands: one not logged in, one served locally, one proxied.
+func TestShutdownSaysBye(t *testing.T) {
+	f := startIMAPFront(t, nil)
+	ctx := context.Background()
+	// Capture the account, then flip it as a cut-over would.
+	tr := dialTranscript(t, f.addr)
+	tr.send(fmt.Sprintf("a LOGIN %s %q", imapUser, password))
+	tr.expect("a OK")
+	tr.send("b LOGOUT")
+	tr.expect("* BYE")
+	f.waitCaptured(t, imapUser, password)
+	f.st.Transition(ctx, imapUser, store.StateCapturing, store.StateCutover)
+	f.st.Transition(ctx, imapUser, store.StateCutover, store.StateCaptured)
+
+	preauth := dialTranscript(t, f.addr)
+	local := dialTranscript(t, f.addr)
+	local.send(fmt.Sprintf("a LOGIN %s %q", imapUser, password))
+	local.expect("a OK")
+	local.send("b SELECT INBOX")
+	for !strings.HasPrefix(local.expect(""), "b OK") {
+	}
+	// A proxied session: another account, unknown here.
+	f.d.AddUser(t, "other@example.org", "other pass")
+	proxied := dialTranscript(t, f.addr)
+	proxied.send(`a LOGIN other@example.org "other pass"`)
+	proxied.expect("a OK")
+
+	sctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	done := make(chan error, 1)
+	go func() { done <- f.front.Shutdown(sctx) }()
+	for name, tr := range map[string]*transcript{"not logged in": preauth, "local": local, "proxied": proxied} {
+		line := tr.expect("")
+		for strings.HasPrefix(line, "* ") && !strings.HasPrefix(line, "* BYE") {
+			line = tr.expect("") // updates before the BYE
+		}
+		if !strings.HasPrefix(line, "* BYE") {
+			t.Errorf("%s session got %q at shutdown, want * BYE", name, line)
+		}
+		tr.c.SetReadDeadline(time.Now().Add(10 * time.Second))
+		if rest, err := io.ReadAll(tr.r); err != nil {
+			t.Errorf("%s session not closed after BYE: %v %q", name, err, rest)
+		}
+	}
+	if err := <-done; err != nil {
+		t.Fatalf("shutdown: %v", err)
+	}
+}

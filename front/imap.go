@@ -49,6 +49,7 @@ type IMAPFront struct {
 	mu        sync.Mutex
 	listeners []net.Listener
 	conns     map[net.Conn]struct{}
+	handed    map[*handedConn]struct{} // sessions of the local server
 	closing   bool
 	wg        sync.WaitGroup
 	proxied   sessions
@@ -63,7 +64,7 @@ func (f *IMAPFront) EndSessions(ctx context.Context, account string) {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			p.end(ctx)
+			p.end(ctx, "your mailbox has moved; please log in again")
 		}()
 	}
 	wg.Wait()
@@ -79,6 +80,7 @@ func (f *IMAPFront) log() *slog.Logger {
 func (f *IMAPFront) init() {
 	f.once.Do(func() {
 		f.conns = map[net.Conn]struct{}{}
+		f.handed = map[*handedConn]struct{}{}
 		f.handoff = newHandoffListener()
 		f.local = imapserver.New(&imapserver.Options{
 			NewSession: func(c *imapserver.Conn) (imapserver.Session, *imapserver.GreetingData, error) {
@@ -147,11 +149,36 @@ func (f *IMAPFront) Shutdown(ctx context.Context) error {
 	for _, ln := range f.listeners {
 		ln.Close()
 	}
-	for c := range f.conns {
-		io.WriteString(c, "* BYE server shutting down\r\n")
+	handed := make([]*handedConn, 0, len(f.handed))
+	for c := range f.handed {
+		handed = append(handed, c)
+	}
+	f.mu.Unlock()
+	// Every session ends with * BYE between two commands: proxied ones at
+	// their next command boundary, local ones once the server waits for the
+	// next command, those not logged in yet at once (bounded by ctx).
+	var ending sync.WaitGroup
+	for _, p := range f.proxied.all() {
+		ending.Add(1)
+		go func() {
+			defer ending.Done()
+			p.end(ctx, "server shutting down, please reconnect")
+		}()
+	}
+	for _, c := range handed {
+		ending.Add(1)
+		go func() {
+			defer ending.Done()
+			c.byeWhenIdle(ctx, "* BYE [UNAVAILABLE] server shutting down, please reconnect\r\n")
+		}()
+	}
+	f.mu.Lock()
+	for c := range f.conns { // not logged in yet
+		io.WriteString(c, "* BYE [UNAVAILABLE] server shutting down\r\n")
 		c.Close()
 	}
 	f.mu.Unlock()
+	ending.Wait()
 	// Let the local server's Serve return before closing it: go-imap's
 	// server does not take Close concurrent with Serve's start.
 	f.handoff.Close()
@@ -386,7 +413,17 @@ func (s *session) login(tag, user, pass string) (done, handedOver bool) {
 		s.f.Router.LocalLoginOK(acct.Name, pass)
 		s.write("%s OK [CAPABILITY %s] logged in", tag, capsString())
 		obs.SessionStarted("imap", "local")
-		s.f.handoff.hand(&handedConn{Conn: s.conn, r: s.r, account: acct, closed: func() { obs.SessionEnded("imap", "local") }})
+		hc := &handedConn{Conn: s.conn, r: s.r, account: acct, reading: make(chan struct{}, 1)}
+		hc.closed = func() {
+			obs.SessionEnded("imap", "local")
+			s.f.mu.Lock()
+			delete(s.f.handed, hc)
+			s.f.mu.Unlock()
+		}
+		s.f.mu.Lock()
+		s.f.handed[hc] = struct{}{}
+		s.f.mu.Unlock()
+		s.f.handoff.hand(hc)
 		return true, true
 	}
 	legacy, text, err := loginLegacy(ctx, s.f.Legacy, user, pass)
@@ -412,6 +449,9 @@ func (s *session) login(tag, user, pass string) (done, handedOver bool) {
 	defer obs.SessionEnded("imap", "legacy")
 	p := newProxiedIMAP(user, s.conn, s.r, legacy, orDuration(s.f.IdleTimeout, 30*time.Minute))
 	s.f.proxied.add(p)
+	s.f.mu.Lock()
+	delete(s.f.conns, s.conn) // ended by p.end at shutdown, at a command boundary
+	s.f.mu.Unlock()
 	defer s.f.proxied.remove(p)
 	p.run()
 	return true, false
@@ -561,6 +601,33 @@ type handedConn struct {
 	// or a millisecond after its last write.
 	out        batchWriter
 	flushTimer *time.Timer
+	// waiting: the server is in Read, between two commands; reading is
+	// signalled each time it gets there.
+	waiting bool
+	reading chan struct{}
+	byeSent bool
+}
+
+// byeWhenIdle sends bye once the server waits for the next command (or
+// when ctx ends), then closes the connection.
+func (c *handedConn) byeWhenIdle(ctx context.Context, bye string) {
+	for {
+		c.mu.Lock()
+		if c.waiting || ctx.Err() != nil {
+			c.out.Flush()
+			c.Conn.SetWriteDeadline(time.Now().Add(5 * time.Second))
+			io.WriteString(c.Conn, bye)
+			c.byeSent = true
+			c.mu.Unlock()
+			c.Close()
+			return
+		}
+		c.mu.Unlock()
+		select {
+		case <-c.reading:
+		case <-ctx.Done():
+		}
+	}
 }
 
 // Read writes out what the server gathered first: the server reads the
@@ -569,7 +636,18 @@ func (c *handedConn) Read(p []byte) (int, error) {
 	if err := c.flush(); err != nil {
 		return 0, err
 	}
-	return c.r.Read(p)
+	c.mu.Lock()
+	c.waiting = true
+	c.mu.Unlock()
+	select {
+	case c.reading <- struct{}{}:
+	default:
+	}
+	n, err := c.r.Read(p)
+	c.mu.Lock()
+	c.waiting = false
+	c.mu.Unlock()
+	return n, err
 }
 
 // flush writes out the gathered output.

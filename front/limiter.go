@@ -68,6 +68,14 @@ func (l *LoginLimiter) Allow(addr net.Addr, account string) bool {
 	return l.recent(a, now) < orInt(l.PerAddress, 20) && l.recent(acct, now) < orInt(l.PerAccount, 5)
 }
 
+// SetLimits changes the allowances and window (a configuration reload);
+// failures counted so far are kept.
+func (l *LoginLimiter) SetLimits(perAddress, perAccount int, window time.Duration) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	l.PerAddress, l.PerAccount, l.Window = perAddress, perAccount, window
+}
+
 // Failed records a failed login.
 func (l *LoginLimiter) Failed(addr net.Addr, account string) {
 	l.mu.Lock()

@@ -25,6 +25,7 @@ type proxiedIMAP struct {
 	idle time.Duration
 
 	mu        sync.Mutex
+	byeText   string            // the BYE's text, set by end
 	inflight  map[string]string // tag -> command name
 	midCmd    bool              // the client is sending a command's lines
 	stopping  bool
@@ -221,8 +222,9 @@ func (p *proxiedIMAP) atBoundaryLocked() bool {
 
 // end ends the session at the next command boundary with * BYE, waiting
 // at most until ctx ends.
-func (p *proxiedIMAP) end(ctx context.Context) {
+func (p *proxiedIMAP) end(ctx context.Context, reason string) {
 	p.mu.Lock()
+	p.byeText = reason
 	p.stopping = true
 	now := p.atBoundaryLocked()
 	p.mu.Unlock()
@@ -238,8 +240,11 @@ func (p *proxiedIMAP) end(ctx context.Context) {
 }
 
 func (p *proxiedIMAP) bye() {
+	p.mu.Lock()
+	text := p.byeText
+	p.mu.Unlock()
 	p.client.SetWriteDeadline(time.Now().Add(5 * time.Second))
-	io.WriteString(p.client, "* BYE [UNAVAILABLE] your mailbox has moved; please log in again\r\n")
+	io.WriteString(p.client, "* BYE [UNAVAILABLE] "+text+"\r\n")
 	p.close()
 }
 
@@ -284,6 +289,19 @@ func (s *sessions) remove(p *proxiedIMAP) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	delete(s.byID[strings.ToLower(p.account)], p)
+}
+
+// all returns every proxied session.
+func (s *sessions) all() []*proxiedIMAP {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	var out []*proxiedIMAP
+	for _, set := range s.byID {
+		for p := range set {
+			out = append(out, p)
+		}
+	}
+	return out
 }
 
 func (s *sessions) of(account string) []*proxiedIMAP {

@@ -50,6 +50,10 @@ type Backend struct {
 
 	cacheMu sync.Mutex
 	cache   map[string]cachedCheck
+
+	sessionsMu sync.Mutex
+	sessions   map[*session]struct{}
+	draining   bool
 }
 
 // cachedCheck is a recent answer of the legacy recipient check: positive
@@ -69,7 +73,67 @@ func (b *Backend) log() *slog.Logger {
 
 // NewSession implements smtp.Backend.
 func (b *Backend) NewSession(c *smtp.Conn) (smtp.Session, error) {
-	return &session{b: b, conn: c, helo: c.Hostname(), remote: c.Conn().RemoteAddr()}, nil
+	s := &session{b: b, conn: c, helo: c.Hostname(), remote: c.Conn().RemoteAddr(), ended: make(chan struct{})}
+	b.sessionsMu.Lock()
+	defer b.sessionsMu.Unlock()
+	if b.sessions == nil {
+		b.sessions = map[*session]struct{}{}
+	}
+	b.sessions[s] = struct{}{}
+	if b.draining {
+		go s.endWhenIdle(context.Background())
+	}
+	return s, nil
+}
+
+// Drain ends every session between two transactions (the sender gets
+// 421 and retries later); transactions in progress finish first. It
+// returns once all sessions ended or ctx ends. Call it, then the server's
+// Shutdown.
+func (b *Backend) Drain(ctx context.Context) {
+	b.sessionsMu.Lock()
+	b.draining = true
+	var all []*session
+	for s := range b.sessions {
+		all = append(all, s)
+	}
+	b.sessionsMu.Unlock()
+	var wg sync.WaitGroup
+	for _, s := range all {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			s.endWhenIdle(ctx)
+		}()
+	}
+	wg.Wait()
+}
+
+func (b *Backend) isDraining() bool {
+	b.sessionsMu.Lock()
+	defer b.sessionsMu.Unlock()
+	return b.draining
+}
+
+// endWhenIdle makes the session's wait for its next command time out
+// (go-smtp answers 421 and closes) once no transaction is in progress.
+// go-smtp sets its own deadline before each command, so this repeats
+// until the session has ended.
+func (s *session) endWhenIdle(ctx context.Context) {
+	for {
+		s.txMu.Lock()
+		if !s.inTx {
+			s.conn.Conn().SetReadDeadline(time.Now())
+		}
+		s.txMu.Unlock()
+		select {
+		case <-s.ended:
+			return
+		case <-ctx.Done():
+			return
+		case <-time.After(50 * time.Millisecond):
+		}
+	}
 }
 
 type recipient struct {
@@ -80,6 +144,9 @@ type recipient struct {
 type session struct {
 	b      *Backend
 	conn   *smtp.Conn
+	ended  chan struct{} // closed at Logout
+	txMu   sync.Mutex
+	inTx   bool // between MAIL FROM and the end of DATA (or RSET)
 	helo   string
 	remote net.Addr
 	from   string
@@ -89,13 +156,33 @@ type session struct {
 
 func (s *session) Reset() {
 	s.from, s.route, s.rcpts = "", 0, nil
+	s.setInTx(false)
 }
 
-func (s *session) Logout() error { return nil }
+func (s *session) setInTx(v bool) {
+	s.txMu.Lock()
+	s.inTx = v
+	s.txMu.Unlock()
+}
+
+func (s *session) Logout() error {
+	s.b.sessionsMu.Lock()
+	delete(s.b.sessions, s)
+	s.b.sessionsMu.Unlock()
+	close(s.ended)
+	return nil
+}
+
+// errShuttingDown refuses a new transaction during a graceful stop.
+var errShuttingDown = &smtp.SMTPError{Code: 421, EnhancedCode: smtp.EnhancedCode{4, 3, 2}, Message: "shutting down, try again later"}
 
 func (s *session) Mail(from string, _ *smtp.MailOptions) error {
 	s.Reset()
+	if s.b.isDraining() {
+		return errShuttingDown
+	}
 	s.from = from
+	s.setInTx(true)
 	return nil
 }
 
@@ -207,6 +294,7 @@ func (b *Backend) remember(key string, err error, ttl time.Duration) {
 // message. A message that has looped (too many Received headers) is
 // refused with 554.
 func (s *session) Data(r io.Reader) error {
+	defer s.setInTx(false)
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Minute)
 	defer cancel()
 	if len(s.rcpts) == 0 {

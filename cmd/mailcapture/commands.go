@@ -36,7 +36,18 @@ func parseConfig(env *environment, fs *pflag.FlagSet, path *string, args []strin
 }
 
 func newLogger(c config.Log, env *environment) *slog.Logger {
-	level := map[string]slog.Level{"debug": slog.LevelDebug, "info": slog.LevelInfo, "warn": slog.LevelWarn, "error": slog.LevelError}[c.Level]
+	level := new(slog.LevelVar)
+	return newLevelLogger(c, env, level)
+}
+
+// logLevel maps log.level (validated) to a slog level.
+func logLevel(name string) slog.Level {
+	return map[string]slog.Level{"debug": slog.LevelDebug, "info": slog.LevelInfo, "warn": slog.LevelWarn, "error": slog.LevelError}[name]
+}
+
+// newLevelLogger is newLogger with a level that can change while running.
+func newLevelLogger(c config.Log, env *environment, level *slog.LevelVar) *slog.Logger {
+	level.Set(logLevel(c.Level))
 	opts := &slog.HandlerOptions{Level: level}
 	if c.Format == "json" {
 		return slog.New(slog.NewJSONHandler(env.stderr, opts))

@@ -74,7 +74,7 @@ func runDemo(ctx context.Context, env *environment, args []string) error {
 	defer stop()
 	ready := make(chan map[string]string, 1)
 	served := make(chan error, 1)
-	go func() { served <- serveConfig(serveCtx, log, cfg, func(a map[string]string) { ready <- a }) }()
+	go func() { served <- serveConfig(serveCtx, log, cfg, func(a map[string]string) { ready <- a }, nil) }()
 	var addrs map[string]string
 	select {
 	case addrs = <-ready:

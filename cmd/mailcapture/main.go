@@ -36,6 +36,8 @@ type environment struct {
 	isTerminal bool
 	// canAsk: standard input and output are terminals (questions).
 	canAsk bool
+	// reload receives a value for each SIGHUP (serve reloads).
+	reload <-chan struct{}
 }
 
 func commands() []command {
@@ -60,7 +62,18 @@ var errUsage = errors.New("usage")
 
 func main() {
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
-	env := &environment{stdin: os.Stdin, stdout: os.Stdout, stderr: os.Stderr, environ: os.Environ(), isTerminal: isTerminal(os.Stdout),
+	hup := make(chan os.Signal, 1)
+	signal.Notify(hup, syscall.SIGHUP)
+	reload := make(chan struct{}, 1)
+	go func() {
+		for range hup {
+			select {
+			case reload <- struct{}{}:
+			default:
+			}
+		}
+	}()
+	env := &environment{reload: reload, stdin: os.Stdin, stdout: os.Stdout, stderr: os.Stderr, environ: os.Environ(), isTerminal: isTerminal(os.Stdout),
 		canAsk: isTerminal(os.Stdout) && isTerminal(os.Stdin)}
 	code := run(ctx, env, os.Args[1:])
 	stop()

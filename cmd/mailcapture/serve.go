@@ -9,6 +9,7 @@ import (
 	"net"
 	"net/http"
 	"strings"
+	"sync/atomic"
 	"time"
 
 	"github.com/emersion/go-smtp"
@@ -40,22 +41,81 @@ type server struct {
 	stops []func(context.Context) error
 	// addrs are the listeners' addresses, by configuration key.
 	addrs map[string]string
+	// cert is the TLS certificate, replaced by a reload.
+	cert    atomic.Pointer[tls.Certificate]
+	router  *front.Router
+	limiter *front.LoginLimiter
+}
+
+// reload re-reads the configuration and applies what can change while
+// running: the TLS certificate, log.level, limits.failed_logins_* and
+// legacy.retired. Other changes are named as needing a restart.
+func (s *server) reload(rl *reloader) {
+	log := s.log
+	next, err := rl.load()
+	if err != nil {
+		log.Error("reload: configuration refused; keeping the running one", "err", err)
+		return
+	}
+	var applied []string
+	if next.TLS.Cert != "" && s.tls != nil {
+		cert, err := tls.LoadX509KeyPair(next.TLS.Cert, next.TLS.Key)
+		if err != nil {
+			log.Error("reload: tls.cert: keeping the running certificate", "err", err)
+		} else {
+			s.cert.Store(&cert)
+			applied = append(applied, "tls.cert")
+		}
+	}
+	if rl.level != nil {
+		rl.level.Set(logLevel(next.Log.Level))
+		applied = append(applied, "log.level")
+	}
+	l := next.Limits
+	s.limiter.SetLimits(l.FailedLoginsPerAddress, l.FailedLoginsPerAccount, l.FailedLoginWindow)
+	applied = append(applied, "limits.failed_logins_*")
+	if next.Legacy.Retired {
+		s.router.SetRetired()
+		applied = append(applied, "legacy.retired")
+	}
+	// What else changed needs a restart.
+	runtime := func(c config.Config) config.Config {
+		c.TLS, c.Log.Level, c.Legacy.Retired = config.TLS{}, "", false
+		c.Limits.FailedLoginsPerAddress, c.Limits.FailedLoginsPerAccount, c.Limits.FailedLoginWindow = 0, 0, 0
+		return c
+	}
+	restart := config.Diff(runtime(s.cfg), runtime(next))
+	log.Info("configuration reloaded", "applied", strings.Join(applied, ","), "needs_restart", strings.Join(restart, ","))
+	if len(restart) > 0 {
+		log.Warn("reload: these keys changed but take effect only after a restart", "keys", strings.Join(restart, ","))
+	}
 }
 
 func runServe(ctx context.Context, env *environment, args []string) error {
-	fs := newFlagSet(env, "serve", "--config FILE", "run mailcapture until SIGINT or SIGTERM")
+	fs := newFlagSet(env, "serve", "--config FILE", "run mailcapture until SIGINT or SIGTERM; SIGHUP reloads the TLS certificate, log.level, limits.failed_logins_* and legacy.retired")
 	path := configFlags(fs)
 	cfg, err := parseConfig(env, fs, path, args)
 	if err != nil {
 		return err
 	}
-	return serveConfig(ctx, newLogger(cfg.Log, env), cfg, nil)
+	level := new(slog.LevelVar)
+	rl := &reloader{signals: env.reload, level: level, load: func() (config.Config, error) {
+		return config.Load(config.Sources{File: *path, Environ: env.environ, Flags: fs})
+	}}
+	return serveConfig(ctx, newLevelLogger(cfg.Log, env, level), cfg, nil, rl)
+}
+
+// reloader re-reads the configuration when signalled (SIGHUP).
+type reloader struct {
+	signals <-chan struct{}
+	load    func() (config.Config, error)
+	level   *slog.LevelVar
 }
 
 // serveConfig runs mailcapture with cfg until ctx ends. ready, if set,
 // receives the listeners' addresses by configuration key once they all
 // listen.
-func serveConfig(ctx context.Context, log *slog.Logger, cfg config.Config, ready func(addrs map[string]string)) error {
+func serveConfig(ctx context.Context, log *slog.Logger, cfg config.Config, ready func(addrs map[string]string), rl *reloader) error {
 	st, err := store.Open(ctx, cfg.DataDir, store.Options{Hash: hashParams(cfg.PasswordHash), Logger: log})
 	if err != nil {
 		return err
@@ -68,33 +128,52 @@ func serveConfig(ctx context.Context, log *slog.Logger, cfg config.Config, ready
 		if err != nil {
 			return fmt.Errorf("tls.cert: %w", err)
 		}
-		s.tls = &tls.Config{Certificates: []tls.Certificate{cert}, MinVersion: tls.VersionTLS12}
+		s.cert.Store(&cert)
+		// The certificate is looked up at each handshake, so a reload
+		// (SIGHUP) takes effect for every listener and STARTTLS at once.
+		s.tls = &tls.Config{MinVersion: tls.VersionTLS12,
+			GetCertificate: func(*tls.ClientHelloInfo) (*tls.Certificate, error) { return s.cert.Load(), nil }}
 	}
 	schedCtx, stopSched := context.WithCancel(context.WithoutCancel(ctx))
 	schedDone := make(chan struct{})
-	defer func() {
-		stopSched()
-		<-schedDone
-	}()
+	defer stopSched()
 	err = s.start(schedCtx, schedDone)
 	if err == nil {
 		log.Info("mailcapture running", "version", version, "domains", strings.Join(cfg.Domains, ","), "mode", cfg.Mode)
 		if ready != nil {
 			ready(s.addrs)
 		}
-		select {
-		case <-ctx.Done():
-			log.Info("shutting down")
-		case err = <-s.errc:
-			log.Error("a listener failed; shutting down", "err", err)
+		var reloads <-chan struct{}
+		if rl != nil {
+			reloads = rl.signals
+		}
+	running:
+		for {
+			select {
+			case <-ctx.Done():
+				log.Info("shutting down", "within", cfg.ShutdownTimeout)
+				break running
+			case err = <-s.errc:
+				log.Error("a listener failed; shutting down", "err", err)
+				break running
+			case <-reloads:
+				s.reload(rl)
+			}
 		}
 	}
-	shutdownCtx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	shutdownCtx, cancel := context.WithTimeout(context.Background(), cfg.ShutdownTimeout)
 	defer cancel()
 	for i := len(s.stops) - 1; i >= 0; i-- {
 		if serr := s.stops[i](shutdownCtx); serr != nil && !errors.Is(serr, http.ErrServerClosed) {
 			log.Warn("shutdown", "err", serr)
 		}
+	}
+	// Capture jobs stop; the batches they were streaming are committed.
+	stopSched()
+	select {
+	case <-schedDone:
+	case <-shutdownCtx.Done():
+		log.Warn("shutdown: captures did not stop in time", "timeout", cfg.ShutdownTimeout)
 	}
 	if err != nil {
 		return err
@@ -111,8 +190,9 @@ func (s *server) start(schedCtx context.Context, schedDone chan struct{}) error 
 	engine.Observer = m.Capture
 	s.sched = capture.NewScheduler(engine, cfg, log)
 	lim := cfg.Limits
-	router := &front.Router{Store: s.st, Mode: cfg.Mode, Log: log, Observer: m.Traffic,
-		Limiter: &front.LoginLimiter{PerAddress: lim.FailedLoginsPerAddress, PerAccount: lim.FailedLoginsPerAccount, Window: lim.FailedLoginWindow}}
+	s.limiter = &front.LoginLimiter{PerAddress: lim.FailedLoginsPerAddress, PerAccount: lim.FailedLoginsPerAccount, Window: lim.FailedLoginWindow}
+	router := &front.Router{Store: s.st, Mode: cfg.Mode, Log: log, Observer: m.Traffic, Limiter: s.limiter}
+	s.router = router
 	conns := &connlimit.Limiter{PerAddress: lim.ConnectionsPerAddress, Total: lim.Connections, Refused: m.Traffic.Refused}
 	if cfg.Mode != "shadow" {
 		router.Scheduler = s.sched
@@ -232,8 +312,9 @@ func (s *server) start(schedCtx context.Context, schedDone chan struct{}) error 
 			legacy.TLSConfig.ServerName = host
 		}
 		queue := &relay.Queue{Store: s.st, Legacy: legacy, Lifetime: cfg.SMTP.MessageLifetime, Observer: m.Traffic, Log: log}
-		srv := smtp.NewServer(&relay.Backend{Store: s.st, Domains: cfg.Domains, Legacy: legacy, Hostname: cfg.Hostname,
-			MaxHops: cfg.SMTP.MaxHops, DataTimeout: cfg.SMTP.DataTimeout, Observer: m.Traffic, Spooled: queue.Wake, Log: log})
+		backend := &relay.Backend{Store: s.st, Domains: cfg.Domains, Legacy: legacy, Hostname: cfg.Hostname,
+			MaxHops: cfg.SMTP.MaxHops, DataTimeout: cfg.SMTP.DataTimeout, Observer: m.Traffic, Spooled: queue.Wake, Log: log}
+		srv := smtp.NewServer(backend)
 		srv.Domain = cfg.Hostname
 		srv.TLSConfig = s.tls
 		srv.ReadTimeout, srv.WriteTimeout = cfg.SMTP.CommandTimeout, time.Minute
@@ -245,7 +326,14 @@ func (s *server) start(schedCtx context.Context, schedDone chan struct{}) error 
 		}
 		ln = connlimit.Listen(ln, conns, smtpRefusal)
 		go func() { s.errc <- srv.Serve(ln) }()
-		s.stops = append(s.stops, srv.Shutdown)
+		// Stop: no new connections, transactions in progress finish, idle
+		// sessions get 421.
+		s.stops = append(s.stops, func(ctx context.Context) error {
+			done := make(chan error, 1)
+			go func() { done <- srv.Shutdown(ctx) }()
+			backend.Drain(ctx)
+			return <-done
+		})
 		queueCtx, stopQueue := context.WithCancel(context.WithoutCancel(schedCtx))
 		queueDone := make(chan struct{})
 		go func() {

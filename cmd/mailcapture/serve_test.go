@@ -255,6 +255,8 @@ type serveProcess struct {
 	lines   []string // every log line, for forbid
 	secrets []string
 	scanned chan struct{} // closed once every log line is read
+	// reload asks serve to reload its configuration, as SIGHUP does.
+	reload chan struct{}
 }
 
 // forbid makes stop fail if any log line contains one of the secrets.
@@ -269,9 +271,10 @@ func (p *serveProcess) forbid(secrets ...string) {
 func startServe(t *testing.T, path string, environ []string) *serveProcess {
 	t.Helper()
 	pr, pw := io.Pipe()
-	env := &environment{stdout: io.Discard, stderr: pw, environ: environ}
+	reload := make(chan struct{}, 1)
+	env := &environment{stdout: io.Discard, stderr: pw, environ: environ, reload: reload}
 	ctx, cancel := context.WithCancel(context.Background())
-	p := &serveProcess{t: t, events: make(chan string, 256), cancel: cancel, done: make(chan int, 1), scanned: make(chan struct{})}
+	p := &serveProcess{t: t, events: make(chan string, 256), cancel: cancel, done: make(chan int, 1), scanned: make(chan struct{}), reload: reload}
 	go func() {
 		p.done <- run(ctx, env, []string{"serve", "--config", path})
 		pw.Close()
