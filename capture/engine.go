@@ -53,7 +53,7 @@ type Engine struct {
 	afterCommit func()
 	// afterAdd, if set, runs after each message streamed into a batch.
 	afterAdd func()
-	hookMu      sync.Mutex
+	hookMu   sync.Mutex
 }
 
 func (e *Engine) batchMessages() int { return orDefault(e.BatchMessages, 500) }
