@@ -33,6 +33,22 @@ func TestReloadOnSIGHUP(t *testing.T) {
 		return c.ConnectionState().PeerCertificates[0].Raw
 	}
 	first := served()
+	// TLS 1.2 at least, and only forward-secret AEAD suites.
+	for name, cfg := range map[string]*tls.Config{
+		"TLS 1.1":      {InsecureSkipVerify: true, MaxVersion: tls.VersionTLS11},
+		"a CBC suite":  {InsecureSkipVerify: true, MaxVersion: tls.VersionTLS12, CipherSuites: []uint16{tls.TLS_ECDHE_RSA_WITH_AES_128_CBC_SHA}},
+		"RSA key exch": {InsecureSkipVerify: true, MaxVersion: tls.VersionTLS12, CipherSuites: []uint16{tls.TLS_RSA_WITH_AES_128_GCM_SHA256}},
+	} {
+		if c, err := tls.Dial("tcp", addr, cfg); err == nil {
+			c.Close()
+			t.Errorf("a handshake with %s succeeded", name)
+		}
+	}
+	if c, err := tls.Dial("tcp", addr, &tls.Config{InsecureSkipVerify: true, MaxVersion: tls.VersionTLS12}); err != nil {
+		t.Errorf("TLS 1.2 with default suites refused: %v", err)
+	} else {
+		c.Close()
+	}
 
 	// A new certificate, a new log level, a listener moved.
 	writeCertificate(t, dir)

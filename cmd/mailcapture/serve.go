@@ -105,6 +105,14 @@ func runServe(ctx context.Context, env *environment, args []string) error {
 	return serveConfig(ctx, newLevelLogger(cfg.Log, env, level), cfg, nil, rl)
 }
 
+// modernCipherSuites are the TLS 1.2 suites every listener offers: forward
+// secret key exchange and AEAD only (TLS 1.3's are fixed and all modern).
+var modernCipherSuites = []uint16{
+	tls.TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256, tls.TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256,
+	tls.TLS_ECDHE_ECDSA_WITH_AES_256_GCM_SHA384, tls.TLS_ECDHE_RSA_WITH_AES_256_GCM_SHA384,
+	tls.TLS_ECDHE_ECDSA_WITH_CHACHA20_POLY1305_SHA256, tls.TLS_ECDHE_RSA_WITH_CHACHA20_POLY1305_SHA256,
+}
+
 // reloader re-reads the configuration when signalled (SIGHUP).
 type reloader struct {
 	signals <-chan struct{}
@@ -131,7 +139,7 @@ func serveConfig(ctx context.Context, log *slog.Logger, cfg config.Config, ready
 		s.cert.Store(&cert)
 		// The certificate is looked up at each handshake, so a reload
 		// (SIGHUP) takes effect for every listener and STARTTLS at once.
-		s.tls = &tls.Config{MinVersion: tls.VersionTLS12,
+		s.tls = &tls.Config{MinVersion: tls.VersionTLS12, CipherSuites: modernCipherSuites,
 			GetCertificate: func(*tls.ClientHelloInfo) (*tls.Certificate, error) { return s.cert.Load(), nil }}
 	}
 	schedCtx, stopSched := context.WithCancel(context.WithoutCancel(ctx))
