@@ -15,8 +15,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/emersion/go-imap/v2/imapclient"
-
 	"mailcapture/legacytest"
 	"mailcapture/metrics"
 	"mailcapture/status"
@@ -113,15 +111,7 @@ func TestPrometheusEvaluatesDashboard(t *testing.T) {
 	imapAddr := srv.waitFor(regexp.MustCompile(`msg=listening key=listen.imap addr=(\S+)`))[1]
 	smtpAddr := srv.waitFor(regexp.MustCompile(`msg=listening key=listen.smtp addr=(\S+)`))[1]
 	httpAddr := srv.waitFor(regexp.MustCompile(`msg="http listening" addr=(\S+)`))[1]
-	c, err := imapclient.DialInsecure(imapAddr, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := c.Login(user, pass).Wait(); err != nil {
-		t.Fatal(err)
-	}
-	c.Close()
-	srv.waitFor(regexp.MustCompile(`msg="cut-over done; the account is served from the store"`))
+	captureByLogin(t, srv, imapAddr, user, pass)
 	if err := sendDemoMail(smtpAddr, user, "<watched@example.net>"); err != nil {
 		t.Fatal(err)
 	}

@@ -2,7 +2,6 @@ package main
 
 import (
 	"bufio"
-	"context"
 	"fmt"
 	"net"
 	"strings"
@@ -11,7 +10,6 @@ import (
 	"time"
 
 	"mailcapture/legacytest"
-	"mailcapture/store"
 )
 
 // TestSIGTERMFinishesInFlightSMTP: SIGTERM stops serve gracefully: an
@@ -20,15 +18,7 @@ import (
 func TestSIGTERMFinishesInFlightSMTP(t *testing.T) {
 	d := legacytest.Start(t, legacytest.Options{})
 	path, dataDir, environ := bulkConfig(t, d)
-	st, err := store.Open(context.Background(), dataDir, store.Options{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	local, _ := st.CreateAccount(context.Background(), "local@example.org", "pw", store.StateCapturing)
-	st.CreateMailbox(context.Background(), local.ID, store.MailboxSpec{Name: "INBOX"})
-	st.Transition(context.Background(), local.Name, store.StateCapturing, store.StateCutover)
-	st.Transition(context.Background(), local.Name, store.StateCutover, store.StateCaptured)
-	st.Close()
+	seedCapturedAccount(t, dataDir, "local@example.org")
 	environ = append(environ, "MAILCAPTURE_LISTEN__SMTP=127.0.0.1:0", "MAILCAPTURE_LEGACY__SMTP__ADDRESS="+d.LMTPAddr,
 		"MAILCAPTURE_LEGACY__SMTP__PROTOCOL=lmtp", "MAILCAPTURE_LEGACY__SMTP__TLS=none", childEnv+"=1")
 	child, smtpAddr := startChild(t, path, environ)

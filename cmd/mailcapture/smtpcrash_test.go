@@ -73,15 +73,7 @@ func TestSMTPSurvivesSIGKILL(t *testing.T) {
 	d := legacytest.Start(t, legacytest.Options{})
 	d.AddUser(t, "legacy@example.org", "pw")
 	path, dataDir, environ := bulkConfig(t, d)
-	st, err := store.Open(context.Background(), dataDir, store.Options{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	local, _ := st.CreateAccount(context.Background(), "local@example.org", "pw", store.StateCapturing)
-	st.CreateMailbox(context.Background(), local.ID, store.MailboxSpec{Name: "INBOX"})
-	st.Transition(context.Background(), local.Name, store.StateCapturing, store.StateCutover)
-	st.Transition(context.Background(), local.Name, store.StateCutover, store.StateCaptured)
-	st.Close()
+	seedCapturedAccount(t, dataDir, "local@example.org")
 	environ = append(environ, "MAILCAPTURE_LISTEN__SMTP=127.0.0.1:0", "MAILCAPTURE_LEGACY__SMTP__ADDRESS="+d.LMTPAddr,
 		"MAILCAPTURE_LEGACY__SMTP__PROTOCOL=lmtp", "MAILCAPTURE_LEGACY__SMTP__TLS=none", childEnv+"=1")
 

@@ -8,8 +8,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/emersion/go-imap/v2/imapclient"
-
 	"mailcapture/legacytest"
 	"mailcapture/pop3"
 )
@@ -35,15 +33,7 @@ func TestStatusPageInChromium(t *testing.T) {
 	pop3Addr := srv.waitFor(regexp.MustCompile(`msg=listening key=listen.pop3 addr=(\S+)`))[1]
 	httpAddr := srv.waitFor(regexp.MustCompile(`msg="http listening" addr=(\S+)`))[1]
 
-	c, err := imapclient.DialInsecure(imapAddr, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := c.Login(done, pass).Wait(); err != nil {
-		t.Fatal(err)
-	}
-	c.Close()
-	srv.waitFor(regexp.MustCompile(`msg="cut-over done; the account is served from the store" account=` + regexp.QuoteMeta(done)))
+	captureByLogin(t, srv, imapAddr, done, pass)
 	imapProxy.SetDown(true)
 	pc, err := pop3.Dial(context.Background(), pop3Addr, pop3.DialOptions{Timeout: 10 * time.Second})
 	if err != nil {

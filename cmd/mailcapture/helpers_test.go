@@ -1,0 +1,50 @@
+package main
+
+import (
+	"context"
+	"regexp"
+	"testing"
+
+	"github.com/emersion/go-imap/v2/imapclient"
+
+	"mailcapture/store"
+)
+
+// seedCapturedAccount records, before serve starts, an account that is
+// captured already, with an empty INBOX (mail for it is delivered
+// locally).
+func seedCapturedAccount(t *testing.T, dataDir, name string) {
+	t.Helper()
+	ctx := context.Background()
+	st, err := store.Open(ctx, dataDir, store.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer st.Close()
+	acct, err := st.CreateAccount(ctx, name, "pw", store.StateCapturing)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := st.CreateMailbox(ctx, acct.ID, store.MailboxSpec{Name: "INBOX"}); err != nil {
+		t.Fatal(err)
+	}
+	st.Transition(ctx, name, store.StateCapturing, store.StateCutover)
+	if err := st.Transition(ctx, name, store.StateCutover, store.StateCaptured); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// captureByLogin logs the user in over IMAP through serve (which starts
+// the account's capture) and waits for its cut-over.
+func captureByLogin(t *testing.T, srv *serveProcess, imapAddr, user, pass string) {
+	t.Helper()
+	c, err := imapclient.DialInsecure(imapAddr, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := c.Login(user, pass).Wait(); err != nil {
+		t.Fatal(err)
+	}
+	c.Close()
+	srv.waitFor(regexp.MustCompile(`msg="cut-over done; the account is served from the store" account=` + regexp.QuoteMeta(user)))
+}
