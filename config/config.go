@@ -37,6 +37,8 @@ type Config struct {
 	Limits Limits `koanf:"limits"`
 	// SMTP tunes the SMTP front end and the relay queue.
 	SMTP SMTP `koanf:"smtp"`
+	// Vault is the opt-in credential vault.
+	Vault Vault `koanf:"vault"`
 	// ShutdownTimeout bounds a graceful stop (SIGTERM): sessions end with
 	// BYE/-ERR at a command boundary, SMTP transactions and capture
 	// batches in progress finish. Default 30s.
@@ -118,6 +120,19 @@ type Capture struct {
 	// ConnectRate limits capture jobs started per second across accounts;
 	// 0 (default) means no limit.
 	ConnectRate float64 `koanf:"connect_rate"`
+}
+
+// Vault keeps legacy passwords sealed (AES-256-GCM) with a key the admin
+// provides, so that captures resume after a restart and captured accounts
+// keep following the legacy server without logins. Off unless KeyFile is
+// set; wiped by retire-legacy.
+type Vault struct {
+	// KeyFile holds the 256-bit key: 32 raw bytes, 64 hex digits or
+	// base64; mode 600. Empty: no vault, no password kept.
+	KeyFile string `koanf:"key_file"`
+	// FollowInterval is how often captured accounts with a sealed password
+	// are followed without a login. Default 30m.
+	FollowInterval time.Duration `koanf:"follow_interval"`
 }
 
 // Limits bound what a client, or many, can cost.
@@ -204,5 +219,6 @@ func Default() Config {
 			DataTimeout: 10 * time.Minute, MessageLifetime: 120 * time.Hour},
 		Log:             Log{Level: "info", Format: "text"},
 		ShutdownTimeout: 30 * time.Second,
+		Vault:           Vault{FollowInterval: 30 * time.Minute},
 	}
 }

@@ -1,6 +1,7 @@
 package config
 
 import (
+	"bytes"
 	"crypto/ecdsa"
 	"crypto/elliptic"
 	"crypto/rand"
@@ -290,4 +291,19 @@ func TestDiffNamesChangedKeys(t *testing.T) {
 	if d := Diff(a, Default()); len(d) != 0 {
 		t.Fatalf("Diff of equal configurations: %v", d)
 	}
+}
+
+func TestVaultKeyFileChecked(t *testing.T) {
+	dir := t.TempDir()
+	key := filepath.Join(dir, "vault.key")
+	os.WriteFile(key, bytes.Repeat([]byte{1}, 32), 0o600)
+	body := strings.Replace(validYAML, "listen:\n", "vault: {key_file: "+key+"}\nlisten:\n", 1)
+	if _, err := Load(Sources{File: writeConfig(t, body)}); err != nil {
+		t.Fatal(err)
+	}
+	os.Chmod(key, 0o644)
+	wantProblem(t, problemsOf(t, Sources{File: writeConfig(t, body)}), "vault.key_file", "readable by others")
+	os.Chmod(key, 0o600)
+	os.WriteFile(key, []byte("short"), 0o600)
+	wantProblem(t, problemsOf(t, Sources{File: writeConfig(t, body)}), "vault.key_file", "not a 256-bit key")
 }

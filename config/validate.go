@@ -9,6 +9,8 @@ import (
 	"strconv"
 	"strings"
 	"time"
+
+	"mailcapture/vault"
 )
 
 // Validate checks every value and returns an *Error listing each bad key,
@@ -103,6 +105,12 @@ func (c *Config) Validate() error {
 	v.positive("smtp.data_timeout", c.SMTP.DataTimeout)
 	v.positive("smtp.message_lifetime", c.SMTP.MessageLifetime)
 	v.positive("shutdown_timeout", c.ShutdownTimeout)
+	v.positive("vault.follow_interval", c.Vault.FollowInterval)
+	if c.Vault.KeyFile != "" {
+		if _, err := vault.Load(c.Vault.KeyFile); err != nil {
+			v.add("vault.key_file", err.Error())
+		}
+	}
 	v.oneOf("log.level", c.Log.Level, "debug", "info", "warn", "error")
 	v.oneOf("log.format", c.Log.Format, "text", "json")
 	return v.err()

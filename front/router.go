@@ -65,6 +65,10 @@ type Router struct {
 	// once: a user who changed it at the legacy server before the cut-over
 	// keeps the new one. Nil once the legacy server is retired.
 	LegacyCheck func(ctx context.Context, user, password string) error
+	// Remember, if set, receives each account's password when it is first
+	// seen to be right in this process, or changed (the credential vault
+	// seals it). It runs in the background.
+	Remember func(account, password string)
 	// Observer, if set, is told about logins and sessions.
 	Observer Observer
 	Log      *slog.Logger
@@ -188,7 +192,11 @@ func (r *Router) matchesKnown(account, password string) bool {
 }
 
 func (r *Router) rememberPassword(account, password string) {
-	r.known.Store(strings.ToLower(account), r.passwordMAC(account, password))
+	mac := r.passwordMAC(account, password)
+	old, had := r.known.Swap(strings.ToLower(account), mac)
+	if r.Remember != nil && (!had || old.([32]byte) != mac) {
+		go r.Remember(account, password)
+	}
 }
 
 // passwordChanged tries a password that failed against a captured

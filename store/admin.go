@@ -49,11 +49,16 @@ func (s *Store) ClearCutoverRequest(ctx context.Context, account string) error {
 const retiredKey = "legacy_retired_at"
 
 // RetireLegacy records that the legacy server is gone (allowed with
-// Control): no follow sync, no password check there any more.
+// Control): no follow sync, no password check there any more; the
+// credential vault is wiped in the same transaction.
 func (s *Store) RetireLegacy(ctx context.Context, at time.Time) error {
 	return s.writeTx(context.WithValue(ctx, controlKey{}, true), func(tx *sql.Tx) error {
-		_, err := tx.ExecContext(ctx, "INSERT INTO settings (key, value) VALUES (?, ?) ON CONFLICT (key) DO NOTHING",
-			retiredKey, strconv.FormatInt(at.Unix(), 10))
+		if _, err := tx.ExecContext(ctx, "INSERT INTO settings (key, value) VALUES (?, ?) ON CONFLICT (key) DO NOTHING",
+			retiredKey, strconv.FormatInt(at.Unix(), 10)); err != nil {
+			return err
+		}
+		// The vault has no use any more: wiped with the retirement.
+		_, err := tx.ExecContext(ctx, "DELETE FROM credentials")
 		return err
 	})
 }
@@ -70,4 +75,33 @@ func (s *Store) LegacyRetired(ctx context.Context) (bool, time.Time, error) {
 	}
 	sec, _ := strconv.ParseInt(v, 10, 64)
 	return true, unixTime(sec), nil
+}
+
+// SetCredential stores an account's sealed legacy password (the vault).
+func (s *Store) SetCredential(ctx context.Context, account string, sealed []byte) error {
+	return s.writeTx(ctx, func(tx *sql.Tx) error {
+		_, err := tx.ExecContext(ctx, `INSERT INTO credentials (account, sealed, updated_at) VALUES (?, ?, ?)
+			ON CONFLICT (account) DO UPDATE SET sealed = excluded.sealed, updated_at = excluded.updated_at`,
+			account, sealed, time.Now().Unix())
+		return err
+	})
+}
+
+// Credentials returns every sealed legacy password, by account name.
+func (s *Store) Credentials(ctx context.Context) (map[string][]byte, error) {
+	rows, err := s.read.QueryContext(ctx, "SELECT account, sealed FROM credentials")
+	if err != nil {
+		return nil, fmt.Errorf("credentials: %w", err)
+	}
+	defer rows.Close()
+	out := map[string][]byte{}
+	for rows.Next() {
+		var name string
+		var sealed []byte
+		if err := rows.Scan(&name, &sealed); err != nil {
+			return nil, fmt.Errorf("credentials: %w", err)
+		}
+		out[name] = sealed
+	}
+	return out, rows.Err()
 }

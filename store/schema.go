@@ -123,6 +123,15 @@ CREATE TABLE settings (
 	value TEXT NOT NULL
 );
 `,
+	// 5: the opt-in credential vault: legacy passwords sealed with the
+	// admin's key (never in plain text).
+	`
+CREATE TABLE credentials (
+	account    TEXT PRIMARY KEY COLLATE NOCASE,
+	sealed     BLOB NOT NULL,
+	updated_at INTEGER NOT NULL
+);
+`,
 }
 
 // checkVersion checks that a store opened beside its owner has the schema

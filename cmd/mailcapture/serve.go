@@ -25,6 +25,7 @@ import (
 	"mailcapture/relay"
 	"mailcapture/status"
 	"mailcapture/store"
+	"mailcapture/vault"
 )
 
 // server is everything serve runs.
@@ -224,6 +225,37 @@ func (s *server) start(schedCtx context.Context, schedDone chan struct{}) error 
 			}
 		}
 	}
+	if cfg.Vault.KeyFile != "" && cfg.Mode != "shadow" {
+		v, err := vault.Load(cfg.Vault.KeyFile)
+		if err != nil {
+			return fmt.Errorf("vault.key_file: %w", err)
+		}
+		router.Remember = func(account, password string) {
+			ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+			defer cancel()
+			if err := s.st.SetCredential(ctx, account, v.Seal(account, password)); err != nil {
+				log.Warn("vault: keep the password", "account", account, "err", err)
+			}
+		}
+		vaultCtx, stopVault := context.WithCancel(schedCtx)
+		vaultDone := make(chan struct{})
+		go func() {
+			defer close(vaultDone)
+			for {
+				s.fromVault(vaultCtx, v, router)
+				select {
+				case <-vaultCtx.Done():
+					return
+				case <-time.After(cfg.Vault.FollowInterval):
+				}
+			}
+		}()
+		s.stops = append(s.stops, func(context.Context) error {
+			stopVault()
+			<-vaultDone
+			return nil
+		})
+	}
 	trusted := trustedNetworks(cfg.TrustedNetworks)
 	s.imap = &front.IMAPFront{Router: router, Local: imapstore.NewBackend(s.st, log), Legacy: engine.IMAP,
 		TLSConfig: s.tls, Trusted: trusted, IdleTimeout: lim.IMAPIdleTimeout, Log: log}
@@ -379,6 +411,37 @@ func (s *server) start(schedCtx context.Context, schedDone chan struct{}) error 
 		log.Info("http listening", "addr", ln.Addr().String())
 	}
 	return nil
+}
+
+// fromVault uses the sealed passwords: captures of accounts still being
+// captured are (re)submitted, captured accounts are followed (until the
+// legacy server is retired).
+func (s *server) fromVault(ctx context.Context, v *vault.Vault, router *front.Router) {
+	creds, err := s.st.Credentials(ctx)
+	if err != nil {
+		s.log.Warn("vault: read", "err", err)
+		return
+	}
+	for name, sealed := range creds {
+		password, err := v.Open(name, sealed)
+		if err != nil {
+			s.log.Warn("vault: a sealed password does not open (another key?)", "account", name)
+			continue
+		}
+		acct, err := s.st.Account(ctx, name)
+		if err != nil {
+			continue
+		}
+		switch acct.State {
+		case store.StateCapturing:
+			if _, running := s.sched.Status(name); !running {
+				s.log.Info("vault: capture resumed without a login", "account", name)
+			}
+			s.sched.Submit(name, password, false)
+		case store.StateCaptured:
+			router.LocalLoginOK(name, password) // a follow sync, unless retired or one runs
+		}
+	}
 }
 
 // adminRequests carries out what `mailcapture cutover` and
