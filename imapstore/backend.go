@@ -9,6 +9,7 @@ import (
 	"log/slog"
 	"sort"
 	"sync"
+	"time"
 
 	"github.com/emersion/go-imap/v2"
 	"github.com/emersion/go-imap/v2/imapserver"
@@ -38,6 +39,12 @@ type Backend struct {
 	mailboxes map[int64]*mailboxState
 }
 
+// keepIdle is how many mailboxes nobody has selected keep their state
+// (UIDs, tracker, FETCH cache), kept current by the change hook, so that
+// clients that reconnect often find it warm. The least recently used go
+// first.
+const keepIdle = 128
+
 // mailboxState mirrors one mailbox's UIDs for the sessions that have it
 // selected; seq n is uids[n-1] in the server's (tracker's) view.
 type mailboxState struct {
@@ -45,6 +52,14 @@ type mailboxState struct {
 	uids    []uint32
 	tracker *imapserver.MailboxTracker
 	refs    int
+	// released is when refs last fell to 0 (for keepIdle).
+	released time.Time
+	// meta caches what FETCH serves of each message (store.Summaries),
+	// loaded at the first FETCH and kept current by apply: flags changed,
+	// expunged removed; added messages are listed in missing and loaded
+	// at the next FETCH. Nil until loaded.
+	meta    map[uint32]store.Message
+	missing map[uint32]struct{}
 }
 
 // NewBackend builds a backend and hooks it to the store's changes.
@@ -65,10 +80,24 @@ func (b *Backend) apply(c store.Change) {
 	if m == nil {
 		return
 	}
+	if c.Kind == store.MailboxDeleted {
+		// Its id may be given to a new mailbox: the state must not outlive
+		// it (sessions that have it selected keep their pointer).
+		b.mu.Lock()
+		if b.mailboxes[c.MailboxID] == m {
+			delete(b.mailboxes, c.MailboxID)
+		}
+		b.mu.Unlock()
+	}
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	switch c.Kind {
 	case store.MessagesAdded:
+		if m.meta != nil {
+			for _, u := range c.UIDs {
+				m.missing[u] = struct{}{}
+			}
+		}
 		added := append([]uint32(nil), c.UIDs...)
 		sort.Slice(added, func(i, j int) bool { return added[i] < added[j] })
 		m.uids = append(m.uids, added...)
@@ -77,6 +106,10 @@ func (b *Backend) apply(c store.Change) {
 		gone := map[uint32]bool{}
 		for _, u := range c.UIDs {
 			gone[u] = true
+			if m.meta != nil {
+				delete(m.meta, u)
+				delete(m.missing, u)
+			}
 		}
 		kept := m.uids[:0]
 		// Highest first, so each sequence number is valid when queued.
@@ -93,6 +126,10 @@ func (b *Backend) apply(c store.Change) {
 		m.uids = kept
 	case store.FlagsChanged:
 		for _, f := range c.Flags {
+			if msg, ok := m.meta[f.UID]; ok {
+				msg.Flags = f.Flags
+				m.meta[f.UID] = msg
+			}
 			if i := indexOf(m.uids, f.UID); i >= 0 {
 				m.tracker.QueueMessageFlags(uint32(i+1), imap.UID(f.UID), toFlags(f.Flags), nil)
 			}
@@ -129,9 +166,64 @@ func (b *Backend) release(mailboxID int64, m *mailboxState) {
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	m.refs--
-	if m.refs == 0 && b.mailboxes[mailboxID] == m {
-		delete(b.mailboxes, mailboxID)
+	if m.refs > 0 {
+		return
 	}
+	m.released = time.Now()
+	// Keep it, but at most keepIdle unselected mailboxes.
+	idle, oldestID := 0, int64(0)
+	var oldest *mailboxState
+	for id, st := range b.mailboxes {
+		if st.refs > 0 {
+			continue
+		}
+		idle++
+		if oldest == nil || st.released.Before(oldest.released) {
+			oldest, oldestID = st, id
+		}
+	}
+	if idle > keepIdle {
+		delete(b.mailboxes, oldestID)
+	}
+}
+
+// summaries returns the cached metadata of uids (loading what the cache
+// lacks first); a UID not in the result is gone.
+func (b *Backend) summaries(ctx context.Context, mailboxID int64, m *mailboxState, uids []uint32) (map[uint32]store.Message, error) {
+	err := b.Store.SummariesLocked(ctx, mailboxID, func() []store.UIDRange {
+		m.mu.Lock()
+		defer m.mu.Unlock()
+		if m.meta == nil {
+			return store.AllUIDs
+		}
+		var ranges []store.UIDRange
+		for u := range m.missing {
+			ranges = append(ranges, store.UIDRange{Start: u, Stop: u})
+		}
+		return ranges
+	}, func(msgs []store.Message) {
+		m.mu.Lock()
+		defer m.mu.Unlock()
+		if m.meta == nil {
+			m.meta = make(map[uint32]store.Message, len(msgs))
+		}
+		for _, msg := range msgs {
+			m.meta[msg.UID] = msg
+		}
+		m.missing = map[uint32]struct{}{} // loaded, or gone since
+	})
+	if err != nil {
+		return nil, err
+	}
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	out := make(map[uint32]store.Message, len(uids))
+	for _, u := range uids {
+		if msg, ok := m.meta[u]; ok {
+			out[u] = msg
+		}
+	}
+	return out, nil
 }
 
 func indexOf(uids []uint32, uid uint32) int {

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"net"
 	"os/exec"
+	"sort"
 	"strings"
 	"testing"
 	"time"
@@ -309,5 +310,76 @@ c.logout()
 	}
 	if !strings.Contains(local, "('INBOX.Sent', ['\\\\HasNoChildren', '\\\\Sent'], '.')") {
 		t.Fatalf("imaplib output lacks INBOX.Sent with \\Sent:\n%s", local)
+	}
+}
+
+// TestFetchCacheFollowsChanges: once a FETCH has loaded the mailbox's
+// metadata cache, changes made by another session (flags, a new message,
+// an expunge) show in FETCH exactly as the database has them.
+func TestFetchCacheFollowsChanges(t *testing.T) {
+	f := captured(t, legacytest.Options{})
+	ctx := context.Background()
+	a, b := f.login(t), f.login(t)
+	if _, err := a.Select("INBOX", nil).Wait(); err != nil {
+		t.Fatal(err)
+	}
+	fetchAll := func() map[uint32]string {
+		t.Helper()
+		var all imap.UIDSet
+		all.AddRange(1, 0) // 1:*
+		msgs, err := a.Fetch(all, &imap.FetchOptions{UID: true, Flags: true, RFC822Size: true}).Collect()
+		if err != nil {
+			t.Fatal(err)
+		}
+		out := map[uint32]string{}
+		for _, m := range msgs {
+			var flags []string
+			for _, fl := range m.Flags {
+				flags = append(flags, string(fl))
+			}
+			sort.Strings(flags)
+			out[uint32(m.UID)] = fmt.Sprintf("%v %d", flags, m.RFC822Size)
+		}
+		return out
+	}
+	fetchAll() // loads the cache
+	if _, err := b.Select("INBOX", nil).Wait(); err != nil {
+		t.Fatal(err)
+	}
+	if err := b.Store(imap.SeqSetNum(1), &imap.StoreFlags{Op: imap.StoreFlagsAdd, Flags: []imap.Flag{imap.FlagFlagged, "$Cached"}}, nil).Close(); err != nil {
+		t.Fatal(err)
+	}
+	app := b.Append("INBOX", int64(len("Subject: new\r\n\r\nnew\r\n")), &imap.AppendOptions{Flags: []imap.Flag{imap.FlagSeen}})
+	app.Write([]byte("Subject: new\r\n\r\nnew\r\n"))
+	app.Close()
+	if _, err := app.Wait(); err != nil {
+		t.Fatal(err)
+	}
+	if err := b.Store(imap.SeqSetNum(2), &imap.StoreFlags{Op: imap.StoreFlagsAdd, Flags: []imap.Flag{imap.FlagDeleted}, Silent: true}, nil).Close(); err != nil {
+		t.Fatal(err)
+	}
+	if err := b.Expunge().Close(); err != nil {
+		t.Fatal(err)
+	}
+	if err := a.Noop().Wait(); err != nil {
+		t.Fatal(err)
+	}
+	got := fetchAll()
+	acct, _ := f.st.Account(ctx, user)
+	inbox, _ := f.st.MailboxByName(ctx, acct.ID, "INBOX")
+	rows, _ := f.st.Messages(ctx, inbox.ID, store.AllUIDs)
+	want := map[uint32]string{}
+	for _, m := range rows {
+		flags := append([]string(nil), m.Flags...)
+		sort.Strings(flags)
+		want[m.UID] = fmt.Sprintf("%v %d", flags, m.Size)
+	}
+	if len(got) != len(want) {
+		t.Fatalf("FETCH shows %d messages, the database has %d", len(got), len(want))
+	}
+	for uid, w := range want {
+		if got[uid] != w {
+			t.Errorf("UID %d: FETCH %q, database %q", uid, got[uid], w)
+		}
 	}
 }

@@ -103,24 +103,16 @@ func uidRanges(ts []target) []store.UIDRange {
 	return out
 }
 
-// messagesOf loads the metadata of the targets, by UID, in bounded chunks.
+// messagesOf returns the metadata of the targets, by UID, from the
+// selected mailbox's cache.
 func (s *Session) messagesOf(ts []target) (map[uint32]store.Message, error) {
 	ctx, cancel := s.ctx()
 	defer cancel()
-	out := make(map[uint32]store.Message, len(ts))
-	ranges := uidRanges(ts)
-	for len(ranges) > 0 {
-		n := min(len(ranges), 400)
-		msgs, err := s.b.Store.Summaries(ctx, s.sel.mbox.ID, ranges[:n])
-		if err != nil {
-			return nil, err
-		}
-		for _, m := range msgs {
-			out[m.UID] = m
-		}
-		ranges = ranges[n:]
+	uids := make([]uint32, len(ts))
+	for i, t := range ts {
+		uids[i] = t.uid
 	}
-	return out, nil
+	return s.b.summaries(ctx, s.sel.mbox.ID, s.sel.state, uids)
 }
 
 // Fetch writes the asked items of the messages; full bodies stream from

@@ -109,8 +109,38 @@ func (s *Store) Messages(ctx context.Context, mailboxID int64, ranges []UIDRange
 // of a mailbox whose UIDs are in ranges: ID, UID, InternalDate, Size and
 // Flags (the other fields are left zero). It reads less than Messages.
 func (s *Store) Summaries(ctx context.Context, mailboxID int64, ranges []UIDRange) ([]Message, error) {
+	return s.summaries(ctx, s.read, mailboxID, ranges)
+}
+
+// SummariesLocked is Summaries under the writer lock: no commit, and so
+// no change hook (OnChange), runs between want, the read and fn. want
+// names the UIDs to read (none: fn gets nothing); fn gets the messages.
+// Caches kept up to date by a change hook load with it.
+func (s *Store) SummariesLocked(ctx context.Context, mailboxID int64, want func() []UIDRange, fn func([]Message)) error {
+	s.wmu.Lock()
+	defer s.wmu.Unlock()
+	ranges := want()
+	if len(ranges) == 0 {
+		fn(nil)
+		return nil
+	}
+	var all []Message
+	for len(ranges) > 0 {
+		n := min(len(ranges), 400)
+		msgs, err := s.summaries(ctx, s.write, mailboxID, ranges[:n])
+		if err != nil {
+			return err
+		}
+		all = append(all, msgs...)
+		ranges = ranges[n:]
+	}
+	fn(all)
+	return nil
+}
+
+func (s *Store) summaries(ctx context.Context, q queryer, mailboxID int64, ranges []UIDRange) ([]Message, error) {
 	where, args := rangeSQL(ranges)
-	rows, err := s.read.QueryContext(ctx, "SELECT id, uid, internal_date, internal_tz, size, flags FROM messages WHERE mailbox_id = ? AND "+where+" ORDER BY uid",
+	rows, err := q.QueryContext(ctx, "SELECT id, uid, internal_date, internal_tz, size, flags FROM messages WHERE mailbox_id = ? AND "+where+" ORDER BY uid",
 		append([]any{mailboxID}, args...)...)
 	if err != nil {
 		return nil, fmt.Errorf("messages of mailbox %d: %w", mailboxID, err)
