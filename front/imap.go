@@ -601,6 +601,7 @@ type handedConn struct {
 	// or a millisecond after its last write.
 	out        batchWriter
 	flushTimer *time.Timer
+	flushArmed bool // the timer will flush
 	// waiting: the server is in Read, between two commands; reading is
 	// signalled each time it gets there.
 	waiting bool
@@ -654,8 +655,9 @@ func (c *handedConn) Read(p []byte) (int, error) {
 func (c *handedConn) flush() error {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	if c.flushTimer != nil {
+	if c.flushArmed {
 		c.flushTimer.Stop()
+		c.flushArmed = false
 	}
 	return c.out.Flush()
 }
@@ -693,9 +695,10 @@ func (c *handedConn) Write(p []byte) (int, error) {
 		c.out.w = c.Conn
 	}
 	n, err := c.out.Write(p)
-	if c.out.buf != nil {
+	if c.out.buf != nil && !c.flushArmed {
 		// Output written while the server is not reading (IDLE updates)
-		// goes out within a millisecond.
+		// goes out within a millisecond of the first unflushed write.
+		c.flushArmed = true
 		if c.flushTimer == nil {
 			c.flushTimer = time.AfterFunc(time.Millisecond, func() { c.flush() })
 		} else {

@@ -187,9 +187,9 @@ func (b *Backend) release(mailboxID int64, m *mailboxState) {
 	}
 }
 
-// summaries returns the cached metadata of uids (loading what the cache
-// lacks first); a UID not in the result is gone.
-func (b *Backend) summaries(ctx context.Context, mailboxID int64, m *mailboxState, uids []uint32) (map[uint32]store.Message, error) {
+// summaries returns the cached metadata of uids, in their order (loading
+// what the cache lacks first); a message that is gone has ID 0.
+func (b *Backend) summaries(ctx context.Context, mailboxID int64, m *mailboxState, uids []uint32) ([]store.Message, error) {
 	err := b.Store.SummariesLocked(ctx, mailboxID, func() []store.UIDRange {
 		m.mu.Lock()
 		defer m.mu.Unlock()
@@ -217,11 +217,9 @@ func (b *Backend) summaries(ctx context.Context, mailboxID int64, m *mailboxStat
 	}
 	m.mu.Lock()
 	defer m.mu.Unlock()
-	out := make(map[uint32]store.Message, len(uids))
-	for _, u := range uids {
-		if msg, ok := m.meta[u]; ok {
-			out[u] = msg
-		}
+	out := make([]store.Message, len(uids))
+	for i, u := range uids {
+		out[i] = m.meta[u] // zero (ID 0) when gone
 	}
 	return out, nil
 }

@@ -103,9 +103,9 @@ func uidRanges(ts []target) []store.UIDRange {
 	return out
 }
 
-// messagesOf returns the metadata of the targets, by UID, from the
-// selected mailbox's cache.
-func (s *Session) messagesOf(ts []target) (map[uint32]store.Message, error) {
+// messagesOf returns the metadata of the targets, in their order, from the
+// selected mailbox's cache; a message expunged meanwhile has ID 0.
+func (s *Session) messagesOf(ts []target) ([]store.Message, error) {
 	ctx, cancel := s.ctx()
 	defer cancel()
 	uids := make([]uint32, len(ts))
@@ -141,9 +141,9 @@ func (s *Session) Fetch(w *imapserver.FetchWriter, numSet imap.NumSet, options *
 	if err != nil {
 		return s.internal("fetch", err)
 	}
-	for _, t := range targets {
-		m, ok := msgs[t.uid]
-		if !ok {
+	for i, t := range targets {
+		m := msgs[i]
+		if m.ID == 0 {
 			continue // expunged meanwhile
 		}
 		if err := s.fetchOne(w.CreateMessage(t.seq), m, options, markSeen); err != nil {
@@ -246,8 +246,8 @@ func (s *Session) Store(w *imapserver.FetchWriter, numSet imap.NumSet, flags *im
 	if err != nil {
 		return s.internal("store", err)
 	}
-	for _, t := range targets {
-		if m, ok := msgs[t.uid]; ok {
+	for i, t := range targets {
+		if m := msgs[i]; m.ID != 0 {
 			rw := w.CreateMessage(t.seq)
 			rw.WriteFlags(toFlags(m.Flags))
 			rw.Close()

@@ -127,9 +127,8 @@ func (s *Session) filterSent(ctx context.Context, uids []uint32, bounds []sentBo
 		return nil, err
 	}
 	var kept []uint32
-	for _, u := range uids {
-		m, ok := msgs[u]
-		if !ok {
+	for _, m := range msgs {
+		if m.ID == 0 {
 			continue
 		}
 		info, err := s.b.Store.Structure(ctx, m.ID)
