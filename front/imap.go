@@ -39,7 +39,10 @@ type IMAPFront struct {
 	// IdleTimeout closes a proxied session whose client sent nothing for
 	// this long (the legacy server has its own). Default 30 minutes.
 	IdleTimeout time.Duration
-	Log         *slog.Logger
+	// PreauthTimeout bounds each command before login, bytes trickled in
+	// included (slowloris). Default 1 minute.
+	PreauthTimeout time.Duration
+	Log            *slog.Logger
 
 	once      sync.Once
 	local     *imapserver.Server
@@ -256,8 +259,19 @@ func (f *IMAPFront) serveConn(c net.Conn) (final net.Conn, handedOver bool) {
 		return s.conn, false
 	}
 	for {
-		s.conn.SetReadDeadline(time.Now().Add(time.Minute)) // RFC 9051: at least 1 minute before login
+		// The whole command must arrive within the timeout, however
+		// slowly its bytes trickle in.
+		s.conn.SetReadDeadline(time.Now().Add(orDuration(f.PreauthTimeout, time.Minute)))
 		cmd, err := readPreauthCommand(s.r, func() error { return s.write("+ Ready for literal data") })
+		if errors.Is(err, errTooLong) {
+			f.Router.observer().Refused("line_length")
+		}
+		var ne net.Error
+		if errors.As(err, &ne) && ne.Timeout() {
+			f.Router.observer().Refused("timeout")
+			s.write("* BYE [UNAVAILABLE] autologout: no command within %s", orDuration(f.PreauthTimeout, time.Minute))
+			return s.conn, false
+		}
 		if errors.Is(err, errBadCommand) {
 			tag := "*"
 			if cmd != nil && cmd.tag != "" {

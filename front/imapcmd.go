@@ -20,6 +20,9 @@ const (
 // errBadCommand is a command that cannot be parsed; the client gets BAD.
 var errBadCommand = errors.New("malformed command")
 
+// errTooLong is a command over a pre-auth bound (a kind of errBadCommand).
+var errTooLong = fmt.Errorf("%w: too long before login", errBadCommand)
+
 // preauthCommand is one parsed command of the not-authenticated state.
 type preauthCommand struct {
 	tag  string
@@ -84,10 +87,10 @@ func readPreauthCommand(r *bufio.Reader, cont func() error) (*preauthCommand, er
 				return cmd, errBadCommand
 			}
 			if n > maxPreauthLiteral {
-				return cmd, fmt.Errorf("%w: literal of %d bytes before login", errBadCommand, n)
+				return cmd, fmt.Errorf("%w: literal of %d bytes", errTooLong, n)
 			}
 			if total += n; total > maxPreauthCommand {
-				return cmd, fmt.Errorf("%w: command longer than %d bytes before login", errBadCommand, maxPreauthCommand)
+				return cmd, fmt.Errorf("%w: command over %d bytes", errTooLong, maxPreauthCommand)
 			}
 			if sync {
 				if err := cont(); err != nil {
@@ -103,7 +106,7 @@ func readPreauthCommand(r *bufio.Reader, cont func() error) (*preauthCommand, er
 				return cmd, err
 			}
 			if total += len(rest); total > maxPreauthCommand {
-				return cmd, fmt.Errorf("%w: command longer than %d bytes before login", errBadCommand, maxPreauthCommand)
+				return cmd, fmt.Errorf("%w: command over %d bytes", errTooLong, maxPreauthCommand)
 			}
 		default:
 			var a string
@@ -131,7 +134,7 @@ func readLimitedLine(r *bufio.Reader) (string, error) {
 		}
 		if err == nil {
 			if len(b) > maxPreauthLine || b[len(b)-1] != '\n' {
-				return "", fmt.Errorf("%w: line longer than %d bytes", errBadCommand, maxPreauthLine)
+				return "", fmt.Errorf("%w: line over %d bytes", errTooLong, maxPreauthLine)
 			}
 			return strings.TrimRight(string(b), "\r\n"), nil
 		}

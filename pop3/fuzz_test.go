@@ -1,11 +1,14 @@
 package pop3
 
 import (
+	"bufio"
 	"context"
+	"fmt"
 	"io"
 	"log/slog"
 	"net"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -140,4 +143,64 @@ func FuzzClient(f *testing.F) {
 			t.Fatal("the client hung")
 		}
 	})
+}
+
+// TestSlowAndOversizedClients: a command trickled in past the timeout ends
+// the session with -ERR, an overlong line gets -ERR and the session goes
+// on; both are reported to Limited.
+func TestSlowAndOversizedClients(t *testing.T) {
+	var mu sync.Mutex
+	limited := map[string]int{}
+	srv := &Server{Backend: fuzzBackend{}, Timeout: 300 * time.Millisecond,
+		Limited: func(l string) { mu.Lock(); limited[l]++; mu.Unlock() }}
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	go srv.Serve(ln)
+	defer srv.Shutdown(context.Background())
+
+	c, err := net.Dial("tcp", ln.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	r := bufio.NewReader(c)
+	r.ReadString('\n')
+	fmt.Fprintf(c, "%s\r\nCAPA\r\n", strings.Repeat("A", 2000))
+	if line, _ := r.ReadString('\n'); !strings.HasPrefix(line, "-ERR line too long") {
+		t.Fatalf("overlong line: %q", line)
+	}
+	if line, _ := r.ReadString('\n'); !strings.HasPrefix(line, "+OK") {
+		t.Fatalf("after the overlong line: %q", line)
+	}
+	for {
+		line, err := r.ReadString('\n')
+		if err != nil {
+			t.Fatalf("CAPA listing: %v", err)
+		}
+		if line == ".\r\n" {
+			break
+		}
+	}
+	go func() {
+		for _, b := range []byte("USER u\r\n") {
+			if _, err := c.Write([]byte{b}); err != nil {
+				return
+			}
+			time.Sleep(100 * time.Millisecond)
+		}
+	}()
+	c.SetReadDeadline(time.Now().Add(10 * time.Second))
+	if line, _ := r.ReadString('\n'); !strings.HasPrefix(line, "-ERR [SYS/TEMP] autologout") {
+		t.Fatalf("slow command: %q", line)
+	}
+	if _, err := r.ReadString('\n'); err == nil {
+		t.Fatal("the session stayed open")
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	if limited["line_length"] != 1 || limited["timeout"] != 1 {
+		t.Fatalf("limits reported: %v", limited)
+	}
 }

@@ -65,6 +65,10 @@ type Server struct {
 	// InsecureAuthAllowed tells whether a client may send a password
 	// before TLS (trusted networks). Nil allows loopback only.
 	InsecureAuthAllowed func(remote net.Addr) bool
+	// Limited, if set, is told when a limit ends or refuses something:
+	// "timeout" (a session idle, or a command trickling in, for Timeout)
+	// or "line_length".
+	Limited func(limit string)
 	// Timeout closes a session idle for this long (RFC 1939: at least 10
 	// minutes). Default 10m.
 	Timeout time.Duration
@@ -81,6 +85,12 @@ type Server struct {
 }
 
 const maxCommandLine = 1024 // RFC 2449: 255 octets; generous for AUTH
+
+func (s *Server) limited(limit string) {
+	if s.Limited != nil {
+		s.Limited(limit)
+	}
+}
 
 func (s *Server) log() *slog.Logger {
 	if s.Log == nil {
@@ -245,11 +255,17 @@ func (ss *session) serve() {
 		stopping := ss.stopping
 		ss.mu.Unlock()
 		if err != nil {
-			if stopping {
+			var ne net.Error
+			switch {
+			case stopping:
 				ss.reply("-ERR [SYS/TEMP] server shutting down")
-			} else if errors.Is(err, errLineTooLong) {
+			case errors.Is(err, errLineTooLong):
+				ss.srv.limited("line_length")
 				ss.reply("-ERR line too long")
 				continue
+			case errors.As(err, &ne) && ne.Timeout():
+				ss.srv.limited("timeout")
+				ss.reply("-ERR [SYS/TEMP] autologout: idle for %s", timeout)
 			}
 			return
 		}

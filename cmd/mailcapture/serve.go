@@ -261,7 +261,7 @@ func (s *server) start(schedCtx context.Context, schedDone chan struct{}) error 
 		TLSConfig: s.tls, Trusted: trusted, IdleTimeout: lim.IMAPIdleTimeout, Log: log}
 	pop3Backend := &front.POP3Backend{Router: router, Local: &pop3store.Backend{Store: s.st}, Legacy: engine.POP3}
 	s.pop3 = &pop3.Server{Backend: pop3Backend, TLSConfig: s.tls, Hostname: cfg.Hostname, InsecureAuthAllowed: trusted,
-		Timeout: lim.POP3IdleTimeout, Log: log}
+		Timeout: lim.POP3IdleTimeout, Limited: m.Traffic.Refused, Log: log}
 	var cut *front.Cutover
 	if cfg.Mode != "shadow" {
 		// A converged, verified account is cut over at once.
