@@ -3,6 +3,7 @@ package capture
 import (
 	"context"
 	"fmt"
+	"io"
 	"sort"
 	"strings"
 	"time"
@@ -197,7 +198,17 @@ func (e *Engine) copyChunk(ctx context.Context, conn *imapConn, mbox store.Mailb
 		seqs.AddNum(msgs[i].seq)
 	}
 	fetch := conn.Fetch(seqs, &imap.FetchOptions{UID: true, BodySection: []*imap.FetchItemBodySection{{Peek: true}}})
-	defer fetch.Close()
+	// After a body failed to read (the connection broke), the client
+	// library must not be asked to drain the answer: its reader goroutine
+	// has moved on. The connection is closed instead.
+	broken := false
+	defer func() {
+		if broken {
+			conn.Close()
+		} else {
+			fetch.Close()
+		}
+	}()
 	// Batches commit in the background while the next one streams in.
 	// Commits are not cancelled: when ctx ends (shutdown), the messages
 	// streamed in whole so far are still committed.
@@ -232,8 +243,10 @@ func (e *Engine) copyChunk(ctx context.Context, conn *imapConn, mbox store.Mailb
 				if fresh {
 					uid = 0 // the next local UID
 				}
+				lit := &literalReader{r: v.Literal, left: v.Literal.Size()}
 				err := batch.Add(ctx, store.NewMessage{MailboxID: mbox.ID, UID: uid, LegacyUID: want.uid,
-					InternalDate: want.date, Flags: want.flags}, v.Literal)
+					InternalDate: want.date, Flags: want.flags}, lit)
+				broken = lit.err != nil && lit.err != io.EOF
 				if err != nil && ctx.Err() != nil {
 					return e.finishCancelled(ctx, com, &batch, res)
 				}
@@ -278,6 +291,31 @@ func (e *Engine) copyChunk(ctx context.Context, conn *imapConn, mbox store.Mailb
 	res.Added += added
 	res.AddedBytes += addedBytes
 	return err
+}
+
+// literalReader reads a body literal exactly: an end before its announced
+// size is an error (a broken connection never yields a short message),
+// and after any error it is never read again (the client library's reader
+// goes on with the connection then).
+type literalReader struct {
+	r    io.Reader
+	left int64
+	err  error
+}
+
+func (l *literalReader) Read(p []byte) (int, error) {
+	if l.err != nil {
+		return 0, l.err
+	}
+	n, err := l.r.Read(p)
+	l.left -= int64(n)
+	if err == io.EOF && l.left > 0 {
+		err = fmt.Errorf("literal cut %d bytes short: %w", l.left, io.ErrUnexpectedEOF)
+	}
+	if err != nil {
+		l.err = err
+	}
+	return n, err
 }
 
 // finishCancelled commits what was streamed in whole before ctx ended

@@ -17,6 +17,9 @@ type Proxy struct {
 	down   atomic.Bool
 	// accepted counts connections forwarded to the target.
 	accepted atomic.Int64
+	// cutAfter, when positive, cuts each new connection once the target
+	// has sent that many bytes.
+	cutAfter atomic.Int64
 	mu       sync.Mutex
 	conns    map[net.Conn]bool
 	wg       sync.WaitGroup
@@ -49,6 +52,11 @@ func (p *Proxy) SetDown(down bool) {
 	}
 }
 
+// CutAfter makes connections opened from now on break once the target has
+// sent n bytes to the client (in the middle of a literal, a line, a
+// FETCH); 0 stops that.
+func (p *Proxy) CutAfter(n int64) { p.cutAfter.Store(n) }
+
 // Accepted returns how many connections reached the target.
 func (p *Proxy) Accepted() int { return int(p.accepted.Load()) }
 
@@ -78,8 +86,8 @@ func (p *Proxy) serve() {
 		p.accepted.Add(1)
 		p.track(c, up)
 		p.wg.Add(2)
-		go p.pipe(c, up)
-		go p.pipe(up, c)
+		go p.pipe(c, up, p.cutAfter.Load())
+		go p.pipe(up, c, 0)
 	}
 }
 
@@ -91,9 +99,13 @@ func (p *Proxy) track(conns ...net.Conn) {
 	}
 }
 
-func (p *Proxy) pipe(dst, src net.Conn) {
+func (p *Proxy) pipe(dst, src net.Conn, limit int64) {
 	defer p.wg.Done()
-	io.Copy(dst, src)
+	if limit > 0 {
+		io.CopyN(dst, src, limit)
+	} else {
+		io.Copy(dst, src)
+	}
 	dst.Close()
 	src.Close()
 	p.mu.Lock()

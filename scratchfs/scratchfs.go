@@ -1,5 +1,5 @@
-// Package scratchfs gives benchmarks a fresh, journaled ext4 filesystem on
-// a loop device, so that what they measure is the code, not the history
+// Package scratchfs gives benchmarks (and disk-full tests) a fresh,
+// journaled ext4 filesystem on a loop device, so that what they measure is the code, not the history
 // of the machine's own filesystem (a root ext4 without a journal makes
 // file creation crawl for minutes after a mass deletion).
 package scratchfs
@@ -18,6 +18,23 @@ import (
 // says so in the output.
 func Mount(tb testing.TB, sizeMB int) string {
 	tb.Helper()
+	mnt, _ := mount(tb, sizeMB)
+	return mnt
+}
+
+// MustMount is Mount for tests that need a filesystem of exactly that size
+// (to fill it): it fails the test when no loop mount can be made.
+func MustMount(tb testing.TB, sizeMB int) string {
+	tb.Helper()
+	mnt, ok := mount(tb, sizeMB)
+	if !ok {
+		tb.Fatalf("scratchfs: a %d MB loop filesystem is needed (root and loop devices)", sizeMB)
+	}
+	return mnt
+}
+
+func mount(tb testing.TB, sizeMB int) (string, bool) {
+	tb.Helper()
 	dir := tb.TempDir()
 	img := filepath.Join(dir, "fs.img")
 	mnt := filepath.Join(dir, "mnt")
@@ -26,7 +43,7 @@ func Mount(tb testing.TB, sizeMB int) string {
 	}
 	if os.Geteuid() != 0 {
 		fmt.Printf("scratchfs: not root, benchmarking on %s as it is\n", dir)
-		return mnt
+		return mnt, false
 	}
 	steps := [][]string{
 		{"truncate", "-s", fmt.Sprintf("%dM", sizeMB), img},
@@ -36,7 +53,7 @@ func Mount(tb testing.TB, sizeMB int) string {
 	for _, s := range steps {
 		if out, err := exec.Command(s[0], s[1:]...).CombinedOutput(); err != nil {
 			fmt.Printf("scratchfs: %s failed (%v: %s), benchmarking on %s as it is\n", s[0], err, out, dir)
-			return mnt
+			return mnt, false
 		}
 	}
 	os.Chmod(mnt, 0o755)
@@ -45,5 +62,5 @@ func Mount(tb testing.TB, sizeMB int) string {
 			tb.Errorf("scratchfs: umount %s: %v: %s", mnt, err, out)
 		}
 	})
-	return mnt
+	return mnt, true
 }

@@ -1,0 +1,89 @@
+package capture
+
+import (
+	"context"
+	"os"
+	"path/filepath"
+	"testing"
+
+	"mailcapture/legacytest"
+	"mailcapture/scratchfs"
+	"mailcapture/store"
+)
+
+// TestCaptureSurvivesDroppedFetch: the legacy connection breaks in the
+// middle of the bodies (at several points, inside literals and between
+// them); each pass fails with an error, keeps what it committed, and the
+// next pass over a healthy connection makes the copy exact, with nothing
+// stored twice.
+func TestCaptureSurvivesDroppedFetch(t *testing.T) {
+	ctx := context.Background()
+	d := legacytest.Start(t, legacytest.Options{})
+	populate(t, d)
+	proxy := legacytest.StartProxy(t, d.IMAPAddr)
+	st := openStore(t)
+	st.CreateAccount(ctx, user, password, store.StateCapturing)
+	e := newEngine(st, d)
+	e.IMAP.Address = proxy.Addr
+	e.Connections = 1
+	for _, cut := range []int64{9000, 60000, 150000, 400000} {
+		proxy.CutAfter(cut)
+		if _, err := e.Pass(ctx, user, password); err == nil {
+			t.Fatalf("a pass over a connection cut after %d bytes succeeded", cut)
+		}
+	}
+	proxy.CutAfter(0)
+	if _, err := e.Converge(ctx, user, password, 5); err != nil {
+		t.Fatal(err)
+	}
+	assertSameMailbox(t, d.Snapshot(t, user, password), localSnapshot(t, st, user))
+}
+
+// TestCaptureSurvivesFullDisk: the local disk fills up during a capture;
+// the pass fails with an error and leaves no partial message; once space
+// is free again the next passes make the copy exact.
+func TestCaptureSurvivesFullDisk(t *testing.T) {
+	ctx := context.Background()
+	d := legacytest.Start(t, legacytest.Options{})
+	populate(t, d)
+	dir := scratchfs.MustMount(t, 8)
+	st, err := store.Open(ctx, filepath.Join(dir, "store"), store.Options{Hash: testHash})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer st.Close()
+	st.CreateAccount(ctx, user, password, store.StateCapturing)
+	// Leave about 600 KB free: less than the mailbox needs.
+	filler := filepath.Join(dir, "filler")
+	fillDisk(t, dir, filler, 600<<10)
+	e := newEngine(st, d)
+	if _, err := e.Pass(ctx, user, password); err == nil {
+		t.Fatal("a pass onto a full disk succeeded")
+	}
+	os.Remove(filler)
+	if _, err := e.Converge(ctx, user, password, 5); err != nil {
+		t.Fatal(err)
+	}
+	assertSameMailbox(t, d.Snapshot(t, user, password), localSnapshot(t, st, user))
+}
+
+// fillDisk writes path until the filesystem of dir has about free bytes
+// left.
+func fillDisk(t *testing.T, dir, path string, free int64) {
+	t.Helper()
+	f, err := os.Create(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	chunk := make([]byte, 64<<10)
+	for i := 0; ; i++ {
+		if avail := availableBytes(t, dir); avail <= free+int64(len(chunk)) || i > 100000 {
+			break
+		}
+		if _, err := f.Write(chunk); err != nil {
+			break
+		}
+	}
+	f.Sync()
+}
