@@ -55,7 +55,7 @@ func TestCaptureSurvivesFullDisk(t *testing.T) {
 	st.CreateAccount(ctx, user, password, store.StateCapturing)
 	// Leave about 600 KB free: less than the mailbox needs.
 	filler := filepath.Join(dir, "filler")
-	fillDisk(t, dir, filler, 600<<10)
+	scratchfs.Fill(t, dir, filler, 600<<10)
 	e := newEngine(st, d)
 	if _, err := e.Pass(ctx, user, password); err == nil {
 		t.Fatal("a pass onto a full disk succeeded")
@@ -65,25 +65,4 @@ func TestCaptureSurvivesFullDisk(t *testing.T) {
 		t.Fatal(err)
 	}
 	assertSameMailbox(t, d.Snapshot(t, user, password), localSnapshot(t, st, user))
-}
-
-// fillDisk writes path until the filesystem of dir has about free bytes
-// left.
-func fillDisk(t *testing.T, dir, path string, free int64) {
-	t.Helper()
-	f, err := os.Create(path)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer f.Close()
-	chunk := make([]byte, 64<<10)
-	for i := 0; ; i++ {
-		if avail := availableBytes(t, dir); avail <= free+int64(len(chunk)) || i > 100000 {
-			break
-		}
-		if _, err := f.Write(chunk); err != nil {
-			break
-		}
-	}
-	f.Sync()
 }

@@ -9,6 +9,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"syscall"
 	"testing"
 )
 
@@ -63,4 +64,29 @@ func mount(tb testing.TB, sizeMB int) (string, bool) {
 		}
 	})
 	return mnt, true
+}
+
+// Fill writes the file path until the filesystem holding dir has about
+// free bytes left (disk-full tests); remove path to give the space back.
+func Fill(tb testing.TB, dir, path string, free int64) {
+	tb.Helper()
+	f, err := os.Create(path)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	defer f.Close()
+	chunk := make([]byte, 64<<10)
+	for i := 0; i < 1<<20; i++ {
+		var s syscall.Statfs_t
+		if err := syscall.Statfs(dir, &s); err != nil {
+			tb.Fatal(err)
+		}
+		if int64(s.Bavail)*int64(s.Bsize) <= free+int64(len(chunk)) {
+			break
+		}
+		if _, err := f.Write(chunk); err != nil {
+			break
+		}
+	}
+	f.Sync()
 }
