@@ -36,10 +36,7 @@ func BenchmarkSMTPAccept(b *testing.B) {
 		b.Fatal(err)
 	}
 	defer st.Close()
-	local, _ := st.CreateAccount(ctx, "local@example.org", "pw", store.StateCapturing)
-	st.CreateMailbox(ctx, local.ID, store.MailboxSpec{Name: "INBOX"})
-	st.Transition(ctx, local.Name, store.StateCapturing, store.StateCutover)
-	st.Transition(ctx, local.Name, store.StateCutover, store.StateCaptured)
+	accountIn(b, st, "local@example.org", store.StateCaptured)
 
 	legacy := Legacy{Address: pf.Addr, Protocol: "smtp", TLS: "none", Hostname: "mx.example.org", Timeout: time.Minute}
 	queue := &Queue{Store: st, Legacy: legacy}

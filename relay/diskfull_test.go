@@ -29,10 +29,7 @@ func TestFullDiskGivesTemporaryError(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer st.Close()
-	a, _ := st.CreateAccount(ctx, "local@example.org", "pw", store.StateCapturing)
-	st.CreateMailbox(ctx, a.ID, store.MailboxSpec{Name: "INBOX"})
-	st.Transition(ctx, a.Name, store.StateCapturing, store.StateCutover)
-	st.Transition(ctx, a.Name, store.StateCutover, store.StateCaptured)
+	a := accountIn(t, st, "local@example.org", store.StateCaptured)
 	legacy := Legacy{Address: d.LMTPAddr, Protocol: "lmtp", Hostname: "mx.example.org", Timeout: 10 * time.Second}
 	srv := smtp.NewServer(&Backend{Store: st, Domains: []string{"example.org"}, Legacy: legacy, Hostname: "mx.example.org"})
 	srv.Domain = "mx.example.org"

@@ -36,12 +36,8 @@ func start(t *testing.T, configure ...func(*Backend)) *fixture {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { st.Close() })
-	for _, u := range []string{"local", "moving"} {
-		a, _ := st.CreateAccount(ctx, u+"@example.org", "pw", store.StateCapturing)
-		st.CreateMailbox(ctx, a.ID, store.MailboxSpec{Name: "INBOX"})
-		st.Transition(ctx, a.Name, store.StateCapturing, store.StateCutover)
-	}
-	st.Transition(ctx, "local@example.org", store.StateCutover, store.StateCaptured)
+	accountIn(t, st, "local@example.org", store.StateCaptured)
+	accountIn(t, st, "moving@example.org", store.StateCutover)
 	legacy := Legacy{Address: d.LMTPAddr, Protocol: "lmtp", Hostname: "mx.example.org", Timeout: 10 * time.Second}
 	backend := &Backend{Store: st, Domains: []string{"example.org"}, Legacy: legacy, Hostname: "mx.example.org"}
 	for _, c := range configure {
@@ -60,6 +56,26 @@ func start(t *testing.T, configure ...func(*Backend)) *fixture {
 	go srv.Serve(ln)
 	t.Cleanup(func() { srv.Close() })
 	return &fixture{d: d, st: st, addr: ln.Addr().String(), queue: &Queue{Store: st, Legacy: legacy}}
+}
+
+// accountIn records an account with an INBOX, moved to state (cutover or
+// captured).
+func accountIn(tb testing.TB, st *store.Store, name string, state store.State) store.Account {
+	tb.Helper()
+	ctx := context.Background()
+	a, err := st.CreateAccount(ctx, name, "pw", store.StateCapturing)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	if _, err := st.CreateMailbox(ctx, a.ID, store.MailboxSpec{Name: "INBOX"}); err != nil {
+		tb.Fatal(err)
+	}
+	st.Transition(ctx, name, store.StateCapturing, store.StateCutover)
+	if state == store.StateCaptured {
+		st.Transition(ctx, name, store.StateCutover, store.StateCaptured)
+	}
+	a.State = state
+	return a
 }
 
 // smtplib sends with Python's smtplib and prints each answer.

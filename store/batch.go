@@ -11,6 +11,7 @@ import (
 	"io"
 	"net/mail"
 	"os"
+	"sync"
 	"time"
 
 	"mailcapture/mimeinfo"
@@ -207,16 +208,22 @@ func (b *Batch) Commit(ctx context.Context) ([]Inserted, error) {
 	if len(b.items) == 0 {
 		return nil, nil
 	}
-	s := b.store
+	return b.store.commitItems(ctx, b.items, b.bodies, committed)
+}
+
+// commitItems makes bodies already written durable (one filesystem sync)
+// and inserts their rows in one transaction; the ids of the bodies placed
+// are added to committed.
+func (s *Store) commitItems(ctx context.Context, items []NewMessage, bodies []body, committed map[int64]bool) ([]Inserted, error) {
 	if err := s.syncBodies(); err != nil {
 		return nil, fmt.Errorf("commit batch: sync bodies: %w", err)
 	}
-	out := make([]Inserted, len(b.items))
+	out := make([]Inserted, len(items))
 	var placed []int64
 	changes := map[int64][]uint32{}
 
 	s.wmu.Lock()
-	defer s.wmu.Unlock() // runs before the release above
+	defer s.wmu.Unlock()
 	err := s.writeTxLocked(ctx, func(tx *sql.Tx) error {
 		ins, err := tx.PrepareContext(ctx, `INSERT INTO messages
 			(id, mailbox_id, uid, legacy_uid, internal_date, internal_tz, size, flags, pop3_uidl, sha256, message_id, structure)
@@ -226,8 +233,8 @@ func (b *Batch) Commit(ctx context.Context) ([]Inserted, error) {
 		}
 		defer ins.Close()
 		alloc := newUIDAllocator(tx)
-		for i, m := range b.items {
-			bd := b.bodies[i]
+		for i, m := range items {
+			bd := bodies[i]
 			out[i].Size, out[i].SHA256 = bd.size, bd.sum
 			if m.LegacyUID != 0 || m.POP3UIDL != "" {
 				uid, found, err := existingCopy(ctx, tx, m.MailboxID, m.LegacyUID, m.POP3UIDL)
@@ -369,9 +376,84 @@ func (s *Store) Append(ctx context.Context, mailboxID int64, r io.Reader, flags 
 		b.Abort()
 		return Inserted{}, fmt.Errorf("append to mailbox %d: %w", mailboxID, err)
 	}
-	res, err := b.Commit(ctx)
+	res, err := s.groupCommit(ctx, b)
 	if err != nil {
 		return Inserted{}, fmt.Errorf("append to mailbox %d: %w", mailboxID, err)
 	}
-	return res[0], nil
+	return res, nil
+}
+
+// appendGroup gathers single-message appends that arrive while a commit
+// is running, so that they share the next filesystem sync and transaction
+// (group commit): concurrent SMTP deliveries and APPENDs cost one sync
+// each group, not one each.
+type appendGroup struct {
+	mu      sync.Mutex
+	queue   []*appendReq
+	leading bool
+}
+
+type appendReq struct {
+	b    *Batch
+	res  Inserted
+	err  error
+	done chan struct{} // the result is in
+	lead chan struct{} // this request's caller commits the next group
+}
+
+// groupCommit commits a one-message batch together with whatever else is
+// queued. One caller at a time leads: it commits the queued group (its own
+// request among them) in one sync and one transaction, then hands the lead
+// to the first request that arrived meanwhile; the others wait for their
+// result. A group is committed whole or not at all.
+func (s *Store) groupCommit(ctx context.Context, b *Batch) (Inserted, error) {
+	req := &appendReq{b: b, done: make(chan struct{}), lead: make(chan struct{})}
+	g := &s.appends
+	g.mu.Lock()
+	g.queue = append(g.queue, req)
+	lead := !g.leading
+	g.leading = true
+	g.mu.Unlock()
+	if !lead {
+		select {
+		case <-req.done:
+			return req.res, req.err
+		case <-req.lead:
+		}
+	}
+	g.mu.Lock()
+	group := g.queue
+	g.queue = nil
+	g.mu.Unlock()
+	// The group's commit must not fail because this caller gave up.
+	cctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), time.Minute)
+	defer cancel()
+	var items []NewMessage
+	var bodies []body
+	for _, r := range group {
+		items = append(items, r.b.items...)
+		bodies = append(bodies, r.b.bodies...)
+	}
+	committed := map[int64]bool{}
+	out, err := s.commitItems(cctx, items, bodies, committed)
+	for i, r := range group {
+		r.b.done = true
+		r.b.release(committed)
+		if err != nil {
+			r.err = err
+		} else {
+			r.res = out[i]
+		}
+		if r != req {
+			close(r.done)
+		}
+	}
+	g.mu.Lock()
+	if len(g.queue) > 0 {
+		close(g.queue[0].lead)
+	} else {
+		g.leading = false
+	}
+	g.mu.Unlock()
+	return req.res, req.err
 }

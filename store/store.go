@@ -54,6 +54,8 @@ type Options struct {
 
 // Store is an open store. It is safe for concurrent use.
 type Store struct {
+	// appends groups concurrent single-message appends (group commit).
+	appends appendGroup
 	dir     string
 	opts    Options
 	log     *slog.Logger

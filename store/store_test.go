@@ -524,3 +524,53 @@ func assertNoStrayFiles(t *testing.T, s *Store) {
 		}
 	}
 }
+
+// TestConcurrentAppendsShareCommits: appends from many goroutines at once
+// (concurrent SMTP deliveries) are committed in groups; every one gets a
+// distinct UID and its own bytes.
+func TestConcurrentAppendsShareCommits(t *testing.T) {
+	s := openTest(t, t.TempDir())
+	ctx := context.Background()
+	acct, _ := s.CreateAccount(ctx, "group@example.org", "pw", StateCaptured)
+	mb, _ := s.CreateMailbox(ctx, acct.ID, MailboxSpec{Name: "INBOX"})
+	const n = 60
+	type result struct {
+		body string
+		ins  Inserted
+		err  error
+	}
+	results := make(chan result, n)
+	var wg sync.WaitGroup
+	for i := 0; i < n; i++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			body := fmt.Sprintf("Message-ID: <g%d@example.org>\r\nSubject: %d\r\n\r\nbody %d\r\n", i, i, i)
+			ins, err := s.Append(ctx, mb.ID, strings.NewReader(body), nil, time.Now())
+			results <- result{body, ins, err}
+		}()
+	}
+	wg.Wait()
+	close(results)
+	seen := map[uint32]bool{}
+	for r := range results {
+		if r.err != nil {
+			t.Fatalf("append: %v", r.err)
+		}
+		if seen[r.ins.UID] {
+			t.Fatalf("UID %d given twice", r.ins.UID)
+		}
+		seen[r.ins.UID] = true
+		msgs, _ := s.Messages(ctx, mb.ID, []UIDRange{{r.ins.UID, r.ins.UID}})
+		if len(msgs) != 1 {
+			t.Fatalf("UID %d not stored", r.ins.UID)
+		}
+		got, _ := s.ReadBody(msgs[0].ID)
+		if string(got) != r.body {
+			t.Fatalf("UID %d holds %q, want %q", r.ins.UID, got, r.body)
+		}
+	}
+	if len(seen) != n {
+		t.Fatalf("%d appends stored, want %d", len(seen), n)
+	}
+}
