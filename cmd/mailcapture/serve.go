@@ -131,6 +131,9 @@ func serveConfig(ctx context.Context, log *slog.Logger, cfg config.Config, ready
 	}
 	defer st.Close()
 	log.Info("store open", "data_dir", cfg.DataDir)
+	if err := recoverCutovers(ctx, st, log); err != nil {
+		return err
+	}
 	s := &server{cfg: cfg, log: log, st: st, errc: make(chan error, 8), addrs: map[string]string{}}
 	if cfg.TLS.Cert != "" {
 		cert, err := tls.LoadX509KeyPair(cfg.TLS.Cert, cfg.TLS.Key)
@@ -409,6 +412,27 @@ func (s *server) start(schedCtx context.Context, schedDone chan struct{}) error 
 		s.stops = append(s.stops, s.http.Shutdown)
 		s.addrs["listen.http"] = ln.Addr().String()
 		log.Info("http listening", "addr", ln.Addr().String())
+	}
+	return nil
+}
+
+// recoverCutovers puts accounts whose cut-over a stop interrupted back to
+// capturing: the legacy server still has everything, their next
+// convergence cuts them over again, and mail held for them is delivered
+// then.
+func recoverCutovers(ctx context.Context, st *store.Store, log *slog.Logger) error {
+	accounts, err := st.Accounts(ctx)
+	if err != nil {
+		return err
+	}
+	for _, a := range accounts {
+		if a.State != store.StateCutover {
+			continue
+		}
+		if err := st.Transition(ctx, a.Name, store.StateCutover, store.StateCapturing); err != nil {
+			return fmt.Errorf("recover the cut-over of %s: %w", a.Name, err)
+		}
+		log.Warn("a stop interrupted this account's cut-over: back to capturing", "account", a.Name)
 	}
 	return nil
 }

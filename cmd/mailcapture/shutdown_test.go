@@ -21,7 +21,8 @@ func TestSIGTERMFinishesInFlightSMTP(t *testing.T) {
 	seedCapturedAccount(t, dataDir, "local@example.org")
 	environ = append(environ, "MAILCAPTURE_LISTEN__SMTP=127.0.0.1:0", "MAILCAPTURE_LEGACY__SMTP__ADDRESS="+d.LMTPAddr,
 		"MAILCAPTURE_LEGACY__SMTP__PROTOCOL=lmtp", "MAILCAPTURE_LEGACY__SMTP__TLS=none", childEnv+"=1")
-	child, smtpAddr := startChild(t, path, environ)
+	child, addrs := startChild(t, path, environ)
+	smtpAddr := addrs["listen.smtp"]
 
 	type conn struct {
 		c net.Conn

@@ -2,6 +2,7 @@ package main
 
 import (
 	"bufio"
+	"bytes"
 	"context"
 	"fmt"
 	"math/rand/v2"
@@ -13,6 +14,9 @@ import (
 	"strings"
 	"syscall"
 	"testing"
+	"time"
+
+	"github.com/emersion/go-imap/v2/imapclient"
 
 	"mailcapture/legacytest"
 	"mailcapture/store"
@@ -61,10 +65,13 @@ for t in threads: t.start()
 for t in threads: t.join()
 `
 
-// TestSMTPSurvivesSIGKILL kills serve with SIGKILL at random points while
-// ten senders deliver to both routes, many times in a row. Afterwards
-// every message that got a 250 is found, by Message-ID, in the legacy
-// mailbox (legacy route) or the local one (local route). The relay queue
+// TestSMTPSurvivesSIGKILL kills serve with SIGKILL at random points under
+// mixed load, many times in a row: ten senders deliver to both routes
+// while a user's login starts (or resumes) the capture of a 500-message
+// account, which is cut over in some round. Afterwards every message that
+// got a 250 is found, by Message-ID, in the legacy mailbox (legacy route)
+// or the local one (local route), and the captured account equals the
+// legacy one (folders, UIDVALIDITY, UIDs, flags, bytes). The relay queue
 // delivers one message at a time, so a kill can interrupt at most one
 // delivery between the legacy server's 250 and the spool's dequeue: at
 // most one duplicate per kill, and none on the local route.
@@ -72,16 +79,27 @@ func TestSMTPSurvivesSIGKILL(t *testing.T) {
 	const rounds = 8
 	d := legacytest.Start(t, legacytest.Options{})
 	d.AddUser(t, "legacy@example.org", "pw")
+	d.AddUser(t, captureUser, capturePass)
+	d.Populate(t, captureUser, capturePass, []legacytest.Folder{{Name: "INBOX", Subscribed: true, Messages: legacytest.Generate(103, 300, 12000)},
+		{Name: "Archive", Messages: legacytest.Generate(104, 200, 12000)}})
 	path, dataDir, environ := bulkConfig(t, d)
 	seedCapturedAccount(t, dataDir, "local@example.org")
-	environ = append(environ, "MAILCAPTURE_LISTEN__SMTP=127.0.0.1:0", "MAILCAPTURE_LEGACY__SMTP__ADDRESS="+d.LMTPAddr,
+	environ = append(environ, "MAILCAPTURE_LISTEN__IMAP=127.0.0.1:0", "MAILCAPTURE_LISTEN__SMTP=127.0.0.1:0", "MAILCAPTURE_LEGACY__SMTP__ADDRESS="+d.LMTPAddr,
 		"MAILCAPTURE_LEGACY__SMTP__PROTOCOL=lmtp", "MAILCAPTURE_LEGACY__SMTP__TLS=none", childEnv+"=1")
 
 	acked := map[string]string{} // Message-ID -> recipient
 	rng := rand.New(rand.NewPCG(7, 11))
 	for round := 0; round < rounds; round++ {
-		child, smtpAddr := startChild(t, path, environ)
-		host, port, _ := net.SplitHostPort(smtpAddr)
+		child, addrs := startChild(t, path, environ)
+		// The capture account's user logs in: its capture starts, or
+		// resumes where the last kill left it, or it is served locally.
+		go func() {
+			if c, err := imapclient.DialInsecure(addrs["listen.imap"], nil); err == nil {
+				c.Login(captureUser, capturePass).Wait()
+				c.Close()
+			}
+		}()
+		host, port, _ := net.SplitHostPort(addrs["listen.smtp"])
 		load := exec.Command("python3", "-c", loadSenders, host, port, fmt.Sprintf("r%d", round), "10")
 		out, err := load.StdoutPipe()
 		if err != nil {
@@ -116,9 +134,37 @@ func TestSMTPSurvivesSIGKILL(t *testing.T) {
 		}
 		child.Wait()
 	}
-	// A last run drains the relay queue.
-	child, _ := startChild(t, path, environ)
+	// A last run drains the relay queue and finishes the capture.
+	child, addrs := startChild(t, path, environ)
 	waitSpool(t, environ, path, 0)
+	c, err := imapclient.DialInsecure(addrs["listen.imap"], nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := c.Login(captureUser, capturePass).Wait(); err != nil {
+		t.Fatal(err)
+	}
+	c.Close()
+	for i := 0; ; i++ {
+		code, out, _ := runCLI(t, environ, "accounts", "--config", path, "show", captureUser, "--json")
+		if code == 0 && strings.Contains(out, `"state": "captured"`) {
+			break
+		}
+		if i == 600 {
+			t.Fatalf("the capture did not finish after the kills: %s", out)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	c, err = imapclient.DialInsecure(addrs["listen.imap"], nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := c.Login(captureUser, capturePass).Wait(); err != nil {
+		t.Fatal(err)
+	}
+	local := legacytest.SnapshotIMAP(t, c)
+	c.Close()
+	assertSameSnapshot(t, d.Snapshot(t, captureUser, capturePass), local)
 	child.Process.Signal(syscall.SIGTERM)
 	if err := child.Wait(); err != nil {
 		t.Fatalf("serve after the kills: %v", err)
@@ -161,9 +207,30 @@ func TestSMTPSurvivesSIGKILL(t *testing.T) {
 	}
 }
 
-// startChild runs serve in a child process and returns it with the SMTP
-// listener's address.
-func startChild(t *testing.T, path string, environ []string) (*exec.Cmd, string) {
+const captureUser, capturePass = "capture@example.org", "capture pass"
+
+// assertSameSnapshot compares two IMAP views of a mailbox.
+func assertSameSnapshot(t *testing.T, want, got map[string]*legacytest.SnapshotFolder) {
+	t.Helper()
+	for name, wf := range want {
+		gf := got[name]
+		if gf == nil || gf.UIDValidity != wf.UIDValidity || len(gf.Messages) != len(wf.Messages) {
+			t.Errorf("folder %q differs after the kills", name)
+			continue
+		}
+		for i, wm := range wf.Messages {
+			gm := gf.Messages[i]
+			if gm.UID != wm.UID || strings.Join(gm.Flags, " ") != strings.Join(wm.Flags, " ") || !bytes.Equal(gm.Body, wm.Body) {
+				t.Errorf("folder %q message %d (UID %d) differs after the kills", name, i, wm.UID)
+			}
+		}
+	}
+}
+
+// startChild runs serve in a child process and returns it with its
+// listeners' addresses by key (it returns once the SMTP listener, opened
+// last, listens).
+func startChild(t *testing.T, path string, environ []string) (*exec.Cmd, map[string]string) {
 	t.Helper()
 	cmd := exec.Command(os.Args[0], "serve", "--config", path)
 	cmd.Env = environ
@@ -179,20 +246,24 @@ func startChild(t *testing.T, path string, environ []string) (*exec.Cmd, string)
 		cmd.Wait()
 	})
 	sc := bufio.NewScanner(stderr)
-	re := regexp.MustCompile(`msg=listening key=listen.smtp addr=(\S+)`)
+	re := regexp.MustCompile(`msg=listening key=(listen\.\w+) addr=(\S+)`)
 	var said []string
+	addrs := map[string]string{}
 	for sc.Scan() {
 		said = append(said, sc.Text())
 		if m := re.FindStringSubmatch(sc.Text()); m != nil {
-			go func() {
-				for sc.Scan() {
-				}
-			}()
-			return cmd, m[1]
+			addrs[m[1]] = m[2]
+			if m[1] == "listen.smtp" {
+				go func() {
+					for sc.Scan() {
+					}
+				}()
+				return cmd, addrs
+			}
 		}
 	}
 	t.Fatalf("serve ended before listening: %v\n%s", sc.Err(), strings.Join(said, "\n"))
-	return nil, ""
+	return nil, nil
 }
 
 // storedMessageIDs returns the Message-IDs in an account's local INBOX.
