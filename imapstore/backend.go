@@ -37,6 +37,7 @@ type Backend struct {
 
 	mu        sync.Mutex
 	mailboxes map[int64]*mailboxState
+	idle      int // states in mailboxes that nobody has selected
 }
 
 // keepIdle is how many mailboxes nobody has selected keep their state
@@ -54,7 +55,7 @@ type mailboxState struct {
 	refs    int
 	// released is when refs last fell to 0 (for keepIdle).
 	released time.Time
-	// meta caches what FETCH serves of each message (store.Summaries),
+	// meta caches what FETCH serves of each message (Store.SummariesLocked),
 	// loaded at the first FETCH and kept current by apply: flags changed,
 	// expunged removed; added messages are listed in missing and loaded
 	// at the next FETCH. Nil until loaded.
@@ -86,6 +87,9 @@ func (b *Backend) apply(c store.Change) {
 		b.mu.Lock()
 		if b.mailboxes[c.MailboxID] == m {
 			delete(b.mailboxes, c.MailboxID)
+			if m.refs == 0 {
+				b.idle--
+			}
 		}
 		b.mu.Unlock()
 	}
@@ -142,6 +146,9 @@ func (b *Backend) apply(c store.Change) {
 func (b *Backend) open(ctx context.Context, mailboxID int64) (*mailboxState, error) {
 	b.mu.Lock()
 	if m := b.mailboxes[mailboxID]; m != nil {
+		if m.refs == 0 {
+			b.idle--
+		}
 		m.refs++
 		b.mu.Unlock()
 		return m, nil
@@ -153,6 +160,9 @@ func (b *Backend) open(ctx context.Context, mailboxID int64) (*mailboxState, err
 		defer b.mu.Unlock()
 		if m := b.mailboxes[mailboxID]; m != nil {
 			state = m
+			if m.refs == 0 {
+				b.idle-- // kept idle, selected again
+			}
 		} else {
 			state = &mailboxState{uids: uids, tracker: imapserver.NewMailboxTracker(uint32(len(uids)))}
 			b.mailboxes[mailboxID] = state
@@ -170,21 +180,22 @@ func (b *Backend) release(mailboxID int64, m *mailboxState) {
 		return
 	}
 	m.released = time.Now()
+	if b.mailboxes[mailboxID] != m {
+		return // deleted meanwhile: not kept
+	}
 	// Keep it, but at most keepIdle unselected mailboxes.
-	idle, oldestID := 0, int64(0)
+	if b.idle++; b.idle <= keepIdle {
+		return
+	}
+	oldestID := int64(0)
 	var oldest *mailboxState
 	for id, st := range b.mailboxes {
-		if st.refs > 0 {
-			continue
-		}
-		idle++
-		if oldest == nil || st.released.Before(oldest.released) {
+		if st.refs == 0 && (oldest == nil || st.released.Before(oldest.released)) {
 			oldest, oldestID = st, id
 		}
 	}
-	if idle > keepIdle {
-		delete(b.mailboxes, oldestID)
-	}
+	delete(b.mailboxes, oldestID)
+	b.idle--
 }
 
 // summaries returns the cached metadata of uids, in their order (loading

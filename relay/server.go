@@ -1,6 +1,7 @@
 package relay
 
 import (
+	"bufio"
 	"bytes"
 	"context"
 	"errors"
@@ -304,14 +305,15 @@ func (s *session) Data(r io.Reader) error {
 	// The whole transfer has DataTimeout (the command's read deadline,
 	// set by go-smtp at the DATA line, would bound it otherwise).
 	s.conn.Conn().SetReadDeadline(time.Now().Add(orDuration(s.b.DataTimeout, 10*time.Minute)))
-	header, hops, err := readHeader(r)
+	br := bufio.NewReaderSize(r, 32<<10)
+	header, hops, err := readHeader(br)
 	if err == nil && hops >= orInt(s.b.MaxHops, 50) {
 		s.b.observe(routeName, "rejected")
 		s.b.refused("smtp_hops")
 		s.b.log().Warn("smtp: mail loop refused", "from", s.from, "hops", hops)
 		return &smtp.SMTPError{Code: 554, EnhancedCode: smtp.EnhancedCode{5, 4, 6}, Message: fmt.Sprintf("too many hops (%d Received headers): mail loop", hops)}
 	}
-	body := io.MultiReader(bytes.NewReader(s.received()), bytes.NewReader(header), r)
+	body := io.MultiReader(bytes.NewReader(s.received()), bytes.NewReader(header), br)
 	var queueID int64
 	if err == nil {
 		switch s.route {
@@ -385,53 +387,28 @@ func orInt(v, def int) int {
 const maxHeaderScan = 1 << 20
 
 // readHeader reads the message's header section (up to maxHeaderScan
-// bytes) and counts its Received fields.
-func readHeader(r io.Reader) (header []byte, hops int, err error) {
+// bytes) and counts its Received fields; the body stays in r.
+func readHeader(r *bufio.Reader) (header []byte, hops int, err error) {
 	var buf bytes.Buffer
-	one := make([]byte, 0, 1024)
-	br := &byteLineReader{r: r}
+	atLineStart := true
 	for buf.Len() < maxHeaderScan {
-		line, err := br.line(one[:0])
+		line, err := r.ReadSlice('\n')
 		buf.Write(line)
-		if len(line) >= 9 && strings.EqualFold(string(line[:9]), "received:") {
+		if atLineStart && len(line) >= 9 && strings.EqualFold(string(line[:9]), "received:") {
 			hops++
 		}
-		if err == io.EOF {
+		ended := atLineStart && (len(line) == 0 || line[0] == '\n' || (line[0] == '\r' && len(line) >= 2 && line[1] == '\n'))
+		atLineStart = err != bufio.ErrBufferFull
+		switch {
+		case err == io.EOF:
 			return buf.Bytes(), hops, nil
-		}
-		if err != nil {
+		case err != nil && err != bufio.ErrBufferFull:
 			return nil, 0, err
-		}
-		if len(line) == 0 || line[0] == '\n' || (line[0] == '\r' && len(line) >= 2 && line[1] == '\n') {
-			break // the empty line that ends the header
+		case ended:
+			return buf.Bytes(), hops, nil // the empty line that ends the header
 		}
 	}
 	return buf.Bytes(), hops, nil
-}
-
-// byteLineReader reads lines without reading past them (the rest of the
-// message stays in the underlying reader, unbuffered here).
-type byteLineReader struct {
-	r   io.Reader
-	one [1]byte
-}
-
-func (l *byteLineReader) line(dst []byte) ([]byte, error) {
-	for {
-		if len(dst) >= maxHeaderScan {
-			return dst, nil
-		}
-		n, err := l.r.Read(l.one[:])
-		if n == 1 {
-			dst = append(dst, l.one[0])
-			if l.one[0] == '\n' {
-				return dst, nil
-			}
-		}
-		if err != nil {
-			return dst, err
-		}
-	}
 }
 
 // received is the Received header this hop adds (RFC 5321 4.4).

@@ -105,17 +105,12 @@ func (s *Store) Messages(ctx context.Context, mailboxID int64, ranges []UIDRange
 	return out, rows.Err()
 }
 
-// Summaries returns, by UID, what serving a FETCH takes of the messages
-// of a mailbox whose UIDs are in ranges: ID, UID, InternalDate, Size and
-// Flags (the other fields are left zero). It reads less than Messages.
-func (s *Store) Summaries(ctx context.Context, mailboxID int64, ranges []UIDRange) ([]Message, error) {
-	return s.summaries(ctx, s.read, mailboxID, ranges)
-}
-
-// SummariesLocked is Summaries under the writer lock: no commit, and so
-// no change hook (OnChange), runs between want, the read and fn. want
-// names the UIDs to read (none: fn gets nothing); fn gets the messages.
-// Caches kept up to date by a change hook load with it.
+// SummariesLocked reads, by UID, what serving a FETCH takes of messages of
+// a mailbox: ID, UID, InternalDate, Size and Flags (the other fields are
+// left zero). It runs under the writer lock: no commit, and so no change
+// hook (OnChange), runs between want, the read and fn. want names the UIDs
+// to read (none: fn gets nothing); fn gets the messages. Caches kept up to
+// date by a change hook load with it.
 func (s *Store) SummariesLocked(ctx context.Context, mailboxID int64, want func() []UIDRange, fn func([]Message)) error {
 	s.wmu.Lock()
 	defer s.wmu.Unlock()
