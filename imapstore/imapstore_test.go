@@ -383,3 +383,50 @@ func TestFetchCacheFollowsChanges(t *testing.T) {
 		}
 	}
 }
+
+// TestIdleMailboxStatesBounded: states of mailboxes nobody has selected
+// are kept for reuse, at most keepIdle of them, the least recently used
+// dropped first; a deleted mailbox's state is never kept.
+func TestIdleMailboxStatesBounded(t *testing.T) {
+	ctx := context.Background()
+	st, err := store.Open(ctx, t.TempDir(), store.Options{Hash: store.HashParams{Time: 1, MemoryKiB: 8192, Threads: 1}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer st.Close()
+	acct, _ := st.CreateAccount(ctx, "idle@example.org", "pw", store.StateCaptured)
+	b := NewBackend(st, nil)
+	var ids []int64
+	for i := 0; i < keepIdle+5; i++ {
+		mb, err := st.CreateMailbox(ctx, acct.ID, store.MailboxSpec{Name: fmt.Sprintf("box%d", i)})
+		if err != nil {
+			t.Fatal(err)
+		}
+		ids = append(ids, mb.ID)
+		m, err := b.open(ctx, mb.ID)
+		if err != nil {
+			t.Fatal(err)
+		}
+		b.release(mb.ID, m)
+	}
+	if len(b.mailboxes) != keepIdle || b.idle != keepIdle {
+		t.Fatalf("%d states kept (%d idle), want %d", len(b.mailboxes), b.idle, keepIdle)
+	}
+	for _, id := range ids[:5] {
+		if b.mailboxes[id] != nil {
+			t.Fatalf("the least recently used state of mailbox %d was kept", id)
+		}
+	}
+	// Selected again, then deleted: not kept.
+	m, _ := b.open(ctx, ids[10])
+	if b.idle != keepIdle-1 {
+		t.Fatalf("idle %d after selecting a kept state", b.idle)
+	}
+	if err := st.DeleteMailbox(ctx, ids[10]); err != nil {
+		t.Fatal(err)
+	}
+	b.release(ids[10], m)
+	if b.mailboxes[ids[10]] != nil || b.idle != keepIdle-1 {
+		t.Fatalf("a deleted mailbox's state was kept (idle %d)", b.idle)
+	}
+}
