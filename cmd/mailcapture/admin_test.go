@@ -100,3 +100,29 @@ func TestAdminCommands(t *testing.T) {
 	}
 	srv.stop(t)
 }
+
+// TestInterruptedCutoverRecovers: an account left in cutover by a stop in
+// the middle of its cut-over is back to capturing when serve starts (the
+// legacy server still serves it; its next convergence cuts it over).
+func TestInterruptedCutoverRecovers(t *testing.T) {
+	d := legacytest.Start(t, legacytest.Options{})
+	path, dataDir, environ := bulkConfig(t, d)
+	st, err := store.Open(context.Background(), dataDir, store.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	const user = "interrupted@example.org"
+	st.CreateAccount(context.Background(), user, "pw", store.StateCapturing)
+	if err := st.Transition(context.Background(), user, store.StateCapturing, store.StateCutover); err != nil {
+		t.Fatal(err)
+	}
+	st.Close()
+	srv := startServe(t, path, environ)
+	srv.waitFor(regexp.MustCompile(`msg="a stop interrupted this account's cut-over: back to capturing" account=` + regexp.QuoteMeta(user)))
+	srv.stop(t)
+	code, out, errOut := runCLI(t, environ, "accounts", "--config", path, "show", user, "--json")
+	var detail accountDetail
+	if code != 0 || json.Unmarshal([]byte(out), &detail) != nil || detail.State != store.StateCapturing {
+		t.Fatalf("after the restart: exit %d %s %s", code, out, errOut)
+	}
+}
