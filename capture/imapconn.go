@@ -74,6 +74,11 @@ func (e *Engine) credentials(account, password string) credentials {
 	if m == nil || m.Username == "" {
 		return credentials{username: account, password: password}
 	}
+	return m.actingFor(account)
+}
+
+// actingFor is the master user's login for account.
+func (m *MasterLogin) actingFor(account string) credentials {
 	if m.Style == "sasl" {
 		return credentials{username: m.Username, password: m.Password, authzid: account}
 	}

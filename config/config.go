@@ -4,7 +4,12 @@
 // reported with the key that holds it.
 package config
 
-import "time"
+import (
+	"fmt"
+	"os"
+	"strings"
+	"time"
+)
 
 // Config is the whole configuration of a mailcapture instance.
 type Config struct {
@@ -65,6 +70,47 @@ type Legacy struct {
 	// Retired ends follow syncs: once set, the legacy server is never
 	// contacted again for captured accounts. Default false.
 	Retired bool `koanf:"retired"`
+	// Master is an optional legacy master user, which lets the relay
+	// queue look into any account's legacy INBOX.
+	Master Master `koanf:"master"`
+}
+
+// Master is a legacy master user (Dovecot's master users, Cyrus's
+// proxy/admin users): one login that acts for any account. serve uses it
+// for one thing: after a delivery to the legacy server was interrupted
+// (crash, dropped connection), it looks for the message in the
+// recipient's INBOX instead of sending it twice.
+type Master struct {
+	// User is the master user's name. Empty: no master user.
+	User string `koanf:"user"`
+	// PasswordFile holds its password (first line); mode 600.
+	PasswordFile string `koanf:"password_file"`
+	// Style is "separator" (default: LOGIN account*master) or "sasl"
+	// (AUTHENTICATE PLAIN with the account as authorization identity).
+	Style string `koanf:"style"`
+	// Separator goes between account and master user. Default "*".
+	Separator string `koanf:"separator"`
+}
+
+// Password reads the master user's password from PasswordFile.
+func (m Master) Password() (string, error) {
+	fi, err := os.Stat(m.PasswordFile)
+	if err != nil {
+		return "", err
+	}
+	if fi.Mode().Perm()&0o077 != 0 {
+		return "", fmt.Errorf("%s is readable by others (mode %04o): chmod 600 it", m.PasswordFile, fi.Mode().Perm())
+	}
+	raw, err := os.ReadFile(m.PasswordFile)
+	if err != nil {
+		return "", err
+	}
+	line, _, _ := strings.Cut(string(raw), "\n")
+	line = strings.TrimRight(line, "\r")
+	if line == "" {
+		return "", fmt.Errorf("%s holds no password on its first line", m.PasswordFile)
+	}
+	return line, nil
 }
 
 // Endpoint is a legacy IMAP or POP3 server.
@@ -209,6 +255,7 @@ func Default() Config {
 			SMTP:      SMTPEndpoint{TLS: "starttls", Protocol: "smtp"},
 			TLSVerify: true,
 			Timeout:   60 * time.Second,
+			Master:    Master{Style: "separator", Separator: "*"},
 		},
 		Capture:         Capture{Workers: 4, ConnectionsPerAccount: 2},
 		TrustedNetworks: []string{"127.0.0.0/8", "::1/128"},

@@ -307,3 +307,27 @@ func TestVaultKeyFileChecked(t *testing.T) {
 	os.WriteFile(key, []byte("short"), 0o600)
 	wantProblem(t, problemsOf(t, Sources{File: writeConfig(t, body)}), "vault.key_file", "not a 256-bit key")
 }
+
+func TestLegacyMasterChecked(t *testing.T) {
+	dir := t.TempDir()
+	pw := filepath.Join(dir, "master.pw")
+	os.WriteFile(pw, []byte("s3cret\n"), 0o600)
+	withMaster := func(extra string) string {
+		return strings.Replace(validYAML, "  tls_verify: false\n", "  tls_verify: false\n  master: {user: admin, password_file: "+pw+extra+"}\n", 1)
+	}
+	cfg, err := Load(Sources{File: writeConfig(t, withMaster(""))})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got, err := cfg.Legacy.Master.Password(); err != nil || got != "s3cret" || cfg.Legacy.Master.Style != "separator" || cfg.Legacy.Master.Separator != "*" {
+		t.Fatalf("master: %+v, password %q, %v", cfg.Legacy.Master, got, err)
+	}
+	wantProblem(t, problemsOf(t, Sources{File: writeConfig(t, withMaster(", style: kerberos"))}), "legacy.master.style", "kerberos")
+	os.Chmod(pw, 0o644)
+	wantProblem(t, problemsOf(t, Sources{File: writeConfig(t, withMaster(""))}), "legacy.master.password_file", "readable by others")
+	os.Chmod(pw, 0o600)
+	os.WriteFile(pw, []byte("\n"), 0o600)
+	wantProblem(t, problemsOf(t, Sources{File: writeConfig(t, withMaster(""))}), "legacy.master.password_file", "no password")
+	os.Remove(pw)
+	wantProblem(t, problemsOf(t, Sources{File: writeConfig(t, withMaster(""))}), "legacy.master.password_file", "no such file")
+}

@@ -41,6 +41,17 @@ func (c *Config) Validate() error {
 	if c.Listen.SMTP != "" && c.Legacy.SMTP.Address == "" {
 		v.add("legacy.smtp.address", "required when listen.smtp is set: mail for accounts not yet captured is relayed there")
 	}
+	if m := c.Legacy.Master; m.User != "" {
+		v.oneOf("legacy.master.style", m.Style, "separator", "sasl")
+		if m.Style == "separator" && m.Separator == "" {
+			v.add("legacy.master.separator", "must not be empty with style separator")
+		}
+		if m.PasswordFile == "" {
+			v.add("legacy.master.password_file", "required with legacy.master.user")
+		} else if _, err := m.Password(); err != nil {
+			v.add("legacy.master.password_file", err.Error())
+		}
+	}
 	if c.Legacy.Timeout <= 0 {
 		v.add("legacy.timeout", "must be a positive duration")
 	}

@@ -73,8 +73,12 @@ type Router struct {
 	Observer Observer
 	Log      *slog.Logger
 
-	followMu  sync.Mutex
-	following map[string]bool
+	followMu      sync.Mutex
+	following     map[string]bool
+	followCtx     context.Context
+	stopFollowing context.CancelFunc
+	followStopped bool
+	followWG      sync.WaitGroup
 	// retired: the legacy server is gone (SetRetired); no follow sync and
 	// no password check there any more.
 	retired atomic.Bool
@@ -246,22 +250,40 @@ func (r *Router) LocalLoginOK(account, password string) {
 	if r.following == nil {
 		r.following = map[string]bool{}
 	}
-	if r.following[key] {
+	if r.following[key] || r.followStopped {
 		r.followMu.Unlock()
 		return
 	}
 	r.following[key] = true
+	if r.followCtx == nil {
+		r.followCtx, r.stopFollowing = context.WithCancel(context.Background())
+	}
+	parent := r.followCtx
+	r.followWG.Add(1)
 	r.followMu.Unlock()
 	go func() {
+		defer r.followWG.Done()
 		defer func() {
 			r.followMu.Lock()
 			delete(r.following, key)
 			r.followMu.Unlock()
 		}()
-		ctx, cancel := context.WithTimeout(context.Background(), time.Hour)
+		ctx, cancel := context.WithTimeout(parent, time.Hour)
 		defer cancel()
 		r.Follow(ctx, account, password)
 	}()
+}
+
+// StopFollows cancels the follow syncs in progress, waits for them to end
+// (each commits what it has copied) and starts no more.
+func (r *Router) StopFollows() {
+	r.followMu.Lock()
+	r.followStopped = true
+	if r.stopFollowing != nil {
+		r.stopFollowing()
+	}
+	r.followMu.Unlock()
+	r.followWG.Wait()
 }
 
 func (r *Router) log() *slog.Logger {

@@ -97,6 +97,10 @@ type Delivery struct {
 	Retry []string
 	// Err is the reason for Retry.
 	Err error
+	// Uncertain: the connection failed after the end of the data was sent,
+	// so the legacy server may have taken the message for the recipients
+	// in Retry.
+	Uncertain bool
 }
 
 // Deliver relays one message to the legacy server.
@@ -158,7 +162,8 @@ func (l Legacy) Deliver(ctx context.Context, from string, to []string, body io.R
 				res.Refused[rcpt] = se
 			}
 		} else {
-			res.Retry, res.Err = append(res.Retry, accepted...), err
+			// An SMTP answer is certain; a failed connection is not.
+			res.Retry, res.Err, res.Uncertain = append(res.Retry, accepted...), err, !errors.As(err, &se)
 		}
 		return res
 	}

@@ -3,7 +3,9 @@ package relay
 import (
 	"context"
 	"fmt"
+	"io"
 	"log/slog"
+	"regexp"
 	"strings"
 	"sync"
 	"time"
@@ -28,6 +30,12 @@ type Queue struct {
 	Log  *slog.Logger
 	// Observer, if set, counts delivered and bounced messages.
 	Observer Observer
+	// Checker, if set, is asked before a message whose last attempt ended
+	// in doubt (the process was killed, or the connection failed after the
+	// data was sent) is sent again: recipients whose legacy mailbox
+	// already holds it are done. Without it, or when it fails, the message
+	// is sent again and may arrive twice.
+	Checker DeliveryChecker
 	// afterPass, if set, runs after each scan (tests wait on it).
 	afterPass func()
 
@@ -100,9 +108,25 @@ func (q *Queue) deliver(ctx context.Context, e store.SpoolEntry) {
 		q.log().Error("relay: open spooled message", "id", e.ID, "err", err)
 		return
 	}
-	d := q.Legacy.Deliver(ctx, e.From, e.To, f)
-	f.Close()
+	defer f.Close()
 	log := q.log().With("id", e.ID)
+	to, inDoubt := e.To, false
+	if q.Store.InFlight(e.ID) {
+		to, inDoubt = q.undelivered(ctx, e, f, log)
+		if len(to) == 0 {
+			if err := q.Store.Dequeue(ctx, e.ID); err != nil {
+				log.Error("relay: dequeue", "err", err)
+				return
+			}
+			q.observe(e, "delivered", len(e.To))
+			log.Info("relay: delivered to the legacy server (found there after an interrupted attempt)", "rcpts", len(e.To))
+			return
+		}
+	}
+	if err := q.Store.MarkInFlight(e.ID); err != nil {
+		log.Warn("relay: mark in flight; a crash during this attempt may send the message twice", "err", err)
+	}
+	d := q.Legacy.Deliver(ctx, e.From, to, io.NewSectionReader(f, 0, 1<<62))
 	var failures []Failure
 	for rcpt, se := range d.Refused {
 		log.Warn("relay: the legacy server refused a recipient", "rcpt", rcpt, "err", se)
@@ -141,10 +165,71 @@ func (q *Queue) deliver(ctx context.Context, e store.SpoolEntry) {
 			q.observe(e, "delivered", delivered)
 		}
 		wait := time.Minute << min(e.Attempts, 6) // 1m, 2m, ... 64m
-		q.Store.Defer(ctx, e.ID, d.Retry, time.Now().Add(wait), d.Err.Error())
-		log.Info("relay: deferred", "retry_in", wait, "err", d.Err)
+		if err := q.Store.Defer(ctx, e.ID, d.Retry, time.Now().Add(wait), d.Err.Error()); err != nil {
+			log.Error("relay: defer", "err", err)
+			return
+		}
+		log.Info("relay: deferred", "retry_in", wait, "err", d.Err, "in_doubt", d.Uncertain || inDoubt)
+		if !d.Uncertain && !inDoubt {
+			if err := q.Store.ClearInFlight(e.ID); err != nil {
+				log.Warn("relay: clear in-flight mark", "err", err)
+			}
+		}
 	}
 }
+
+// DeliveryChecker looks into a recipient's legacy mailbox.
+type DeliveryChecker interface {
+	// Holds reports whether rcpt's legacy INBOX holds a message whose
+	// header field contains value.
+	Holds(ctx context.Context, rcpt, field, value string) (bool, error)
+}
+
+// undelivered returns the recipients of e whose legacy mailbox does not
+// hold it yet, after an attempt that ended in doubt. inDoubt is true when
+// some recipient could not be checked: it is sent again and may arrive
+// twice.
+func (q *Queue) undelivered(ctx context.Context, e store.SpoolEntry, f io.ReaderAt, log *slog.Logger) (to []string, inDoubt bool) {
+	field, value := traceOf(f, e.MessageID)
+	if q.Checker == nil || value == "" {
+		log.Warn("relay: an earlier attempt may have delivered this message; sending it again unchecked", "checker", q.Checker != nil)
+		q.observe(e, "resent_unchecked", len(e.To))
+		return e.To, true
+	}
+	for _, rcpt := range e.To {
+		held, err := q.Checker.Holds(ctx, rcpt, field, value)
+		switch {
+		case err != nil:
+			log.Warn("relay: an earlier attempt may have delivered this message; checking the legacy mailbox failed, sending it again", "rcpt", rcpt, "err", err)
+			q.observe(e, "resent_unchecked", 1)
+			to, inDoubt = append(to, rcpt), true
+		case held:
+			log.Info("relay: the legacy mailbox already holds the message; not sent again", "rcpt", rcpt)
+		default:
+			to = append(to, rcpt)
+		}
+	}
+	return to, inDoubt
+}
+
+// traceOf names what identifies a spooled message in a mailbox: the id of
+// the Received header this hop added (unique to the message), or, for
+// messages without one (DSNs), its Message-ID.
+func traceOf(f io.ReaderAt, messageID string) (field, value string) {
+	buf := make([]byte, 1024)
+	n, _ := f.ReadAt(buf, 0)
+	if m := receivedID.FindSubmatch(buf[:n]); m != nil {
+		return "Received", string(m[1])
+	}
+	if messageID != "" {
+		return "Message-ID", messageID
+	}
+	return "", ""
+}
+
+// receivedID finds the id of this hop's Received header at the top of a
+// spooled message.
+var receivedID = regexp.MustCompile(`\A(?i:Received:)[^\n]*\n\s+by \S+ \(mailcapture\) with ESMTP id ([a-z0-9]+);`)
 
 // statusOf is the enhanced status code of an SMTP refusal.
 func statusOf(se *smtp.SMTPError) string {

@@ -26,8 +26,14 @@ type fixture struct {
 // legacy@ is not captured, local@ is captured, moving@ is in cut-over.
 func start(t *testing.T, configure ...func(*Backend)) *fixture {
 	t.Helper()
+	return startWith(t, legacytest.Options{}, configure...)
+}
+
+// startWith is start with a Dovecot configured by opts.
+func startWith(t *testing.T, opts legacytest.Options, configure ...func(*Backend)) *fixture {
+	t.Helper()
 	ctx := context.Background()
-	d := legacytest.Start(t, legacytest.Options{})
+	d := legacytest.Start(t, opts)
 	for _, u := range []string{"legacy", "local", "moving", "sender"} {
 		d.AddUser(t, u+"@example.org", "pw")
 	}

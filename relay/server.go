@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"bytes"
 	"context"
+	"crypto/rand"
 	"errors"
 	"fmt"
 	"io"
@@ -411,14 +412,16 @@ func readHeader(r *bufio.Reader) (header []byte, hops int, err error) {
 	return buf.Bytes(), hops, nil
 }
 
-// received is the Received header this hop adds (RFC 5321 4.4).
+// received is the Received header this hop adds (RFC 5321 4.4). Its id
+// is random and unique to this message: the relay queue looks for it in
+// the legacy mailbox to learn whether an interrupted delivery went through.
 func (s *session) received() []byte {
 	host := s.b.Hostname
 	if host == "" {
 		host = "mailcapture"
 	}
-	return []byte(fmt.Sprintf("Received: from %s (%s)\r\n\tby %s (mailcapture) with ESMTP;\r\n\t%s\r\n",
-		s.helo, s.remote, host, time.Now().Format(time.RFC1123Z)))
+	return []byte(fmt.Sprintf("Received: from %s (%s)\r\n\tby %s (mailcapture) with ESMTP id %s;\r\n\t%s\r\n",
+		s.helo, s.remote, host, strings.ToLower(rand.Text()), time.Now().Format(time.RFC1123Z)))
 }
 
 // deliverLocal stores the message in the first recipient's INBOX and

@@ -8,6 +8,8 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"path/filepath"
+	"strconv"
 	"strings"
 	"time"
 )
@@ -228,6 +230,43 @@ func (s *Store) Dequeue(ctx context.Context, id int64) error {
 	}
 	if err := s.unlinkQueued(ctx); err != nil {
 		s.log.Error("store: unlink dequeued message", "id", id, "err", err)
+	}
+	if err := s.ClearInFlight(id); err != nil {
+		s.log.Error("store: clear the in-flight mark of a dequeued message", "id", id, "err", err)
+	}
+	return nil
+}
+
+// MarkInFlight records that spooled message id is being handed to the
+// legacy server: until ClearInFlight, an attempt may have delivered it
+// without the spool knowing. The mark is a file written without fsync:
+// it survives the process being killed at any instant (the kernel keeps
+// the write), which is what it is for; after a power loss it may be gone,
+// and the message is then sent again.
+func (s *Store) MarkInFlight(id int64) error {
+	dir := filepath.Join(s.dir, inFlightDir)
+	if err := os.MkdirAll(dir, 0o750); err != nil {
+		return fmt.Errorf("mark spooled message %d in flight: %w", id, err)
+	}
+	if err := os.WriteFile(filepath.Join(dir, strconv.FormatInt(id, 10)), nil, 0o640); err != nil {
+		return fmt.Errorf("mark spooled message %d in flight: %w", id, err)
+	}
+	return nil
+}
+
+// InFlight reports whether spooled message id carries an in-flight mark:
+// an earlier attempt ended without knowing whether the legacy server took
+// it (the process was killed, or the connection dropped after the data).
+func (s *Store) InFlight(id int64) bool {
+	_, err := os.Stat(filepath.Join(s.dir, inFlightDir, strconv.FormatInt(id, 10)))
+	return err == nil
+}
+
+// ClearInFlight removes the in-flight mark of spooled message id.
+func (s *Store) ClearInFlight(id int64) error {
+	err := os.Remove(filepath.Join(s.dir, inFlightDir, strconv.FormatInt(id, 10)))
+	if err != nil && !errors.Is(err, os.ErrNotExist) {
+		return fmt.Errorf("clear the in-flight mark of spooled message %d: %w", id, err)
 	}
 	return nil
 }

@@ -73,9 +73,10 @@ type Store struct {
 }
 
 const (
-	dbName   = "store.db"
-	blobsDir = "blobs"
-	lockName = "lock"
+	dbName      = "store.db"
+	blobsDir    = "blobs"
+	inFlightDir = "inflight"
+	lockName    = "lock"
 )
 
 // Open opens (creating if needed) the store in dir, migrates its schema and

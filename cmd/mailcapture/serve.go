@@ -214,6 +214,9 @@ func (s *server) start(schedCtx context.Context, schedDone chan struct{}) error 
 	s.stops = append(s.stops, func(context.Context) error {
 		router.FlushLogins()
 		return nil
+	}, func(context.Context) error {
+		router.StopFollows()
+		return nil
 	})
 	if !cfg.Legacy.Retired {
 		router.LegacyCheck = engine.CheckPassword
@@ -228,10 +231,26 @@ func (s *server) start(schedCtx context.Context, schedDone chan struct{}) error 
 			}
 		}
 	}
+	inboxSearch := capture.InboxSearch{Endpoint: engine.IMAP}
+	if m := cfg.Legacy.Master; m.User != "" {
+		password, err := m.Password()
+		if err != nil {
+			return fmt.Errorf("legacy.master.password_file: %w", err)
+		}
+		inboxSearch.Master = &capture.MasterLogin{Username: m.User, Password: password, Style: m.Style, Separator: m.Separator}
+	}
 	if cfg.Vault.KeyFile != "" && cfg.Mode != "shadow" {
 		v, err := vault.Load(cfg.Vault.KeyFile)
 		if err != nil {
 			return fmt.Errorf("vault.key_file: %w", err)
+		}
+		inboxSearch.Passwords = func(ctx context.Context, account string) (string, bool) {
+			creds, err := s.st.Credentials(ctx)
+			if err != nil || creds[account] == nil {
+				return "", false
+			}
+			password, err := v.Open(account, creds[account])
+			return password, err == nil
 		}
 		router.Remember = func(account, password string) {
 			ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
@@ -355,6 +374,9 @@ func (s *server) start(schedCtx context.Context, schedDone chan struct{}) error 
 			legacy.TLSConfig.ServerName = host
 		}
 		queue := &relay.Queue{Store: s.st, Legacy: legacy, Lifetime: cfg.SMTP.MessageLifetime, Observer: m.Traffic, Log: log}
+		if cfg.Legacy.IMAP.Address != "" && (inboxSearch.Master != nil || inboxSearch.Passwords != nil) {
+			queue.Checker = inboxSearch
+		}
 		backend := &relay.Backend{Store: s.st, Domains: cfg.Domains, Legacy: legacy, Hostname: cfg.Hostname,
 			MaxHops: cfg.SMTP.MaxHops, DataTimeout: cfg.SMTP.DataTimeout, Observer: m.Traffic, Spooled: queue.Wake, Log: log}
 		srv := smtp.NewServer(backend)
