@@ -23,7 +23,8 @@ func NewEngine(st *store.Store, cfg config.Config, log *slog.Logger) *Engine {
 
 // NewScheduler builds a scheduler over engine with the configured limits.
 func NewScheduler(engine *Engine, cfg config.Config, log *slog.Logger) *Scheduler {
-	return &Scheduler{Engine: engine, Workers: cfg.Capture.Workers, ConnectRate: cfg.Capture.ConnectRate, Log: log}
+	return &Scheduler{Engine: engine, Workers: cfg.Capture.Workers, ConnectRate: cfg.Capture.ConnectRate,
+		BackoffMin: cfg.Capture.RetryMin, BackoffMax: cfg.Capture.RetryMax, Log: log}
 }
 
 func endpoint(addr, mode string, legacy config.Legacy) Endpoint {

@@ -171,7 +171,7 @@ func (c *imapConn) commandErr(ctx context.Context, err error) error {
 	switch {
 	case ctx.Err() != nil && !errors.Is(err, ctx.Err()):
 		return fmt.Errorf("%w (%v)", ctx.Err(), err)
-	case c.raw.timedOut() && !errors.Is(err, ErrTimeout):
+	case c.raw.TimedOut() && !errors.Is(err, ErrTimeout):
 		return fmt.Errorf("%w: %v", ErrTimeout, err)
 	}
 	return err

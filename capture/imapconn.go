@@ -6,12 +6,13 @@ import (
 	"errors"
 	"fmt"
 	"net"
-	"sync"
 	"time"
 
 	"github.com/emersion/go-imap/v2"
 	"github.com/emersion/go-imap/v2/imapclient"
 	"github.com/emersion/go-sasl"
+
+	"mailcapture/watchdog"
 )
 
 // Endpoint is how to reach a legacy server.
@@ -98,49 +99,10 @@ var (
 	ErrTimeout = errors.New("legacy server did not answer in time")
 )
 
-// watchdogConn fails any read or write that makes no progress for timeout:
-// the deadline is pushed forward before each call, so a long body that
-// keeps flowing is never cut, but a silent server is.
-type watchdogConn struct {
-	net.Conn
-	timeout time.Duration
-	mu      sync.Mutex
-	expired bool
-}
-
-func (c *watchdogConn) Read(p []byte) (int, error) {
-	c.Conn.SetReadDeadline(time.Now().Add(c.timeout))
-	n, err := c.Conn.Read(p)
-	c.noteTimeout(err)
-	return n, err
-}
-
-func (c *watchdogConn) Write(p []byte) (int, error) {
-	c.Conn.SetWriteDeadline(time.Now().Add(c.timeout))
-	n, err := c.Conn.Write(p)
-	c.noteTimeout(err)
-	return n, err
-}
-
-func (c *watchdogConn) noteTimeout(err error) {
-	var ne net.Error
-	if errors.As(err, &ne) && ne.Timeout() {
-		c.mu.Lock()
-		c.expired = true
-		c.mu.Unlock()
-	}
-}
-
-func (c *watchdogConn) timedOut() bool {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	return c.expired
-}
-
 // imapConn is one logged-in connection to the legacy IMAP server.
 type imapConn struct {
 	*imapclient.Client
-	raw      *watchdogConn
+	raw      *watchdog.Conn
 	stopCtx  func() bool
 	endpoint Endpoint
 }
@@ -164,7 +126,7 @@ func dialIMAP(ctx context.Context, ep Endpoint, cred credentials) (*imapConn, er
 		tc.SetDeadline(time.Time{})
 		nc = tc
 	}
-	raw := &watchdogConn{Conn: nc, timeout: ep.timeout()}
+	raw := watchdog.New(nc, ep.timeout())
 	opts := &imapclient.Options{TLSConfig: ep.tlsConfig()}
 	var c *imapclient.Client
 	if ep.TLS == "starttls" {
@@ -214,8 +176,8 @@ func (c *imapConn) classify(ctx context.Context, err error) error {
 	return classify(c.raw, err)
 }
 
-func classify(raw *watchdogConn, err error) error {
-	if raw != nil && raw.timedOut() {
+func classify(raw *watchdog.Conn, err error) error {
+	if raw != nil && raw.TimedOut() {
 		return fmt.Errorf("%w: %v", ErrTimeout, err)
 	}
 	var ie *imap.Error

@@ -166,6 +166,10 @@ type Capture struct {
 	// ConnectRate limits capture jobs started per second across accounts;
 	// 0 (default) means no limit.
 	ConnectRate float64 `koanf:"connect_rate"`
+	// RetryMin and RetryMax bound the wait before a failed capture job is
+	// retried (exponential, with jitter). Defaults 5s and 10m.
+	RetryMin time.Duration `koanf:"retry_min"`
+	RetryMax time.Duration `koanf:"retry_max"`
 }
 
 // Vault keeps legacy passwords sealed (AES-256-GCM) with a key the admin
@@ -223,6 +227,10 @@ type SMTP struct {
 	// MessageLifetime is how long the relay queue retries a message before
 	// it is bounced to its sender. Default 120h (5 days).
 	MessageLifetime time.Duration `koanf:"message_lifetime"`
+	// RetryMin and RetryMax bound the wait before the relay queue tries a
+	// message again (doubling from RetryMin). Defaults 1m and 64m.
+	RetryMin time.Duration `koanf:"retry_min"`
+	RetryMax time.Duration `koanf:"retry_max"`
 }
 
 // PasswordHash holds argon2id parameters (RFC 9106).
@@ -257,13 +265,13 @@ func Default() Config {
 			Timeout:   60 * time.Second,
 			Master:    Master{Style: "separator", Separator: "*"},
 		},
-		Capture:         Capture{Workers: 4, ConnectionsPerAccount: 2},
+		Capture:         Capture{Workers: 4, ConnectionsPerAccount: 2, RetryMin: 5 * time.Second, RetryMax: 10 * time.Minute},
 		TrustedNetworks: []string{"127.0.0.0/8", "::1/128"},
 		PasswordHash:    PasswordHash{Time: 1, MemoryKiB: 64 * 1024, Threads: 2},
 		Limits: Limits{FailedLoginsPerAddress: 20, FailedLoginsPerAccount: 5, FailedLoginWindow: 10 * time.Minute,
 			ConnectionsPerAddress: 50, Connections: 20000, IMAPIdleTimeout: 30 * time.Minute, POP3IdleTimeout: 10 * time.Minute},
 		SMTP: SMTP{MaxMessageBytes: 50 << 20, MaxRecipients: 100, MaxHops: 50, CommandTimeout: 5 * time.Minute,
-			DataTimeout: 10 * time.Minute, MessageLifetime: 120 * time.Hour},
+			DataTimeout: 10 * time.Minute, MessageLifetime: 120 * time.Hour, RetryMin: time.Minute, RetryMax: 64 * time.Minute},
 		Log:             Log{Level: "info", Format: "text"},
 		ShutdownTimeout: 30 * time.Second,
 		Vault:           Vault{FollowInterval: 30 * time.Minute},

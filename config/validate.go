@@ -115,7 +115,17 @@ func (c *Config) Validate() error {
 	v.positive("smtp.command_timeout", c.SMTP.CommandTimeout)
 	v.positive("smtp.data_timeout", c.SMTP.DataTimeout)
 	v.positive("smtp.message_lifetime", c.SMTP.MessageLifetime)
+	v.positive("smtp.retry_min", c.SMTP.RetryMin)
+	v.positive("smtp.retry_max", c.SMTP.RetryMax)
+	if c.SMTP.RetryMax < c.SMTP.RetryMin {
+		v.add("smtp.retry_max", "must not be shorter than smtp.retry_min")
+	}
 	v.positive("shutdown_timeout", c.ShutdownTimeout)
+	v.positive("capture.retry_min", c.Capture.RetryMin)
+	v.positive("capture.retry_max", c.Capture.RetryMax)
+	if c.Capture.RetryMax < c.Capture.RetryMin {
+		v.add("capture.retry_max", "must not be shorter than capture.retry_min")
+	}
 	v.positive("vault.follow_interval", c.Vault.FollowInterval)
 	if c.Vault.KeyFile != "" {
 		if _, err := vault.Load(c.Vault.KeyFile); err != nil {

@@ -68,6 +68,7 @@ type Dovecot struct {
 	Options  Options
 
 	cmd     *exec.Cmd
+	ports   []int
 	mu      sync.Mutex
 	users   map[string]string
 	mailUID int
@@ -127,6 +128,7 @@ func Start(t testing.TB, opts Options) *Dovecot {
 			d.POP3SAddr = fmt.Sprintf("127.0.0.1:%d", ports[4])
 		}
 		if lastErr = d.start(ports); lastErr == nil {
+			d.ports = ports
 			t.Cleanup(d.Stop)
 			return d
 		}
@@ -336,6 +338,50 @@ func (d *Dovecot) Stop() {
 	}
 	syscall.Kill(-pid, syscall.SIGKILL)
 	d.cmd = nil
+}
+
+// Restart stops Dovecot, runs whileDown (nil: nothing) and starts it
+// again on the same ports, as a legacy server restarted by its admin.
+func (d *Dovecot) Restart(t testing.TB, whileDown func()) {
+	t.Helper()
+	d.Stop()
+	if whileDown != nil {
+		whileDown()
+	}
+	var err error
+	for attempt := 0; attempt < 50; attempt++ { // the old processes may hold the ports a moment longer
+		if err = d.start(d.ports); err == nil {
+			return
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	log, _ := os.ReadFile(filepath.Join(d.Dir, "dovecot.log"))
+	t.Fatalf("legacytest: dovecot did not start again: %v\n%s", err, log)
+}
+
+// ForgetUIDs removes the index and UID list of user's folder, so that
+// when Dovecot starts next (call it while stopped, from Restart) the
+// folder has a new UIDVALIDITY and its messages are numbered from 1
+// again, as after a legacy server lost or rebuilt its index files.
+func (d *Dovecot) ForgetUIDs(t testing.TB, user, folder string) {
+	t.Helper()
+	maildir := filepath.Join(d.Dir, "home", user, "Maildir")
+	dir := maildir
+	if folder != "INBOX" {
+		dir = filepath.Join(maildir, "."+strings.ReplaceAll(folder, d.Options.Separator, "."))
+	}
+	nextSecond() // a new UIDVALIDITY is the time of day in seconds
+	for _, pattern := range []string{filepath.Join(dir, "dovecot-uidlist"), filepath.Join(dir, "dovecot.index*"), filepath.Join(maildir, "dovecot.list.index*")} {
+		files, _ := filepath.Glob(pattern)
+		for _, f := range files {
+			if err := os.Remove(f); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	if _, err := os.Stat(filepath.Join(dir, "cur")); err != nil {
+		t.Fatalf("legacytest: no maildir folder %s: %v", dir, err)
+	}
 }
 
 // AddUser creates a mail user. Each user has a passwd file of their own,

@@ -10,6 +10,8 @@ import (
 	"time"
 
 	"github.com/emersion/go-smtp"
+
+	"mailcapture/watchdog"
 )
 
 // Legacy is the legacy server's mail intake, reached over SMTP or LMTP.
@@ -33,11 +35,14 @@ func (l Legacy) timeout() time.Duration {
 
 func (l Legacy) dial(ctx context.Context) (*smtp.Client, error) {
 	d := net.Dialer{Timeout: l.timeout()}
-	conn, err := d.DialContext(ctx, "tcp", l.Address)
+	nc, err := d.DialContext(ctx, "tcp", l.Address)
 	if err != nil {
 		return nil, err
 	}
-	conn.SetDeadline(time.Now().Add(l.timeout()))
+	// A silent legacy server fails within the timeout, whatever deadlines
+	// go-smtp sets (minutes, by default); a transfer that flows is never
+	// cut.
+	var conn net.Conn = watchdog.New(nc, l.timeout())
 	if l.TLS == "implicit" {
 		conn = tls.Client(conn, l.TLSConfig)
 	}

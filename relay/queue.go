@@ -24,6 +24,10 @@ type Queue struct {
 	Legacy Legacy
 	// Lifetime bounds how long a message is retried. Default 5 days.
 	Lifetime time.Duration
+	// RetryMin and RetryMax bound the wait before a failed message is
+	// tried again: RetryMin, doubling with each attempt, at most RetryMax.
+	// Defaults 1m and 64m.
+	RetryMin, RetryMax time.Duration
 	// Poll is how often the spool is scanned when idle (retries and drops
 	// asked for by `mailcapture queue` are seen then). Default 2s.
 	Poll time.Duration
@@ -164,12 +168,13 @@ func (q *Queue) deliver(ctx context.Context, e store.SpoolEntry) {
 		if delivered := len(e.To) - len(d.Retry) - len(d.Refused); delivered > 0 {
 			q.observe(e, "delivered", delivered)
 		}
-		wait := time.Minute << min(e.Attempts, 6) // 1m, 2m, ... 64m
+		wait := min(orDuration(q.RetryMin, time.Minute)<<min(e.Attempts, 20), orDuration(q.RetryMax, 64*time.Minute))
 		if err := q.Store.Defer(ctx, e.ID, d.Retry, time.Now().Add(wait), d.Err.Error()); err != nil {
 			log.Error("relay: defer", "err", err)
 			return
 		}
-		log.Info("relay: deferred", "retry_in", wait, "err", d.Err, "in_doubt", d.Uncertain || inDoubt)
+		q.observe(e, "retried", len(d.Retry))
+		log.Warn("relay: deferred", "retry_in", wait, "err", d.Err, "in_doubt", d.Uncertain || inDoubt)
 		if !d.Uncertain && !inDoubt {
 			if err := q.Store.ClearInFlight(e.ID); err != nil {
 				log.Warn("relay: clear in-flight mark", "err", err)

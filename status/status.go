@@ -28,6 +28,9 @@ type Report struct {
 	Spool Spool `json:"spool"`
 	// AccountList is per account detail (never exported as metrics).
 	AccountList []Account `json:"account_list,omitempty"`
+	// Problems are the latest warnings and errors logged, newest first
+	// (serve's status page only).
+	Problems []Problem `json:"problems,omitempty"`
 }
 
 // Progress counts messages and bytes.
@@ -40,6 +43,10 @@ type Progress struct {
 type Spool struct {
 	Messages         int64   `json:"messages"`
 	OldestAgeSeconds float64 `json:"oldest_age_seconds"`
+	// Retrying counts messages whose delivery to the legacy server failed
+	// at least once; LastError is the latest such failure.
+	Retrying  int64  `json:"retrying"`
+	LastError string `json:"last_error,omitempty"`
 }
 
 // Account is one account's line of the report.
@@ -78,6 +85,9 @@ func Collect(ctx context.Context, st *store.Store, opts Options) (Report, error)
 		return r, fmt.Errorf("status: %w", err)
 	}
 	r.Spool.Messages = n
+	if r.Spool.Retrying, r.Spool.LastError, err = st.SpoolRetries(ctx); err != nil {
+		return r, fmt.Errorf("status: %w", err)
+	}
 	if !oldest.IsZero() {
 		r.Spool.OldestAgeSeconds = r.GeneratedAt.Sub(oldest).Seconds()
 	}
@@ -124,6 +134,9 @@ func (r Report) WriteText(w io.Writer, bars bool) error {
 	fmt.Fprintf(&b, "relay queue: %d messages", r.Spool.Messages)
 	if r.Spool.Messages > 0 {
 		fmt.Fprintf(&b, ", oldest %s", (time.Duration(r.Spool.OldestAgeSeconds) * time.Second).String())
+	}
+	if r.Spool.Retrying > 0 {
+		fmt.Fprintf(&b, ", %d being retried (last error: %s)", r.Spool.Retrying, r.Spool.LastError)
 	}
 	b.WriteString("\n")
 	if len(r.AccountList) > 0 {

@@ -331,6 +331,18 @@ func (s *Store) DeliverHeld(ctx context.Context, id, mailboxID int64) (uid uint3
 	return uid, false, nil
 }
 
+// SpoolRetries counts spooled messages whose delivery failed at least once
+// and returns the error of the most recently failed one.
+func (s *Store) SpoolRetries(ctx context.Context) (retrying int64, lastError string, err error) {
+	var last sql.NullString
+	err = s.read.QueryRowContext(ctx, `SELECT count(*), (SELECT last_error FROM spool WHERE attempts > 0 ORDER BY next_attempt_at DESC LIMIT 1)
+		FROM spool WHERE attempts > 0`).Scan(&retrying, &last)
+	if err != nil {
+		return 0, "", fmt.Errorf("spool retries: %w", err)
+	}
+	return retrying, last.String, nil
+}
+
 // SpoolStats returns the number of spooled messages and when the oldest
 // was received (zero if none).
 func (s *Store) SpoolStats(ctx context.Context) (count int64, oldest time.Time, err error) {

@@ -30,16 +30,18 @@ import (
 
 // server is everything serve runs.
 type server struct {
-	cfg   config.Config
-	log   *slog.Logger
-	st    *store.Store
-	tls   *tls.Config
-	sched *capture.Scheduler
-	imap  *front.IMAPFront
-	pop3  *pop3.Server
-	http  *http.Server
-	errc  chan error
-	stops []func(context.Context) error
+	cfg config.Config
+	log *slog.Logger
+	st  *store.Store
+	// problems keeps the latest warnings and errors for the status page.
+	problems *status.Problems
+	tls      *tls.Config
+	sched    *capture.Scheduler
+	imap     *front.IMAPFront
+	pop3     *pop3.Server
+	http     *http.Server
+	errc     chan error
+	stops    []func(context.Context) error
 	// addrs are the listeners' addresses, by configuration key.
 	addrs map[string]string
 	// cert is the TLS certificate, replaced by a reload.
@@ -125,6 +127,8 @@ type reloader struct {
 // receives the listeners' addresses by configuration key once they all
 // listen.
 func serveConfig(ctx context.Context, log *slog.Logger, cfg config.Config, ready func(addrs map[string]string), rl *reloader) error {
+	problems := status.NewProblems(20)
+	log = slog.New(problems.Handler(log.Handler()))
 	st, err := store.Open(ctx, cfg.DataDir, store.Options{Hash: hashParams(cfg.PasswordHash), Logger: log})
 	if err != nil {
 		return err
@@ -134,7 +138,7 @@ func serveConfig(ctx context.Context, log *slog.Logger, cfg config.Config, ready
 	if err := recoverCutovers(ctx, st, log); err != nil {
 		return err
 	}
-	s := &server{cfg: cfg, log: log, st: st, errc: make(chan error, 8), addrs: map[string]string{}}
+	s := &server{cfg: cfg, log: log, st: st, problems: problems, errc: make(chan error, 8), addrs: map[string]string{}}
 	if cfg.TLS.Cert != "" {
 		cert, err := tls.LoadX509KeyPair(cfg.TLS.Cert, cfg.TLS.Key)
 		if err != nil {
@@ -373,7 +377,8 @@ func (s *server) start(schedCtx context.Context, schedDone chan struct{}) error 
 		if host, _, err := net.SplitHostPort(legacy.Address); err == nil {
 			legacy.TLSConfig.ServerName = host
 		}
-		queue := &relay.Queue{Store: s.st, Legacy: legacy, Lifetime: cfg.SMTP.MessageLifetime, Observer: m.Traffic, Log: log}
+		queue := &relay.Queue{Store: s.st, Legacy: legacy, Lifetime: cfg.SMTP.MessageLifetime, RetryMin: cfg.SMTP.RetryMin, RetryMax: cfg.SMTP.RetryMax,
+			Observer: m.Traffic, Log: log}
 		if cfg.Legacy.IMAP.Address != "" && (inboxSearch.Master != nil || inboxSearch.Passwords != nil) {
 			queue.Checker = inboxSearch
 		}
@@ -419,7 +424,9 @@ func (s *server) start(schedCtx context.Context, schedDone chan struct{}) error 
 			return fmt.Errorf("listen.http %s: %w", cfg.Listen.HTTP, err)
 		}
 		detail := func(ctx context.Context) (status.Report, error) {
-			return status.Collect(ctx, s.st, status.Options{PerAccount: true})
+			r, err := status.Collect(ctx, s.st, status.Options{PerAccount: true})
+			r.Problems = s.problems.Recent()
+			return r, err
 		}
 		s.http = &http.Server{
 			Handler:           metrics.Handler(m, detail, readinessChecks(cfg, s.st)),
