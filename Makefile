@@ -4,7 +4,7 @@ VERSION := $(shell git describe --always --dirty 2>/dev/null || echo dev)
 LDFLAGS := -X main.version=$(VERSION)
 GOFILES  = $(shell git ls-files '*.go' 2>/dev/null || find . -name '*.go' -not -path './data/*')
 
-.PHONY: all build test test-deps bench fuzz lint clean
+.PHONY: all build test test-deps bench fuzz soak lint clean
 
 all: build
 
@@ -34,6 +34,13 @@ fuzz:
 ## bench: the benchmarks, each printing its figures against its target
 bench: test-deps
 	$(GO) test -p 1 -run '^$$' -bench . -benchtime 1x -timeout 60m ./...
+
+## soak: serve under mixed load for SOAKTIME (500 IMAP sessions, 20 SMTP
+## senders, two captures), then every invariant checked; make test runs a
+## short one
+SOAKTIME ?= 10m
+soak: test-deps
+	MAILCAPTURE_SOAK=$(SOAKTIME) $(GO) test -count=1 -run '^TestSoak$$' -v -timeout 60m ./cmd/mailcapture
 
 ## lint: gofmt and go vet
 lint:

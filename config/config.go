@@ -241,6 +241,10 @@ type PasswordHash struct {
 	MemoryKiB uint32 `koanf:"memory_kib"`
 	// Threads is the parallelism. Default 2.
 	Threads uint8 `koanf:"threads"`
+	// Concurrency is how many hashes are computed at once; more logins
+	// wait. It bounds the memory a login storm costs to Concurrency ×
+	// MemoryKiB. Default 0: the number of CPUs.
+	Concurrency int `koanf:"concurrency"`
 }
 
 // Log configures the structured logger.

@@ -121,6 +121,9 @@ func (c *Config) Validate() error {
 		v.add("smtp.retry_max", "must not be shorter than smtp.retry_min")
 	}
 	v.positive("shutdown_timeout", c.ShutdownTimeout)
+	if c.PasswordHash.Concurrency < 0 {
+		v.add("password_hash.concurrency", "must be 0 (the number of CPUs) or more")
+	}
 	v.positive("capture.retry_min", c.Capture.RetryMin)
 	v.positive("capture.retry_max", c.Capture.RetryMax)
 	if c.Capture.RetryMax < c.Capture.RetryMin {

@@ -92,7 +92,7 @@ func (s *Store) CreateAccount(ctx context.Context, name, password string, state 
 	hash := ""
 	if password != "" {
 		var err error
-		if hash, err = HashPassword(password, s.opts.Hash); err != nil {
+		if hash, err = s.hash(ctx, password); err != nil {
 			return Account{}, fmt.Errorf("create account %s: %w", name, err)
 		}
 	}
@@ -165,13 +165,36 @@ func (s *Store) VerifyPassword(ctx context.Context, name, password string) (bool
 	if err != nil {
 		return false, fmt.Errorf("account %s: %w", name, err)
 	}
+	if err := s.acquireHashing(ctx); err != nil {
+		return false, fmt.Errorf("account %s: %w", name, err)
+	}
+	defer func() { <-s.hashing }()
 	return CheckPassword(hash, password), nil
+}
+
+// acquireHashing waits for a turn to compute a password hash.
+func (s *Store) acquireHashing(ctx context.Context) error {
+	select {
+	case s.hashing <- struct{}{}:
+		return nil
+	case <-ctx.Done():
+		return fmt.Errorf("waiting to check a password: %w", ctx.Err())
+	}
+}
+
+// hash computes a new password hash, in turn.
+func (s *Store) hash(ctx context.Context, password string) (string, error) {
+	if err := s.acquireHashing(ctx); err != nil {
+		return "", err
+	}
+	defer func() { <-s.hashing }()
+	return HashPassword(password, s.opts.Hash)
 }
 
 // SetPassword replaces the account's stored hash (after the legacy server
 // accepted a changed password).
 func (s *Store) SetPassword(ctx context.Context, name, password string) error {
-	hash, err := HashPassword(password, s.opts.Hash)
+	hash, err := s.hash(ctx, password)
 	if err != nil {
 		return fmt.Errorf("set password %s: %w", name, err)
 	}

@@ -15,6 +15,9 @@ type HashParams struct {
 	Time      uint32
 	MemoryKiB uint32
 	Threads   uint8
+	// Concurrency bounds the hashes a Store computes at once (each costs
+	// MemoryKiB); 0 means the number of CPUs.
+	Concurrency int
 }
 
 // DefaultHashParams returns RFC 9106's second recommended option, scaled to

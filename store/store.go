@@ -21,6 +21,7 @@ import (
 	"net/url"
 	"os"
 	"path/filepath"
+	"runtime"
 	"strconv"
 	"sync"
 
@@ -63,6 +64,9 @@ type Store struct {
 	write   *sql.DB // the one writer connection
 	lock    *os.File
 	dataDir *os.File // kept open for syncfs
+	// hashing holds a token per password hash being computed: a login
+	// storm waits instead of costing memory without bound.
+	hashing chan struct{}
 
 	// wmu serialises write transactions together with the unlinks and
 	// the change notifications that follow them.
@@ -88,7 +92,11 @@ func Open(ctx context.Context, dir string, opts Options) (*Store, error) {
 	if opts.Hash == (HashParams{}) {
 		opts.Hash = DefaultHashParams()
 	}
-	s := &Store{dir: dir, opts: opts, log: opts.Logger}
+	hashing := opts.Hash.Concurrency
+	if hashing <= 0 {
+		hashing = runtime.GOMAXPROCS(0)
+	}
+	s := &Store{dir: dir, opts: opts, log: opts.Logger, hashing: make(chan struct{}, hashing)}
 	s.ids.store = s
 	if opts.ReadOnly || opts.Control {
 		if err := s.openDatabases(ctx); err != nil {

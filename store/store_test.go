@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"runtime"
 	"strings"
 	"sync"
 	"testing"
@@ -573,4 +574,61 @@ func TestConcurrentAppendsShareCommits(t *testing.T) {
 	if len(seen) != n {
 		t.Fatalf("%d appends stored, want %d", len(seen), n)
 	}
+}
+
+// TestLoginStormMemoryIsBounded checks 24 passwords at once with 64 MiB
+// argon2id hashes and at most 2 hashes at a time: the heap never holds
+// more than a few hashes' memory (unbounded, it would need 1.5 GiB).
+func TestLoginStormMemoryIsBounded(t *testing.T) {
+	ctx := context.Background()
+	params := DefaultHashParams()
+	params.Concurrency = 2
+	st, err := Open(ctx, t.TempDir(), Options{Hash: params})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer st.Close()
+	if _, err := st.CreateAccount(ctx, "storm@example.org", "pw", StateCaptured); err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan struct{})
+	peak := make(chan uint64)
+	go func() {
+		var max uint64
+		var ms runtime.MemStats
+		for {
+			runtime.ReadMemStats(&ms)
+			max = maxOf(max, ms.HeapInuse)
+			select {
+			case <-done:
+				peak <- max
+				return
+			case <-time.After(5 * time.Millisecond):
+			}
+		}
+	}()
+	var wg sync.WaitGroup
+	for range 24 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			if ok, err := st.VerifyPassword(ctx, "storm@example.org", "pw"); !ok || err != nil {
+				t.Errorf("verify: %v %v", ok, err)
+			}
+		}()
+	}
+	wg.Wait()
+	close(done)
+	if p := <-peak; p > 6*64<<20 {
+		t.Fatalf("peak heap %d MiB while checking 24 passwords two at a time", p>>20)
+	} else {
+		t.Logf("peak heap %d MiB", p>>20)
+	}
+}
+
+func maxOf(a, b uint64) uint64 {
+	if a > b {
+		return a
+	}
+	return b
 }

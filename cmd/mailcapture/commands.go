@@ -56,7 +56,7 @@ func newLevelLogger(c config.Log, env *environment, level *slog.LevelVar) *slog.
 }
 
 func hashParams(c config.PasswordHash) store.HashParams {
-	return store.HashParams{Time: c.Time, MemoryKiB: c.MemoryKiB, Threads: c.Threads}
+	return store.HashParams{Time: c.Time, MemoryKiB: c.MemoryKiB, Threads: c.Threads, Concurrency: c.Concurrency}
 }
 
 func runCheckConfig(ctx context.Context, env *environment, args []string) error {
