@@ -448,6 +448,7 @@ func (o *countingObserver) VerificationMismatches(n int) {
 }
 func (o *countingObserver) JobStarted()                     {}
 func (o *countingObserver) JobFinished(bool, time.Duration) {}
+func (o *countingObserver) PassFailed()                     {}
 
 // damage changes a stored body's bytes, keeping its size.
 func damage(t *testing.T, st *store.Store, id int64) {

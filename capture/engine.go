@@ -125,6 +125,9 @@ func (e *Engine) Pass(ctx context.Context, account, password string) (PassResult
 		if kind := ErrorKind(err); kind != "" && !isStoreError(err) {
 			e.observer().LegacyError(kind)
 		}
+		if ctx.Err() == nil {
+			e.observer().PassFailed()
+		}
 		err = fmt.Errorf("capture %s: %w", account, err)
 		if rerr := e.Store.RecordSync(context.WithoutCancel(ctx), account, time.Now(), err.Error()); rerr != nil {
 			e.log().Error("record sync error", "account", account, "err", rerr)

@@ -21,6 +21,9 @@ type Observer interface {
 	LegacyError(kind string)
 	// VerificationMismatches counts disagreements a verification found.
 	VerificationMismatches(n int)
+	// PassFailed counts a capture pass that failed, whatever the cause
+	// (the legacy server, a full disk, ...).
+	PassFailed()
 	// JobStarted and JobFinished bracket a scheduled job; ready tells
 	// whether it ended converged and verified.
 	JobStarted()
@@ -32,6 +35,7 @@ type nopObserver struct{}
 func (nopObserver) Copied(int, int64)               {}
 func (nopObserver) LegacyError(string)              {}
 func (nopObserver) VerificationMismatches(int)      {}
+func (nopObserver) PassFailed()                     {}
 func (nopObserver) JobStarted()                     {}
 func (nopObserver) JobFinished(bool, time.Duration) {}
 

@@ -16,6 +16,7 @@ type Capture struct {
 	// legacyErrors: label kind is auth, timeout, connect, tls or protocol.
 	legacyErrors prometheus.CounterVec
 	mismatches   prometheus.Counter
+	failures     prometheus.Counter
 }
 
 func newCapture(reg prometheus.Registerer) *Capture {
@@ -33,11 +34,13 @@ func newCapture(reg prometheus.Registerer) *Capture {
 			Help: "Failed exchanges with the legacy server, by kind (auth, timeout, connect, tls, protocol)."}, []string{"kind"}),
 		mismatches: prometheus.NewCounter(prometheus.CounterOpts{Name: "mailcapture_capture_verification_mismatches_total",
 			Help: "Disagreements between the store and the legacy server found by verification passes."}),
+		failures: prometheus.NewCounter(prometheus.CounterOpts{Name: "mailcapture_capture_failures_total",
+			Help: "Capture passes that failed, whatever the cause (the legacy server, a full disk); each account's last error says why."}),
 	}
 	for _, kind := range []string{"auth", "timeout", "connect", "tls", "protocol"} {
 		c.legacyErrors.WithLabelValues(kind) // export every kind from the start
 	}
-	reg.MustRegister(c.messagesCopied, c.bytesCopied, c.duration, c.jobsActive, &c.legacyErrors, c.mismatches)
+	reg.MustRegister(c.messagesCopied, c.bytesCopied, c.duration, c.jobsActive, &c.legacyErrors, c.mismatches, c.failures)
 	return c
 }
 
@@ -52,6 +55,9 @@ func (c *Capture) LegacyError(kind string) { c.legacyErrors.WithLabelValues(kind
 
 // VerificationMismatches implements capture.Observer.
 func (c *Capture) VerificationMismatches(n int) { c.mismatches.Add(float64(n)) }
+
+// PassFailed implements capture.Observer.
+func (c *Capture) PassFailed() { c.failures.Inc() }
 
 // JobStarted implements capture.Observer.
 func (c *Capture) JobStarted() { c.jobsActive.Inc() }

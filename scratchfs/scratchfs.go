@@ -81,12 +81,19 @@ func Fill(tb testing.TB, dir, path string, free int64) {
 		if err := syscall.Statfs(dir, &s); err != nil {
 			tb.Fatal(err)
 		}
-		if int64(s.Bavail)*int64(s.Bsize) <= free+int64(len(chunk)) {
+		// Root may also write into the blocks reserved for it.
+		avail := int64(s.Bavail) * int64(s.Bsize)
+		if os.Geteuid() == 0 {
+			avail = int64(s.Bfree) * int64(s.Bsize)
+		}
+		if avail <= free {
 			break
 		}
-		if _, err := f.Write(chunk); err != nil {
+		if _, err := f.Write(chunk[:min(int64(len(chunk)), avail-free)]); err != nil {
+			break
+		}
+		if err := f.Sync(); err != nil { // the blocks are counted once allocated
 			break
 		}
 	}
-	f.Sync()
 }

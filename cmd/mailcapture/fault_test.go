@@ -5,8 +5,6 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"io"
-	"net/http"
 	"os"
 	"path/filepath"
 	"regexp"
@@ -19,6 +17,7 @@ import (
 	"github.com/emersion/go-smtp"
 
 	"mailcapture/legacytest"
+	"mailcapture/scratchfs"
 	"mailcapture/status"
 	"mailcapture/store"
 )
@@ -40,7 +39,9 @@ type faultFixture struct {
 
 const faultUser, faultPass = "victim@example.org", "fault pass"
 
-func startFaultFixture(t *testing.T) *faultFixture {
+// startFaultFixture starts it all; dataDir, if set, is where serve keeps
+// its store.
+func startFaultFixture(t *testing.T, dataDir string) *faultFixture {
 	t.Helper()
 	d := legacytest.Start(t, legacytest.Options{MasterUser: "admin", MasterPassword: "master pw"})
 	d.AddUser(t, faultUser, faultPass)
@@ -52,7 +53,12 @@ func startFaultFixture(t *testing.T) *faultFixture {
 		{Name: "Archive", Subscribed: true, Messages: legacytest.Generate(32, 40, 20000)}})
 	f := &faultFixture{d: d, imapProxy: legacytest.StartProxy(t, d.IMAPAddr), lmtpProxy: legacytest.StartProxy(t, d.LMTPAddr),
 		acked: map[string]string{}, pending: map[string]string{}}
-	path, dataDir, environ := bulkConfig(t, d)
+	path, defaultDataDir, environ := bulkConfig(t, d)
+	if dataDir == "" {
+		dataDir = defaultDataDir
+	} else {
+		environ = append(environ, "MAILCAPTURE_DATA_DIR="+dataDir)
+	}
 	seedCapturedAccount(t, dataDir, "local@example.org")
 	masterPW := filepath.Join(t.TempDir(), "master.pw")
 	if err := os.WriteFile(masterPW, []byte("master pw\n"), 0o600); err != nil {
@@ -135,7 +141,7 @@ func sendOne(addr, rcpt, id string) error {
 // scrape returns the value of one sample of /metrics (0 when absent).
 func (f *faultFixture) scrape(t *testing.T, sample string) float64 {
 	t.Helper()
-	body := httpGet(t, "http://"+f.httpAddr+"/metrics")
+	body := scrape(t, "http://"+f.httpAddr+"/metrics")
 	for _, line := range strings.Split(body, "\n") {
 		if v, ok := strings.CutPrefix(line, sample+" "); ok {
 			n, _ := strconv.ParseFloat(v, 64)
@@ -148,24 +154,10 @@ func (f *faultFixture) scrape(t *testing.T, sample string) float64 {
 func (f *faultFixture) report(t *testing.T) status.Report {
 	t.Helper()
 	var r status.Report
-	if err := json.Unmarshal([]byte(httpGet(t, "http://"+f.httpAddr+"/status.json")), &r); err != nil {
+	if err := json.Unmarshal([]byte(scrape(t, "http://"+f.httpAddr+"/status.json")), &r); err != nil {
 		t.Fatal(err)
 	}
 	return r
-}
-
-func httpGet(t *testing.T, url string) string {
-	t.Helper()
-	resp, err := http.Get(url)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer resp.Body.Close()
-	b, err := io.ReadAll(resp.Body)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return string(b)
 }
 
 // TestLegacyFaultsCostNothing injects each fault of the legacy server
@@ -229,7 +221,7 @@ func TestLegacyFaultsCostNothing(t *testing.T) {
 			shows: legacyDown, metric: `mailcapture_logins_total{protocol="imap",result="error",route="legacy"}`},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			f := startFaultFixture(t)
+			f := startFaultFixture(t, "")
 			tc.apply(t, f)
 			loginErr := f.login(t)
 			f.send(t, "legacy@example.org", "legacy-1@fault.example")
@@ -260,7 +252,7 @@ func TestLegacyFaultsCostNothing(t *testing.T) {
 // UIDs. The capture resumes by itself, copies them again under their new
 // UIDVALIDITY, and the result is exact, with no duplicate.
 func TestLegacyRestartWithNewUIDValidity(t *testing.T) {
-	f := startFaultFixture(t)
+	f := startFaultFixture(t, "")
 	old := f.d.Snapshot(t, faultUser, faultPass)
 	// Each capture connection is cut after 1.3 MiB of the 1.5 MiB: the
 	// capture gets part of INBOX in, then fails; the legacy server then
@@ -340,4 +332,47 @@ func (f *faultFixture) finish(t *testing.T) {
 	if len(f.acked) != 2 {
 		t.Errorf("%d messages acknowledged, want 2", len(f.acked))
 	}
+}
+
+// TestLocalDiskFullCostsNothing fills the disk under the store while a
+// user's login starts a capture and mail arrives for both routes: senders
+// get 451, never a 5xx; the user gets OK or NO [UNAVAILABLE]; the failed
+// capture passes are counted and the status page shows the problem. Once
+// space is back, the capture finishes exactly and the mail sent again is
+// stored once.
+func TestLocalDiskFullCostsNothing(t *testing.T) {
+	mnt := scratchfs.MustMount(t, 16)
+	f := startFaultFixture(t, filepath.Join(mnt, "data"))
+	filler := filepath.Join(mnt, "filler")
+	// No room for a message: both routes answer 451.
+	scratchfs.Fill(t, mnt, filler, 1<<10)
+	f.send(t, "legacy@example.org", "legacy-1@fault.example")
+	f.send(t, "local@example.org", "local-1@fault.example")
+	if len(f.pending) != 2 {
+		t.Errorf("%d of 2 messages deferred on a full disk", len(f.pending))
+	}
+	if n := f.scrape(t, `mailcapture_smtp_messages_total{result="deferred",route="local"}`); n != 1 {
+		t.Errorf("local deliveries deferred: %v, want 1", n)
+	}
+	if problems := f.report(t).Problems; len(problems) == 0 {
+		t.Errorf("the status page shows no problem on a full disk")
+	} else {
+		t.Logf("status page: %s: %s", problems[0].Message, problems[0].Error)
+	}
+	// Room for the account, not for its mail: the capture fails.
+	if err := os.Remove(filler); err != nil {
+		t.Fatal(err)
+	}
+	scratchfs.Fill(t, mnt, filler, 600<<10)
+	if err := f.login(t); err != nil {
+		t.Fatal(err)
+	}
+	f.srv.waitFor(regexp.MustCompile(`level=WARN msg="capture failed; will resume".*account=` + regexp.QuoteMeta(faultUser) + `.*no space left on device`))
+	if n := f.scrape(t, "mailcapture_capture_failures_total"); n == 0 {
+		t.Errorf("mailcapture_capture_failures_total is 0 on a full disk")
+	}
+	if err := os.Remove(filler); err != nil {
+		t.Fatal(err)
+	}
+	f.finish(t)
 }

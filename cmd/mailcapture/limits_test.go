@@ -125,3 +125,82 @@ func scrape(t *testing.T, url string) string {
 	}
 	return string(body)
 }
+
+// TestThousandsOfConnectionsFromOneAddress opens 3,000 connections from
+// one address, spread over the IMAP, POP3 and SMTP listeners, with the
+// default limits: 50 are served, every other one is refused at once in its
+// protocol's words, the refusals are counted, and once the flood ends a
+// user from that address logs in as usual.
+func TestThousandsOfConnectionsFromOneAddress(t *testing.T) {
+	d := legacytest.Start(t, legacytest.Options{})
+	const user, pass = "flood@example.org", "flood pass"
+	d.AddUser(t, user, pass)
+	path, _, environ := bulkConfig(t, d)
+	environ = append(environ, "MAILCAPTURE_LISTEN__IMAP=127.0.0.1:0", "MAILCAPTURE_LISTEN__POP3=127.0.0.1:0", "MAILCAPTURE_LISTEN__SMTP=127.0.0.1:0",
+		"MAILCAPTURE_LEGACY__SMTP__ADDRESS="+d.LMTPAddr, "MAILCAPTURE_LEGACY__SMTP__PROTOCOL=lmtp", "MAILCAPTURE_LEGACY__SMTP__TLS=none",
+		"MAILCAPTURE_LISTEN__HTTP=127.0.0.1:0", "MAILCAPTURE_MODE=shadow")
+	srv := startServe(t, path, environ)
+	addrs := map[string]string{}
+	for _, key := range []string{"imap", "pop3", "smtp"} {
+		addrs[key] = srv.waitFor(regexp.MustCompile(`msg=listening key=listen\.` + key + ` addr=(\S+)`))[1]
+	}
+	httpAddr := srv.waitFor(regexp.MustCompile(`msg="http listening" addr=(\S+)`))[1]
+	served := map[string]string{"imap": "* OK", "pop3": "+OK", "smtp": "220 "}
+	refused := map[string]string{"imap": "* BYE [UNAVAILABLE]", "pop3": "-ERR [SYS/TEMP]", "smtp": "421 "}
+	var conns []net.Conn
+	defer func() {
+		for _, c := range conns {
+			c.Close()
+		}
+	}()
+	nServed, nRefused := 0, 0
+	for i := range 3000 {
+		key := []string{"imap", "pop3", "smtp"}[i%3]
+		c, err := net.Dial("tcp", addrs[key])
+		if err != nil {
+			t.Fatalf("connection %d: %v", i, err)
+		}
+		conns = append(conns, c)
+		c.SetReadDeadline(time.Now().Add(10 * time.Second))
+		line, err := bufio.NewReader(c).ReadString('\n')
+		switch {
+		case err != nil:
+			t.Fatalf("connection %d (%s): no greeting: %v", i, key, err)
+		case strings.HasPrefix(line, served[key]):
+			nServed++
+		case strings.HasPrefix(line, refused[key]):
+			nRefused++
+			c.Close()
+		default:
+			t.Fatalf("connection %d (%s) got %q", i, key, line)
+		}
+	}
+	if nServed != 50 || nRefused != 2950 {
+		t.Fatalf("%d connections served, %d refused; want 50 and 2950", nServed, nRefused)
+	}
+	metrics := scrape(t, "http://"+httpAddr+"/metrics")
+	if !strings.Contains(metrics, `mailcapture_limit_refusals_total{limit="connections_per_address"} 2950`+"\n") {
+		t.Errorf("refusals not counted:\n%s", regexp.MustCompile(`(?m)^mailcapture_limit_refusals_total.*$`).FindAllString(metrics, -1))
+	}
+	for _, c := range conns {
+		c.Close()
+	}
+	conns = nil
+	// The flood is over: the slots come back as the server sees the
+	// closes (a bounded retry covers that moment).
+	for i := 0; ; i++ {
+		client, err := imapclient.DialInsecure(addrs["imap"], nil)
+		if err == nil {
+			err = client.Login(user, pass).Wait()
+			client.Close()
+		}
+		if err == nil {
+			break
+		}
+		if i == 100 {
+			t.Fatalf("login after the flood: %v", err)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	srv.stop(t)
+}

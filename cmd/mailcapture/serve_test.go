@@ -295,6 +295,11 @@ func startServe(t *testing.T, path string, environ []string) *serveProcess {
 		cancel()
 		for range p.events {
 		}
+		if t.Failed() { // what serve said last, to see why
+			p.mu.Lock()
+			t.Logf("serve's last log lines:\n%s", strings.Join(p.lines[max(0, len(p.lines)-30):], "\n"))
+			p.mu.Unlock()
+		}
 	})
 	return p
 }

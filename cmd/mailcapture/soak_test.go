@@ -299,7 +299,7 @@ func soakSession(ctx context.Context, addr, user, pass string, proxied bool, cyc
 func scrapeProcess(t *testing.T, httpAddr string) map[string]float64 {
 	t.Helper()
 	out := map[string]float64{}
-	for _, line := range strings.Split(httpGet(t, "http://"+httpAddr+"/metrics"), "\n") {
+	for _, line := range strings.Split(scrape(t, "http://"+httpAddr+"/metrics"), "\n") {
 		name, value, ok := strings.Cut(line, " ")
 		if !ok || strings.HasPrefix(name, "#") {
 			continue
