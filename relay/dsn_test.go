@@ -135,7 +135,8 @@ print("DATA", code)
 // TestDataTimeout: a sender that trickles its DATA past the data timeout
 // is cut off with 421 4.4.2 (it retries later) and nothing is stored.
 func TestDataTimeout(t *testing.T) {
-	f := start(t, func(b *Backend) { b.DataTimeout = 300 * time.Millisecond })
+	obs := &countingObserver{results: map[string]int{}}
+	f := start(t, func(b *Backend) { b.DataTimeout, b.Observer = 300*time.Millisecond, obs })
 	c, err := net.Dial("tcp", f.addr)
 	if err != nil {
 		t.Fatal(err)
@@ -172,5 +173,8 @@ func TestDataTimeout(t *testing.T) {
 	}
 	if got := f.localInbox(t, "local@example.org"); len(got) != 0 {
 		t.Fatalf("a cut-off message was stored: %d", len(got))
+	}
+	if obs.results["refused/smtp_data_timeout"] != 1 {
+		t.Fatalf("the data timeout was not counted: %v", obs.results)
 	}
 }

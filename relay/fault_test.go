@@ -14,7 +14,7 @@ import (
 type countingObserver struct{ results map[string]int }
 
 func (o *countingObserver) SMTPMessage(route, result string) { o.results[route+"/"+result]++ }
-func (o *countingObserver) Refused(string)                   {}
+func (o *countingObserver) Refused(limit string)             { o.results["refused/"+limit]++ }
 
 // TestInterruptedDeliveryArrivesOnce cuts the connection to the legacy
 // LMTP server at two points of a delivery to two recipients: in the

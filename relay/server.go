@@ -347,6 +347,7 @@ func (s *session) Data(r io.Reader) error {
 		// that it is not taken for commands.
 		nc := s.conn.Conn()
 		nc.SetWriteDeadline(time.Now().Add(5 * time.Second))
+		s.b.refused("smtp_data_timeout")
 		io.WriteString(nc, "421 4.4.2 data timeout, closing the connection: try again later\r\n")
 		nc.Close()
 		return &smtp.SMTPError{Code: 421, EnhancedCode: smtp.EnhancedCode{4, 4, 2}, Message: "data timeout, try again later"}
@@ -488,4 +489,46 @@ func ReleaseHeld(ctx context.Context, st *store.Store, accountID int64) (deliver
 		}
 	}
 	return delivered, nil
+}
+
+// CountRefusals wraps the SMTP listener so that the refusals go-smtp makes
+// by itself are counted like ours (mailcapture_limit_refusals_total): a
+// session silent past smtp.command_timeout (smtp_command_timeout) and a
+// command line over the length limit (smtp_line_length).
+func (b *Backend) CountRefusals(ln net.Listener) net.Listener {
+	return &refusalListener{Listener: ln, b: b}
+}
+
+type refusalListener struct {
+	net.Listener
+	b *Backend
+}
+
+func (ln *refusalListener) Accept() (net.Conn, error) {
+	c, err := ln.Listener.Accept()
+	if err != nil {
+		return nil, err
+	}
+	return &refusalConn{Conn: c, b: ln.b}, nil
+}
+
+// refusalConn recognises go-smtp's own refusals in what it writes.
+type refusalConn struct {
+	net.Conn
+	b *Backend
+}
+
+var (
+	idleTimeoutReply = []byte("421 4.4.2 Idle timeout")
+	longLineReply    = []byte("500 5.4.0 Too long line")
+)
+
+func (c *refusalConn) Write(p []byte) (int, error) {
+	switch {
+	case bytes.Contains(p, idleTimeoutReply):
+		c.b.refused("smtp_command_timeout")
+	case bytes.Contains(p, longLineReply):
+		c.b.refused("smtp_line_length")
+	}
+	return c.Conn.Write(p)
 }

@@ -204,3 +204,65 @@ func TestThousandsOfConnectionsFromOneAddress(t *testing.T) {
 	}
 	srv.stop(t)
 }
+
+// TestSMTPSlowAndOversizedClients: a client silent past
+// smtp.command_timeout, one sending a command line over the length limit
+// and one dribbling its DATA past smtp.data_timeout are each cut off in
+// SMTP's words, and each refusal is counted by its limit.
+func TestSMTPSlowAndOversizedClients(t *testing.T) {
+	d := legacytest.Start(t, legacytest.Options{})
+	path, _, environ := bulkConfig(t, d)
+	environ = append(environ, "MAILCAPTURE_LISTEN__SMTP=127.0.0.1:0", "MAILCAPTURE_LEGACY__SMTP__ADDRESS="+d.LMTPAddr,
+		"MAILCAPTURE_LEGACY__SMTP__PROTOCOL=lmtp", "MAILCAPTURE_LEGACY__SMTP__TLS=none", "MAILCAPTURE_LISTEN__HTTP=127.0.0.1:0",
+		"MAILCAPTURE_SMTP__COMMAND_TIMEOUT=1s", "MAILCAPTURE_SMTP__DATA_TIMEOUT=1s")
+	srv := startServe(t, path, environ)
+	smtpAddr := srv.waitFor(regexp.MustCompile(`msg=listening key=listen.smtp addr=(\S+)`))[1]
+	httpAddr := srv.waitFor(regexp.MustCompile(`msg="http listening" addr=(\S+)`))[1]
+	// session sends each line (after the greeting) and returns the last
+	// line the server said before closing.
+	session := func(lines ...string) string {
+		t.Helper()
+		c, err := net.Dial("tcp", smtpAddr)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer c.Close()
+		c.SetDeadline(time.Now().Add(30 * time.Second))
+		r := bufio.NewReader(c)
+		if _, err := r.ReadString('\n'); err != nil {
+			t.Fatal(err)
+		}
+		for _, l := range lines {
+			io.WriteString(c, l)
+		}
+		last := ""
+		for {
+			line, err := r.ReadString('\n')
+			if line != "" {
+				last = line
+			}
+			if err != nil {
+				return last
+			}
+		}
+	}
+	if got := session(); !strings.HasPrefix(got, "421 4.4.2") {
+		t.Errorf("silent client got %q", got)
+	}
+	if got := session("EHLO " + strings.Repeat("x", 3000) + "\r\n"); !strings.HasPrefix(got, "500 5.4.0") {
+		t.Errorf("oversized line got %q", got)
+	}
+	if got := session("EHLO slow.example\r\n", "MAIL FROM:<a@example.net>\r\n", "RCPT TO:<x@elsewhere.example>\r\n"); !strings.HasPrefix(got, "421 4.4.2") {
+		t.Errorf("a client that stops after RCPT got %q", got)
+	}
+	metrics := scrape(t, "http://"+httpAddr+"/metrics")
+	for _, want := range []string{
+		`mailcapture_limit_refusals_total{limit="smtp_command_timeout"} 2`,
+		`mailcapture_limit_refusals_total{limit="smtp_line_length"} 1`,
+	} {
+		if !strings.Contains(metrics, want+"\n") {
+			t.Errorf("metrics lack %s:\n%s", want, regexp.MustCompile(`(?m)^mailcapture_limit_refusals_total.*$`).FindAllString(metrics, -1))
+		}
+	}
+	srv.stop(t)
+}

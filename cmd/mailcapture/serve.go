@@ -394,7 +394,7 @@ func (s *server) start(schedCtx context.Context, schedDone chan struct{}) error 
 		if err != nil {
 			return fmt.Errorf("listen.smtp %s: %w", cfg.Listen.SMTP, err)
 		}
-		ln = connlimit.Listen(ln, conns, smtpRefusal)
+		ln = backend.CountRefusals(connlimit.Listen(ln, conns, smtpRefusal))
 		go func() { s.errc <- srv.Serve(ln) }()
 		// Stop: no new connections, transactions in progress finish, idle
 		// sessions get 421.
