@@ -24,6 +24,9 @@ type Queue struct {
 	Legacy Legacy
 	// Lifetime bounds how long a message is retried. Default 5 days.
 	Lifetime time.Duration
+	// Workers is how many messages are handed to the legacy server at
+	// once. Default 4.
+	Workers int
 	// RetryMin and RetryMax bound the wait before a failed message is
 	// tried again: RetryMin, doubling with each attempt, at most RetryMax.
 	// Defaults 1m and 64m.
@@ -63,9 +66,12 @@ func (q *Queue) Wake() {
 // Run relays until ctx ends.
 func (q *Queue) Run(ctx context.Context) {
 	for {
-		q.pass(ctx)
+		full := q.pass(ctx)
 		if q.afterPass != nil {
 			q.afterPass()
+		}
+		if full && ctx.Err() == nil {
+			continue // a backlog: the next batch at once
 		}
 		select {
 		case <-ctx.Done():
@@ -83,19 +89,37 @@ func (q *Queue) log() *slog.Logger {
 	return q.Log
 }
 
-// pass delivers what is due.
-func (q *Queue) pass(ctx context.Context) {
-	due, err := q.Store.DueSpool(ctx, time.Now(), 100)
+// passBatch is how many due messages one pass reads.
+const passBatch = 100
+
+// pass delivers what is due, Workers messages at a time. It reports
+// whether it read a full batch (more may be due).
+func (q *Queue) pass(ctx context.Context) (full bool) {
+	due, err := q.Store.DueSpool(ctx, time.Now(), passBatch)
 	if err != nil {
 		q.log().Error("relay: read spool", "err", err)
-		return
+		return false
 	}
+	workers := q.Workers
+	if workers <= 0 {
+		workers = 4
+	}
+	slots := make(chan struct{}, workers)
+	var wg sync.WaitGroup
 	for _, e := range due {
 		if ctx.Err() != nil {
-			return
+			break
 		}
-		q.deliver(ctx, e)
+		slots <- struct{}{}
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			defer func() { <-slots }()
+			q.deliver(ctx, e)
+		}()
 	}
+	wg.Wait()
+	return len(due) == passBatch
 }
 
 func (q *Queue) deliver(ctx context.Context, e store.SpoolEntry) {

@@ -2,7 +2,9 @@ package main
 
 import (
 	"context"
+	"errors"
 	"fmt"
+	"io"
 	"math/rand/v2"
 	"net"
 	"os"
@@ -56,12 +58,20 @@ type soakStats struct {
 	latencies map[string][]time.Duration // local SELECT and FETCH
 	errors    map[string]int
 	commands  atomic.Int64
-	byes      atomic.Int64 // proxied sessions ended by a cut-over (expected, reconnected)
+	// ended counts, per account, proxied sessions the server ended (at
+	// its cut-over, each proxied session ends once; checked at the end).
+	ended map[string]int
 }
 
 func (s *soakStats) latency(what string, d time.Duration) {
 	s.mu.Lock()
 	s.latencies[what] = append(s.latencies[what], d)
+	s.mu.Unlock()
+}
+
+func (s *soakStats) sessionEnded(account string) {
+	s.mu.Lock()
+	s.ended[account]++
 	s.mu.Unlock()
 }
 
@@ -135,7 +145,7 @@ func TestSoak(t *testing.T) {
 		}
 	}
 
-	stats := &soakStats{latencies: map[string][]time.Duration{}, errors: map[string]int{}}
+	stats := &soakStats{latencies: map[string][]time.Duration{}, errors: map[string]int{}, ended: map[string]int{}}
 	ctx, stop := context.WithCancel(context.Background())
 	var wg sync.WaitGroup
 	var established sync.WaitGroup
@@ -196,7 +206,7 @@ func TestSoak(t *testing.T) {
 	stats.mu.Lock()
 	t.Logf("soak: %s, %d IMAP sessions (%d proxied, %d local), %d SMTP senders, captures of %d×%d messages",
 		sc.duration, sc.sessions, sc.sessions/2, sc.sessions-sc.sessions/2, sc.senders, len(busy), sc.captureMessages)
-	t.Logf("soak: %d IMAP commands, %d SMTP messages acknowledged, %d proxied sessions ended by a cut-over", stats.commands.Load(), len(acked), stats.byes.Load())
+	t.Logf("soak: %d IMAP commands, %d SMTP messages acknowledged, proxied sessions ended by the server: %v", stats.commands.Load(), len(acked), stats.ended)
 	for _, what := range []string{"local SELECT", "local FETCH"} {
 		l := stats.latencies[what]
 		t.Logf("soak: %s: %d, p50 %s, p99 %s, max %s", what, len(l), percentile(l, 0.5), percentile(l, 0.99), percentile(l, 1))
@@ -215,14 +225,31 @@ func TestSoak(t *testing.T) {
 		if strings.Contains(out, `"messages": 0,`) && strings.Contains(out, `"spool"`) {
 			break
 		}
-		if i == 600 {
-			t.Fatalf("the relay queue did not drain: %s", out)
+		if i == 3000 {
+			t.Fatalf("the relay queue did not drain in 5 minutes: %s", out)
 		}
 		time.Sleep(100 * time.Millisecond)
 	}
 	child.Process.Kill() // what a kill leaves must be right too
 	child.Wait()
 	checkSoak(t, d, dataDir, acked, locals, busy)
+	// A proxied session ends only at its account's cut-over, once.
+	st, err := store.Open(context.Background(), dataDir, store.Options{ReadOnly: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer st.Close()
+	perAccount := sc.sessions / 2 / len(busy)
+	for _, name := range busy {
+		acct, err := st.Account(context.Background(), name)
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Logf("soak: %s is %s", name, acct.State)
+		if n := stats.ended[name]; n > 0 && (acct.State != store.StateCaptured || n > perAccount) {
+			t.Errorf("soak: %d proxied sessions of %s (%d of them, %s) ended by the server", n, name, perAccount, acct.State)
+		}
+	}
 }
 
 // soakSession is one IMAP client: log in, then SELECT INBOX, FETCH flags
@@ -234,6 +261,16 @@ func soakSession(ctx context.Context, addr, user, pass string, proxied bool, cyc
 		kind = "proxied"
 	}
 	r := rand.New(rand.NewPCG(uint64(time.Now().UnixNano()), 1))
+	// endOrFail: a proxied session the server closed (at a cut-over it
+	// says BYE between two commands) is counted for the account and
+	// checked at the end; anything else is an error.
+	endOrFail := func(what string, err error) {
+		if proxied && (errors.Is(err, io.ErrUnexpectedEOF) || strings.Contains(err.Error(), "BYE")) {
+			stats.sessionEnded(user)
+			return
+		}
+		stats.fail(what, err)
+	}
 	first := true
 	for ctx.Err() == nil {
 		c, err := imapclient.DialInsecure(addr, nil)
@@ -256,11 +293,7 @@ func soakSession(ctx context.Context, addr, user, pass string, proxied bool, cyc
 			t0 := time.Now()
 			sel, err := c.Select("INBOX", &imap.SelectOptions{ReadOnly: true}).Wait()
 			if err != nil {
-				if proxied && strings.Contains(err.Error(), "BYE") || c.State() == imap.ConnStateLogout {
-					stats.byes.Add(1)
-					break
-				}
-				stats.fail(kind+" SELECT", err)
+				endOrFail(kind+" SELECT", err)
 				break
 			}
 			if !proxied {
@@ -274,7 +307,7 @@ func soakSession(ctx context.Context, addr, user, pass string, proxied bool, cyc
 				t0 = time.Now()
 				_, err = c.Fetch(set, &imap.FetchOptions{UID: true, Flags: true, RFC822Size: true, BodySection: []*imap.FetchItemBodySection{{Peek: true}}}).Collect()
 				if err != nil {
-					stats.fail(kind+" FETCH", err)
+					endOrFail(kind+" FETCH", err)
 					break
 				}
 				if !proxied {
@@ -282,7 +315,7 @@ func soakSession(ctx context.Context, addr, user, pass string, proxied bool, cyc
 				}
 			}
 			if err := c.Noop().Wait(); err != nil {
-				stats.fail(kind+" NOOP", err)
+				endOrFail(kind+" NOOP", err)
 				break
 			}
 			stats.commands.Add(3)
