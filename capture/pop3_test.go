@@ -7,6 +7,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/emersion/go-imap/v2"
+
 	"mailcapture/legacytest"
 	"mailcapture/pop3"
 	"mailcapture/store"
@@ -166,4 +168,102 @@ func localMaildropDefaultUIDL(t *testing.T, st *store.Store) string {
 	m := msgs[0]
 	m.POP3UIDL = ""
 	return store.UIDL(m, inbox.UIDValidity)
+}
+
+// TestPOP3UIDLsMatchedByMessageID: when the maildrop no longer lines up
+// with the IMAP copy (the legacy INBOX lost a message and got a new one
+// after the copy: same count, positions shifted), each UIDL is matched by
+// the Message-ID read with TOP, not by position, and the new message's
+// UIDL is not given to any copied one.
+func TestPOP3UIDLsMatchedByMessageID(t *testing.T) {
+	ctx := context.Background()
+	d := legacytest.Start(t, legacytest.Options{UIDLFormat: "%g"})
+	populate(t, d)
+	st := openStore(t)
+	acct, err := st.CreateAccount(ctx, user, password, store.StateCapturing)
+	if err != nil {
+		t.Fatal(err)
+	}
+	e := newEngine(st, d)
+	if _, err := e.Converge(ctx, user, password, 5); err != nil { // IMAP only: no UIDLs yet
+		t.Fatal(err)
+	}
+	c := d.Login(t, user, password)
+	if _, err := c.Select("INBOX", nil).Wait(); err != nil {
+		t.Fatal(err)
+	}
+	if err := c.Store(imap.SeqSetNum(3), &imap.StoreFlags{Op: imap.StoreFlagsAdd, Flags: []imap.Flag{imap.FlagDeleted}, Silent: true}, nil).Close(); err != nil {
+		t.Fatal(err)
+	}
+	if err := c.Expunge().Close(); err != nil {
+		t.Fatal(err)
+	}
+	fresh := "Message-ID: <fresh@example.org>\r\nSubject: arrived after the copy\r\n\r\nhello\r\n"
+	ap := c.Append("INBOX", int64(len(fresh)), nil)
+	ap.Write([]byte(fresh))
+	ap.Close()
+	if _, err := ap.Wait(); err != nil {
+		t.Fatal(err)
+	}
+	c.Logout().Wait()
+
+	e.POP3 = Endpoint{Address: d.POP3Addr, TLS: "none", Timeout: 10 * time.Second}
+	if err := e.mapUIDLs(ctx, acct, password); err != nil {
+		t.Fatal(err)
+	}
+	inbox, err := st.MailboxByName(ctx, acct.ID, "INBOX")
+	if err != nil {
+		t.Fatal(err)
+	}
+	local, err := st.Messages(ctx, inbox.ID, store.AllUIDs)
+	if err != nil {
+		t.Fatal(err)
+	}
+	byID := map[string]store.Message{}
+	for _, m := range local {
+		if m.MessageID != "" {
+			byID[m.MessageID] = m
+		}
+	}
+	legacy := legacyMaildrop(t, d.POP3Addr)
+	if len(legacy) != len(local) {
+		t.Fatalf("maildrop %d messages, copy %d: the test needs them equal", len(legacy), len(local))
+	}
+	shifted, matched := 0, 0
+	for i, m := range legacy {
+		id := messageIDOf(m.body)
+		l, ok := byID[id]
+		switch {
+		case id == "<fresh@example.org>":
+			for _, lm := range local {
+				if lm.POP3UIDL == m.uidl {
+					t.Fatalf("the new message's UIDL %s was given to copied UID %d", m.uidl, lm.UID)
+				}
+			}
+		case id == "" || !ok:
+			continue
+		case l.POP3UIDL != m.uidl:
+			t.Errorf("maildrop message %d (%s): UIDL %q kept as %q", i+1, id, m.uidl, l.POP3UIDL)
+		default:
+			matched++
+			if i >= 2 {
+				shifted++
+			}
+		}
+	}
+	if shifted < 10 {
+		t.Fatalf("only %d shifted messages matched by Message-ID (%d in all)", shifted, matched)
+	}
+	t.Logf("%d UIDLs kept, %d of them after the shift (matched by TOP and Message-ID)", matched, shifted)
+}
+
+// messageIDOf returns the Message-ID field of a message's header.
+func messageIDOf(body []byte) string {
+	head, _, _ := bytes.Cut(body, []byte("\r\n\r\n"))
+	for _, line := range bytes.Split(head, []byte("\r\n")) {
+		if name, value, ok := bytes.Cut(line, []byte(":")); ok && bytes.EqualFold(name, []byte("Message-ID")) {
+			return string(bytes.TrimSpace(value))
+		}
+	}
+	return ""
 }

@@ -14,7 +14,8 @@ import (
 // Cutover moves a converged account from the legacy server to the store
 // (DESIGN.md, "cutover"): logins wait, proxied IMAP sessions end at a
 // command boundary, proxied POP3 sessions may finish (then are cut, which
-// rolls back their deletions), a final sync runs with no client touching
+// rolls back their deletions), relayed mail on its way to the legacy
+// server arrives (later mail is held in the spool), a final sync runs with no client touching
 // the legacy mailbox, and the account becomes captured. If anything fails
 // the account goes back to capturing, served by the legacy server as
 // before, and the error is returned.
@@ -27,6 +28,12 @@ type Cutover struct {
 	IMAPWait time.Duration
 	// POP3Grace is how long proxied POP3 sessions may go on. Default 30s.
 	POP3Grace time.Duration
+	// Quiesce, if set, returns once no relayed mail for the account is
+	// on its way to the legacy server (the relay holds it from the
+	// start of the cut-over on). The final sync waits for it.
+	Quiesce func(ctx context.Context, account string) error
+	// QuiesceWait bounds that wait. Default 2m.
+	QuiesceWait time.Duration
 	// Switched, if set, runs once the account is captured (the relay
 	// delivers the mail it held during the cut-over).
 	Switched func(ctx context.Context, account store.Account)
@@ -76,6 +83,14 @@ func (c *Cutover) run(ctx context.Context, account, password string) error {
 		wctx, cancel := context.WithTimeout(ctx, orDuration(c.POP3Grace, 30*time.Second))
 		c.POP3.FinishSessions(wctx, account)
 		cancel()
+	}
+	if c.Quiesce != nil {
+		qctx, cancel := context.WithTimeout(ctx, orDuration(c.QuiesceWait, 2*time.Minute))
+		err := c.Quiesce(qctx, account)
+		cancel()
+		if err != nil {
+			return err
+		}
 	}
 	// Final sync: nobody touches the legacy mailbox now. A forced cut-over
 	// of an account whose password is not known here skips it: follow

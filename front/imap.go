@@ -467,7 +467,17 @@ func (s *session) login(tag, user, pass string) (done, handedOver bool) {
 	delete(s.f.conns, s.conn) // ended by p.end at shutdown, at a command boundary
 	s.f.mu.Unlock()
 	defer s.f.proxied.remove(p)
-	p.run()
+	started := time.Now()
+	end := p.run()
+	attrs := []any{"by", end.by, "duration", time.Since(started).Round(time.Millisecond)}
+	if end.err != nil {
+		attrs = append(attrs, "err", end.err)
+	}
+	if end.by == "legacy" {
+		log.Warn("proxied imap session ended by the legacy server", attrs...)
+	} else {
+		log.Info("proxied imap session ended", attrs...)
+	}
 	return true, false
 }
 

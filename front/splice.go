@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"bytes"
 	"context"
+	"errors"
 	"io"
 	"net"
 	"strconv"
@@ -39,20 +40,31 @@ func newProxiedIMAP(account string, client net.Conn, r *bufio.Reader, legacy *le
 		inflight: map[string]string{}, boundary: make(chan struct{}, 1), ended: make(chan struct{})}
 }
 
-// run splices until either side closes or the session is ended.
-func (p *proxiedIMAP) run() {
-	done := make(chan struct{}, 2)
+// sessionEnd says which side ended a proxied session, and why.
+type sessionEnd struct {
+	by  string // "client", "legacy" or "server" (a cut-over or shutdown)
+	err error  // the read or write error that ended it; nil for a clean end
+}
+
+// run splices until either side closes or the session is ended, and
+// returns what ended it.
+func (p *proxiedIMAP) run() sessionEnd {
+	done := make(chan sessionEnd, 2)
 	go func() {
-		p.clientToLegacy()
-		done <- struct{}{}
+		done <- p.clientToLegacy()
 	}()
 	go func() {
-		p.legacyToClient()
-		done <- struct{}{}
+		done <- p.legacyToClient()
 	}()
-	<-done
+	first := <-done
+	p.mu.Lock()
+	if p.stopping {
+		first = sessionEnd{by: "server"}
+	}
+	p.mu.Unlock()
 	p.close()
 	<-done
+	return first
 }
 
 func (p *proxiedIMAP) close() {
@@ -65,19 +77,19 @@ func (p *proxiedIMAP) close() {
 
 // clientToLegacy forwards the client's commands line by line (literals
 // raw), noting each command's tag.
-func (p *proxiedIMAP) clientToLegacy() {
+func (p *proxiedIMAP) clientToLegacy() sessionEnd {
 	for {
 		p.armIdle()
 		line, err := p.clientR.ReadSlice('\n')
 		if err == bufio.ErrBufferFull {
 			// Overlong line: forward as is, it ends later.
 			if _, err := p.legacy.Write(line); err != nil {
-				return
+				return sessionEnd{"legacy", err}
 			}
 			continue
 		}
 		if err != nil {
-			return
+			return clientEnd(err)
 		}
 		p.mu.Lock()
 		startsCommand := !p.midCmd
@@ -85,7 +97,7 @@ func (p *proxiedIMAP) clientToLegacy() {
 			if p.stopping {
 				p.mu.Unlock()
 				p.bye()
-				return
+				return sessionEnd{by: "server"}
 			}
 			tag, rest, _ := strings.Cut(strings.TrimRight(string(line), "\r\n"), " ")
 			name, _, _ := strings.Cut(rest, " ")
@@ -99,15 +111,24 @@ func (p *proxiedIMAP) clientToLegacy() {
 		p.midCmd = isLiteral
 		p.mu.Unlock()
 		if _, err := p.legacy.Write(line); err != nil {
-			return
+			return sessionEnd{"legacy", err}
 		}
 		if isLiteral {
 			p.armIdle()
 			if _, err := io.CopyN(p.legacy, p.clientR, n); err != nil {
-				return
+				return sessionEnd{"client", err}
 			}
 		}
 	}
+}
+
+// clientEnd is the end of a session whose client stopped sending: a
+// clean close is not an error.
+func clientEnd(err error) sessionEnd {
+	if errors.Is(err, io.EOF) {
+		err = nil
+	}
+	return sessionEnd{"client", err}
 }
 
 // armIdle restarts the client's idle clock.
@@ -132,30 +153,34 @@ func idleDone(inflight map[string]string, word string) bool {
 
 // legacyToClient forwards the server's answers, skipping literals, and
 // notes tagged completions.
-func (p *proxiedIMAP) legacyToClient() {
+func (p *proxiedIMAP) legacyToClient() (end sessionEnd) {
 	r := p.legacy.r
 	w := &batchWriter{w: p.client}
-	defer w.Flush()
+	defer func() {
+		if err := w.Flush(); err != nil && end.by == "legacy" {
+			end = sessionEnd{"client", err}
+		}
+	}()
 	for {
 		line, err := r.ReadSlice('\n')
 		if err == bufio.ErrBufferFull {
 			if _, err := w.Write(line); err != nil {
-				return
+				return sessionEnd{"client", err}
 			}
 			continue
 		}
 		if err != nil {
-			return
+			return sessionEnd{"legacy", err}
 		}
 		tag, rest, _ := strings.Cut(string(line), " ")
 		status, _, _ := strings.Cut(rest, " ")
 		n, isLiteral := trailingLiteral(line)
 		if _, err := w.Write(line); err != nil {
-			return
+			return sessionEnd{"client", err}
 		}
 		if isLiteral {
 			if err := copyLiteral(w, r, n); err != nil {
-				return
+				return sessionEnd{"legacy", err} // or the client; the log says which error
 			}
 			continue
 		}
@@ -167,7 +192,7 @@ func (p *proxiedIMAP) legacyToClient() {
 		// command's completion (a cut-over may follow it with * BYE).
 		if r.Buffered() == 0 || completion || tag == "+" {
 			if err := w.Flush(); err != nil {
-				return
+				return sessionEnd{"client", err}
 			}
 		}
 		if completion {

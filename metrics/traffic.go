@@ -31,7 +31,7 @@ func newTraffic(reg prometheus.Registerer) *Traffic {
 		sessions: prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: "mailcapture_sessions_active",
 			Help: "Logged-in IMAP and POP3 sessions now, by protocol and route."}, []string{"protocol", "route"}),
 		smtp: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "mailcapture_smtp_messages_total",
-			Help: "SMTP messages by route (local, legacy, held; none: not a hosted domain) and result (accepted, rejected, deferred at the front end; delivered, retried, bounced, resent_unchecked by the relay queue)."},
+			Help: "SMTP messages by route (local, legacy, held; none: not a hosted domain) and result (accepted, rejected, deferred at the front end; delivered, retried, bounced, resent_unchecked, rerouted (held for a cut-over instead) by the relay queue)."},
 			[]string{"route", "result"}),
 		refusals: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "mailcapture_limit_refusals_total",
 			Help: "Connections, logins and messages refused by a configured limit, by limit."}, []string{"limit"}),

@@ -2,6 +2,7 @@ package relay
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"log/slog"
@@ -50,6 +51,73 @@ type Queue struct {
 
 	wakeOnce sync.Once
 	wake     chan struct{}
+	active   deliveries
+}
+
+// deliveries counts, per recipient, the messages being handed to the
+// legacy server right now, so that a cut-over can wait for them.
+type deliveries struct {
+	mu      sync.Mutex
+	n       map[string]int
+	changed chan struct{} // closed (and replaced) whenever a count drops
+}
+
+// enter counts a delivery to rcpts; the returned func ends it.
+func (d *deliveries) enter(rcpts []string) (leave func()) {
+	d.mu.Lock()
+	if d.n == nil {
+		d.n = map[string]int{}
+	}
+	for _, r := range rcpts {
+		d.n[r]++
+	}
+	d.mu.Unlock()
+	return func() {
+		d.mu.Lock()
+		defer d.mu.Unlock()
+		for _, r := range rcpts {
+			if d.n[r]--; d.n[r] == 0 {
+				delete(d.n, r)
+			}
+		}
+		if d.changed != nil {
+			close(d.changed)
+			d.changed = nil
+		}
+	}
+}
+
+// wait returns once no delivery to rcpt is in progress, or when ctx ends.
+func (d *deliveries) wait(ctx context.Context, rcpt string) error {
+	for {
+		d.mu.Lock()
+		if d.n[rcpt] == 0 {
+			d.mu.Unlock()
+			return nil
+		}
+		if d.changed == nil {
+			d.changed = make(chan struct{})
+		}
+		changed := d.changed
+		d.mu.Unlock()
+		select {
+		case <-changed:
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+	}
+}
+
+// Quiesce returns once no spooled message for account is on its way to
+// the legacy server. A cut-over calls it after the account has left the
+// capturing state: from then on the queue holds the account's mail in the
+// spool instead (DESIGN.md: inbound mail is held during the cut-over), so
+// the final sync sees a legacy mailbox nobody adds to.
+func (q *Queue) Quiesce(ctx context.Context, account string) error {
+	if err := q.active.wait(ctx, account); err != nil {
+		return fmt.Errorf("wait for relayed mail to %s: %w", account, err)
+	}
+	return nil
 }
 
 func (q *Queue) wakeChan() chan struct{} {
@@ -133,13 +201,25 @@ func (q *Queue) deliver(ctx context.Context, e store.SpoolEntry) {
 		q.log().Warn("relay: dropped at the admin's request", "id", e.ID, "from", e.From, "to", strings.Join(e.To, ","), "message_id", e.MessageID)
 		return
 	}
+	log := q.log().With("id", e.ID)
+	// Counted before the accounts' states are read: a cut-over that
+	// begins after this waits for the attempt to end.
+	defer q.active.enter(e.To)()
+	to, err := q.reroute(ctx, e, log)
+	if err != nil {
+		log.Error("relay: route spooled message", "err", err)
+		return
+	}
+	if len(to) == 0 {
+		return
+	}
+	e.To = to
 	f, err := q.Store.OpenSpooled(e.ID)
 	if err != nil {
-		q.log().Error("relay: open spooled message", "id", e.ID, "err", err)
+		log.Error("relay: open spooled message", "err", err)
 		return
 	}
 	defer f.Close()
-	log := q.log().With("id", e.ID)
 	to, inDoubt := e.To, false
 	if q.Store.InFlight(e.ID) {
 		to, inDoubt = q.undelivered(ctx, e, f, log)
@@ -207,6 +287,51 @@ func (q *Queue) deliver(ctx context.Context, e store.SpoolEntry) {
 			}
 		}
 	}
+}
+
+// reroute holds the recipients whose account is in cut-over or captured
+// (their mail no longer goes to the legacy server) and delivers at once
+// what it held for accounts that are captured. It returns the recipients
+// still for the legacy server.
+func (q *Queue) reroute(ctx context.Context, e store.SpoolEntry, log *slog.Logger) ([]string, error) {
+	var legacy []string
+	moving := map[int64][]string{}
+	names := map[int64]string{}
+	for _, rcpt := range e.To {
+		acct, err := q.Store.Account(ctx, rcpt)
+		switch {
+		case errors.Is(err, store.ErrNotFound):
+			legacy = append(legacy, rcpt)
+		case err != nil:
+			return nil, err
+		case acct.State == store.StateCutover || acct.State == store.StateCaptured:
+			moving[acct.ID] = append(moving[acct.ID], rcpt)
+			names[acct.ID] = acct.Name
+		default:
+			legacy = append(legacy, rcpt)
+		}
+	}
+	for id, rcpts := range moving {
+		if err := q.Store.HoldSpooled(ctx, e.ID, id, rcpts); err != nil {
+			return nil, err
+		}
+		q.observe(e, "rerouted", len(rcpts))
+		log.Info("relay: held for the recipient's cut-over instead of the legacy server", "account", names[id], "rcpts", len(rcpts))
+		// Read again after holding: a cut-over that ended before this
+		// point has released what it held already.
+		acct, err := q.Store.Account(ctx, names[id])
+		if err != nil {
+			return nil, err
+		}
+		if acct.State == store.StateCaptured {
+			n, err := ReleaseHeld(ctx, q.Store, id)
+			if err != nil {
+				return nil, err
+			}
+			log.Info("relay: held mail delivered locally", "account", acct.Name, "messages", n)
+		}
+	}
+	return legacy, nil
 }
 
 // DeliveryChecker looks into a recipient's legacy mailbox.

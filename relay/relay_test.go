@@ -189,3 +189,82 @@ s.rset()
 		t.Fatalf("smtplib said:\n%s", out)
 	}
 }
+
+// TestSpooledMailFollowsTheCutover: mail spooled for the legacy server
+// whose recipient went into cut-over before the queue got to it is held
+// (in the spool, for that recipient only: the others of the message still
+// go to the legacy server) and delivered locally when the cut-over ends;
+// for a recipient already captured it is delivered locally at once.
+// Checked in the legacy and the local mailboxes.
+func TestSpooledMailFollowsTheCutover(t *testing.T) {
+	f := start(t)
+	ctx := context.Background()
+	out := f.smtplib(t, `
+send(["legacy@example.org"], "m1@example.net")
+send(["legacy@example.org", "sender@example.org"], "m2@example.net")
+`)
+	if out != "RCPT legacy@example.org 250\nDATA 250\nRCPT legacy@example.org 250\nRCPT sender@example.org 250\nDATA 250\n" {
+		t.Fatalf("smtplib said:\n%s", out)
+	}
+	acct := accountIn(t, f.st, "legacy@example.org", store.StateCutover)
+	f.queue.pass(ctx)
+	if n := len(f.d.Snapshot(t, "legacy@example.org", "pw")["INBOX"].Messages); n != 0 {
+		t.Fatalf("the legacy server got %d messages for an account in cut-over", n)
+	}
+	if got := f.d.Snapshot(t, "sender@example.org", "pw")["INBOX"].Messages; len(got) != 1 || !strings.Contains(string(got[0].Body), "<m2@example.net>") {
+		t.Fatalf("the other recipient's legacy INBOX: %d messages", len(got))
+	}
+	held, err := f.st.Held(ctx, acct.ID)
+	if err != nil || len(held) != 2 {
+		t.Fatalf("held for the account in cut-over: %d (%v), want 2", len(held), err)
+	}
+	if err := f.st.Transition(ctx, acct.Name, store.StateCutover, store.StateCaptured); err != nil {
+		t.Fatal(err)
+	}
+	if n, err := ReleaseHeld(ctx, f.st, acct.ID); err != nil || n != 2 {
+		t.Fatalf("release held: %d %v", n, err)
+	}
+	got := f.localInbox(t, acct.Name)
+	if len(got) != 2 || !strings.Contains(got[0], "<m1@example.net>") || !strings.Contains(got[1], "<m2@example.net>") {
+		t.Fatalf("local INBOX after the cut-over: %d messages", len(got))
+	}
+
+	// Spooled for the legacy server, the recipient captured meanwhile:
+	// delivered locally by the next pass.
+	out = f.smtplib(t, `send(["sender@example.org"], "m3@example.net")`)
+	if out != "RCPT sender@example.org 250\nDATA 250\n" {
+		t.Fatalf("smtplib said:\n%s", out)
+	}
+	accountIn(t, f.st, "sender@example.org", store.StateCaptured)
+	f.queue.pass(ctx)
+	if got := f.localInbox(t, "sender@example.org"); len(got) != 1 || !strings.Contains(got[0], "<m3@example.net>") {
+		t.Fatalf("local INBOX of the captured recipient: %d messages", len(got))
+	}
+	if n := len(f.d.Snapshot(t, "sender@example.org", "pw")["INBOX"].Messages); n != 1 {
+		t.Fatalf("the legacy server has %d messages for sender@, want only m2", n)
+	}
+	if n, _, _ := f.st.SpoolStats(ctx); n != 0 {
+		t.Fatalf("spool holds %d messages at the end", n)
+	}
+}
+
+// TestQuiesceWaitsForDeliveries: a cut-over's wait returns only once no
+// delivery to the account is in progress.
+func TestQuiesceWaitsForDeliveries(t *testing.T) {
+	q := &Queue{}
+	leave := q.active.enter([]string{"a@example.org", "b@example.org"})
+	short, cancel := context.WithTimeout(context.Background(), 50*time.Millisecond)
+	defer cancel()
+	if err := q.Quiesce(short, "a@example.org"); err == nil {
+		t.Fatal("Quiesce returned while a delivery to the account was in progress")
+	}
+	if err := q.Quiesce(context.Background(), "c@example.org"); err != nil {
+		t.Fatalf("Quiesce for an account with nothing in progress: %v", err)
+	}
+	done := make(chan error, 1)
+	go func() { done <- q.Quiesce(context.Background(), "b@example.org") }()
+	leave()
+	if err := <-done; err != nil {
+		t.Fatalf("Quiesce after the delivery ended: %v", err)
+	}
+}

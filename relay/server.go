@@ -481,6 +481,9 @@ func ReleaseHeld(ctx context.Context, st *store.Store, accountID int64) (deliver
 	}
 	for _, h := range held {
 		_, dup, err := st.DeliverHeld(ctx, h.ID, inbox.ID)
+		if errors.Is(err, store.ErrNotFound) {
+			continue // delivered by a release running beside this one
+		}
 		if err != nil {
 			return delivered, err
 		}

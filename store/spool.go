@@ -214,6 +214,70 @@ func (s *Store) Defer(ctx context.Context, id int64, remaining []string, next ti
 	return nil
 }
 
+// HoldSpooled moves recipients of a legacy-route message to the hold
+// route of their account (the account went into cut-over, or was cut
+// over, before the message reached the legacy server): when they are all
+// of its recipients the message itself changes route; otherwise a copy is
+// held for them and the message keeps the others. A crash between the two
+// steps of a split leaves them on both routes: the held copy is dropped at
+// delivery when the mailbox has its Message-ID already.
+func (s *Store) HoldSpooled(ctx context.Context, id, accountID int64, rcpts []string) error {
+	fail := func(err error) error {
+		return fmt.Errorf("hold spooled message %d: %w", id, err)
+	}
+	entries, err := s.spoolQuery(ctx, "WHERE id = ? AND route = 'legacy'", id)
+	if err != nil {
+		return fail(err)
+	}
+	if len(entries) == 0 {
+		return fail(ErrNotFound)
+	}
+	e := entries[0]
+	moving := map[string]bool{}
+	for _, r := range rcpts {
+		moving[r] = true
+	}
+	var keep []string
+	for _, r := range e.To {
+		if !moving[r] {
+			keep = append(keep, r)
+		}
+	}
+	if len(keep) == 0 {
+		to, err := json.Marshal(e.To)
+		if err != nil {
+			return fail(err)
+		}
+		err = s.writeTx(ctx, func(tx *sql.Tx) error {
+			return execOne(ctx, tx, "UPDATE spool SET route = 'hold', account_id = ?, recipients = ? WHERE id = ? AND route = 'legacy'",
+				accountID, string(to), id)
+		})
+		if err != nil {
+			return fail(err)
+		}
+		return s.ClearInFlight(id)
+	}
+	f, err := s.openBlob(id)
+	if err != nil {
+		return fail(err)
+	}
+	defer f.Close()
+	if _, err := s.Enqueue(ctx, RouteHold, accountID, Envelope{From: e.From, To: rcpts}, f); err != nil {
+		return fail(err)
+	}
+	rest, err := json.Marshal(keep)
+	if err != nil {
+		return fail(err)
+	}
+	err = s.writeTx(ctx, func(tx *sql.Tx) error {
+		return execOne(ctx, tx, "UPDATE spool SET recipients = ? WHERE id = ?", string(rest), id)
+	})
+	if err != nil {
+		return fail(err)
+	}
+	return nil
+}
+
 // Dequeue removes a spooled message (delivered, bounced or dropped).
 func (s *Store) Dequeue(ctx context.Context, id int64) error {
 	s.wmu.Lock()

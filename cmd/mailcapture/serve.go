@@ -288,6 +288,21 @@ func (s *server) start(schedCtx context.Context, schedDone chan struct{}) error 
 	pop3Backend := &front.POP3Backend{Router: router, Local: &pop3store.Backend{Store: s.st}, Legacy: engine.POP3}
 	s.pop3 = &pop3.Server{Backend: pop3Backend, TLSConfig: s.tls, Hostname: cfg.Hostname, InsecureAuthAllowed: trusted,
 		Timeout: lim.POP3IdleTimeout, Limited: m.Traffic.Refused, Log: log}
+	// The relay queue (with listen.smtp): mail spooled for the legacy
+	// server. A cut-over waits for what it is handing over.
+	var queue *relay.Queue
+	legacy := relay.Legacy{Address: cfg.Legacy.SMTP.Address, TLS: cfg.Legacy.SMTP.TLS, Protocol: cfg.Legacy.SMTP.Protocol,
+		TLSConfig: engine.IMAP.TLSConfig.Clone(), Timeout: cfg.Legacy.Timeout, Hostname: cfg.Hostname}
+	if cfg.Listen.SMTP != "" {
+		if host, _, err := net.SplitHostPort(legacy.Address); err == nil {
+			legacy.TLSConfig.ServerName = host
+		}
+		queue = &relay.Queue{Store: s.st, Legacy: legacy, Lifetime: cfg.SMTP.MessageLifetime, RetryMin: cfg.SMTP.RetryMin, RetryMax: cfg.SMTP.RetryMax,
+			Observer: m.Traffic, Log: log}
+		if cfg.Legacy.IMAP.Address != "" && (inboxSearch.Master != nil || inboxSearch.Passwords != nil) {
+			queue.Checker = inboxSearch
+		}
+	}
 	var cut *front.Cutover
 	if cfg.Mode != "shadow" {
 		// A converged, verified account is cut over at once.
@@ -299,6 +314,9 @@ func (s *server) start(schedCtx context.Context, schedDone chan struct{}) error 
 					log.Info("held mail delivered", "account", acct.Name, "messages", n)
 				}
 			}}
+		if queue != nil {
+			cut.Quiesce = queue.Quiesce
+		}
 		s.sched.OnReady = func(ctx context.Context, account, password string) {
 			cut.Run(ctx, account, password)
 		}
@@ -372,16 +390,6 @@ func (s *server) start(schedCtx context.Context, schedDone chan struct{}) error 
 		s.stops = append(s.stops, s.pop3.Shutdown)
 	}
 	if cfg.Listen.SMTP != "" {
-		legacy := relay.Legacy{Address: cfg.Legacy.SMTP.Address, TLS: cfg.Legacy.SMTP.TLS, Protocol: cfg.Legacy.SMTP.Protocol,
-			TLSConfig: engine.IMAP.TLSConfig.Clone(), Timeout: cfg.Legacy.Timeout, Hostname: cfg.Hostname}
-		if host, _, err := net.SplitHostPort(legacy.Address); err == nil {
-			legacy.TLSConfig.ServerName = host
-		}
-		queue := &relay.Queue{Store: s.st, Legacy: legacy, Lifetime: cfg.SMTP.MessageLifetime, RetryMin: cfg.SMTP.RetryMin, RetryMax: cfg.SMTP.RetryMax,
-			Observer: m.Traffic, Log: log}
-		if cfg.Legacy.IMAP.Address != "" && (inboxSearch.Master != nil || inboxSearch.Passwords != nil) {
-			queue.Checker = inboxSearch
-		}
 		backend := &relay.Backend{Store: s.st, Domains: cfg.Domains, Legacy: legacy, Hostname: cfg.Hostname,
 			MaxHops: cfg.SMTP.MaxHops, DataTimeout: cfg.SMTP.DataTimeout, Observer: m.Traffic, Spooled: queue.Wake, Log: log}
 		srv := smtp.NewServer(backend)
@@ -448,13 +456,31 @@ func (s *server) start(schedCtx context.Context, schedDone chan struct{}) error 
 // recoverCutovers puts accounts whose cut-over a stop interrupted back to
 // capturing: the legacy server still has everything, their next
 // convergence cuts them over again, and mail held for them is delivered
-// then.
+// then. Mail still held for accounts that are captured (a stop between
+// the end of a cut-over and the release of what it held) is delivered.
 func recoverCutovers(ctx context.Context, st *store.Store, log *slog.Logger) error {
 	accounts, err := st.Accounts(ctx)
 	if err != nil {
 		return err
 	}
+	spooled, err := st.Spooled(ctx)
+	if err != nil {
+		return err
+	}
+	holding := map[int64]bool{}
+	for _, e := range spooled {
+		if e.Route == store.RouteHold {
+			holding[e.AccountID] = true
+		}
+	}
 	for _, a := range accounts {
+		if a.State == store.StateCaptured && holding[a.ID] {
+			n, err := relay.ReleaseHeld(ctx, st, a.ID)
+			if err != nil {
+				return fmt.Errorf("deliver the mail held for %s: %w", a.Name, err)
+			}
+			log.Warn("held mail of a captured account delivered at start", "account", a.Name, "messages", n)
+		}
 		if a.State != store.StateCutover {
 			continue
 		}

@@ -321,6 +321,13 @@ func assertSameSnapshot(t *testing.T, want, got map[string]*legacytest.SnapshotF
 // last, listens).
 func startChild(t *testing.T, path string, environ []string) (*exec.Cmd, map[string]string) {
 	t.Helper()
+	return startChildLogging(t, path, environ, nil)
+}
+
+// startChildLogging is startChild that hands every later line of serve's
+// log to sink (nil drops them); sink is called from one goroutine.
+func startChildLogging(t *testing.T, path string, environ []string, sink func(line string)) (*exec.Cmd, map[string]string) {
+	t.Helper()
 	cmd := exec.Command(os.Args[0], "serve", "--config", path)
 	cmd.Env = environ
 	stderr, err := cmd.StderrPipe()
@@ -345,6 +352,9 @@ func startChild(t *testing.T, path string, environ []string) (*exec.Cmd, map[str
 			if m[1] == "listen.smtp" {
 				go func() {
 					for sc.Scan() {
+						if sink != nil {
+							sink(sc.Text())
+						}
 					}
 				}()
 				return cmd, addrs

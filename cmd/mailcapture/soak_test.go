@@ -9,6 +9,7 @@ import (
 	"net"
 	"os"
 	"os/exec"
+	"regexp"
 	"slices"
 	"strconv"
 	"strings"
@@ -132,7 +133,30 @@ func TestSoak(t *testing.T) {
 		"MAILCAPTURE_LEGACY__SMTP__ADDRESS="+d.LMTPAddr, "MAILCAPTURE_LEGACY__SMTP__PROTOCOL=lmtp", "MAILCAPTURE_LEGACY__SMTP__TLS=none",
 		"MAILCAPTURE_LEGACY__MASTER__USER=admin", "MAILCAPTURE_LEGACY__MASTER__PASSWORD_FILE="+masterPW,
 		"MAILCAPTURE_LIMITS__CONNECTIONS_PER_ADDRESS=2000", "MAILCAPTURETEST_PPROF="+os.Getenv("MAILCAPTURETEST_PPROF"), childEnv+"=1")
-	child, addrs := startChild(t, path, environ)
+	// serve's warnings and errors, counted by message; the whole log
+	// is kept in MAILCAPTURETEST_SOAK_LOG when set.
+	var logMu sync.Mutex
+	logged := map[string]int{}
+	var logFile *os.File
+	if p := os.Getenv("MAILCAPTURETEST_SOAK_LOG"); p != "" {
+		f, err := os.Create(p)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer f.Close()
+		logFile = f
+	}
+	levelMsg := regexp.MustCompile(`level=(WARN|ERROR) msg=("[^"]*"|\S+)`)
+	child, addrs := startChildLogging(t, path, environ, func(line string) {
+		if logFile != nil {
+			fmt.Fprintln(logFile, line)
+		}
+		if m := levelMsg.FindStringSubmatch(line); m != nil {
+			logMu.Lock()
+			logged[m[1]+" "+m[2]]++
+			logMu.Unlock()
+		}
+	})
 	imapAddr, smtpAddr := addrs["listen.imap"], addrs["listen.smtp"]
 	t.Logf("soak: serve started")
 
@@ -218,6 +242,11 @@ func TestSoak(t *testing.T) {
 		t.Errorf("soak: %d× %s", n, e)
 	}
 	stats.mu.Unlock()
+	logMu.Lock()
+	for m, n := range logged {
+		t.Logf("soak: serve logged %d× %s", n, m)
+	}
+	logMu.Unlock()
 
 	// The end: the queue drains, then the invariants.
 	for i := 0; ; i++ {
@@ -265,7 +294,9 @@ func soakSession(ctx context.Context, addr, user, pass string, proxied bool, cyc
 	// says BYE between two commands) is counted for the account and
 	// checked at the end; anything else is an error.
 	endOrFail := func(what string, err error) {
-		if proxied && (errors.Is(err, io.ErrUnexpectedEOF) || strings.Contains(err.Error(), "BYE")) {
+		// imapclient reports a BYE between two commands as the next
+		// command's write on the connection it closed.
+		if proxied && (errors.Is(err, io.ErrUnexpectedEOF) || errors.Is(err, net.ErrClosed) || strings.Contains(err.Error(), "BYE")) {
 			stats.sessionEnded(user)
 			return
 		}
