@@ -5,6 +5,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"log/slog"
 	"net/textproto"
 	"strings"
 
@@ -186,8 +187,11 @@ func (e *Engine) pop3Pass(ctx context.Context, acct store.Account, password stri
 
 // mapUIDLs gives the messages of the IMAP-copied INBOX the UIDLs the legacy
 // POP3 server shows for them, so POP3 clients that leave mail on the server
-// download nothing again. Messages are matched by position and size; where
-// those disagree, by the Message-ID of the POP3 message's header (TOP).
+// download nothing again. A UIDL an earlier pass mapped stays with its
+// message; the others are matched by position and size, and where those
+// disagree by the Message-ID of the POP3 message's header (TOP), so a pass
+// over a maildrop that only grew reads the headers of the new messages
+// only.
 func (e *Engine) mapUIDLs(ctx context.Context, acct store.Account, password string) error {
 	c, md, err := e.openMaildrop(ctx, acct, password)
 	if err != nil {
@@ -204,19 +208,34 @@ func (e *Engine) mapUIDLs(ctx context.Context, acct store.Account, password stri
 	}
 	var local []store.Message
 	byMessageID := map[string][]int{}
+	byUIDL := map[string]int{}
 	for _, m := range all {
 		if m.LegacyUID != 0 {
 			if m.MessageID != "" {
 				byMessageID[m.MessageID] = append(byMessageID[m.MessageID], len(local))
+			}
+			if m.POP3UIDL != "" {
+				byUIDL[m.POP3UIDL] = len(local)
 			}
 			local = append(local, m)
 		}
 	}
 	want := map[uint32]string{}
 	taken := map[int]bool{}
+	unmatched := 0
+	mapped := make([]bool, len(md.uidls))
 	for i := range md.uidls {
+		// Mapped by an earlier pass (a UIDL never changes hands).
+		if k, ok := byUIDL[md.uidls[i]]; ok && !taken[k] && local[k].Size == md.sizes[i] {
+			taken[k], mapped[i] = true, true
+		}
+	}
+	for i := range md.uidls {
+		if mapped[i] {
+			continue
+		}
 		j := -1
-		if len(md.uidls) == len(local) && local[i].Size == md.sizes[i] {
+		if len(md.uidls) == len(local) && !taken[i] && local[i].Size == md.sizes[i] {
 			j = i
 		} else {
 			id, err := topMessageID(c, md.nums[i])
@@ -231,13 +250,23 @@ func (e *Engine) mapUIDLs(ctx context.Context, acct store.Account, password stri
 			}
 		}
 		if j < 0 {
-			e.log().Warn("legacy POP3 message matches no IMAP message; its UIDL is not kept", "account", acct.Name, "uidl", md.uidls[i])
+			unmatched++
 			continue
 		}
 		taken[j] = true
 		if local[j].POP3UIDL != md.uidls[i] {
 			want[local[j].UID] = md.uidls[i]
 		}
+	}
+	if unmatched > 0 {
+		// More in the maildrop than in the copy: mail that arrived since
+		// (the next pass copies and maps it). Otherwise a mismatch.
+		level := slog.LevelWarn
+		if len(md.uidls) > len(local) {
+			level = slog.LevelInfo
+		}
+		e.log().Log(ctx, level, "legacy POP3 messages match no copied IMAP message yet; their UIDLs are not kept", "account", acct.Name,
+			"messages", unmatched, "maildrop", len(md.uidls), "copied", len(local))
 	}
 	c.Quit()
 	return e.Store.SetPOP3UIDLs(ctx, inbox.ID, want)

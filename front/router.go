@@ -96,6 +96,43 @@ type Router struct {
 	known  sync.Map // lower-case account -> [32]byte
 	macKey [32]byte
 	keyed  sync.Once
+
+	// recording holds, per lower-case account, a channel closed when the
+	// legacy login being recorded for it (a slow hash) is done: the
+	// logins that arrive meanwhile wait for it and then find their
+	// password known, instead of each computing the hash again.
+	recordMu  sync.Mutex
+	recording map[string]chan struct{}
+}
+
+// recordOnce runs record for account unless another login of that
+// account is recording already, in which case it waits for that one to
+// end and reports false: the caller then looks again.
+func (r *Router) recordOnce(ctx context.Context, account string, record func()) (ran bool) {
+	key := strings.ToLower(account)
+	r.recordMu.Lock()
+	if ch, busy := r.recording[key]; busy {
+		r.recordMu.Unlock()
+		select {
+		case <-ch:
+		case <-ctx.Done():
+		}
+		return false
+	}
+	if r.recording == nil {
+		r.recording = map[string]chan struct{}{}
+	}
+	ch := make(chan struct{})
+	r.recording[key] = ch
+	r.recordMu.Unlock()
+	defer func() {
+		r.recordMu.Lock()
+		delete(r.recording, key)
+		r.recordMu.Unlock()
+		close(ch)
+	}()
+	record()
+	return true
 }
 
 // allow reports whether a login may be tried now.
@@ -338,31 +375,50 @@ func (r *Router) LegacyLoginOK(ctx context.Context, user, password string) {
 		r.log().Info("shadow login", "account", user)
 		return
 	}
+	// One login of an account at a time computes a hash; a storm of
+	// first logins waits for it, then finds the password known.
+	for attempt := 0; ; attempt++ {
+		if r.matchesKnown(user, password) {
+			break
+		}
+		recorded := true
+		if r.recordOnce(ctx, user, func() { recorded = r.recordLegacyLogin(ctx, user, password) }) || ctx.Err() != nil || attempt == 3 {
+			if !recorded {
+				return
+			}
+			break
+		}
+	}
+	if r.Scheduler != nil {
+		r.Scheduler.Submit(user, password, true)
+	}
+}
+
+// recordLegacyLogin records an account the legacy server just let in:
+// created (capturing, with the password's hash) when new, its hash
+// replaced when the password changed. It reports false when the account
+// could not be recorded.
+func (r *Router) recordLegacyLogin(ctx context.Context, user, password string) bool {
 	acct, err := r.Store.Account(ctx, user)
 	switch {
 	case errors.Is(err, store.ErrNotFound):
 		if _, err := r.Store.CreateAccount(ctx, user, password, store.StateCapturing); err != nil && !errors.Is(err, store.ErrExists) {
 			r.log().Error("record account", "account", user, "err", err)
-			return
+			return false
 		}
 		r.rememberPassword(user, password)
 		r.log().Info("account captured at login", "account", user)
 	case err != nil:
 		r.log().Error("read account", "account", user, "err", err)
-		return
+		return false
 	default:
-		if r.matchesKnown(acct.Name, password) {
-			break
-		}
 		if ok, _ := r.Store.VerifyPassword(ctx, acct.Name, password); !ok {
 			if err := r.Store.SetPassword(ctx, acct.Name, password); err != nil {
 				r.log().Error("update password hash", "account", user, "err", err)
-				break
+				return true
 			}
 		}
 		r.rememberPassword(acct.Name, password)
 	}
-	if r.Scheduler != nil {
-		r.Scheduler.Submit(user, password, true)
-	}
+	return true
 }

@@ -2,6 +2,7 @@ package front
 
 import (
 	"context"
+	"sync"
 	"testing"
 	"time"
 
@@ -40,5 +41,44 @@ func TestRouteWaitsDuringCutover(t *testing.T) {
 	shadow := &Router{Store: st, Mode: "shadow"}
 	if got, _ := shadow.Route(ctx, "w@example.org"); got != RouteLegacy {
 		t.Fatalf("shadow mode routed a captured account %v", got)
+	}
+}
+
+// TestFirstLoginStormHashesOnce: a hundred logins of a new account that
+// the legacy server accepted at the same moment record it with one slow
+// hash; the others wait for it and find their password known. A second
+// password (changed at the legacy server) costs one check and one hash.
+func TestFirstLoginStormHashesOnce(t *testing.T) {
+	ctx := context.Background()
+	st, err := store.Open(ctx, t.TempDir(), store.Options{Hash: store.HashParams{Time: 1, MemoryKiB: 8192, Threads: 1, Concurrency: 1}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer st.Close()
+	r := &Router{Store: st}
+	var wg sync.WaitGroup
+	for range 100 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			r.LegacyLoginOK(ctx, "storm@example.org", "pw")
+		}()
+	}
+	wg.Wait()
+	if n := st.PasswordHashes(); n != 1 {
+		t.Fatalf("100 first logins computed %d hashes, want 1", n)
+	}
+	if ok, err := st.VerifyPassword(ctx, "storm@example.org", "pw"); err != nil || !ok {
+		t.Fatalf("stored hash does not match: %v %v", ok, err)
+	}
+	before := st.PasswordHashes()
+	for range 10 {
+		r.LegacyLoginOK(ctx, "storm@example.org", "new pw")
+	}
+	if n := st.PasswordHashes() - before; n != 2 {
+		t.Fatalf("10 logins with a changed password cost %d hashes, want 2 (one check, one new hash)", n)
+	}
+	if ok, _ := st.VerifyPassword(ctx, "storm@example.org", "new pw"); !ok {
+		t.Fatal("the changed password's hash was not stored")
 	}
 }

@@ -173,6 +173,8 @@ service imap-login {
 service imap {
   service_count = 0
   client_limit = 100
+  # a hundred sessions on 20,000-message mailboxes outgrow the 256M default
+  vsz_limit = 2G
 }
 `
 	}

@@ -176,10 +176,18 @@ func (s *Store) VerifyPassword(ctx context.Context, name, password string) (bool
 func (s *Store) acquireHashing(ctx context.Context) error {
 	select {
 	case s.hashing <- struct{}{}:
+		s.hashes.Add(1)
 		return nil
 	case <-ctx.Done():
 		return fmt.Errorf("waiting to check a password: %w", ctx.Err())
 	}
+}
+
+// PasswordHashes returns how many password hashes this Store has
+// computed or checked since it was opened (each costs
+// password_hash.memory_kib of memory and tens of milliseconds).
+func (s *Store) PasswordHashes() int64 {
+	return s.hashes.Load()
 }
 
 // hash computes a new password hash, in turn.

@@ -24,6 +24,7 @@ import (
 	"runtime"
 	"strconv"
 	"sync"
+	"sync/atomic"
 
 	"golang.org/x/sys/unix"
 	_ "modernc.org/sqlite" // registers the "sqlite" driver
@@ -67,6 +68,7 @@ type Store struct {
 	// hashing holds a token per password hash being computed: a login
 	// storm waits instead of costing memory without bound.
 	hashing chan struct{}
+	hashes  atomic.Int64 // computed or checked since Open
 
 	// wmu serialises write transactions together with the unlinks and
 	// the change notifications that follow them.

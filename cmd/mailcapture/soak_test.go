@@ -122,6 +122,7 @@ func TestSoak(t *testing.T) {
 	for i := range sc.localAccounts {
 		name := fmt.Sprintf("local%d@example.org", i)
 		seedCapturedAccount(t, dataDir, name)
+		d.AddUser(t, name, "pw") // captured from the legacy server, which still has it (follow syncs)
 		locals = append(locals, name)
 	}
 	masterPW := t.TempDir() + "/master.pw"
