@@ -42,7 +42,11 @@ type IMAPFront struct {
 	// PreauthTimeout bounds each command before login, bytes trickled in
 	// included (slowloris). Default 1 minute.
 	PreauthTimeout time.Duration
-	Log            *slog.Logger
+	// WriteTimeout bounds each write to a client before login and in a
+	// proxied session: a client that stops reading is dropped, one that
+	// reads slowly is not. Default 1 minute.
+	WriteTimeout time.Duration
+	Log          *slog.Logger
 
 	once      sync.Once
 	local     *imapserver.Server
@@ -236,7 +240,7 @@ func (s *session) authAllowed() bool {
 }
 
 func (s *session) write(format string, args ...any) error {
-	s.conn.SetWriteDeadline(time.Now().Add(time.Minute))
+	s.conn.SetWriteDeadline(time.Now().Add(orDuration(s.f.WriteTimeout, time.Minute)))
 	_, err := fmt.Fprintf(s.conn, format+"\r\n", args...)
 	return err
 }
@@ -461,7 +465,7 @@ func (s *session) login(tag, user, pass string) (done, handedOver bool) {
 	}
 	obs.SessionStarted("imap", "legacy")
 	defer obs.SessionEnded("imap", "legacy")
-	p := newProxiedIMAP(user, s.conn, s.r, legacy, orDuration(s.f.IdleTimeout, 30*time.Minute))
+	p := newProxiedIMAP(user, s.conn, s.r, legacy, orDuration(s.f.IdleTimeout, 30*time.Minute), orDuration(s.f.WriteTimeout, time.Minute))
 	s.f.proxied.add(p)
 	s.f.mu.Lock()
 	delete(s.f.conns, s.conn) // ended by p.end at shutdown, at a command boundary

@@ -15,6 +15,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/emersion/go-imap/v2"
 	"github.com/emersion/go-imap/v2/imapclient"
 
 	"mailcapture/capture"
@@ -276,5 +277,34 @@ func (f *imapFixture) waitCaptured(t *testing.T, account, pass string) {
 	}
 	if st, _ := f.sched.Status(account); st.State != capture.JobReady {
 		t.Fatalf("capture job %+v", st)
+	}
+}
+
+// TestProxiedSessionOutlivesWriteTimeout: the write timeout bounds each
+// write to the client, not the session: a proxied session goes on long
+// after it (it once ended a minute after login, at its first answer past
+// the login's write deadline).
+func TestProxiedSessionOutlivesWriteTimeout(t *testing.T) {
+	const writeTimeout = 200 * time.Millisecond
+	f := startIMAPFront(t, nil, func(front *IMAPFront, _ *legacytest.Dovecot) { front.WriteTimeout = writeTimeout })
+	c, err := imapclient.DialInsecure(f.addr, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	if err := c.Login(imapUser, password).Wait(); err != nil {
+		t.Fatal(err)
+	}
+	for round := range 3 {
+		// Time past the write timeout is what this test is about.
+		time.Sleep(2 * writeTimeout)
+		sel, err := c.Select("INBOX", &imap.SelectOptions{ReadOnly: true}).Wait()
+		if err != nil {
+			t.Fatalf("round %d: SELECT %s after the write timeout: %v", round, 2*writeTimeout*time.Duration(round+1), err)
+		}
+		msgs, err := c.Fetch(imap.SeqSetNum(1, sel.NumMessages), &imap.FetchOptions{UID: true, BodySection: []*imap.FetchItemBodySection{{Peek: true}}}).Collect()
+		if err != nil || len(msgs) != 2 {
+			t.Fatalf("round %d: FETCH: %d messages, %v", round, len(msgs), err)
+		}
 	}
 }

@@ -11,6 +11,8 @@ import (
 	"strings"
 	"sync"
 	"time"
+
+	"mailcapture/watchdog"
 )
 
 // proxiedIMAP is a client session spliced to the legacy server. It follows
@@ -24,6 +26,8 @@ type proxiedIMAP struct {
 	// idle closes the session when the client sends nothing for this
 	// long; 0 never.
 	idle time.Duration
+	// writeTimeout bounds each write to the client.
+	writeTimeout time.Duration
 
 	mu        sync.Mutex
 	byeText   string            // the BYE's text, set by end
@@ -35,8 +39,8 @@ type proxiedIMAP struct {
 	endedOnce sync.Once
 }
 
-func newProxiedIMAP(account string, client net.Conn, r *bufio.Reader, legacy *legacyConn, idle time.Duration) *proxiedIMAP {
-	return &proxiedIMAP{account: account, client: client, clientR: r, legacy: legacy, idle: idle,
+func newProxiedIMAP(account string, client net.Conn, r *bufio.Reader, legacy *legacyConn, idle, writeTimeout time.Duration) *proxiedIMAP {
+	return &proxiedIMAP{account: account, client: client, clientR: r, legacy: legacy, idle: idle, writeTimeout: writeTimeout,
 		inflight: map[string]string{}, boundary: make(chan struct{}, 1), ended: make(chan struct{})}
 }
 
@@ -155,7 +159,7 @@ func idleDone(inflight map[string]string, word string) bool {
 // notes tagged completions.
 func (p *proxiedIMAP) legacyToClient() (end sessionEnd) {
 	r := p.legacy.r
-	w := &batchWriter{w: p.client}
+	w := &batchWriter{w: watchdog.Writer{Conn: p.client, Timeout: p.writeTimeout}}
 	defer func() {
 		if err := w.Flush(); err != nil && end.by == "legacy" {
 			end = sessionEnd{"client", err}
@@ -179,8 +183,8 @@ func (p *proxiedIMAP) legacyToClient() (end sessionEnd) {
 			return sessionEnd{"client", err}
 		}
 		if isLiteral {
-			if err := copyLiteral(w, r, n); err != nil {
-				return sessionEnd{"legacy", err} // or the client; the log says which error
+			if end := copyLiteral(w, r, n); end != nil {
+				return *end
 			}
 			continue
 		}
@@ -210,22 +214,22 @@ func (p *proxiedIMAP) legacyToClient() (end sessionEnd) {
 }
 
 // copyLiteral forwards n bytes of a literal from r, writing out whenever r
-// has nothing more at hand.
-func copyLiteral(w *batchWriter, r *bufio.Reader, n int64) error {
+// has nothing more at hand. A failure says which side it came from.
+func copyLiteral(w *batchWriter, r *bufio.Reader, n int64) *sessionEnd {
 	for n > 0 {
 		k := min(n, int64(r.Buffered()))
 		if k == 0 {
 			if err := w.Flush(); err != nil {
-				return err
+				return &sessionEnd{"client", err}
 			}
 			k = min(n, int64(r.Size()))
 		}
 		b, err := r.Peek(int(k))
 		if len(b) == 0 {
-			return err
+			return &sessionEnd{"legacy", err}
 		}
 		if _, err := w.Write(b); err != nil {
-			return err
+			return &sessionEnd{"client", err}
 		}
 		r.Discard(len(b))
 		n -= int64(len(b))

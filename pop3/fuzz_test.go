@@ -204,3 +204,52 @@ func TestSlowAndOversizedClients(t *testing.T) {
 		t.Fatalf("limits reported: %v", limited)
 	}
 }
+
+// bigBackend is one maildrop ("u"/"p") of one 32 MiB message.
+type bigBackend struct{}
+
+const bigMessageSize = 32 << 20
+
+func (bigBackend) Login(_ context.Context, user, password string, _ net.Addr) (Maildrop, error) {
+	if user != "u" || password != "p" {
+		return nil, ErrAuthFailed
+	}
+	return bigDrop{}, nil
+}
+
+type bigDrop struct{}
+
+func (bigDrop) Messages() []MessageInfo { return []MessageInfo{{Size: bigMessageSize, UIDL: "big"}} }
+func (bigDrop) Open(context.Context, int) (io.ReadCloser, error) {
+	line := strings.Repeat("z", 78) + "\r\n"
+	return io.NopCloser(strings.NewReader("Subject: big\r\n\r\n" + strings.Repeat(line, bigMessageSize/len(line)))), nil
+}
+func (bigDrop) Commit(context.Context, []int) error { return nil }
+func (bigDrop) Close()                              {}
+
+// TestClientThatStopsReadingIsDropped: a client that asks for a large
+// message and never reads it holds the session no longer than the write
+// timeout (its writes no longer block for ever).
+func TestClientThatStopsReadingIsDropped(t *testing.T) {
+	ended := make(chan struct{}, 1)
+	srv := &Server{Backend: bigBackend{}, WriteTimeout: 200 * time.Millisecond, Timeout: time.Hour,
+		SessionEnded: func() { ended <- struct{}{} }}
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	go srv.Serve(ln)
+	defer srv.Shutdown(context.Background())
+	c, err := net.Dial("tcp", ln.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	c.(*net.TCPConn).SetReadBuffer(4096)
+	fmt.Fprintf(c, "USER u\r\nPASS p\r\nRETR 1\r\n") // and never a read
+	select {
+	case <-ended:
+	case <-time.After(30 * time.Second):
+		t.Fatal("the session of a client that stopped reading was still open after 30s (write timeout 200ms)")
+	}
+}

@@ -15,6 +15,8 @@ import (
 	"strings"
 	"sync"
 	"time"
+
+	"mailcapture/watchdog"
 )
 
 // Errors a Backend returns from Login.
@@ -72,7 +74,10 @@ type Server struct {
 	// Timeout closes a session idle for this long (RFC 1939: at least 10
 	// minutes). Default 10m.
 	Timeout time.Duration
-	Log     *slog.Logger
+	// WriteTimeout bounds each write to the client: a client that stops
+	// reading (a RETR half read, for ever) is dropped. Default 1m.
+	WriteTimeout time.Duration
+	Log          *slog.Logger
 	// SessionEnded, if set, is called after a session has ended and its
 	// maildrop lock is released (for metrics and tests).
 	SessionEnded func()
@@ -203,9 +208,31 @@ type session struct {
 	busy     bool
 }
 
+// writer writes to c, each write within WriteTimeout; a failed write
+// closes c, so the session ends at its next read.
+func (s *Server) writer(c net.Conn) closingWriter {
+	timeout := s.WriteTimeout
+	if timeout <= 0 {
+		timeout = time.Minute
+	}
+	return closingWriter{watchdog.Writer{Conn: c, Timeout: timeout}}
+}
+
+// closingWriter closes the connection when a write fails: the client is
+// gone, or stopped reading.
+type closingWriter struct{ w watchdog.Writer }
+
+func (c closingWriter) Write(p []byte) (int, error) {
+	n, err := c.w.Write(p)
+	if err != nil {
+		c.w.Conn.Close()
+	}
+	return n, err
+}
+
 func newSession(s *Server, c net.Conn) *session {
 	_, isTLS := c.(*tls.Conn)
-	return &session{srv: s, conn: c, r: bufio.NewReaderSize(c, 4096), w: bufio.NewWriter(c),
+	return &session{srv: s, conn: c, r: bufio.NewReaderSize(c, 4096), w: bufio.NewWriter(s.writer(c)),
 		log: s.log().With("proto", "pop3", "remote", c.RemoteAddr().String()), tls: isTLS}
 }
 
@@ -420,7 +447,7 @@ func (ss *session) stls() {
 	tc.SetDeadline(time.Time{})
 	ss.conn, ss.tls = tc, true
 	ss.r.Reset(tc) // RFC 2595 4: discard anything sent before the handshake
-	ss.w.Reset(tc)
+	ss.w.Reset(ss.srv.writer(tc))
 	ss.user = ""
 }
 

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs the Debian packages the integration tests run against (a real
 # Dovecot as the legacy server; mbsync, fetchmail, swaks and Python as
-# clients; Postfix as the legacy MTA), only when missing.
+# clients; Postfix as the legacy MTA; Cyrus IMAP as a second legacy
+# server), only when missing.
 set -euo pipefail
 need=()
 command -v dovecot >/dev/null 2>&1 || need+=(dovecot-imapd dovecot-pop3d dovecot-lmtpd)
@@ -16,6 +17,8 @@ command -v systemd-analyze >/dev/null 2>&1 || need+=(systemd) # verifies the shi
 command -v prometheus >/dev/null 2>&1 || need+=(prometheus) # evaluates the dashboard and alerts
 command -v chromium >/dev/null 2>&1 || need+=(chromium) # loads the status page
 command -v postfix >/dev/null 2>&1 || need+=(postfix)
+[ -x /usr/lib/cyrus/bin/master ] || need+=(cyrus-imapd) # a second legacy IMAP implementation
+command -v saslpasswd2 >/dev/null 2>&1 || need+=(sasl2-bin) # its users
 perl -MNet::SSLeay -MIO::Socket::SSL -e1 >/dev/null 2>&1 || need+=(libnet-ssleay-perl libio-socket-ssl-perl) # swaks -tls
 if [ ${#need[@]} -eq 0 ]; then
   exit 0
@@ -35,4 +38,5 @@ if command -v service >/dev/null 2>&1; then
   service dovecot stop >/dev/null 2>&1 || true
   service postfix stop >/dev/null 2>&1 || true
   service prometheus stop >/dev/null 2>&1 || true
+  service cyrus-imapd stop >/dev/null 2>&1 || true
 fi

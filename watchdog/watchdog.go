@@ -56,3 +56,17 @@ func (c *Conn) note(err error) {
 
 // TimedOut reports whether a read or write failed for lack of progress.
 func (c *Conn) TimedOut() bool { return c.expired.Load() }
+
+// Writer writes to a connection with a fresh write deadline of Timeout
+// before each write: a peer that stops reading fails the write, one that
+// reads slowly does not. Reads, and their deadlines, are left to the
+// connection's owner.
+type Writer struct {
+	Conn    net.Conn
+	Timeout time.Duration
+}
+
+func (w Writer) Write(p []byte) (int, error) {
+	w.Conn.SetWriteDeadline(time.Now().Add(w.Timeout))
+	return w.Conn.Write(p)
+}

@@ -7,6 +7,7 @@ import (
 
 	"github.com/emersion/go-imap/v2/imapclient"
 
+	"mailcapture/legacytest"
 	"mailcapture/store"
 )
 
@@ -14,6 +15,21 @@ import (
 // captured already, with an empty INBOX (mail for it is delivered
 // locally).
 func seedCapturedAccount(t *testing.T, dataDir, name string) {
+	t.Helper()
+	seedCapturedAccountWith(t, dataDir, name, store.MailboxSpec{Name: "INBOX"})
+}
+
+// seedCapturedAccountFrom is seedCapturedAccount for a user the legacy
+// server has, with an empty INBOX: the local INBOX is recorded as the
+// copy of it (same UIDVALIDITY), as a capture leaves it, so follow syncs
+// find nothing to do.
+func seedCapturedAccountFrom(t *testing.T, d *legacytest.Dovecot, dataDir, name, password string) {
+	t.Helper()
+	v := d.Snapshot(t, name, password)["INBOX"].UIDValidity
+	seedCapturedAccountWith(t, dataDir, name, store.MailboxSpec{Name: "INBOX", UIDValidity: v, LegacyUIDValidity: v, Subscribed: true})
+}
+
+func seedCapturedAccountWith(t *testing.T, dataDir, name string, inbox store.MailboxSpec) {
 	t.Helper()
 	ctx := context.Background()
 	st, err := store.Open(ctx, dataDir, store.Options{})
@@ -25,7 +41,7 @@ func seedCapturedAccount(t *testing.T, dataDir, name string) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if _, err := st.CreateMailbox(ctx, acct.ID, store.MailboxSpec{Name: "INBOX"}); err != nil {
+	if _, err := st.CreateMailbox(ctx, acct.ID, inbox); err != nil {
 		t.Fatal(err)
 	}
 	st.Transition(ctx, name, store.StateCapturing, store.StateCutover)

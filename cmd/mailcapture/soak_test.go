@@ -121,8 +121,8 @@ func TestSoak(t *testing.T) {
 	var locals []string
 	for i := range sc.localAccounts {
 		name := fmt.Sprintf("local%d@example.org", i)
-		seedCapturedAccount(t, dataDir, name)
 		d.AddUser(t, name, "pw") // captured from the legacy server, which still has it (follow syncs)
+		seedCapturedAccountFrom(t, d, dataDir, name, "pw")
 		locals = append(locals, name)
 	}
 	masterPW := t.TempDir() + "/master.pw"
