@@ -96,6 +96,14 @@ func (r PassResult) Changed() bool {
 	return r.Added+r.Expunged+r.FlagsChanged+r.FoldersCreated+r.FoldersDeleted+r.FoldersRenamed+r.FoldersRecopied > 0
 }
 
+// Trickle tells whether the pass found only a few message changes (new
+// mail arriving, flags set by the user) and no folder changes: a mailbox
+// that keeps getting mail never yields a pass with nothing to do.
+func (r PassResult) Trickle(limit int) bool {
+	return r.FoldersCreated+r.FoldersDeleted+r.FoldersRenamed+r.FoldersRecopied == 0 &&
+		r.Added+r.Expunged+r.FlagsChanged <= limit
+}
+
 // errMailboxChanged means the legacy folder changed under a pass (sequence
 // numbers moved); the folder is synced again.
 var errMailboxChanged = errors.New("legacy folder changed during the pass")

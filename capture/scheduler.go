@@ -36,8 +36,16 @@ type Scheduler struct {
 	// across all accounts.
 	ConnectRate float64
 	// OnReady is called when an account's copy is converged and verified
-	// (ready for cut-over).
+	// (ready for cut-over), or, with Trickle set, when it is converged but
+	// for a trickle of new mail.
 	OnReady func(ctx context.Context, account, password string)
+	// Trickle, if set, makes an attempt whose passes never find nothing
+	// to do, but whose last pass found at most Trickle message changes
+	// and no folder change, ready too: the mailbox keeps getting mail,
+	// and only a cut-over (which holds inbound mail and ends the user's
+	// sessions) lets its last passes and verification find it still. The
+	// cut-over must then converge and verify before it switches.
+	Trickle int
 	// OnStopped is called when a job gives up for good (bad credentials).
 	OnStopped func(account string, err error)
 	Log       *slog.Logger
@@ -306,11 +314,19 @@ func (s *Scheduler) runJob(ctx context.Context, j *job) {
 	defer s.signal()
 	s.running--
 	j.lastErr = err
+	trickle := s.Trickle > 0 && errors.Is(err, ErrNotConverged) && len(conv.Passes) > 0 && conv.Passes[len(conv.Passes)-1].Trickle(s.Trickle)
 	switch {
-	case err == nil:
+	case err == nil || trickle:
 		s.limit = min(s.limit+1, s.workers())
 		j.state = JobReady
-		log.Info("capture converged and verified", "passes", len(conv.Passes), "messages", conv.Verification.Messages)
+		if trickle {
+			j.lastErr = nil
+			last := conv.Passes[len(conv.Passes)-1]
+			log.Info("capture converged but for mail still arriving; the cut-over finishes it", "passes", len(conv.Passes),
+				"last_added", last.Added, "last_flags_changed", last.FlagsChanged)
+		} else {
+			log.Info("capture converged and verified", "passes", len(conv.Passes), "messages", conv.Verification.Messages)
+		}
 		close(j.done)
 		if s.OnReady != nil {
 			go s.OnReady(context.WithoutCancel(ctx), j.account, password)

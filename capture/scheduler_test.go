@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -169,5 +170,72 @@ func TestSchedulerSlowsDownOnSlowLogins(t *testing.T) {
 	}
 	if s.Limit() != 1 {
 		t.Fatalf("limit %d, want it floored at 1", s.Limit())
+	}
+}
+
+// TestSchedulerTrickleIsReady: a mailbox that gets a new message after
+// every committed batch never yields a pass with nothing to do. Without
+// Trickle the attempt fails (not converged) and is retried; with it the
+// account is ready after its first attempt (the cut-over holds the mail
+// and finishes the convergence).
+func TestSchedulerTrickleIsReady(t *testing.T) {
+	d := legacytest.Start(t, legacytest.Options{})
+	populate(t, d)
+	c := d.Login(t, user, password)
+	defer c.Close()
+	var mu sync.Mutex
+	arriving := func(budget int) func() {
+		return func() {
+			mu.Lock()
+			defer mu.Unlock()
+			if budget == 0 {
+				return
+			}
+			budget--
+			body := fmt.Sprintf("Message-ID: <arriving-%d@example.org>\r\nSubject: new\r\n\r\nhello\r\n", budget)
+			ap := c.Append("INBOX", int64(len(body)), nil)
+			ap.Write([]byte(body))
+			ap.Close()
+			if _, err := ap.Wait(); err != nil {
+				t.Errorf("append: %v", err)
+			}
+		}
+	}
+	run := func(trickle int) (JobStatus, bool) {
+		ctx, cancel := context.WithCancel(context.Background())
+		defer cancel()
+		st := openStore(t)
+		st.CreateAccount(ctx, user, password, store.StateCapturing)
+		e := newEngine(st, d)
+		e.afterCommit = arriving(40)
+		started := make(chan struct{}, 8)
+		ready := make(chan struct{}, 1)
+		s := &Scheduler{Engine: e, MaxPasses: 3, Trickle: trickle, BackoffMin: time.Millisecond, BackoffMax: 2 * time.Millisecond,
+			OnReady: func(context.Context, string, string) { ready <- struct{}{} }}
+		s.onStart = func(string) { started <- struct{}{} }
+		done := s.Submit(user, password, false)
+		go s.Run(ctx)
+		select {
+		case <-done:
+			waitDone(t, ready, "OnReady")
+			status, _ := s.Status(user)
+			return status, true
+		case <-started:
+		}
+		select {
+		case <-done:
+			waitDone(t, ready, "OnReady")
+			status, _ := s.Status(user)
+			return status, true
+		case <-started: // a second attempt: the first did not converge
+			status, _ := s.Status(user)
+			return status, false
+		}
+	}
+	if status, ready := run(0); ready || !strings.Contains(status.LastError, "not converged") {
+		t.Fatalf("without Trickle: ready %v, status %+v; want a failed attempt, not converged", ready, status)
+	}
+	if status, ready := run(5); !ready || status.State != JobReady || status.Attempts != 1 {
+		t.Fatalf("with Trickle: ready %v, status %+v; want ready after one attempt", ready, status)
 	}
 }

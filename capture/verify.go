@@ -284,6 +284,10 @@ type Convergence struct {
 	Verification Verification
 }
 
+// ErrNotConverged means every pass of a convergence attempt found
+// something to do.
+var ErrNotConverged = errors.New("not converged")
+
 // Converge runs sync passes until one finds nothing to do, then verifies.
 // A verification mismatch is repaired by the next pass and reported (log
 // and the account's last error). It returns once the store is verified to
@@ -317,7 +321,7 @@ func (e *Engine) Converge(ctx context.Context, account, password string, maxPass
 			return c, err
 		}
 	}
-	return c, fmt.Errorf("capture %s: not converged after %d passes", account, maxPasses)
+	return c, fmt.Errorf("capture %s: %w after %d passes", account, ErrNotConverged, maxPasses)
 }
 
 // verifyPOP3 compares a POP3-captured INBOX with the legacy maildrop: the

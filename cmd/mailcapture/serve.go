@@ -317,6 +317,10 @@ func (s *server) start(schedCtx context.Context, schedDone chan struct{}) error 
 		if queue != nil {
 			cut.Quiesce = queue.Quiesce
 		}
+		// An account that keeps getting mail is cut over once its passes
+		// find no more than a trickle: the cut-over holds the mail and
+		// converges and verifies before it switches.
+		s.sched.Trickle = 100
 		s.sched.OnReady = func(ctx context.Context, account, password string) {
 			cut.Run(ctx, account, password)
 		}

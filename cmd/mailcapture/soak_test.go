@@ -245,7 +245,11 @@ func TestSoak(t *testing.T) {
 	stats.mu.Unlock()
 	logMu.Lock()
 	for m, n := range logged {
-		t.Logf("soak: serve logged %d× %s", n, m)
+		if strings.HasPrefix(m, "ERROR") {
+			t.Errorf("soak: serve logged %d× %s", n, m)
+		} else {
+			t.Logf("soak: serve logged %d× %s", n, m)
+		}
 	}
 	logMu.Unlock()
 
