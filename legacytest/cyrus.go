@@ -15,10 +15,15 @@ import (
 	"time"
 )
 
-// cyrusBin is where Debian's cyrus-imapd keeps its daemons.
+// cyrusBin is where Debian's cyrus-common keeps Cyrus's master and tools.
 const cyrusBin = "/usr/lib/cyrus/bin"
 
-// Cyrus is a running private Cyrus IMAP server (Debian's cyrus-imapd), a
+// cyrusIMAPDs are where Cyrus's imapd may be: installed (package
+// cyrus-imapd), or unpacked by scripts/test-deps.sh (the package conflicts
+// with dovecot-imapd, so the two cannot be installed together).
+var cyrusIMAPDs = []string{cyrusBin + "/imapd", "/opt/mailcapture-test/cyrus-imapd/usr/lib/cyrus/bin/imapd"}
+
+// Cyrus is a running private Cyrus IMAP server (Debian's Cyrus 3.6), a
 // second legacy implementation beside Dovecot. It has Cyrus's classic
 // namespace (personal folders under "INBOX." with "." as separator),
 // virtual domains (user@domain logins), users in a private sasldb, and
@@ -28,6 +33,7 @@ type Cyrus struct {
 	Dir      string
 	IMAPAddr string
 	cmd      *exec.Cmd
+	imapd    string // path of Cyrus's imapd
 	// imap is the server-independent IMAP side of this package
 	// (Populate, Snapshot) pointed at this server.
 	imap *Dovecot
@@ -37,7 +43,17 @@ type Cyrus struct {
 func StartCyrus(t testing.TB) *Cyrus {
 	t.Helper()
 	if _, err := os.Stat(filepath.Join(cyrusBin, "master")); err != nil {
-		t.Fatalf("legacytest: cyrus-imapd is not installed (make test installs it: scripts/test-deps.sh): %v", err)
+		t.Fatalf("legacytest: cyrus-common is not installed (make test installs it: scripts/test-deps.sh): %v", err)
+	}
+	imapd := ""
+	for _, p := range cyrusIMAPDs {
+		if _, err := os.Stat(p); err == nil {
+			imapd = p
+			break
+		}
+	}
+	if imapd == "" {
+		t.Fatalf("legacytest: Cyrus's imapd is in none of %v (make test unpacks it: scripts/test-deps.sh)", cyrusIMAPDs)
 	}
 	if _, err := exec.LookPath("saslpasswd2"); err != nil {
 		t.Fatalf("legacytest: saslpasswd2 is not installed (package sasl2-bin): %v", err)
@@ -59,7 +75,7 @@ func StartCyrus(t testing.TB) *Cyrus {
 			t.Fatal(err)
 		}
 	}
-	c := &Cyrus{Dir: dir}
+	c := &Cyrus{Dir: dir, imapd: imapd}
 	var lastErr error
 	for attempt := 0; attempt < 5; attempt++ {
 		ports, err := freePorts(1)
@@ -110,14 +126,14 @@ notifysocket: %[1]s/run/notify
 syslog_prefix: legacytest-cyrus
 `, c.Dir)
 	master := fmt.Sprintf(`START {
-  recover cmd="ctl_cyrusdb -r -C %[1]s"
+  recover cmd="%[3]s/ctl_cyrusdb -r -C %[1]s"
 }
 SERVICES {
-  imap cmd="imapd -C %[1]s" listen="%[2]s" prefork=0
+  imap cmd="%[4]s -C %[1]s" listen="%[2]s" prefork=0
 }
 EVENTS {
 }
-`, c.confPath(), c.IMAPAddr)
+`, c.confPath(), c.IMAPAddr, cyrusBin, c.imapd)
 	if err := os.WriteFile(c.confPath(), []byte(imapd), 0o640); err != nil {
 		return err
 	}

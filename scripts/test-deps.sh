@@ -17,10 +17,15 @@ command -v systemd-analyze >/dev/null 2>&1 || need+=(systemd) # verifies the shi
 command -v prometheus >/dev/null 2>&1 || need+=(prometheus) # evaluates the dashboard and alerts
 command -v chromium >/dev/null 2>&1 || need+=(chromium) # loads the status page
 command -v postfix >/dev/null 2>&1 || need+=(postfix)
-[ -x /usr/lib/cyrus/bin/master ] || need+=(cyrus-imapd) # a second legacy IMAP implementation
+[ -x /usr/lib/cyrus/bin/master ] || need+=(cyrus-common) # a second legacy IMAP implementation (its imapd below)
 command -v saslpasswd2 >/dev/null 2>&1 || need+=(sasl2-bin) # its users
 perl -MNet::SSLeay -MIO::Socket::SSL -e1 >/dev/null 2>&1 || need+=(libnet-ssleay-perl libio-socket-ssl-perl) # swaks -tls
-if [ ${#need[@]} -eq 0 ]; then
+# Cyrus's imapd (package cyrus-imapd) conflicts with dovecot-imapd in
+# Debian: it is unpacked into a private directory instead of installed.
+cyrus_imapd=/opt/mailcapture-test/cyrus-imapd
+cyrus_missing=0
+[ -x "$cyrus_imapd/usr/lib/cyrus/bin/imapd" ] || cyrus_missing=1
+if [ ${#need[@]} -eq 0 ] && [ $cyrus_missing -eq 0 ]; then
   exit 0
 fi
 if [ "$(id -u)" -ne 0 ]; then
@@ -31,7 +36,16 @@ export DEBIAN_FRONTEND=noninteractive
 # Postfix is installed unconfigured: the tests run private instances.
 echo "postfix postfix/main_mailer_type select No configuration" | debconf-set-selections
 apt-get update -qq
-apt-get install -y -qq --no-install-recommends $(printf '%s\n' "${need[@]}" | sort -u) >/dev/null
+if [ ${#need[@]} -gt 0 ]; then
+  apt-get install -y -qq --no-install-recommends $(printf '%s\n' "${need[@]}" | sort -u) >/dev/null
+fi
+if [ $cyrus_missing -eq 1 ]; then
+  tmp=$(mktemp -d)
+  (cd "$tmp" && apt-get download -qq cyrus-imapd 2>/dev/null)
+  mkdir -p "$cyrus_imapd"
+  dpkg-deb -x "$tmp"/cyrus-imapd_*.deb "$cyrus_imapd"
+  rm -rf "$tmp"
+fi
 # The packages may start a system-wide Dovecot or Postfix; the tests run
 # their own.
 if command -v service >/dev/null 2>&1; then
