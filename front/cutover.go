@@ -74,6 +74,13 @@ func (c *Cutover) Run(ctx context.Context, account, password string) error {
 }
 
 func (c *Cutover) run(ctx context.Context, account, password string) error {
+	start := time.Now()
+	var stages []any // how long each step took, for the log
+	stage := func(name string) {
+		stages = append(stages, name, time.Since(start).Round(time.Millisecond))
+		start = time.Now()
+	}
+	defer func() { c.log().Info("cut-over steps", append([]any{"account", account}, stages...)...) }()
 	if c.IMAP != nil {
 		wctx, cancel := context.WithTimeout(ctx, orDuration(c.IMAPWait, 10*time.Second))
 		c.IMAP.EndSessions(wctx, account)
@@ -84,6 +91,7 @@ func (c *Cutover) run(ctx context.Context, account, password string) error {
 		c.POP3.FinishSessions(wctx, account)
 		cancel()
 	}
+	stage("sessions_ended")
 	if c.Quiesce != nil {
 		qctx, cancel := context.WithTimeout(ctx, orDuration(c.QuiesceWait, 2*time.Minute))
 		err := c.Quiesce(qctx, account)
@@ -91,12 +99,16 @@ func (c *Cutover) run(ctx context.Context, account, password string) error {
 		if err != nil {
 			return err
 		}
+		stage("relay_quiet")
 	}
 	// Final sync: nobody touches the legacy mailbox now. A forced cut-over
 	// of an account whose password is not known here skips it: follow
 	// syncs at the user's next logins bring what the last sync missed.
 	if password != "" {
-		if _, err := c.Engine.Converge(ctx, account, password, 10); err != nil {
+		conv, err := c.Engine.Converge(ctx, account, password, 10)
+		stages = append(stages, "final_passes", len(conv.Passes))
+		stage("final_sync")
+		if err != nil {
 			return err
 		}
 	} else {

@@ -413,6 +413,12 @@ func (s *session) login(tag, user, pass string) (done, handedOver bool) {
 		return false, false
 	}
 	route, err := s.f.Router.Route(ctx, user)
+	if errors.Is(err, ErrMoving) {
+		log.Info("imap login during a long cut-over: try again later")
+		s.f.Router.loginDone("imap", "local", "moving", user, remote)
+		s.write("%s NO [UNAVAILABLE] your mailbox is being moved, try again in a minute", tag)
+		return false, false
+	}
 	if err != nil {
 		log.Error("route login", "err", err)
 		s.f.Router.loginDone("imap", route.String(), "error", user, remote)

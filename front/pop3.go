@@ -83,6 +83,10 @@ func (b *POP3Backend) Login(ctx context.Context, user, password string, remote n
 		return nil, errTooManyFailures
 	}
 	route, err := b.Router.Route(ctx, user)
+	if errors.Is(err, ErrMoving) {
+		b.Router.loginDone("pop3", "local", "moving", user, remote)
+		return nil, pop3.ErrTemporary
+	}
 	if err != nil {
 		b.Router.loginDone("pop3", route.String(), "error", user, remote)
 		return nil, err

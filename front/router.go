@@ -330,9 +330,14 @@ func (r *Router) log() *slog.Logger {
 	return r.Log
 }
 
+// ErrMoving: the account's cut-over outlasted the wait; the login is
+// answered with a temporary failure (the client tries again).
+var ErrMoving = errors.New("the mailbox is being moved")
+
 // Route returns where user's login goes. An account in cut-over makes the
-// login wait until the cut-over ends (or CutoverWait passes: then the
-// legacy server, which still has everything, serves it).
+// login wait until the cut-over ends; past CutoverWait it fails with
+// ErrMoving (no client may reach the legacy mailbox during the final
+// sync, and a session opened there now would outlive the switch).
 func (r *Router) Route(ctx context.Context, user string) (Route, error) {
 	if r.Mode == "shadow" {
 		return RouteLegacy, nil
@@ -354,9 +359,11 @@ func (r *Router) Route(ctx context.Context, user string) (Route, error) {
 		case acct.State == store.StateCapturing:
 			return RouteLegacy, nil
 		}
-		// Cut-over: wait for it to end, briefly.
+		// Cut-over: wait for it to end, briefly. A login must not reach
+		// the legacy server now (the final sync runs with no client on
+		// it): past the wait it is refused for now.
 		if time.Now().After(deadline) {
-			return RouteLegacy, nil
+			return RouteLegacy, fmt.Errorf("route %s: %w", user, ErrMoving)
 		}
 		select {
 		case <-ctx.Done():

@@ -2,6 +2,7 @@ package front
 
 import (
 	"context"
+	"errors"
 	"sync"
 	"testing"
 	"time"
@@ -80,5 +81,23 @@ func TestFirstLoginStormHashesOnce(t *testing.T) {
 	}
 	if ok, _ := st.VerifyPassword(ctx, "storm@example.org", "new pw"); !ok {
 		t.Fatal("the changed password's hash was not stored")
+	}
+}
+
+// TestLoginDuringLongCutoverIsRefused: a login that outlasts the wait for
+// a cut-over is refused for now (ErrMoving), never sent to the legacy
+// server, whose mailbox the final sync must have to itself.
+func TestLoginDuringLongCutoverIsRefused(t *testing.T) {
+	ctx := context.Background()
+	st, err := store.Open(ctx, t.TempDir(), store.Options{Hash: store.HashParams{Time: 1, MemoryKiB: 8192, Threads: 1}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer st.Close()
+	st.CreateAccount(ctx, "slow@example.org", "pw", store.StateCapturing)
+	st.Transition(ctx, "slow@example.org", store.StateCapturing, store.StateCutover)
+	r := &Router{Store: st, CutoverWait: 200 * time.Millisecond}
+	if route, err := r.Route(ctx, "slow@example.org"); !errors.Is(err, ErrMoving) {
+		t.Fatalf("login during a long cut-over: route %v, err %v; want ErrMoving", route, err)
 	}
 }

@@ -261,16 +261,7 @@ func (c *Cyrus) Stop() {
 	if c.cmd == nil || c.cmd.Process == nil {
 		return
 	}
-	pid := c.cmd.Process.Pid
-	syscall.Kill(-pid, syscall.SIGTERM)
-	for i := 0; i < 100; i++ {
-		if syscall.Kill(-pid, 0) != nil {
-			c.cmd = nil
-			return
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
-	syscall.Kill(-pid, syscall.SIGKILL)
+	stopGroup(c.cmd.Process.Pid)
 	c.cmd = nil
 }
 

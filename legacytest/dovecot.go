@@ -329,17 +329,21 @@ func (d *Dovecot) Stop() {
 	if d.cmd == nil || d.cmd.Process == nil {
 		return
 	}
-	pid := d.cmd.Process.Pid
+	stopGroup(d.cmd.Process.Pid)
+	d.cmd = nil
+}
+
+// stopGroup ends the process group pid leads: SIGTERM, then SIGKILL if
+// it is still there after 2 s.
+func stopGroup(pid int) {
 	syscall.Kill(-pid, syscall.SIGTERM)
 	for i := 0; i < 100; i++ {
 		if syscall.Kill(-pid, 0) != nil {
-			d.cmd = nil
 			return
 		}
 		time.Sleep(20 * time.Millisecond)
 	}
 	syscall.Kill(-pid, syscall.SIGKILL)
-	d.cmd = nil
 }
 
 // Restart stops Dovecot, runs whileDown (nil: nothing) and starts it

@@ -26,7 +26,7 @@ var (
 func newTraffic(reg prometheus.Registerer) *Traffic {
 	t := &Traffic{
 		logins: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "mailcapture_logins_total",
-			Help: "IMAP and POP3 logins, by protocol, route (local: served from the store; legacy: proxied) and result (ok, failed, limited, error)."},
+			Help: "IMAP and POP3 logins, by protocol, route (local: served from the store; legacy: proxied) and result (ok, failed, limited, error; moving: refused for now during a cut-over longer than the wait)."},
 			[]string{"protocol", "route", "result"}),
 		sessions: prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: "mailcapture_sessions_active",
 			Help: "Logged-in IMAP and POP3 sessions now, by protocol and route."}, []string{"protocol", "route"}),

@@ -25,6 +25,9 @@ var (
 	ErrAuthFailed = errors.New("authentication failed")
 	// ErrInUse: the maildrop is locked by another session ("-ERR [IN-USE]").
 	ErrInUse = errors.New("maildrop in use")
+	// ErrTemporary: the login cannot be served now, the client should try
+	// again later ("-ERR [SYS/TEMP]", not logged as an error).
+	ErrTemporary = errors.New("temporarily unavailable")
 )
 
 // Backend authenticates users and opens their maildrops.
@@ -523,6 +526,10 @@ func (ss *session) login(user, password string) {
 		return
 	case errors.Is(err, ErrInUse):
 		ss.reply("-ERR [IN-USE] maildrop is locked by another session")
+		return
+	case errors.Is(err, ErrTemporary):
+		ss.log.Info("pop3 login: try again later", "user", user)
+		ss.reply("-ERR [SYS/TEMP] your mailbox is being moved, try again in a minute")
 		return
 	case err != nil:
 		ss.log.Error("pop3 login", "user", user, "err", err)
