@@ -2,7 +2,6 @@ package legacytest
 
 import (
 	"bytes"
-	"errors"
 	"fmt"
 	"os"
 	"os/exec"
@@ -12,7 +11,6 @@ import (
 	"strings"
 	"syscall"
 	"testing"
-	"time"
 )
 
 // cyrusBin is where Debian's cyrus-common keeps Cyrus's master and tools.
@@ -148,23 +146,10 @@ func (c *Cyrus) start(uid, gid int) error {
 	if err := cmd.Start(); err != nil {
 		return err
 	}
-	exited := make(chan error, 1)
-	go func() { exited <- cmd.Wait() }()
-	deadline := time.Now().Add(15 * time.Second)
-	for greets(c.IMAPAddr) != nil {
-		select {
-		case err := <-exited:
-			return fmt.Errorf("cyrus master exited: %v", err)
-		case <-time.After(20 * time.Millisecond):
-		}
-		if time.Now().After(deadline) {
-			syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL)
-			<-exited
-			return errors.New("cyrus did not listen within 15s")
-		}
+	if err := awaitGreetings(cmd, "cyrus master", c.IMAPAddr); err != nil {
+		return err
 	}
 	c.cmd = cmd
-	go func() { <-exited }()
 	return nil
 }
 

@@ -11,7 +11,6 @@ import (
 	"crypto/x509"
 	"crypto/x509/pkix"
 	"encoding/pem"
-	"errors"
 	"fmt"
 	"math/big"
 	"net"
@@ -280,32 +279,37 @@ service imap {
 	if err := cmd.Start(); err != nil {
 		return err
 	}
+	// Implicit-TLS ports do not greet in clear.
+	if err := awaitGreetings(cmd, "dovecot", d.IMAPAddr, d.POP3Addr, d.LMTPAddr); err != nil {
+		return err
+	}
+	d.cmd = cmd
+	return nil
+}
+
+// awaitGreetings waits, 15 s at most, until every address greets; the
+// started cmd is killed (its process group) if it exits or does not
+// listen in time. Once it listens, it is reaped in the background (Stop
+// waits for it through the process group).
+func awaitGreetings(cmd *exec.Cmd, name string, addrs ...string) error {
 	exited := make(chan error, 1)
 	go func() { exited <- cmd.Wait() }()
-	// Ready when every listener greets; bounded to 15 s.
 	deadline := time.Now().Add(15 * time.Second)
-	for _, addr := range []string{d.IMAPAddr, d.POP3Addr, d.LMTPAddr} { // implicit-TLS ports do not greet in clear
-		for {
-			if err := greets(addr); err == nil {
-				break
-			}
+	for _, addr := range addrs {
+		for greets(addr) != nil {
 			select {
 			case err := <-exited:
-				return fmt.Errorf("dovecot exited: %v", err)
+				return fmt.Errorf("%s exited: %v", name, err)
 			case <-time.After(20 * time.Millisecond):
 			}
 			if time.Now().After(deadline) {
 				syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL)
 				<-exited
-				return errors.New("dovecot did not listen within 15s")
+				return fmt.Errorf("%s did not listen within 15s", name)
 			}
 		}
 	}
-	d.cmd = cmd
-	go func() {
-		// Reap; Stop waits for this through the process group.
-		<-exited
-	}()
+	go func() { <-exited }()
 	return nil
 }
 
