@@ -39,6 +39,39 @@ func TestCaptureSurvivesDroppedFetch(t *testing.T) {
 	assertSameMailbox(t, d.Snapshot(t, user, password), localSnapshot(t, st, user))
 }
 
+// TestCaptureProgressesThroughRepeatedCuts: every legacy connection
+// breaks after 150 KB, and one batch would hold the whole mailbox; the
+// messages that came in whole before each break are kept, so each retry
+// gets further and the copy ends exact.
+func TestCaptureProgressesThroughRepeatedCuts(t *testing.T) {
+	ctx := context.Background()
+	d := legacytest.Start(t, legacytest.Options{})
+	populate(t, d)
+	proxy := legacytest.StartProxy(t, d.IMAPAddr)
+	proxy.CutAfter(150000)
+	st := openStore(t)
+	st.CreateAccount(ctx, user, password, store.StateCapturing)
+	e := newEngine(st, d)
+	e.IMAP.Address = proxy.Addr
+	e.Connections, e.BatchMessages, e.FetchChunk = 1, 500, 2000
+	failures := 0
+	for {
+		_, err := e.Pass(ctx, user, password)
+		if err == nil {
+			break
+		}
+		if failures++; failures == 200 {
+			t.Fatalf("no copy after %d passes cut after 150 KB: %v", failures, err)
+		}
+	}
+	proxy.CutAfter(0)
+	if _, err := e.Converge(ctx, user, password, 5); err != nil {
+		t.Fatal(err)
+	}
+	assertSameMailbox(t, d.Snapshot(t, user, password), localSnapshot(t, st, user))
+	t.Logf("copied exactly through %d broken connections", failures)
+}
+
 // TestCaptureSurvivesFullDisk: the local disk fills up during a capture;
 // the pass fails with an error and leaves no partial message; once space
 // is free again the next passes make the copy exact.

@@ -250,6 +250,9 @@ func (e *Engine) copyChunk(ctx context.Context, conn *imapConn, mbox store.Mailb
 				if err != nil && ctx.Err() != nil {
 					return e.finishCancelled(ctx, com, &batch, res)
 				}
+				if err != nil && broken {
+					return e.keepWhole(com, &batch, res, fmt.Errorf("store message UID %d: %w", want.uid, err))
+				}
 				if err != nil {
 					return fmt.Errorf("store message UID %d: %w", want.uid, err)
 				}
@@ -278,7 +281,7 @@ func (e *Engine) copyChunk(ctx context.Context, conn *imapConn, mbox store.Mailb
 		if ctx.Err() != nil {
 			return e.finishCancelled(ctx, com, &batch, res)
 		}
-		return fmt.Errorf("fetch bodies: %w", err)
+		return e.keepWhole(com, &batch, res, fmt.Errorf("fetch bodies: %w", err))
 	}
 	if received != len(msgs) {
 		return fmt.Errorf("%w: asked for %d bodies, received %d", errMailboxChanged, len(msgs), received)
@@ -316,6 +319,26 @@ func (l *literalReader) Read(p []byte) (int, error) {
 		l.err = err
 	}
 	return n, err
+}
+
+// keepWhole commits the messages streamed in whole before the legacy
+// connection failed (each one's size and UID were checked as it came), so
+// that the retry resumes after them instead of fetching them again; a
+// connection that always breaks after so many bytes cannot keep a folder
+// from being copied. It returns err.
+func (e *Engine) keepWhole(com *committer, batch **store.Batch, res *PassResult, err error) error {
+	b := *batch
+	*batch = e.Store.NewBatch() // the committer owns b now
+	if serr := com.submit(b); serr != nil {
+		return err
+	}
+	added, addedBytes, cerr := com.wait()
+	res.Added += added
+	res.AddedBytes += addedBytes
+	if cerr != nil {
+		return fmt.Errorf("%w (and keeping the messages before it: %v)", err, cerr)
+	}
+	return err
 }
 
 // finishCancelled commits what was streamed in whole before ctx ended

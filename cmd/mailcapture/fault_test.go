@@ -261,9 +261,8 @@ func TestLegacyRestartWithNewUIDValidity(t *testing.T) {
 	if err := f.login(t); err != nil {
 		t.Fatal(err)
 	}
-	// INBOX never fits in 1.3 MiB; Archive does, but is committed only
-	// when its connection finishes before INBOX's is cut (the pass ends
-	// there): attempts go on until one has.
+	// The messages that came in whole before a cut are kept; attempts go
+	// on until one has kept some (bounded).
 	failed := regexp.MustCompile(`level=WARN msg="capture failed; will resume".*account=` + regexp.QuoteMeta(faultUser))
 	var victim status.Account
 	for attempt := 0; attempt < 20 && victim.StoredMessages == 0; attempt++ {
