@@ -365,7 +365,9 @@ func (s *Session) Select(name string, options *imap.SelectOptions) (*imap.Select
 	tracker := state.tracker.NewSession()
 	state.mu.Unlock()
 	s.sel = &selected{mbox: mb, state: state, tracker: tracker, readOnly: options != nil && options.ReadOnly}
-	st, err := s.b.Store.Status(ctx, mb.ID)
+	// UIDNEXT read after the view was taken, so it is above every UID
+	// in it; the mailbox row is enough (no count over its messages).
+	now, err := s.b.Store.MailboxByID(ctx, mb.ID)
 	if err != nil {
 		return nil, s.internal("select", err)
 	}
@@ -374,8 +376,8 @@ func (s *Session) Select(name string, options *imap.SelectOptions) (*imap.Select
 		Flags:          flags,
 		PermanentFlags: append(flags, imap.FlagWildcard),
 		NumMessages:    n,
-		UIDNext:        imap.UID(st.UIDNext),
-		UIDValidity:    st.UIDValidity,
+		UIDNext:        imap.UID(now.UIDNext),
+		UIDValidity:    now.UIDValidity,
 	}, nil
 }
 
