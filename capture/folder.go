@@ -327,15 +327,7 @@ func (l *literalReader) Read(p []byte) (int, error) {
 // connection that always breaks after so many bytes cannot keep a folder
 // from being copied. It returns err.
 func (e *Engine) keepWhole(com *committer, batch **store.Batch, res *PassResult, err error) error {
-	b := *batch
-	*batch = e.Store.NewBatch() // the committer owns b now
-	if serr := com.submit(b); serr != nil {
-		return err
-	}
-	added, addedBytes, cerr := com.wait()
-	res.Added += added
-	res.AddedBytes += addedBytes
-	if cerr != nil {
+	if cerr := e.commitStreamed(com, batch, res); cerr != nil {
 		return fmt.Errorf("%w (and keeping the messages before it: %v)", err, cerr)
 	}
 	return err
@@ -344,6 +336,15 @@ func (e *Engine) keepWhole(com *committer, batch **store.Batch, res *PassResult,
 // finishCancelled commits what was streamed in whole before ctx ended
 // (the batch in progress and those queued), then returns ctx's error.
 func (e *Engine) finishCancelled(ctx context.Context, com *committer, batch **store.Batch, res *PassResult) error {
+	if err := e.commitStreamed(com, batch, res); err != nil {
+		return err
+	}
+	return ctx.Err()
+}
+
+// commitStreamed hands the batch in progress to the committer, waits for
+// everything queued to be committed and counts it in res.
+func (e *Engine) commitStreamed(com *committer, batch **store.Batch, res *PassResult) error {
 	b := *batch
 	*batch = e.Store.NewBatch() // the committer owns b now
 	if err := com.submit(b); err != nil {
@@ -352,10 +353,7 @@ func (e *Engine) finishCancelled(ctx context.Context, com *committer, batch **st
 	added, addedBytes, err := com.wait()
 	res.Added += added
 	res.AddedBytes += addedBytes
-	if err != nil {
-		return err
-	}
-	return ctx.Err()
+	return err
 }
 
 // committer commits batches one after another in the background, so the

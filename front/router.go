@@ -105,10 +105,11 @@ type Router struct {
 	recording map[string]chan struct{}
 }
 
-// recordOnce runs record for account unless another login of that
-// account is recording already, in which case it waits for that one to
-// end and reports false: the caller then looks again.
-func (r *Router) recordOnce(ctx context.Context, account string, record func()) (ran bool) {
+// recordOnce records a legacy login of account (recordLegacyLogin) unless
+// another login of that account is recording already, in which case it
+// waits for that one to end and reports ran false: the caller then looks
+// again. recorded reports whether the account could be recorded.
+func (r *Router) recordOnce(ctx context.Context, account, password string) (ran, recorded bool) {
 	key := strings.ToLower(account)
 	r.recordMu.Lock()
 	if ch, busy := r.recording[key]; busy {
@@ -117,7 +118,7 @@ func (r *Router) recordOnce(ctx context.Context, account string, record func()) 
 		case <-ch:
 		case <-ctx.Done():
 		}
-		return false
+		return false, false
 	}
 	if r.recording == nil {
 		r.recording = map[string]chan struct{}{}
@@ -131,8 +132,7 @@ func (r *Router) recordOnce(ctx context.Context, account string, record func()) 
 		r.recordMu.Unlock()
 		close(ch)
 	}()
-	record()
-	return true
+	return true, r.recordLegacyLogin(ctx, account, password)
 }
 
 // allow reports whether a login may be tried now.
@@ -384,15 +384,12 @@ func (r *Router) LegacyLoginOK(ctx context.Context, user, password string) {
 	}
 	// One login of an account at a time computes a hash; a storm of
 	// first logins waits for it, then finds the password known.
-	for attempt := 0; ; attempt++ {
-		if r.matchesKnown(user, password) {
-			break
+	for attempt := 0; !r.matchesKnown(user, password); attempt++ {
+		ran, recorded := r.recordOnce(ctx, user, password)
+		if ran && !recorded {
+			return
 		}
-		recorded := true
-		if r.recordOnce(ctx, user, func() { recorded = r.recordLegacyLogin(ctx, user, password) }) || ctx.Err() != nil || attempt == 3 {
-			if !recorded {
-				return
-			}
+		if ran || ctx.Err() != nil || attempt == 3 {
 			break
 		}
 	}

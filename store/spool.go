@@ -123,6 +123,22 @@ func (s *Store) Held(ctx context.Context, accountID int64) ([]SpoolEntry, error)
 	return s.spoolQuery(ctx, "WHERE route = 'hold' AND account_id = ? ORDER BY id", accountID)
 }
 
+// HoldingAccounts returns the accounts that have mail held for them.
+func (s *Store) HoldingAccounts(ctx context.Context) (map[int64]bool, error) {
+	ids, err := queryAll(ctx, s.read, func(row interface{ Scan(...any) error }) (int64, error) {
+		var id int64
+		return id, row.Scan(&id)
+	}, "SELECT DISTINCT account_id FROM spool WHERE route = 'hold'")
+	if err != nil {
+		return nil, fmt.Errorf("read spool: %w", err)
+	}
+	out := make(map[int64]bool, len(ids))
+	for _, id := range ids {
+		out[id] = true
+	}
+	return out, nil
+}
+
 // Spooled returns every spooled message, oldest first.
 func (s *Store) Spooled(ctx context.Context) ([]SpoolEntry, error) {
 	return s.spoolQuery(ctx, "ORDER BY received_at, id")
@@ -244,13 +260,8 @@ func (s *Store) HoldSpooled(ctx context.Context, id, accountID int64, rcpts []st
 		}
 	}
 	if len(keep) == 0 {
-		to, err := json.Marshal(e.To)
-		if err != nil {
-			return fail(err)
-		}
 		err = s.writeTx(ctx, func(tx *sql.Tx) error {
-			return execOne(ctx, tx, "UPDATE spool SET route = 'hold', account_id = ?, recipients = ? WHERE id = ? AND route = 'legacy'",
-				accountID, string(to), id)
+			return execOne(ctx, tx, "UPDATE spool SET route = 'hold', account_id = ? WHERE id = ? AND route = 'legacy'", accountID, id)
 		})
 		if err != nil {
 			return fail(err)

@@ -3,6 +3,7 @@ package main
 import (
 	"context"
 	"encoding/json"
+	"log/slog"
 	"regexp"
 	"strings"
 	"testing"
@@ -124,5 +125,41 @@ func TestInterruptedCutoverRecovers(t *testing.T) {
 	var detail accountDetail
 	if code != 0 || json.Unmarshal([]byte(out), &detail) != nil || detail.State != store.StateCapturing {
 		t.Fatalf("after the restart: exit %d %s %s", code, out, errOut)
+	}
+}
+
+// TestStrandedHeldMailReleasedAtStart: a stop between the end of a
+// cut-over and the release of what it held leaves held mail for a
+// captured account; the next start delivers it into the INBOX once.
+func TestStrandedHeldMailReleasedAtStart(t *testing.T) {
+	ctx := context.Background()
+	_, dataDir := writeConfig(t, "")
+	seedCapturedAccount(t, dataDir, "held@example.org")
+	st, err := store.Open(ctx, dataDir, store.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer st.Close()
+	acct, err := st.Account(ctx, "held@example.org")
+	if err != nil {
+		t.Fatal(err)
+	}
+	body := "Message-ID: <stranded@example.net>\r\nSubject: held\r\n\r\nhello\r\n"
+	if _, err := st.Enqueue(ctx, store.RouteHold, acct.ID, store.Envelope{From: "a@example.net", To: []string{acct.Name}}, strings.NewReader(body)); err != nil {
+		t.Fatal(err)
+	}
+	if err := recoverCutovers(ctx, st, slog.New(slog.DiscardHandler)); err != nil {
+		t.Fatal(err)
+	}
+	inbox, err := st.MailboxByName(ctx, acct.ID, "INBOX")
+	if err != nil {
+		t.Fatal(err)
+	}
+	msgs, err := st.Messages(ctx, inbox.ID, store.AllUIDs)
+	if err != nil || len(msgs) != 1 || msgs[0].MessageID != "<stranded@example.net>" {
+		t.Fatalf("INBOX after the start: %d messages (%v)", len(msgs), err)
+	}
+	if n, _, _ := st.SpoolStats(ctx); n != 0 {
+		t.Fatalf("spool holds %d messages after the start", n)
 	}
 }

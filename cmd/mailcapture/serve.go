@@ -467,15 +467,9 @@ func recoverCutovers(ctx context.Context, st *store.Store, log *slog.Logger) err
 	if err != nil {
 		return err
 	}
-	spooled, err := st.Spooled(ctx)
+	holding, err := st.HoldingAccounts(ctx)
 	if err != nil {
 		return err
-	}
-	holding := map[int64]bool{}
-	for _, e := range spooled {
-		if e.Route == store.RouteHold {
-			holding[e.AccountID] = true
-		}
 	}
 	for _, a := range accounts {
 		if a.State == store.StateCaptured && holding[a.ID] {
