@@ -21,6 +21,7 @@ import (
 	"mailcapture/capture"
 	"mailcapture/imapstore"
 	"mailcapture/store"
+	"mailcapture/watchdog"
 )
 
 // IMAPFront is the IMAP front end: it handles the not-authenticated state
@@ -42,9 +43,9 @@ type IMAPFront struct {
 	// PreauthTimeout bounds each command before login, bytes trickled in
 	// included (slowloris). Default 1 minute.
 	PreauthTimeout time.Duration
-	// WriteTimeout bounds each write to a client before login and in a
-	// proxied session: a client that stops reading is dropped, one that
-	// reads slowly is not. Default 1 minute.
+	// WriteTimeout bounds each write to a client, before login, in a
+	// proxied session and in a local one: a client that stops reading is
+	// dropped, one that reads slowly is not. Default 1 minute.
 	WriteTimeout time.Duration
 	Log          *slog.Logger
 
@@ -437,7 +438,8 @@ func (s *session) login(tag, user, pass string) (done, handedOver bool) {
 		s.f.Router.LocalLoginOK(acct.Name, pass)
 		s.write("%s OK [CAPABILITY %s] logged in", tag, capsString())
 		obs.SessionStarted("imap", "local")
-		hc := &handedConn{Conn: s.conn, r: s.r, account: acct, reading: make(chan struct{}, 1)}
+		hc := &handedConn{Conn: s.conn, r: s.r, account: acct, reading: make(chan struct{}, 1),
+			out: batchWriter{w: watchdog.Writer{Conn: s.conn, Timeout: orDuration(s.f.WriteTimeout, time.Minute)}}}
 		hc.closed = func() {
 			obs.SessionEnded("imap", "local")
 			s.f.mu.Lock()
@@ -705,6 +707,11 @@ func (c *handedConn) Close() error {
 	return err
 }
 
+// SetWriteDeadline is ignored: the server sets one around each response
+// it encodes (four per FETCH line), while its output reaches the socket
+// later, in batches, each written under a deadline of its own.
+func (c *handedConn) SetWriteDeadline(time.Time) error { return nil }
+
 func (c *handedConn) Write(p []byte) (int, error) {
 	c.mu.Lock()
 	if !c.greetingCut {
@@ -718,16 +725,13 @@ func (c *handedConn) Write(p []byte) (int, error) {
 		c.greetingCut, c.pending = true, nil
 		c.mu.Unlock()
 		if len(rest) > 0 {
-			if _, err := c.Conn.Write(rest); err != nil {
+			if _, err := c.out.w.Write(rest); err != nil {
 				return 0, err
 			}
 		}
 		return len(p), nil
 	}
 	defer c.mu.Unlock()
-	if c.out.w == nil {
-		c.out.w = c.Conn
-	}
 	n, err := c.out.Write(p)
 	if c.out.buf != nil && !c.flushArmed {
 		// Output written while the server is not reading (IDLE updates)

@@ -10,6 +10,7 @@ import (
 	"sort"
 	"sync"
 	"time"
+	"unsafe"
 
 	"github.com/emersion/go-imap/v2"
 	"github.com/emersion/go-imap/v2/imapserver"
@@ -198,9 +199,9 @@ func (b *Backend) release(mailboxID int64, m *mailboxState) {
 	b.idle--
 }
 
-// summaries returns the cached metadata of uids, in their order (loading
+// summaries appends to into the cached metadata of uids, in their order (loading
 // what the cache lacks first); a message that is gone has ID 0.
-func (b *Backend) summaries(ctx context.Context, mailboxID int64, m *mailboxState, uids []uint32) ([]store.Message, error) {
+func (b *Backend) summaries(ctx context.Context, mailboxID int64, m *mailboxState, uids []uint32, into []store.Message) ([]store.Message, error) {
 	err := b.Store.SummariesLocked(ctx, mailboxID, func() []store.UIDRange {
 		m.mu.Lock()
 		defer m.mu.Unlock()
@@ -228,11 +229,10 @@ func (b *Backend) summaries(ctx context.Context, mailboxID int64, m *mailboxStat
 	}
 	m.mu.Lock()
 	defer m.mu.Unlock()
-	out := make([]store.Message, len(uids))
-	for i, u := range uids {
-		out[i] = m.meta[u] // zero (ID 0) when gone
+	for _, u := range uids {
+		into = append(into, m.meta[u]) // zero (ID 0) when gone
 	}
-	return out, nil
+	return into, nil
 }
 
 func indexOf(uids []uint32, uid uint32) int {
@@ -243,12 +243,11 @@ func indexOf(uids []uint32, uid uint32) int {
 	return -1
 }
 
+// toFlags views flags as IMAP flags, without a copy (imap.Flag is a
+// string): the slices of the store and of its caches are never changed in
+// place, only replaced.
 func toFlags(flags []string) []imap.Flag {
-	out := make([]imap.Flag, len(flags))
-	for i, f := range flags {
-		out[i] = imap.Flag(f)
-	}
-	return out
+	return unsafe.Slice((*imap.Flag)(unsafe.SliceData(flags)), len(flags))
 }
 
 func fromFlags(flags []imap.Flag) []string {

@@ -6,6 +6,7 @@ import (
 	"io"
 	"net/mail"
 	"strings"
+	"sync"
 
 	"github.com/emersion/go-imap/v2"
 	"github.com/emersion/go-imap/v2/imapserver"
@@ -24,36 +25,63 @@ func (s *Session) writeSection(rw *imapserver.FetchResponseWriter, m store.Messa
 	}
 	defer f.Close()
 	start, end := sectionBounds(info, m.Size, sec)
-	var src io.Reader = io.NewSectionReader(f, start, end-start)
-	size := end - start
-	switch sec.Specifier {
-	case imap.PartSpecifierHeader:
-		if len(sec.HeaderFields) > 0 || len(sec.HeaderFieldsNot) > 0 {
-			raw, err := io.ReadAll(src)
-			if err != nil {
-				return s.internal("fetch", err)
-			}
-			filtered := filterHeader(raw, sec.HeaderFields, sec.HeaderFieldsNot)
-			src, size = bytes.NewReader(filtered), int64(len(filtered))
-		}
-	}
-	if sec.Partial != nil {
-		off := min(int64(sec.Partial.Offset), size)
-		n := size - off
-		if sec.Partial.Size > 0 {
-			n = min(n, int64(sec.Partial.Size))
-		}
-		if _, err := io.CopyN(io.Discard, src, off); err != nil {
+	var filtered []byte // the section's bytes when they are not the file's
+	if sec.Specifier == imap.PartSpecifierHeader && (len(sec.HeaderFields) > 0 || len(sec.HeaderFieldsNot) > 0) {
+		raw := make([]byte, end-start)
+		if _, err := f.ReadAt(raw, start); err != nil {
 			return s.internal("fetch", err)
 		}
-		src, size = io.LimitReader(src, n), n
+		filtered = filterHeader(raw, sec.HeaderFields, sec.HeaderFieldsNot)
+		start, end = 0, int64(len(filtered))
 	}
-	w := rw.WriteBodySection(sec, size)
-	if _, err := io.CopyN(w, src, size); err != nil {
+	if sec.Partial != nil {
+		start = min(start+int64(sec.Partial.Offset), end)
+		if sec.Partial.Size > 0 {
+			end = min(end, start+int64(sec.Partial.Size))
+		}
+	}
+	w := rw.WriteBodySection(sec, end-start)
+	if filtered != nil {
+		_, err = w.Write(filtered[start:end])
+	} else {
+		err = copyRange(w, f, start, end-start)
+	}
+	if err != nil {
 		w.Close()
 		return s.internal("fetch", err)
 	}
 	return w.Close()
+}
+
+// copyBuffers hold the bytes of a body on their way from its file to a
+// client.
+var copyBuffers = sync.Pool{New: func() any {
+	b := make([]byte, 64<<10)
+	return &b
+}}
+
+// copyRange copies n bytes of f from off to w, in reads of at most 64 KiB
+// at known offsets: a small message costs one read.
+func copyRange(w io.Writer, f io.ReaderAt, off, n int64) error {
+	bp := copyBuffers.Get().(*[]byte)
+	defer copyBuffers.Put(bp)
+	buf := *bp
+	for n > 0 {
+		chunk := buf[:min(n, int64(len(buf)))]
+		got, err := f.ReadAt(chunk, off)
+		if got < len(chunk) {
+			if err == nil || err == io.EOF {
+				err = io.ErrUnexpectedEOF
+			}
+			return err
+		}
+		if _, err := w.Write(chunk); err != nil {
+			return err
+		}
+		off += int64(got)
+		n -= int64(got)
+	}
+	return nil
 }
 
 // sectionBounds returns the byte range of a section.

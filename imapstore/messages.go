@@ -103,17 +103,21 @@ func uidRanges(ts []target) []store.UIDRange {
 	return out
 }
 
-// messagesOf returns the metadata of the targets, in their order, from the
-// selected mailbox's cache; a message expunged meanwhile has ID 0.
-func (s *Session) messagesOf(ts []target) ([]store.Message, error) {
+// messagesOf appends to into the metadata of the targets, in their order,
+// from the selected mailbox's cache; a message expunged meanwhile has ID 0.
+func (s *Session) messagesOf(ts []target, into []store.Message) ([]store.Message, error) {
 	ctx, cancel := s.ctx()
 	defer cancel()
 	uids := make([]uint32, len(ts))
 	for i, t := range ts {
 		uids[i] = t.uid
 	}
-	return s.b.summaries(ctx, s.sel.mbox.ID, s.sel.state, uids)
+	return s.b.summaries(ctx, s.sel.mbox.ID, s.sel.state, uids, into)
 }
+
+// fetchChunk is how many messages a FETCH looks up in the cache at once:
+// a FETCH of a whole mailbox does not copy all of its metadata first.
+const fetchChunk = 256
 
 // Fetch writes the asked items of the messages; full bodies stream from
 // the stored files, sections are cut by the offsets cached at ingestion.
@@ -137,17 +141,23 @@ func (s *Session) Fetch(w *imapserver.FetchWriter, numSet imap.NumSet, options *
 			return s.internal("fetch", err)
 		}
 	}
-	msgs, err := s.messagesOf(targets)
-	if err != nil {
-		return s.internal("fetch", err)
-	}
-	for i, t := range targets {
-		m := msgs[i]
-		if m.ID == 0 {
-			continue // expunged meanwhile
+	msgs := make([]store.Message, 0, min(len(targets), fetchChunk))
+	for len(targets) > 0 {
+		chunk := targets[:min(len(targets), fetchChunk)]
+		targets = targets[len(chunk):]
+		var err error
+		msgs, err = s.messagesOf(chunk, msgs[:0])
+		if err != nil {
+			return s.internal("fetch", err)
 		}
-		if err := s.fetchOne(w.CreateMessage(t.seq), m, options, markSeen); err != nil {
-			return err
+		for i, t := range chunk {
+			m := msgs[i]
+			if m.ID == 0 {
+				continue // expunged meanwhile
+			}
+			if err := s.fetchOne(w.CreateMessage(t.seq), m, options, markSeen); err != nil {
+				return err
+			}
 		}
 	}
 	return nil
@@ -242,7 +252,7 @@ func (s *Session) Store(w *imapserver.FetchWriter, numSet imap.NumSet, flags *im
 	if flags.Silent {
 		return nil
 	}
-	msgs, err := s.messagesOf(targets)
+	msgs, err := s.messagesOf(targets, nil)
 	if err != nil {
 		return s.internal("store", err)
 	}

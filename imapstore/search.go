@@ -122,7 +122,7 @@ func (s *Session) filterSent(ctx context.Context, uids []uint32, bounds []sentBo
 	for i, u := range uids {
 		ts[i] = target{uid: u}
 	}
-	msgs, err := s.messagesOf(ts)
+	msgs, err := s.messagesOf(ts, nil)
 	if err != nil {
 		return nil, err
 	}
