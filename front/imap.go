@@ -96,7 +96,7 @@ func (f *IMAPFront) init() {
 				if !ok {
 					return nil, nil, errors.New("connection not handed over by the front end")
 				}
-				return f.Local.NewSession(hc.account), &imapserver.GreetingData{PreAuth: true}, nil
+				return f.Local.NewSession(hc.account, hc), &imapserver.GreetingData{PreAuth: true}, nil
 			},
 			Caps:         imapstore.Caps,
 			InsecureAuth: true, // the front end has checked TLS already

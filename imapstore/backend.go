@@ -5,8 +5,10 @@
 package imapstore
 
 import (
+	"cmp"
 	"context"
 	"log/slog"
+	"slices"
 	"sort"
 	"sync"
 	"time"
@@ -57,10 +59,13 @@ type mailboxState struct {
 	// released is when refs last fell to 0 (for keepIdle).
 	released time.Time
 	// meta caches what FETCH serves of each message (Store.SummariesLocked),
-	// loaded at the first FETCH and kept current by apply: flags changed,
-	// expunged removed; added messages are listed in missing and loaded
-	// at the next FETCH. Nil until loaded.
-	meta    map[uint32]store.Message
+	// in UID order, loaded at the first FETCH and kept current by apply:
+	// flags changed, expunged removed; added messages are listed in
+	// missing and loaded at the next FETCH. A slice, not a map: a FETCH
+	// reads it in order, and a whole mailbox's worth of map lookups costs
+	// more than encoding the answers.
+	meta    []store.Message
+	loaded  bool
 	missing map[uint32]struct{}
 }
 
@@ -98,7 +103,7 @@ func (b *Backend) apply(c store.Change) {
 	defer m.mu.Unlock()
 	switch c.Kind {
 	case store.MessagesAdded:
-		if m.meta != nil {
+		if m.loaded {
 			for _, u := range c.UIDs {
 				m.missing[u] = struct{}{}
 			}
@@ -111,10 +116,10 @@ func (b *Backend) apply(c store.Change) {
 		gone := map[uint32]bool{}
 		for _, u := range c.UIDs {
 			gone[u] = true
-			if m.meta != nil {
-				delete(m.meta, u)
-				delete(m.missing, u)
-			}
+			delete(m.missing, u)
+		}
+		if m.loaded {
+			m.meta = slices.DeleteFunc(m.meta, func(msg store.Message) bool { return gone[msg.UID] })
 		}
 		kept := m.uids[:0]
 		// Highest first, so each sequence number is valid when queued.
@@ -131,9 +136,8 @@ func (b *Backend) apply(c store.Change) {
 		m.uids = kept
 	case store.FlagsChanged:
 		for _, f := range c.Flags {
-			if msg, ok := m.meta[f.UID]; ok {
-				msg.Flags = f.Flags
-				m.meta[f.UID] = msg
+			if i := m.metaIndex(f.UID); i >= 0 {
+				m.meta[i].Flags = f.Flags
 			}
 			if i := indexOf(m.uids, f.UID); i >= 0 {
 				m.tracker.QueueMessageFlags(uint32(i+1), imap.UID(f.UID), toFlags(f.Flags), nil)
@@ -205,7 +209,7 @@ func (b *Backend) summaries(ctx context.Context, mailboxID int64, m *mailboxStat
 	err := b.Store.SummariesLocked(ctx, mailboxID, func() []store.UIDRange {
 		m.mu.Lock()
 		defer m.mu.Unlock()
-		if m.meta == nil {
+		if !m.loaded {
 			return store.AllUIDs
 		}
 		var ranges []store.UIDRange
@@ -216,12 +220,12 @@ func (b *Backend) summaries(ctx context.Context, mailboxID int64, m *mailboxStat
 	}, func(msgs []store.Message) {
 		m.mu.Lock()
 		defer m.mu.Unlock()
-		if m.meta == nil {
-			m.meta = make(map[uint32]store.Message, len(msgs))
+		sorted := len(m.meta) == 0 || len(msgs) == 0 || msgs[0].UID > m.meta[len(m.meta)-1].UID
+		m.meta = append(m.meta, msgs...)
+		if !sorted {
+			slices.SortFunc(m.meta, func(a, b store.Message) int { return cmp.Compare(a.UID, b.UID) })
 		}
-		for _, msg := range msgs {
-			m.meta[msg.UID] = msg
-		}
+		m.loaded = true
 		m.missing = map[uint32]struct{}{} // loaded, or gone since
 	})
 	if err != nil {
@@ -229,10 +233,31 @@ func (b *Backend) summaries(ctx context.Context, mailboxID int64, m *mailboxStat
 	}
 	m.mu.Lock()
 	defer m.mu.Unlock()
-	for _, u := range uids {
-		into = append(into, m.meta[u]) // zero (ID 0) when gone
+	// uids usually ascend: each is looked for from where the last was found.
+	j := 0
+	for i, u := range uids {
+		if i == 0 || u < uids[i-1] {
+			j, _ = slices.BinarySearchFunc(m.meta, u, func(msg store.Message, u uint32) int { return cmp.Compare(msg.UID, u) })
+		}
+		for j < len(m.meta) && m.meta[j].UID < u {
+			j++
+		}
+		if j < len(m.meta) && m.meta[j].UID == u {
+			into = append(into, m.meta[j])
+		} else {
+			into = append(into, store.Message{}) // gone: ID 0
+		}
 	}
 	return into, nil
+}
+
+// metaIndex returns the index of uid in meta, or -1.
+func (m *mailboxState) metaIndex(uid uint32) int {
+	i, found := slices.BinarySearchFunc(m.meta, uid, func(msg store.Message, u uint32) int { return cmp.Compare(msg.UID, u) })
+	if !found {
+		return -1
+	}
+	return i
 }
 
 func indexOf(uids []uint32, uid uint32) int {

@@ -141,6 +141,9 @@ func (s *Session) Fetch(w *imapserver.FetchWriter, numSet imap.NumSet, options *
 			return s.internal("fetch", err)
 		}
 	}
+	if s.raw != nil && !markSeen && metadataOnly(options) {
+		return s.fetchMetadata(w, targets, options)
+	}
 	msgs := make([]store.Message, 0, min(len(targets), fetchChunk))
 	for len(targets) > 0 {
 		chunk := targets[:min(len(targets), fetchChunk)]

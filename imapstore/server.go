@@ -13,7 +13,7 @@ import (
 func NewServer(b *Backend, tlsConfig *tls.Config, insecureAuth bool) *imapserver.Server {
 	return imapserver.New(&imapserver.Options{
 		NewSession: func(*imapserver.Conn) (imapserver.Session, *imapserver.GreetingData, error) {
-			return b.NewSession(nil), nil, nil
+			return b.NewSession(nil, nil), nil, nil // STARTTLS may replace the connection: no raw writes
 		},
 		Caps:         Caps,
 		TLSConfig:    tlsConfig,

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"sort"
 	"strings"
 	"time"
@@ -20,6 +21,9 @@ type Session struct {
 	b    *Backend
 	acct *store.Account
 	sel  *selected
+	// raw, if set, is the connection under imapserver, which metadata-only
+	// FETCH answers are written to directly (see fetchMetadata).
+	raw io.Writer
 }
 
 // selected is the mailbox a session has selected.
@@ -36,9 +40,12 @@ var (
 )
 
 // NewSession starts a session; account is nil until Login, or set for a
-// session that the front end authenticated already.
-func (b *Backend) NewSession(account *store.Account) *Session {
-	return &Session{b: b, acct: account}
+// session that the front end authenticated already. raw, if not nil, is
+// the connection imapserver writes to, for the fast path of metadata-only
+// FETCH: it must stay the connection for the whole session (no STARTTLS
+// inside imapserver) and carry nothing but imapserver's output.
+func (b *Backend) NewSession(account *store.Account, raw io.Writer) *Session {
+	return &Session{b: b, acct: account, raw: raw}
 }
 
 func (s *Session) ctx() (context.Context, context.CancelFunc) {
