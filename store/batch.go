@@ -1,6 +1,7 @@
 package store
 
 import (
+	"bufio"
 	"context"
 	"crypto/sha256"
 	"database/sql"
@@ -86,10 +87,19 @@ func (s *Store) writeBody(ctx context.Context, src *idSource, r io.Reader) (body
 	return b, nil
 }
 
+// sinkBuffers gather a body's bytes on their way to its file: the
+// connection hands them over in whatever pieces the network gave, and a
+// write(2) per piece costs more than the copy.
+var sinkBuffers = sync.Pool{New: func() any { return bufio.NewWriterSize(nil, 64<<10) }}
+
 func fillBody(ctx context.Context, f *os.File, r io.Reader) (body, error) {
-	// The parser reads in chunks of up to 64 KiB, so the file is written
-	// in chunks of that size without a buffer of its own.
-	w := &bodySink{file: f, hash: sha256.New()}
+	buf := sinkBuffers.Get().(*bufio.Writer)
+	buf.Reset(f)
+	defer func() {
+		buf.Reset(nil)
+		sinkBuffers.Put(buf)
+	}()
+	w := &bodySink{file: buf, hash: sha256.New()}
 	src := io.TeeReader(&ctxReader{ctx: ctx, r: r}, w)
 	parsed, err := mimeinfo.Parse(src)
 	if err != nil {
@@ -97,6 +107,9 @@ func fillBody(ctx context.Context, f *os.File, r io.Reader) (body, error) {
 	}
 	// Parse reads to the end; drain anyway so the file is always whole.
 	if _, err := io.Copy(io.Discard, src); err != nil {
+		return body{}, err
+	}
+	if err := buf.Flush(); err != nil {
 		return body{}, err
 	}
 	structure, err := json.Marshal(parsed)
@@ -111,6 +124,7 @@ func fillBody(ctx context.Context, f *os.File, r io.Reader) (body, error) {
 	return b, nil
 }
 
+// bodySink writes a body to its file and hashes it.
 type bodySink struct {
 	file io.Writer
 	hash hash.Hash

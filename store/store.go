@@ -249,25 +249,28 @@ func (s *Store) blobPath(id int64) string {
 // id is the first of its range.
 func (s *Store) createBlob(id int64) (*os.File, error) {
 	path := s.blobPath(id)
-	f, err := os.OpenFile(path, os.O_CREATE|os.O_EXCL|os.O_WRONLY, 0o640)
+	f, err := openFile(path, syscall.O_CREAT|syscall.O_EXCL|syscall.O_WRONLY, 0o640)
 	if errors.Is(err, os.ErrNotExist) {
 		if err := os.MkdirAll(filepath.Dir(path), 0o750); err != nil {
 			return nil, err
 		}
-		f, err = os.OpenFile(path, os.O_CREATE|os.O_EXCL|os.O_WRONLY, 0o640)
+		f, err = openFile(path, syscall.O_CREAT|syscall.O_EXCL|syscall.O_WRONLY, 0o640)
 	}
 	return f, err
 }
 
 // openBlob opens a body.
-//
-// The file is opened with open(2) and wrapped, not with os.Open: os.Open
-// tries to register every file with the network poller, which costs four
-// more system calls per open on Linux and fails for regular files anyway.
 func (s *Store) openBlob(id int64) (*os.File, error) {
-	path := s.blobPath(id)
+	return openFile(s.blobPath(id), syscall.O_RDONLY, 0)
+}
+
+// openFile opens a body file with open(2) and wraps it, instead of
+// os.OpenFile: os.OpenFile tries to register every file with the network
+// poller, which costs four more system calls per file on Linux and fails
+// for regular files anyway.
+func openFile(path string, flags int, perm uint32) (*os.File, error) {
 	for {
-		fd, err := syscall.Open(path, syscall.O_RDONLY|syscall.O_CLOEXEC, 0)
+		fd, err := syscall.Open(path, flags|syscall.O_CLOEXEC, perm)
 		if err == syscall.EINTR {
 			continue
 		}
