@@ -247,11 +247,16 @@ func (s *Store) commitItems(ctx context.Context, items []NewMessage, bodies []bo
 		}
 		defer ins.Close()
 		alloc := newUIDAllocator(tx)
+		copies, err := newCopyFinder(ctx, tx, items)
+		if err != nil {
+			return err
+		}
+		defer copies.close()
 		for i, m := range items {
 			bd := bodies[i]
 			out[i].Size, out[i].SHA256 = bd.size, bd.sum
 			if m.LegacyUID != 0 || m.POP3UIDL != "" {
-				uid, found, err := existingCopy(ctx, tx, m.MailboxID, m.LegacyUID, m.POP3UIDL)
+				uid, found, err := copies.find(ctx, m.MailboxID, m.LegacyUID, m.POP3UIDL)
 				if err != nil {
 					return err
 				}
@@ -281,6 +286,7 @@ func (s *Store) commitItems(ctx context.Context, items []NewMessage, bodies []bo
 				return err
 			}
 			out[i].UID = uid
+			copies.stored(m.MailboxID, m.LegacyUID, uid)
 			placed = append(placed, bd.id)
 			changes[m.MailboxID] = append(changes[m.MailboxID], uid)
 		}
@@ -312,32 +318,102 @@ func nullUID(uid uint32) any {
 	return uid
 }
 
-// existingCopy finds a message already stored from the same legacy
-// message: same legacy UID, or same POP3 UIDL. Each lookup uses its own
-// unique index (one query with OR would scan the mailbox).
-func existingCopy(ctx context.Context, tx *sql.Tx, mailboxID int64, legacyUID uint32, uidl string) (uint32, bool, error) {
-	lookups := []struct {
-		query string
-		arg   any
-		use   bool
-	}{
-		{"SELECT uid FROM messages WHERE mailbox_id = ? AND legacy_uid = ?", legacyUID, legacyUID != 0},
-		{"SELECT uid FROM messages WHERE mailbox_id = ? AND pop3_uidl = ?", uidl, uidl != ""},
-	}
-	for _, l := range lookups {
-		if !l.use {
+// copyFinder finds a message already stored from the same legacy
+// message (by legacy UID, else by POP3 UIDL), so a batch replayed after a
+// crash stores nothing twice. Legacy UIDs are looked up with one range
+// query per mailbox of the batch; UIDLs with a statement prepared once per
+// transaction.
+type copyFinder struct {
+	tx     *sql.Tx
+	byUID  map[int64]map[uint32]uint32 // mailbox id -> legacy UID -> local UID
+	byUIDL *sql.Stmt
+}
+
+// newCopyFinder loads the local copies of the batch's legacy UIDs.
+func newCopyFinder(ctx context.Context, tx *sql.Tx, items []NewMessage) (*copyFinder, error) {
+	type span struct{ lo, hi uint32 }
+	spans := map[int64]span{}
+	for _, m := range items {
+		if m.LegacyUID == 0 {
 			continue
 		}
-		var uid uint32
-		err := tx.QueryRowContext(ctx, l.query, mailboxID, l.arg).Scan(&uid)
-		if err == nil {
-			return uid, true, nil
+		sp, ok := spans[m.MailboxID]
+		if !ok {
+			sp = span{m.LegacyUID, m.LegacyUID}
 		}
-		if !errors.Is(err, sql.ErrNoRows) {
+		sp.lo, sp.hi = min(sp.lo, m.LegacyUID), max(sp.hi, m.LegacyUID)
+		spans[m.MailboxID] = sp
+	}
+	f := &copyFinder{tx: tx, byUID: map[int64]map[uint32]uint32{}}
+	for mailboxID, sp := range spans {
+		found := map[uint32]uint32{}
+		rows, err := tx.QueryContext(ctx, "SELECT legacy_uid, uid FROM messages WHERE mailbox_id = ? AND legacy_uid BETWEEN ? AND ?", mailboxID, sp.lo, sp.hi)
+		if err != nil {
+			return nil, err
+		}
+		for rows.Next() {
+			var legacyUID, uid uint32
+			if err := rows.Scan(&legacyUID, &uid); err != nil {
+				rows.Close()
+				return nil, err
+			}
+			found[legacyUID] = uid
+		}
+		if err := rows.Close(); err != nil {
+			return nil, err
+		}
+		if err := rows.Err(); err != nil {
+			return nil, err
+		}
+		f.byUID[mailboxID] = found
+	}
+	return f, nil
+}
+
+// find returns the local UID of the stored copy, if there is one.
+func (f *copyFinder) find(ctx context.Context, mailboxID int64, legacyUID uint32, uidl string) (uint32, bool, error) {
+	if uid, ok := f.byUID[mailboxID][legacyUID]; ok && legacyUID != 0 {
+		return uid, true, nil
+	}
+	if uidl == "" {
+		return 0, false, nil
+	}
+	if f.byUIDL == nil {
+		stmt, err := f.tx.PrepareContext(ctx, "SELECT uid FROM messages WHERE mailbox_id = ? AND pop3_uidl = ?")
+		if err != nil {
 			return 0, false, err
 		}
+		f.byUIDL = stmt
 	}
-	return 0, false, nil
+	var uid uint32
+	err := f.byUIDL.QueryRowContext(ctx, mailboxID, uidl).Scan(&uid)
+	switch {
+	case err == nil:
+		return uid, true, nil
+	case errors.Is(err, sql.ErrNoRows):
+		return 0, false, nil
+	default:
+		return 0, false, err
+	}
+}
+
+// stored records a copy placed by this transaction, so a later item of the
+// same batch for the same legacy message is found too.
+func (f *copyFinder) stored(mailboxID int64, legacyUID, uid uint32) {
+	if legacyUID == 0 {
+		return
+	}
+	if f.byUID[mailboxID] == nil {
+		f.byUID[mailboxID] = map[uint32]uint32{}
+	}
+	f.byUID[mailboxID][legacyUID] = uid
+}
+
+// close releases the prepared statement.
+func (f *copyFinder) close() {
+	if f.byUIDL != nil {
+		f.byUIDL.Close()
+	}
 }
 
 // uidAllocator hands out UIDs within one transaction and writes each

@@ -632,3 +632,25 @@ func maxOf(a, b uint64) uint64 {
 	}
 	return b
 }
+
+func TestCaptureBatchStoresOneLegacyMessageOnce(t *testing.T) {
+	ctx := context.Background()
+	s := openTest(t, t.TempDir())
+	_, inbox := newAccountWithInbox(t, s, "bob@example.org")
+	b := s.NewBatch()
+	for range 2 {
+		if err := b.Add(ctx, NewMessage{MailboxID: inbox.ID, UID: 50, LegacyUID: 50}, bytes.NewReader(testMessage(50))); err != nil {
+			t.Fatal(err)
+		}
+	}
+	res, err := b.Commit(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(res) != 2 || res[0].Duplicate || !res[1].Duplicate || res[1].UID != res[0].UID || res[0].UID != 50 {
+		t.Fatalf("one legacy message twice in a batch: %+v", res)
+	}
+	if uids, err := s.UIDs(ctx, inbox.ID); err != nil || len(uids) != 1 {
+		t.Fatalf("stored UIDs %v, %v; want one", uids, err)
+	}
+}
