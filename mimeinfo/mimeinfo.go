@@ -10,6 +10,7 @@ package mimeinfo
 
 import (
 	"bufio"
+	"bytes"
 	"io"
 	"mime"
 	"net/mail"
@@ -168,6 +169,9 @@ func (p *parser) entity(part *Part, env *Envelope, bounds []string, depth int) e
 // skipTo consumes lines up to a delimiter of bounds or the end of input.
 func (p *parser) skipTo(bounds []string) error {
 	s := p.s
+	if len(bounds) == 0 {
+		return s.skipToEnd()
+	}
 	for !s.eof && !(s.curAtLineStart && delimiterOf(s.cur, bounds) >= 0) {
 		if err := s.consume(); err != nil {
 			return err
@@ -461,6 +465,45 @@ func (s *scanner) advance() error {
 	}
 	return nil
 }
+
+// skipToEnd consumes everything left: what the fragments would have
+// counted one by one (offset, line breaks, the last line break), counted
+// over whole buffers instead.
+func (s *scanner) skipToEnd() error {
+	var last [2]byte // the last two bytes consumed
+	for !s.eof {
+		s.off += int64(len(s.cur))
+		s.lines += int64(bytes.Count(s.cur, newline))
+		if n := len(s.cur); n >= 2 {
+			last = [2]byte{s.cur[n-2], s.cur[n-1]}
+		} else if n == 1 {
+			last = [2]byte{last[1], s.cur[0]}
+		}
+		if s.r.Buffered() == 0 {
+			if _, err := s.r.Peek(1); err == io.EOF {
+				s.cur, s.eof = s.cur[:0], true
+				break
+			} else if err != nil {
+				return err
+			}
+		}
+		s.cur, _ = s.r.Peek(s.r.Buffered())
+		if _, err := s.r.Discard(len(s.cur)); err != nil {
+			return err
+		}
+	}
+	s.prevEOL = 0
+	if last[1] == '\n' {
+		s.prevEOL = 1
+		if last[0] == '\r' {
+			s.prevEOL = 2
+		}
+	}
+	s.curAtLineStart, s.atLineStart = false, false
+	return nil
+}
+
+var newline = []byte{'\n'}
 
 // consume moves past the current fragment.
 func (s *scanner) consume() error {

@@ -2,6 +2,8 @@ package mimeinfo
 
 import (
 	"bytes"
+	"errors"
+	"io"
 	"strings"
 	"testing"
 	"testing/iotest"
@@ -209,3 +211,48 @@ func TestNonASCIINamesEncoded(t *testing.T) {
 		t.Errorf("from %+v", m.Envelope.From)
 	}
 }
+
+// A body nothing encloses is skipped in whole buffers; its end and line
+// count must be those the line-by-line scan gives, however the input is
+// cut.
+func TestSinglePartBodyCountedInBulk(t *testing.T) {
+	long := strings.Repeat("y", 2*maxLineBuffer+5)
+	bodies := []string{"", "x", "\r\n", "one\r\ntwo\r\n", "one\nbare\r\n" + long + "\r\nend", long + "\r\n" + long + "\n"}
+	for _, b := range bodies {
+		raw := "Subject: s\r\nContent-Type: text/plain\r\n\r\n" + b
+		want := int64(strings.Count(b, "\n"))
+		readers := map[string]func() *Message{
+			"whole": func() *Message { return parse(t, raw) },
+			"one byte": func() *Message {
+				m, err := Parse(iotest.OneByteReader(strings.NewReader(raw)))
+				if err != nil {
+					t.Fatal(err)
+				}
+				return m
+			},
+			"halves": func() *Message {
+				m, err := Parse(iotest.HalfReader(strings.NewReader(raw)))
+				if err != nil {
+					t.Fatal(err)
+				}
+				return m
+			},
+		}
+		for name, read := range readers {
+			m := read()
+			if m.Root.End != int64(len(raw)) || m.Root.Lines != want || body(raw, m.Root) != b {
+				t.Errorf("%s, %d-byte body: end %d lines %d, want %d and %d", name, len(b), m.Root.End, m.Root.Lines, len(raw), want)
+			}
+		}
+	}
+}
+
+func TestReadErrorInBodyIsReturned(t *testing.T) {
+	raw := "Subject: s\r\n\r\n" + strings.Repeat("body line\r\n", 20000)
+	r := io.MultiReader(strings.NewReader(raw), iotest.ErrReader(errBroken))
+	if _, err := Parse(r); !errors.Is(err, errBroken) {
+		t.Fatalf("Parse = %v, want the read error", err)
+	}
+}
+
+var errBroken = errors.New("connection broken")
