@@ -252,6 +252,68 @@ func TestDeltaSync(t *testing.T) {
 	assertSameMailbox(t, d.Snapshot(t, user, password), local)
 }
 
+// TestUnchangedFoldersAreSkipped: after convergence a pass compares no
+// folder message by message while the legacy server (CONDSTORE) reports
+// them unchanged; a flag change alone at the legacy server (same count,
+// same UIDNEXT) and a message gone from the local mirror are each still
+// found and repaired.
+func TestUnchangedFoldersAreSkipped(t *testing.T) {
+	ctx := context.Background()
+	d, st, e := setupCapture(t)
+	if _, err := e.Converge(ctx, user, password, 5); err != nil {
+		t.Fatal(err)
+	}
+	p, err := e.Pass(ctx, user, password)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if p.Changed() || p.Folders == 0 || p.FoldersUnchanged != p.Folders || p.LegacyMessages != 120-6 {
+		t.Fatalf("pass over an unchanged mailbox: %+v", p)
+	}
+
+	// A keyword set at the legacy server: only the modification sequence
+	// tells.
+	c := d.Login(t, user, password)
+	if _, err := c.Select("Projects/2024/Q1", nil).Wait(); err != nil {
+		t.Fatal(err)
+	}
+	var seq imap.SeqSet
+	seq.AddNum(4)
+	if err := c.Store(seq, &imap.StoreFlags{Op: imap.StoreFlagsAdd, Silent: true, Flags: []imap.Flag{"OnlyAFlag"}}, nil).Close(); err != nil {
+		t.Fatal(err)
+	}
+	c.Logout().Wait()
+	// A message gone from the local mirror of Sent (as a verification
+	// repair leaves it).
+	acct, err := st.Account(ctx, user)
+	if err != nil {
+		t.Fatal(err)
+	}
+	sent, err := st.MailboxByName(ctx, acct.ID, "Sent")
+	if err != nil {
+		t.Fatal(err)
+	}
+	uids, err := st.UIDs(ctx, sent.ID)
+	if err != nil || len(uids) < 5 {
+		t.Fatalf("Sent UIDs %v, %v", uids, err)
+	}
+	if _, err := st.Expunge(ctx, sent.ID, uids[4:5]); err != nil {
+		t.Fatal(err)
+	}
+
+	p, err = e.Pass(ctx, user, password)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if p.FlagsChanged != 1 || p.Added != 1 || p.Expunged != 0 || p.FoldersUnchanged != p.Folders-2 {
+		t.Fatalf("pass after a legacy flag change and a local loss: %+v", p)
+	}
+	assertSameMailbox(t, d.Snapshot(t, user, password), localSnapshot(t, st, user))
+	if p, err = e.Pass(ctx, user, password); err != nil || p.Changed() || p.FoldersUnchanged != p.Folders {
+		t.Fatalf("pass after the repair: %+v, %v", p, err)
+	}
+}
+
 // TestResumeNeverDuplicates interrupts passes right after their 1st, 2nd,
 // ... batch commits; the passes that follow resume, and the end result is
 // exact with nothing stored twice.

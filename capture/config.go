@@ -18,6 +18,7 @@ func NewEngine(st *store.Store, cfg config.Config, log *slog.Logger) *Engine {
 		POP3:        endpoint(cfg.Legacy.POP3.Address, cfg.Legacy.POP3.TLS, cfg.Legacy),
 		Log:         log,
 		Connections: cfg.Capture.ConnectionsPerAccount,
+		NoCondStore: !cfg.Capture.TrustCondStore,
 	}
 }
 

@@ -47,6 +47,10 @@ type Engine struct {
 	// Connections is how many legacy connections one account's pass uses
 	// at most. Default 2.
 	Connections int
+	// NoCondStore makes every pass compare every folder message by
+	// message, even where the legacy server offers CONDSTORE and reports
+	// the folder unchanged since its last sync.
+	NoCondStore bool
 
 	// afterCommit, if set, runs after each committed batch (tests use it
 	// to interrupt a pass at a known point).
@@ -86,6 +90,9 @@ type PassResult struct {
 	FoldersDeleted  int
 	FoldersRenamed  int
 	FoldersRecopied int
+	// FoldersUnchanged counts folders skipped because the legacy server
+	// reported them unchanged since their last sync (CONDSTORE).
+	FoldersUnchanged int
 	// LegacyMessages and LegacyBytes measure the legacy mailbox.
 	LegacyMessages int64
 	LegacyBytes    int64
@@ -343,6 +350,7 @@ func (r *PassResult) add(o PassResult) {
 	r.FoldersDeleted += o.FoldersDeleted
 	r.FoldersRenamed += o.FoldersRenamed
 	r.FoldersRecopied += o.FoldersRecopied
+	r.FoldersUnchanged += o.FoldersUnchanged
 	r.LegacyMessages += o.LegacyMessages
 	r.LegacyBytes += o.LegacyBytes
 }

@@ -26,18 +26,93 @@ type legacyMessage struct {
 // syncFolder makes one local mailbox equal to its legacy folder: creates
 // it (or recreates it when UIDVALIDITY changed), removes what was
 // expunged, updates flags, copies what is new, and raises UIDNEXT to the
-// legacy UIDNEXT.
+// legacy UIDNEXT. A folder the legacy server reports unchanged since its
+// last sync (same UIDVALIDITY, UIDNEXT, message count and CONDSTORE
+// HIGHESTMODSEQ) whose local mirror is as that sync left it is not
+// compared message by message.
 func (e *Engine) syncFolder(ctx context.Context, conn *imapConn, plan *passPlan, f legacyFolder, res *PassResult) error {
-	sel, err := conn.Select(f.name, &imap.SelectOptions{ReadOnly: true}).Wait()
+	condStore := !e.NoCondStore && conn.Caps().Has(imap.CapCondStore)
+	sel, err := conn.Select(f.name, &imap.SelectOptions{ReadOnly: true, CondStore: condStore}).Wait()
 	if err != nil {
 		return fmt.Errorf("select: %w", err)
 	}
 	defer func() { conn.Unselect().Wait() }()
+	if !condStore {
+		// Servers with CONDSTORE may report HIGHESTMODSEQ unasked.
+		sel.HighestModSeq = 0
+	}
 
 	mbox, err := e.localMailbox(ctx, plan, f, sel.UIDValidity, res)
 	if err != nil {
 		return err
 	}
+	if mbox.LegacySyncState != "" {
+		st, err := e.Store.Totals(ctx, mbox.ID)
+		if err != nil {
+			return err
+		}
+		if state, ok := syncState(sel, st); ok && state == mbox.LegacySyncState {
+			res.FoldersUnchanged++
+			res.LegacyMessages += int64(sel.NumMessages)
+			res.LegacyBytes += st.Size
+			return e.recordFolder(ctx, mbox, f, sel)
+		}
+	}
+	if err := e.compareAndCopy(ctx, conn, mbox, sel, res); err != nil {
+		return err
+	}
+	return e.finishFolder(ctx, mbox, f, sel)
+}
+
+// syncState describes a legacy folder as SELECT reported it and its local
+// mirror, for the next pass to compare with; ok is false when it cannot
+// tell changes apart (no HIGHESTMODSEQ) or the mirror does not hold as
+// many messages as the legacy folder.
+func syncState(sel *imap.SelectData, local store.MailboxStatus) (string, bool) {
+	if sel.HighestModSeq == 0 || local.Messages != sel.NumMessages {
+		return "", false
+	}
+	return fmt.Sprintf("legacy uidvalidity=%d uidnext=%d messages=%d modseq=%d; local messages=%d uidnext=%d",
+		sel.UIDValidity, sel.UIDNext, sel.NumMessages, sel.HighestModSeq, local.Messages, local.UIDNext), true
+}
+
+// recordFolder records the legacy folder's special use, subscription and
+// UIDNEXT (local UIDNEXT raised to it), each only when it differs from what
+// mbox (read before the sync) holds.
+func (e *Engine) recordFolder(ctx context.Context, mbox store.Mailbox, f legacyFolder, sel *imap.SelectData) error {
+	uidnext := uint32(sel.UIDNext)
+	if strings.Join(mbox.SpecialUse, " ") != strings.Join(f.specialUse, " ") || mbox.Subscribed != f.subscribed || mbox.UIDNext < uidnext {
+		if err := e.Store.UpdateMailbox(ctx, mbox.ID, f.specialUse, f.subscribed, uidnext); err != nil {
+			return err
+		}
+	}
+	if mbox.LegacyUIDNext < uidnext {
+		return e.Store.SetLegacyUIDNext(ctx, mbox.ID, uidnext)
+	}
+	return nil
+}
+
+// finishFolder records what a finished sync of the folder saw
+// (recordFolder) and the state the next pass compares with.
+func (e *Engine) finishFolder(ctx context.Context, mbox store.Mailbox, f legacyFolder, sel *imap.SelectData) error {
+	if err := e.recordFolder(ctx, mbox, f, sel); err != nil {
+		return err
+	}
+	st, err := e.Store.Totals(ctx, mbox.ID)
+	if err != nil {
+		return err
+	}
+	state, _ := syncState(sel, st)
+	if state == mbox.LegacySyncState {
+		return nil
+	}
+	return e.Store.SetLegacySyncState(ctx, mbox.ID, state)
+}
+
+// compareAndCopy compares the legacy folder's messages with the local
+// mirror's and applies the differences: expunges, flag changes, new
+// messages.
+func (e *Engine) compareAndCopy(ctx context.Context, conn *imapConn, mbox store.Mailbox, sel *imap.SelectData, res *PassResult) error {
 	legacy, err := fetchMetadata(conn, sel.NumMessages)
 	if err != nil {
 		return err
@@ -96,14 +171,9 @@ func (e *Engine) syncFolder(ctx context.Context, conn *imapConn, plan *passPlan,
 		}
 	}
 	if len(missing) > 0 {
-		if err := e.copyMessages(ctx, conn, mbox, missing, false, res); err != nil {
-			return err
-		}
+		return e.copyMessages(ctx, conn, mbox, missing, false, res)
 	}
-	if err := e.Store.UpdateMailbox(ctx, mbox.ID, f.specialUse, f.subscribed, uint32(sel.UIDNext)); err != nil {
-		return err
-	}
-	return e.Store.SetLegacyUIDNext(ctx, mbox.ID, uint32(sel.UIDNext))
+	return nil
 }
 
 // localMailbox finds or creates the local mirror of a legacy folder.

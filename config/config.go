@@ -170,6 +170,12 @@ type Capture struct {
 	// retried (exponential, with jitter). Defaults 5s and 10m.
 	RetryMin time.Duration `koanf:"retry_min"`
 	RetryMax time.Duration `koanf:"retry_max"`
+	// TrustCondStore lets a delta pass skip a folder whose legacy
+	// UIDVALIDITY, UIDNEXT, message count and CONDSTORE HIGHESTMODSEQ are
+	// those of its last sync. Turn it off for a legacy server whose
+	// modification sequences do not move with every flag change. Default
+	// true.
+	TrustCondStore bool `koanf:"trust_condstore"`
 }
 
 // Vault keeps legacy passwords sealed (AES-256-GCM) with a key the admin
@@ -269,7 +275,7 @@ func Default() Config {
 			Timeout:   60 * time.Second,
 			Master:    Master{Style: "separator", Separator: "*"},
 		},
-		Capture:         Capture{Workers: 4, ConnectionsPerAccount: 2, RetryMin: 5 * time.Second, RetryMax: 10 * time.Minute},
+		Capture:         Capture{Workers: 4, ConnectionsPerAccount: 2, RetryMin: 5 * time.Second, RetryMax: 10 * time.Minute, TrustCondStore: true},
 		TrustedNetworks: []string{"127.0.0.0/8", "::1/128"},
 		PasswordHash:    PasswordHash{Time: 1, MemoryKiB: 64 * 1024, Threads: 2},
 		Limits: Limits{FailedLoginsPerAddress: 20, FailedLoginsPerAccount: 5, FailedLoginWindow: 10 * time.Minute,

@@ -25,6 +25,9 @@ type Mailbox struct {
 	// LegacyUIDNext is the legacy UIDNEXT last synced: legacy messages
 	// with lower UIDs have been copied (or were gone) already.
 	LegacyUIDNext uint32
+	// LegacySyncState is what the capture recorded when it last finished
+	// syncing this mailbox (SetLegacySyncState); opaque to the store.
+	LegacySyncState string
 }
 
 // MailboxSpec describes a mailbox to create.
@@ -49,12 +52,12 @@ type MailboxStatus struct {
 	UIDValidity uint32
 }
 
-const mailboxColumns = "id, account_id, name, uidvalidity, uidnext, special_use, subscribed, legacy_uidvalidity, legacy_uidnext"
+const mailboxColumns = "id, account_id, name, uidvalidity, uidnext, special_use, subscribed, legacy_uidvalidity, legacy_uidnext, legacy_state"
 
 func scanMailbox(row interface{ Scan(...any) error }) (Mailbox, error) {
 	var m Mailbox
 	var special string
-	err := row.Scan(&m.ID, &m.AccountID, &m.Name, &m.UIDValidity, &m.UIDNext, &special, &m.Subscribed, &m.LegacyUIDValidity, &m.LegacyUIDNext)
+	err := row.Scan(&m.ID, &m.AccountID, &m.Name, &m.UIDValidity, &m.UIDNext, &special, &m.Subscribed, &m.LegacyUIDValidity, &m.LegacyUIDNext, &m.LegacySyncState)
 	if special != "" {
 		m.SpecialUse = strings.Fields(special)
 	}
@@ -169,6 +172,18 @@ func (s *Store) SetLegacyUIDNext(ctx context.Context, id int64, uidnext uint32) 
 	return nil
 }
 
+// SetLegacySyncState records what a finished sync of the mailbox saw (see
+// Mailbox.LegacySyncState).
+func (s *Store) SetLegacySyncState(ctx context.Context, id int64, state string) error {
+	err := s.writeTx(ctx, func(tx *sql.Tx) error {
+		return execOne(ctx, tx, "UPDATE mailboxes SET legacy_state = ? WHERE id = ?", state, id)
+	})
+	if err != nil {
+		return fmt.Errorf("mailbox %d: legacy sync state: %w", id, err)
+	}
+	return nil
+}
+
 // SetSubscribed changes the subscription of the account's mailbox name.
 func (s *Store) SetSubscribed(ctx context.Context, accountID int64, name string, subscribed bool) error {
 	name = normalizeMailboxName(name)
@@ -255,13 +270,27 @@ func (s *Store) Status(ctx context.Context, mailboxID int64) (MailboxStatus, err
 		b.uidnext, b.uidvalidity
 		FROM mailboxes b WHERE b.id = ?`, `\Seen`, `\Deleted`, mailboxID).Scan(
 		&st.Messages, &st.Unseen, &st.Deleted, &st.Size, &st.UIDNext, &st.UIDValidity)
+	return st, statusError(mailboxID, err)
+}
+
+// Totals is Status without the flag counts (Unseen and Deleted stay 0),
+// which cost a scan of every message's flags.
+func (s *Store) Totals(ctx context.Context, mailboxID int64) (MailboxStatus, error) {
+	var st MailboxStatus
+	err := s.read.QueryRowContext(ctx, `SELECT count(m.id), coalesce(sum(m.size), 0), b.uidnext, b.uidvalidity
+		FROM mailboxes b LEFT JOIN messages m ON m.mailbox_id = b.id WHERE b.id = ? GROUP BY b.id`, mailboxID).Scan(
+		&st.Messages, &st.Size, &st.UIDNext, &st.UIDValidity)
+	return st, statusError(mailboxID, err)
+}
+
+func statusError(mailboxID int64, err error) error {
 	if errors.Is(err, sql.ErrNoRows) {
-		return st, fmt.Errorf("status of mailbox %d: %w", mailboxID, ErrNotFound)
+		return fmt.Errorf("status of mailbox %d: %w", mailboxID, ErrNotFound)
 	}
 	if err != nil {
-		return st, fmt.Errorf("status of mailbox %d: %w", mailboxID, err)
+		return fmt.Errorf("status of mailbox %d: %w", mailboxID, err)
 	}
-	return st, nil
+	return nil
 }
 
 // hasFlagSQL is true when the flags column holds the flag bound to its

@@ -132,6 +132,12 @@ CREATE TABLE credentials (
 	updated_at INTEGER NOT NULL
 );
 `,
+	// 6: what the legacy folder and its local mirror looked like when a
+	// sync last finished it, so a delta pass can skip folders nothing
+	// changed in.
+	`
+ALTER TABLE mailboxes ADD COLUMN legacy_state TEXT NOT NULL DEFAULT '';
+`,
 }
 
 // checkVersion checks that a store opened beside its owner has the schema

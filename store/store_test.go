@@ -654,3 +654,37 @@ func TestCaptureBatchStoresOneLegacyMessageOnce(t *testing.T) {
 		t.Fatalf("stored UIDs %v, %v; want one", uids, err)
 	}
 }
+
+func TestTotalsAgreeWithStatus(t *testing.T) {
+	ctx := context.Background()
+	s := openTest(t, t.TempDir())
+	_, inbox := newAccountWithInbox(t, s, "bob@example.org")
+	check := func(when string) {
+		t.Helper()
+		st, err := s.Status(ctx, inbox.ID)
+		if err != nil {
+			t.Fatal(err)
+		}
+		tot, err := s.Totals(ctx, inbox.ID)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if tot.Messages != st.Messages || tot.Size != st.Size || tot.UIDNext != st.UIDNext || tot.UIDValidity != st.UIDValidity {
+			t.Fatalf("%s: totals %+v, status %+v", when, tot, st)
+		}
+	}
+	check("empty")
+	b := s.NewBatch()
+	for u := uint32(1); u <= 3; u++ {
+		if err := b.Add(ctx, NewMessage{MailboxID: inbox.ID, UID: u * 2}, bytes.NewReader(testMessage(int(u)))); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if _, err := b.Commit(ctx); err != nil {
+		t.Fatal(err)
+	}
+	check("three messages")
+	if _, err := s.Totals(ctx, inbox.ID+100); !errors.Is(err, ErrNotFound) {
+		t.Fatalf("totals of a missing mailbox: %v", err)
+	}
+}
