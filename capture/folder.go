@@ -249,18 +249,34 @@ func fetchMetadata(conn *imapConn, count uint32) ([]legacyMessage, error) {
 // store batches. The number received is checked against the number asked.
 // Copies keep the legacy UIDs, or get fresh local ones when fresh is set
 // (follow syncs after the cut-over).
-func (e *Engine) copyMessages(ctx context.Context, conn *imapConn, mbox store.Mailbox, msgs []legacyMessage, fresh bool, res *PassResult) error {
+func (e *Engine) copyMessages(ctx context.Context, conn *imapConn, mbox store.Mailbox, msgs []legacyMessage, fresh bool, res *PassResult) (err error) {
+	// Batches commit in the background while the next one streams in,
+	// across chunks: the next FETCH goes out without waiting for the last
+	// batch of the previous one to be durable. Commits are not cancelled:
+	// when ctx ends (shutdown), the messages streamed in whole so far are
+	// still committed. Whatever was committed is counted, error or not.
+	com := e.newCommitter(context.WithoutCancel(ctx))
+	defer func() {
+		added, addedBytes, cerr := com.wait()
+		res.Added += added
+		res.AddedBytes += addedBytes
+		if err == nil {
+			err = cerr
+		}
+	}()
 	chunk := e.fetchChunk()
 	for lo := 0; lo < len(msgs); lo += chunk {
 		part := msgs[lo:min(lo+chunk, len(msgs))]
-		if err := e.copyChunk(ctx, conn, mbox, part, fresh, res); err != nil {
+		if err := e.copyChunk(ctx, conn, com, mbox, part, fresh); err != nil {
 			return err
 		}
 	}
 	return nil
 }
 
-func (e *Engine) copyChunk(ctx context.Context, conn *imapConn, mbox store.Mailbox, msgs []legacyMessage, fresh bool, res *PassResult) error {
+// copyChunk fetches the bodies of msgs with one FETCH and hands them to
+// com in batches.
+func (e *Engine) copyChunk(ctx context.Context, conn *imapConn, com *committer, mbox store.Mailbox, msgs []legacyMessage, fresh bool) error {
 	bySeq := make(map[uint32]*legacyMessage, len(msgs))
 	var seqs imap.SeqSet
 	for i := range msgs {
@@ -279,11 +295,6 @@ func (e *Engine) copyChunk(ctx context.Context, conn *imapConn, mbox store.Mailb
 			fetch.Close()
 		}
 	}()
-	// Batches commit in the background while the next one streams in.
-	// Commits are not cancelled: when ctx ends (shutdown), the messages
-	// streamed in whole so far are still committed.
-	com := e.newCommitter(context.WithoutCancel(ctx))
-	defer com.abort()
 	batch := e.Store.NewBatch()
 	defer func() { batch.Abort() }()
 	received := 0
@@ -318,10 +329,10 @@ func (e *Engine) copyChunk(ctx context.Context, conn *imapConn, mbox store.Mailb
 					InternalDate: want.date, Flags: want.flags}, lit)
 				broken = lit.err != nil && lit.err != io.EOF
 				if err != nil && ctx.Err() != nil {
-					return e.finishCancelled(ctx, com, &batch, res)
+					return e.finishCancelled(ctx, com, &batch)
 				}
 				if err != nil && broken {
-					return e.keepWhole(com, &batch, res, fmt.Errorf("store message UID %d: %w", want.uid, err))
+					return e.keepWhole(com, &batch, fmt.Errorf("store message UID %d: %w", want.uid, err))
 				}
 				if err != nil {
 					return fmt.Errorf("store message UID %d: %w", want.uid, err)
@@ -349,20 +360,15 @@ func (e *Engine) copyChunk(ctx context.Context, conn *imapConn, mbox store.Mailb
 	}
 	if err := fetch.Close(); err != nil {
 		if ctx.Err() != nil {
-			return e.finishCancelled(ctx, com, &batch, res)
+			return e.finishCancelled(ctx, com, &batch)
 		}
-		return e.keepWhole(com, &batch, res, fmt.Errorf("fetch bodies: %w", err))
+		return e.keepWhole(com, &batch, fmt.Errorf("fetch bodies: %w", err))
 	}
 	if received != len(msgs) {
 		return fmt.Errorf("%w: asked for %d bodies, received %d", errMailboxChanged, len(msgs), received)
 	}
-	if err := com.submit(batch); err != nil {
-		return err
-	}
-	batch = e.Store.NewBatch()
-	added, addedBytes, err := com.wait()
-	res.Added += added
-	res.AddedBytes += addedBytes
+	err := com.submit(batch)
+	batch = e.Store.NewBatch() // the committer owns the submitted one
 	return err
 }
 
@@ -396,8 +402,8 @@ func (l *literalReader) Read(p []byte) (int, error) {
 // that the retry resumes after them instead of fetching them again; a
 // connection that always breaks after so many bytes cannot keep a folder
 // from being copied. It returns err.
-func (e *Engine) keepWhole(com *committer, batch **store.Batch, res *PassResult, err error) error {
-	if cerr := e.commitStreamed(com, batch, res); cerr != nil {
+func (e *Engine) keepWhole(com *committer, batch **store.Batch, err error) error {
+	if cerr := e.commitStreamed(com, batch); cerr != nil {
 		return fmt.Errorf("%w (and keeping the messages before it: %v)", err, cerr)
 	}
 	return err
@@ -405,24 +411,22 @@ func (e *Engine) keepWhole(com *committer, batch **store.Batch, res *PassResult,
 
 // finishCancelled commits what was streamed in whole before ctx ended
 // (the batch in progress and those queued), then returns ctx's error.
-func (e *Engine) finishCancelled(ctx context.Context, com *committer, batch **store.Batch, res *PassResult) error {
-	if err := e.commitStreamed(com, batch, res); err != nil {
+func (e *Engine) finishCancelled(ctx context.Context, com *committer, batch **store.Batch) error {
+	if err := e.commitStreamed(com, batch); err != nil {
 		return err
 	}
 	return ctx.Err()
 }
 
-// commitStreamed hands the batch in progress to the committer, waits for
-// everything queued to be committed and counts it in res.
-func (e *Engine) commitStreamed(com *committer, batch **store.Batch, res *PassResult) error {
+// commitStreamed hands the batch in progress to the committer and waits
+// for everything queued to be committed (copyMessages counts it).
+func (e *Engine) commitStreamed(com *committer, batch **store.Batch) error {
 	b := *batch
 	*batch = e.Store.NewBatch() // the committer owns b now
 	if err := com.submit(b); err != nil {
 		return err
 	}
-	added, addedBytes, err := com.wait()
-	res.Added += added
-	res.AddedBytes += addedBytes
+	_, _, err := com.wait()
 	return err
 }
 
