@@ -48,36 +48,21 @@ func (s *Session) fetchMetadata(w *imapserver.FetchWriter, targets []target, opt
 		buf = buf[:0]
 		return err
 	}
-	msgs := make([]store.Message, 0, min(len(targets), fetchChunk))
-	for len(targets) > 0 {
-		chunk := targets[:min(len(targets), fetchChunk)]
-		targets = targets[len(chunk):]
-		var err error
-		msgs, err = s.messagesOf(chunk, msgs[:0])
-		if err != nil {
-			return s.internal("fetch", err)
+	err := s.eachMessage(targets, func(t target, m store.Message) error {
+		if options.Flags && !atomFlags(m.Flags) {
+			if err := flush(); err != nil {
+				return err
+			}
+			return s.fetchOne(w.CreateMessage(t.seq), m, options, false)
 		}
-		for i, t := range chunk {
-			m := msgs[i]
-			if m.ID == 0 {
-				continue // expunged meanwhile
-			}
-			if options.Flags && !atomFlags(m.Flags) {
-				if err := flush(); err != nil {
-					return err
-				}
-				if err := s.fetchOne(w.CreateMessage(t.seq), m, options, false); err != nil {
-					return err
-				}
-				continue
-			}
-			buf = appendFetchLine(buf, t.seq, m, options)
-			if len(buf) >= fastFetchFlush {
-				if err := flush(); err != nil {
-					return err
-				}
-			}
+		buf = appendFetchLine(buf, t.seq, m, options)
+		if len(buf) >= fastFetchFlush {
+			return flush()
 		}
+		return nil
+	})
+	if err != nil {
+		return err
 	}
 	return flush()
 }

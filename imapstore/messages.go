@@ -103,6 +103,30 @@ func uidRanges(ts []target) []store.UIDRange {
 	return out
 }
 
+// eachMessage calls fn with the metadata of each target still in the
+// mailbox, in order, looking them up fetchChunk at a time.
+func (s *Session) eachMessage(targets []target, fn func(target, store.Message) error) error {
+	msgs := make([]store.Message, 0, min(len(targets), fetchChunk))
+	for len(targets) > 0 {
+		chunk := targets[:min(len(targets), fetchChunk)]
+		targets = targets[len(chunk):]
+		var err error
+		msgs, err = s.messagesOf(chunk, msgs[:0])
+		if err != nil {
+			return s.internal("fetch", err)
+		}
+		for i, t := range chunk {
+			if msgs[i].ID == 0 {
+				continue // expunged meanwhile
+			}
+			if err := fn(t, msgs[i]); err != nil {
+				return err
+			}
+		}
+	}
+	return nil
+}
+
 // messagesOf appends to into the metadata of the targets, in their order,
 // from the selected mailbox's cache; a message expunged meanwhile has ID 0.
 func (s *Session) messagesOf(ts []target, into []store.Message) ([]store.Message, error) {
@@ -144,26 +168,9 @@ func (s *Session) Fetch(w *imapserver.FetchWriter, numSet imap.NumSet, options *
 	if s.raw != nil && !markSeen && metadataOnly(options) {
 		return s.fetchMetadata(w, targets, options)
 	}
-	msgs := make([]store.Message, 0, min(len(targets), fetchChunk))
-	for len(targets) > 0 {
-		chunk := targets[:min(len(targets), fetchChunk)]
-		targets = targets[len(chunk):]
-		var err error
-		msgs, err = s.messagesOf(chunk, msgs[:0])
-		if err != nil {
-			return s.internal("fetch", err)
-		}
-		for i, t := range chunk {
-			m := msgs[i]
-			if m.ID == 0 {
-				continue // expunged meanwhile
-			}
-			if err := s.fetchOne(w.CreateMessage(t.seq), m, options, markSeen); err != nil {
-				return err
-			}
-		}
-	}
-	return nil
+	return s.eachMessage(targets, func(t target, m store.Message) error {
+		return s.fetchOne(w.CreateMessage(t.seq), m, options, markSeen)
+	})
 }
 
 func (s *Session) fetchOne(rw *imapserver.FetchResponseWriter, m store.Message, options *imap.FetchOptions, markSeen bool) error {
