@@ -98,6 +98,9 @@ func (e *Engine) finishFolder(ctx context.Context, mbox store.Mailbox, f legacyF
 	if err := e.recordFolder(ctx, mbox, f, sel); err != nil {
 		return err
 	}
+	if sel.HighestModSeq == 0 && mbox.LegacySyncState == "" {
+		return nil // nothing to record, nothing to clear
+	}
 	st, err := e.Store.Totals(ctx, mbox.ID)
 	if err != nil {
 		return err

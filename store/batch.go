@@ -12,6 +12,7 @@ import (
 	"io"
 	"net/mail"
 	"os"
+	"strings"
 	"sync"
 	"time"
 
@@ -320,50 +321,45 @@ func nullUID(uid uint32) any {
 
 // copyFinder finds a message already stored from the same legacy
 // message (by legacy UID, else by POP3 UIDL), so a batch replayed after a
-// crash stores nothing twice. Legacy UIDs are looked up with one range
-// query per mailbox of the batch; UIDLs with a statement prepared once per
-// transaction.
+// crash stores nothing twice. The batch's legacy UIDs are looked up
+// together, a few hundred per query; UIDLs with a statement prepared once
+// per transaction.
 type copyFinder struct {
 	tx     *sql.Tx
 	byUID  map[int64]map[uint32]uint32 // mailbox id -> legacy UID -> local UID
 	byUIDL *sql.Stmt
 }
 
+// copyLookupChunk bounds the legacy UIDs one lookup query names.
+const copyLookupChunk = 500
+
 // newCopyFinder loads the local copies of the batch's legacy UIDs.
 func newCopyFinder(ctx context.Context, tx *sql.Tx, items []NewMessage) (*copyFinder, error) {
-	type span struct{ lo, hi uint32 }
-	spans := map[int64]span{}
+	wanted := map[int64][]any{}
 	for _, m := range items {
-		if m.LegacyUID == 0 {
-			continue
+		if m.LegacyUID != 0 {
+			wanted[m.MailboxID] = append(wanted[m.MailboxID], m.LegacyUID)
 		}
-		sp, ok := spans[m.MailboxID]
-		if !ok {
-			sp = span{m.LegacyUID, m.LegacyUID}
-		}
-		sp.lo, sp.hi = min(sp.lo, m.LegacyUID), max(sp.hi, m.LegacyUID)
-		spans[m.MailboxID] = sp
+	}
+	type copyRow struct{ legacyUID, uid uint32 }
+	scan := func(row interface{ Scan(...any) error }) (copyRow, error) {
+		var r copyRow
+		return r, row.Scan(&r.legacyUID, &r.uid)
 	}
 	f := &copyFinder{tx: tx, byUID: map[int64]map[uint32]uint32{}}
-	for mailboxID, sp := range spans {
+	for mailboxID, uids := range wanted {
 		found := map[uint32]uint32{}
-		rows, err := tx.QueryContext(ctx, "SELECT legacy_uid, uid FROM messages WHERE mailbox_id = ? AND legacy_uid BETWEEN ? AND ?", mailboxID, sp.lo, sp.hi)
-		if err != nil {
-			return nil, err
-		}
-		for rows.Next() {
-			var legacyUID, uid uint32
-			if err := rows.Scan(&legacyUID, &uid); err != nil {
-				rows.Close()
+		for len(uids) > 0 {
+			chunk := uids[:min(len(uids), copyLookupChunk)]
+			uids = uids[len(chunk):]
+			rows, err := queryAll(ctx, tx, scan, "SELECT legacy_uid, uid FROM messages WHERE mailbox_id = ? AND legacy_uid IN (?"+
+				strings.Repeat(", ?", len(chunk)-1)+")", append([]any{mailboxID}, chunk...)...)
+			if err != nil {
 				return nil, err
 			}
-			found[legacyUID] = uid
-		}
-		if err := rows.Close(); err != nil {
-			return nil, err
-		}
-		if err := rows.Err(); err != nil {
-			return nil, err
+			for _, r := range rows {
+				found[r.legacyUID] = r.uid
+			}
 		}
 		f.byUID[mailboxID] = found
 	}

@@ -688,3 +688,33 @@ func TestTotalsAgreeWithStatus(t *testing.T) {
 		t.Fatalf("totals of a missing mailbox: %v", err)
 	}
 }
+
+// A replayed batch larger than one lookup query recognises every message.
+func TestReplayedLargeBatchStoresNothingTwice(t *testing.T) {
+	ctx := context.Background()
+	s := openTest(t, t.TempDir())
+	_, inbox := newAccountWithInbox(t, s, "bob@example.org")
+	const n = copyLookupChunk + 100
+	add := func() []Inserted {
+		b := s.NewBatch()
+		for u := uint32(1); u <= n; u++ {
+			if err := b.Add(ctx, NewMessage{MailboxID: inbox.ID, UID: u, LegacyUID: u}, bytes.NewReader(testMessage(int(u)))); err != nil {
+				t.Fatal(err)
+			}
+		}
+		res, err := b.Commit(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return res
+	}
+	add()
+	for i, r := range add() {
+		if !r.Duplicate || r.UID != uint32(i+1) {
+			t.Fatalf("replayed message %d: %+v", i+1, r)
+		}
+	}
+	if uids, err := s.UIDs(ctx, inbox.ID); err != nil || len(uids) != n {
+		t.Fatalf("%d UIDs stored (%v), want %d", len(uids), err, n)
+	}
+}
