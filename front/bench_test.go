@@ -81,7 +81,7 @@ func BenchmarkFrontEnd(b *testing.B) {
 	defer st.Close()
 	imapEP := capture.Endpoint{Address: d.IMAPAddr, TLS: "none", Timeout: time.Minute}
 	log := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))
-	front := &IMAPFront{Router: &Router{Store: st, Log: log}, Local: imapstore.NewBackend(st, nil), Legacy: imapEP, Log: log}
+	front := &IMAPFront{Router: &Router{Store: st, Log: log}, Local: imapstore.NewServer(st, imapstore.Options{}), Legacy: imapEP, Log: log}
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		b.Fatal(err)

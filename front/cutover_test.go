@@ -141,7 +141,7 @@ func TestFollowAfterCutover(t *testing.T) {
 	if _, err := f.st.Expunge(ctx, inbox.ID, uids[len(uids)-1:]); err != nil {
 		t.Fatal(err)
 	}
-	before, _ := f.st.Status(ctx, inbox.ID)
+	before, _ := f.st.Status(ctx, inbox.ID, 0)
 	// A sender with a cached old MX delivers to the legacy server.
 	late := legacytest.Generate(123, 1, 3000)
 	f.d.Populate(t, imapUser, password, []legacytest.Folder{{Name: "INBOX", Messages: late}})

@@ -2,7 +2,6 @@ package front
 
 import (
 	"bufio"
-	"bytes"
 	"context"
 	"crypto/tls"
 	"encoding/base64"
@@ -16,12 +15,9 @@ import (
 	"sync"
 	"time"
 
-	"github.com/emersion/go-imap/v2/imapserver"
-
 	"mailcapture/capture"
 	"mailcapture/imapstore"
 	"mailcapture/store"
-	"mailcapture/watchdog"
 )
 
 // IMAPFront is the IMAP front end: it handles the not-authenticated state
@@ -30,7 +26,8 @@ import (
 // logged in with the user's own credentials.
 type IMAPFront struct {
 	Router *Router
-	Local  *imapstore.Backend
+	// Local serves captured accounts' sessions.
+	Local  *imapstore.Server
 	Legacy capture.Endpoint
 	// TLSConfig enables STARTTLS; nil offers none.
 	TLSConfig *tls.Config
@@ -49,15 +46,14 @@ type IMAPFront struct {
 	WriteTimeout time.Duration
 	Log          *slog.Logger
 
-	once      sync.Once
-	local     *imapserver.Server
-	handoff   *handoffListener
-	localDone chan struct{} // closed when the local server's Serve returns
+	once sync.Once
+	// ctx is the sessions' context, ended by Shutdown.
+	ctx    context.Context
+	cancel context.CancelFunc
 
 	mu        sync.Mutex
 	listeners []net.Listener
-	conns     map[net.Conn]struct{}
-	handed    map[*handedConn]struct{} // sessions of the local server
+	conns     map[net.Conn]struct{} // not logged in yet
 	closing   bool
 	wg        sync.WaitGroup
 	proxied   sessions
@@ -88,24 +84,7 @@ func (f *IMAPFront) log() *slog.Logger {
 func (f *IMAPFront) init() {
 	f.once.Do(func() {
 		f.conns = map[net.Conn]struct{}{}
-		f.handed = map[*handedConn]struct{}{}
-		f.handoff = newHandoffListener()
-		f.local = imapserver.New(&imapserver.Options{
-			NewSession: func(c *imapserver.Conn) (imapserver.Session, *imapserver.GreetingData, error) {
-				hc, ok := c.NetConn().(*handedConn)
-				if !ok {
-					return nil, nil, errors.New("connection not handed over by the front end")
-				}
-				return f.Local.NewSession(hc.account, hc), &imapserver.GreetingData{PreAuth: true}, nil
-			},
-			Caps:         imapstore.Caps,
-			InsecureAuth: true, // the front end has checked TLS already
-		})
-		f.localDone = make(chan struct{})
-		go func() {
-			f.local.Serve(f.handoff)
-			close(f.localDone)
-		}()
+		f.ctx, f.cancel = context.WithCancel(context.Background())
 	})
 }
 
@@ -148,8 +127,9 @@ func (f *IMAPFront) Serve(ln net.Listener) error {
 	}
 }
 
-// Shutdown stops accepting, closes sessions still in the front end or
-// proxied (with BYE), and closes the local server's sessions.
+// Shutdown stops accepting, and ends every session with * BYE between
+// two commands: proxied ones at their next command boundary, local ones
+// by the local server, those not logged in yet at once (bounded by ctx).
 func (f *IMAPFront) Shutdown(ctx context.Context) error {
 	f.init()
 	f.mu.Lock()
@@ -157,14 +137,7 @@ func (f *IMAPFront) Shutdown(ctx context.Context) error {
 	for _, ln := range f.listeners {
 		ln.Close()
 	}
-	handed := make([]*handedConn, 0, len(f.handed))
-	for c := range f.handed {
-		handed = append(handed, c)
-	}
 	f.mu.Unlock()
-	// Every session ends with * BYE between two commands: proxied ones at
-	// their next command boundary, local ones once the server waits for the
-	// next command, those not logged in yet at once (bounded by ctx).
 	var ending sync.WaitGroup
 	for _, p := range f.proxied.all() {
 		ending.Add(1)
@@ -173,13 +146,11 @@ func (f *IMAPFront) Shutdown(ctx context.Context) error {
 			p.end(ctx, "server shutting down, please reconnect")
 		}()
 	}
-	for _, c := range handed {
-		ending.Add(1)
-		go func() {
-			defer ending.Done()
-			c.byeWhenIdle(ctx, "* BYE [UNAVAILABLE] server shutting down, please reconnect\r\n")
-		}()
-	}
+	ending.Add(1)
+	go func() {
+		defer ending.Done()
+		f.Local.Shutdown(ctx)
+	}()
 	f.mu.Lock()
 	for c := range f.conns { // not logged in yet
 		io.WriteString(c, "* BYE [UNAVAILABLE] server shutting down\r\n")
@@ -187,11 +158,7 @@ func (f *IMAPFront) Shutdown(ctx context.Context) error {
 	}
 	f.mu.Unlock()
 	ending.Wait()
-	// Let the local server's Serve return before closing it: go-imap's
-	// server does not take Close concurrent with Serve's start.
-	f.handoff.Close()
-	<-f.localDone
-	f.local.Close()
+	f.cancel()
 	done := make(chan struct{})
 	go func() {
 		f.wg.Wait()
@@ -436,20 +403,13 @@ func (s *session) login(tag, user, pass string) (done, handedOver bool) {
 		}
 		s.f.Router.loggedIn("imap", RouteLocal, acct.Name, remote)
 		s.f.Router.LocalLoginOK(acct.Name, pass)
-		s.write("%s OK [CAPABILITY %s] logged in", tag, capsString())
+		s.write("%s OK [CAPABILITY %s] logged in", tag, imapstore.Capabilities())
 		obs.SessionStarted("imap", "local")
-		hc := &handedConn{Conn: s.conn, r: s.r, account: acct, reading: make(chan struct{}, 1),
-			out: batchWriter{w: watchdog.Writer{Conn: s.conn, Timeout: orDuration(s.f.WriteTimeout, time.Minute)}}}
-		hc.closed = func() {
-			obs.SessionEnded("imap", "local")
-			s.f.mu.Lock()
-			delete(s.f.handed, hc)
-			s.f.mu.Unlock()
-		}
+		defer obs.SessionEnded("imap", "local")
 		s.f.mu.Lock()
-		s.f.handed[hc] = struct{}{}
+		delete(s.f.conns, s.conn) // the local server ends it at shutdown
 		s.f.mu.Unlock()
-		s.f.handoff.hand(hc)
+		s.f.Local.Serve(s.f.ctx, s.conn, s.r, *acct, log)
 		return true, true
 	}
 	legacy, text, err := loginLegacy(ctx, s.f.Legacy, user, pass)
@@ -497,14 +457,14 @@ func (s *session) login(tag, user, pass string) (done, handedOver bool) {
 // and, when that fails, once against the legacy server (a password
 // changed there before the cut-over).
 func (s *session) checkLocal(ctx context.Context, user, pass string) (*store.Account, bool) {
-	acct, err := s.f.Local.Store.Account(ctx, user)
+	acct, err := s.f.Router.Store.Account(ctx, user)
 	if err != nil || acct.State != store.StateCaptured {
 		return nil, false
 	}
 	if s.f.Router.matchesKnown(acct.Name, pass) {
 		return &acct, true
 	}
-	ok, err := s.f.Local.Store.VerifyPassword(ctx, acct.Name, pass)
+	ok, err := s.f.Router.Store.VerifyPassword(ctx, acct.Name, pass)
 	if err == nil && !ok {
 		ok = s.f.Router.passwordChanged(ctx, acct.Name, pass)
 	}
@@ -513,21 +473,6 @@ func (s *session) checkLocal(ctx context.Context, user, pass string) (*store.Acc
 	}
 	s.f.Router.rememberPassword(acct.Name, pass)
 	return &acct, true
-}
-
-func capsString() string {
-	var caps []string
-	for c := range imapstore.Caps {
-		caps = append(caps, string(c))
-	}
-	// IMAP4rev1 first, for clients that read only the first word.
-	out := "IMAP4rev1"
-	for _, c := range caps {
-		if c != "IMAP4rev1" {
-			out += " " + c
-		}
-	}
-	return out
 }
 
 // legacyConn is a logged-in connection to the legacy server, with what it
@@ -617,166 +562,3 @@ func readTagged(r *bufio.Reader, tag string) (string, error) {
 	}
 	return "", errors.New("legacy server sent too many lines before answering")
 }
-
-// handedConn is a connection passed to the local server, already
-// authenticated: its first write (the server's greeting) is dropped, since
-// the client got the tagged OK of its LOGIN instead, and bytes the front
-// end had read ahead are read again first.
-type handedConn struct {
-	net.Conn
-	r       *bufio.Reader
-	account *store.Account
-	// closed, if set, is called once when the connection is closed.
-	closed    func()
-	closeOnce sync.Once
-
-	mu          sync.Mutex
-	greetingCut bool
-	pending     []byte // rest of a greeting split across writes
-	// The server's output is gathered and written out when it reads next,
-	// or a millisecond after its last write.
-	out        batchWriter
-	flushTimer *time.Timer
-	flushArmed bool // the timer will flush
-	// waiting: the server is in Read, between two commands; reading is
-	// signalled each time it gets there.
-	waiting bool
-	reading chan struct{}
-	byeSent bool
-}
-
-// byeWhenIdle sends bye once the server waits for the next command (or
-// when ctx ends), then closes the connection.
-func (c *handedConn) byeWhenIdle(ctx context.Context, bye string) {
-	for {
-		c.mu.Lock()
-		if c.waiting || ctx.Err() != nil {
-			c.out.Flush()
-			c.Conn.SetWriteDeadline(time.Now().Add(5 * time.Second))
-			io.WriteString(c.Conn, bye)
-			c.byeSent = true
-			c.mu.Unlock()
-			c.Close()
-			return
-		}
-		c.mu.Unlock()
-		select {
-		case <-c.reading:
-		case <-ctx.Done():
-		}
-	}
-}
-
-// Read writes out what the server gathered first: the server reads the
-// next command only once it has answered the last.
-func (c *handedConn) Read(p []byte) (int, error) {
-	if err := c.flush(); err != nil {
-		return 0, err
-	}
-	c.mu.Lock()
-	c.waiting = true
-	c.mu.Unlock()
-	select {
-	case c.reading <- struct{}{}:
-	default:
-	}
-	n, err := c.r.Read(p)
-	c.mu.Lock()
-	c.waiting = false
-	c.mu.Unlock()
-	return n, err
-}
-
-// flush writes out the gathered output.
-func (c *handedConn) flush() error {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	if c.flushArmed {
-		c.flushTimer.Stop()
-		c.flushArmed = false
-	}
-	return c.out.Flush()
-}
-
-func (c *handedConn) Close() error {
-	c.flush()
-	err := c.Conn.Close()
-	if c.closed != nil {
-		c.closeOnce.Do(c.closed)
-	}
-	return err
-}
-
-// SetWriteDeadline is ignored: the server sets one around each response
-// it encodes (four per FETCH line), while its output reaches the socket
-// later, in batches, each written under a deadline of its own.
-func (c *handedConn) SetWriteDeadline(time.Time) error { return nil }
-
-func (c *handedConn) Write(p []byte) (int, error) {
-	c.mu.Lock()
-	if !c.greetingCut {
-		c.pending = append(c.pending, p...)
-		i := bytes.IndexByte(c.pending, '\n')
-		if i < 0 {
-			c.mu.Unlock()
-			return len(p), nil
-		}
-		rest := c.pending[i+1:]
-		c.greetingCut, c.pending = true, nil
-		c.mu.Unlock()
-		if len(rest) > 0 {
-			if _, err := c.out.w.Write(rest); err != nil {
-				return 0, err
-			}
-		}
-		return len(p), nil
-	}
-	defer c.mu.Unlock()
-	n, err := c.out.Write(p)
-	if c.out.buf != nil && !c.flushArmed {
-		// Output written while the server is not reading (IDLE updates)
-		// goes out within a millisecond of the first unflushed write.
-		c.flushArmed = true
-		if c.flushTimer == nil {
-			c.flushTimer = time.AfterFunc(time.Millisecond, func() { c.flush() })
-		} else {
-			c.flushTimer.Reset(time.Millisecond)
-		}
-	}
-	return n, err
-}
-
-// handoffListener feeds handed-over connections to the local server.
-type handoffListener struct {
-	ch     chan net.Conn
-	closed chan struct{}
-	once   sync.Once
-}
-
-func newHandoffListener() *handoffListener {
-	return &handoffListener{ch: make(chan net.Conn), closed: make(chan struct{})}
-}
-
-func (l *handoffListener) hand(c net.Conn) {
-	select {
-	case l.ch <- c:
-	case <-l.closed:
-		c.Close()
-	}
-}
-
-func (l *handoffListener) Accept() (net.Conn, error) {
-	select {
-	case c := <-l.ch:
-		return c, nil
-	case <-l.closed:
-		return nil, net.ErrClosed
-	}
-}
-
-func (l *handoffListener) Close() error {
-	l.once.Do(func() { close(l.closed) })
-	return nil
-}
-
-func (l *handoffListener) Addr() net.Addr { return &net.TCPAddr{IP: net.IPv4(127, 0, 0, 1)} }

@@ -57,7 +57,7 @@ func startIMAPFront(t *testing.T, trusted func(net.Addr) bool, configure ...func
 		sched.Run(ctx)
 		close(schedDone)
 	}()
-	front := &IMAPFront{Router: &Router{Store: st, Scheduler: sched}, Local: imapstore.NewBackend(st, nil), Legacy: imapEP, Trusted: trusted}
+	front := &IMAPFront{Router: &Router{Store: st, Scheduler: sched}, Local: imapstore.NewServer(st, imapstore.Options{}), Legacy: imapEP, Trusted: trusted}
 	for _, c := range configure {
 		c(front, d)
 	}

@@ -3,65 +3,245 @@ package imapstore
 import (
 	"bufio"
 	"bytes"
+	"encoding/base64"
 	"io"
-	"net/mail"
+	"mime/quotedprintable"
+	"strconv"
 	"strings"
 	"sync"
 
-	"github.com/emersion/go-imap/v2"
-	"github.com/emersion/go-imap/v2/imapserver"
-
+	"mailcapture/imapwire"
 	"mailcapture/mimeinfo"
-	"mailcapture/store"
 )
 
-// writeSection writes BODY[section]<partial> from the stored file, cut at
-// the offsets found at ingestion. A section that does not exist is empty,
-// as RFC 3501 6.4.5 allows.
-func (s *Session) writeSection(rw *imapserver.FetchResponseWriter, m store.Message, info *mimeinfo.Message, sec *imap.FetchItemBodySection) error {
-	f, err := s.b.Store.OpenBody(m.ID)
+// writeSection writes a BODY[...] (RFC 3501 6.4.5), BINARY[...] or
+// BINARY.SIZE[...] (RFC 3516) item: bytes cut from the stored file at the
+// offsets found at ingestion, never the whole message in memory unless it
+// must be filtered or decoded.
+func (s *session) writeSection(mi msgInfo, it fetchItem, structure func() (*mimeinfo.Message, error)) error {
+	start, end := int64(0), mi.size
+	var data []byte // the item's bytes when they are not a range of the file
+	whole := len(it.sec.part) == 0 && (it.sec.spec == "" || it.kind != fetchSection)
+	if !whole {
+		m, err := structure()
+		if err != nil {
+			return err
+		}
+		var ok bool
+		start, end, ok = sectionRange(m, it.sec)
+		if !ok {
+			start, end = 0, 0
+		}
+		switch {
+		case it.sec.spec == "HEADER.FIELDS" || it.sec.spec == "HEADER.FIELDS.NOT":
+			raw, err := s.readRange(mi, start, end)
+			if err != nil {
+				return err
+			}
+			data = filterHeader(raw, it.sec.fields, it.sec.spec == "HEADER.FIELDS")
+		case it.kind != fetchSection && ok:
+			part := partAt(m, it.sec.part)
+			raw, err := s.readRange(mi, start, end)
+			if err != nil {
+				return err
+			}
+			data = decodeTransfer(raw, part.Encoding)
+		}
+	}
+	if it.kind == fetchBinarySize {
+		n := end - start
+		if data != nil {
+			n = int64(len(data))
+		}
+		s.out = append(s.out, it.name...)
+		s.out = strconv.AppendInt(append(s.out, ' '), n, 10)
+		return nil
+	}
+	if data != nil {
+		start, end = 0, int64(len(data))
+	}
+	if it.partial {
+		start = min(start+int64(it.offset), end)
+		end = min(end, start+int64(it.count))
+	}
+	s.out = append(s.out, it.name...)
+	s.out = append(s.out, ' ')
+	if data != nil {
+		chunk := data[start:end]
+		if it.kind == fetchBinary && bytes.IndexByte(chunk, 0) >= 0 {
+			s.out = append(s.out, '~') // literal8 (RFC 3516 4.2)
+		}
+		s.out = imapwire.AppendLiteralHeader(s.out, int64(len(chunk)))
+		s.out = append(s.out, chunk...)
+		return nil
+	}
+	s.out = imapwire.AppendLiteralHeader(s.out, end-start)
+	if _, err := s.w.Write(s.out); err != nil {
+		return err
+	}
+	s.out = s.out[:0]
+	if end == start {
+		return nil
+	}
+	f, err := s.srv.store.OpenBody(mi.id)
 	if err != nil {
-		return s.internal("fetch", err)
+		return err
 	}
 	defer f.Close()
-	start, end := sectionBounds(info, m.Size, sec)
-	var filtered []byte // the section's bytes when they are not the file's
-	if sec.Specifier == imap.PartSpecifierHeader && (len(sec.HeaderFields) > 0 || len(sec.HeaderFieldsNot) > 0) {
-		raw := make([]byte, end-start)
-		if _, err := f.ReadAt(raw, start); err != nil {
-			return s.internal("fetch", err)
-		}
-		filtered = filterHeader(raw, sec.HeaderFields, sec.HeaderFieldsNot)
-		start, end = 0, int64(len(filtered))
-	}
-	if sec.Partial != nil {
-		start = min(start+int64(sec.Partial.Offset), end)
-		if sec.Partial.Size > 0 {
-			end = min(end, start+int64(sec.Partial.Size))
-		}
-	}
-	w := rw.WriteBodySection(sec, end-start)
-	if filtered != nil {
-		_, err = w.Write(filtered[start:end])
-	} else {
-		err = copyRange(w, f, start, end-start)
-	}
-	if err != nil {
-		w.Close()
-		return s.internal("fetch", err)
-	}
-	return w.Close()
+	return copyRange(s.w, f, start, end-start)
 }
 
-// copyBuffers hold the bytes of a body on their way from its file to a
-// client.
+// readRange reads part of a stored body.
+func (s *session) readRange(mi msgInfo, start, end int64) ([]byte, error) {
+	f, err := s.srv.store.OpenBody(mi.id)
+	if err != nil {
+		return nil, err
+	}
+	defer f.Close()
+	buf := make([]byte, end-start)
+	if _, err := f.ReadAt(buf, start); err != nil && !(err == io.EOF && len(buf) == 0) {
+		return nil, err
+	}
+	return buf, nil
+}
+
+// partAt finds the entity a section's part numbers name (RFC 3501 6.4.5):
+// a non-multipart message's part 1 is its body; inside a message/rfc822
+// the numbers go on into the enclosed message, whose part 1 is itself
+// when it is not multipart.
+func partAt(m *mimeinfo.Message, path []int) *mimeinfo.Part {
+	cur := &m.Root
+	for i, n := range path {
+		if i > 0 && cur.Message != nil {
+			cur = &cur.Message.Root
+		}
+		switch {
+		case len(cur.Parts) > 0:
+			if n > len(cur.Parts) {
+				return nil
+			}
+			cur = &cur.Parts[n-1]
+		case cur.Type == "multipart":
+			return nil
+		case n != 1:
+			return nil
+		}
+	}
+	return cur
+}
+
+// sectionRange returns the byte range of a section; ok is false when the
+// message has no such part.
+func sectionRange(m *mimeinfo.Message, sec section) (start, end int64, ok bool) {
+	if len(sec.part) == 0 {
+		switch sec.spec {
+		case "", "HEADER", "HEADER.FIELDS", "HEADER.FIELDS.NOT":
+			if sec.spec == "" {
+				return m.Root.HeaderStart, m.Root.End, true
+			}
+			return m.Root.HeaderStart, m.Root.BodyStart, true
+		case "TEXT":
+			return m.Root.BodyStart, m.Root.End, true
+		}
+		return 0, 0, false
+	}
+	p := partAt(m, sec.part)
+	if p == nil {
+		return 0, 0, false
+	}
+	switch sec.spec {
+	case "":
+		return p.BodyStart, p.End, true
+	case "MIME":
+		if p == &m.Root {
+			// The root's "MIME header" is the message header.
+			return p.HeaderStart, p.BodyStart, true
+		}
+		return p.HeaderStart, p.BodyStart, true
+	}
+	// HEADER and TEXT of a part address its enclosed message.
+	if p.Message == nil {
+		return 0, 0, false
+	}
+	inner := &p.Message.Root
+	if sec.spec == "TEXT" {
+		return inner.BodyStart, inner.End, true
+	}
+	return inner.HeaderStart, inner.BodyStart, true
+}
+
+// filterHeader keeps (keep) or drops the named fields of a header, with
+// their folded lines, and ends with the blank line (RFC 3501 6.4.5).
+func filterHeader(raw []byte, fields []string, keep bool) []byte {
+	want := func(name string) bool {
+		for _, f := range fields {
+			if strings.EqualFold(f, name) {
+				return keep
+			}
+		}
+		return !keep
+	}
+	var out bytes.Buffer
+	r := bufio.NewReader(bytes.NewReader(raw))
+	taking := false
+	for {
+		line, err := r.ReadBytes('\n')
+		if len(line) > 0 {
+			trimmed := bytes.TrimRight(line, "\r\n")
+			switch {
+			case len(trimmed) == 0:
+			case line[0] == ' ' || line[0] == '\t':
+				if taking {
+					out.Write(line)
+				}
+			default:
+				name, _, found := bytes.Cut(trimmed, []byte(":"))
+				taking = found && want(strings.TrimSpace(string(name)))
+				if taking {
+					out.Write(line)
+					if line[len(line)-1] != '\n' {
+						out.WriteString("\r\n")
+					}
+				}
+			}
+		}
+		if err != nil {
+			break
+		}
+	}
+	out.WriteString("\r\n")
+	return out.Bytes()
+}
+
+// decodeTransfer undoes a part's content transfer encoding (RFC 3516 4.1);
+// an encoding that is not base64 or quoted-printable is identity.
+func decodeTransfer(raw []byte, encoding string) []byte {
+	switch strings.ToLower(encoding) {
+	case "base64":
+		clean := bytes.Map(func(r rune) rune {
+			if r == '\r' || r == '\n' || r == ' ' || r == '\t' {
+				return -1
+			}
+			return r
+		}, raw)
+		out := make([]byte, base64.StdEncoding.DecodedLen(len(clean)))
+		n, _ := base64.StdEncoding.Decode(out, clean)
+		return out[:n]
+	case "quoted-printable":
+		out, _ := io.ReadAll(quotedprintable.NewReader(bytes.NewReader(raw)))
+		return out
+	}
+	return raw
+}
+
+// copyBuffers hold bodies on their way from their files to a client.
 var copyBuffers = sync.Pool{New: func() any {
 	b := make([]byte, 64<<10)
 	return &b
 }}
 
-// copyRange copies n bytes of f from off to w, in reads of at most 64 KiB
-// at known offsets: a small message costs one read.
+// copyRange copies n bytes of f from off to w by positioned reads of at
+// most 64 KiB: a small message costs one read.
 func copyRange(w io.Writer, f io.ReaderAt, off, n int64) error {
 	bp := copyBuffers.Get().(*[]byte)
 	defer copyBuffers.Put(bp)
@@ -82,171 +262,4 @@ func copyRange(w io.Writer, f io.ReaderAt, off, n int64) error {
 		n -= int64(got)
 	}
 	return nil
-}
-
-// sectionBounds returns the byte range of a section.
-func sectionBounds(info *mimeinfo.Message, size int64, sec *imap.FetchItemBodySection) (int64, int64) {
-	if wholeMessage(sec) {
-		return 0, size
-	}
-	msg := info
-	part := &info.Root
-	for i, n := range sec.Part {
-		var next *mimeinfo.Part
-		switch {
-		case len(part.Parts) > 0:
-			if n < 1 || n > len(part.Parts) {
-				return 0, 0
-			}
-			next = &part.Parts[n-1]
-		case part.Message != nil && i > 0:
-			// Inside message/rfc822, part numbers go on into the enclosed
-			// message's parts.
-			inner := &part.Message.Root
-			if len(inner.Parts) > 0 {
-				if n < 1 || n > len(inner.Parts) {
-					return 0, 0
-				}
-				next = &inner.Parts[n-1]
-			} else if n == 1 {
-				next = inner
-			}
-		case n == 1 && part == &msg.Root:
-			next = part // a single-part message's part 1 is its body
-		}
-		if next == nil {
-			return 0, 0
-		}
-		part = next
-	}
-	// HEADER and TEXT of a part address its enclosed message.
-	target := part
-	if len(sec.Part) > 0 && (sec.Specifier == imap.PartSpecifierHeader || sec.Specifier == imap.PartSpecifierText) {
-		if part.Message == nil {
-			return 0, 0
-		}
-		target = &part.Message.Root
-	}
-	switch sec.Specifier {
-	case imap.PartSpecifierHeader:
-		return target.HeaderStart, target.BodyStart
-	case imap.PartSpecifierText:
-		return target.BodyStart, target.End
-	case imap.PartSpecifierMIME:
-		return part.HeaderStart, part.BodyStart
-	}
-	if len(sec.Part) == 0 {
-		return 0, size
-	}
-	if part == &info.Root {
-		return part.BodyStart, part.End
-	}
-	return part.BodyStart, part.End
-}
-
-// filterHeader keeps (or drops) the named fields, with their folded lines,
-// and ends with the blank line.
-func filterHeader(raw []byte, keep, drop []string) []byte {
-	want := func(name string) bool {
-		for _, k := range keep {
-			if strings.EqualFold(k, name) {
-				return true
-			}
-		}
-		if len(keep) > 0 {
-			return false
-		}
-		for _, d := range drop {
-			if strings.EqualFold(d, name) {
-				return false
-			}
-		}
-		return true
-	}
-	var out bytes.Buffer
-	r := bufio.NewReader(bytes.NewReader(raw))
-	taking := false
-	for {
-		line, err := r.ReadBytes('\n')
-		if len(line) > 0 {
-			trimmed := bytes.TrimRight(line, "\r\n")
-			switch {
-			case len(trimmed) == 0:
-			case line[0] == ' ' || line[0] == '\t':
-				if taking {
-					out.Write(line)
-				}
-			default:
-				name, _, _ := bytes.Cut(trimmed, []byte(":"))
-				taking = want(strings.TrimSpace(string(name)))
-				if taking {
-					out.Write(line)
-				}
-			}
-		}
-		if err != nil {
-			break
-		}
-	}
-	out.WriteString("\r\n")
-	return out.Bytes()
-}
-
-func envelope(e *mimeinfo.Envelope) *imap.Envelope {
-	env := &imap.Envelope{
-		Subject: e.Subject, From: addresses(e.From), Sender: addresses(e.Sender), ReplyTo: addresses(e.ReplyTo),
-		To: addresses(e.To), Cc: addresses(e.Cc), Bcc: addresses(e.Bcc),
-		MessageID: strings.Trim(e.MessageID, "<> "),
-	}
-	if d, err := mail.ParseDate(e.Date); err == nil {
-		env.Date = d
-	}
-	for _, id := range strings.Fields(e.InReplyTo) {
-		env.InReplyTo = append(env.InReplyTo, strings.Trim(id, "<>"))
-	}
-	return env
-}
-
-func addresses(list []mimeinfo.Address) []imap.Address {
-	out := make([]imap.Address, len(list))
-	for i, a := range list {
-		out[i] = imap.Address{Name: a.Name, Mailbox: a.Mailbox, Host: a.Host}
-	}
-	return out
-}
-
-func bodyStructure(p *mimeinfo.Part, extended bool) imap.BodyStructure {
-	if len(p.Parts) > 0 {
-		mp := &imap.BodyStructureMultiPart{Subtype: p.Subtype}
-		for i := range p.Parts {
-			mp.Children = append(mp.Children, bodyStructure(&p.Parts[i], extended))
-		}
-		if extended {
-			mp.Extended = &imap.BodyStructureMultiPartExt{Params: p.Params, Disposition: disposition(p), Language: p.Language, Location: p.Location}
-		}
-		return mp
-	}
-	sp := &imap.BodyStructureSinglePart{
-		Type: p.Type, Subtype: p.Subtype, Params: p.Params, ID: p.ID, Description: p.Description,
-		Encoding: p.Encoding, Size: uint32(p.Size()),
-	}
-	switch {
-	case p.Message != nil:
-		sp.MessageRFC822 = &imap.BodyStructureMessageRFC822{
-			Envelope: envelope(&p.Message.Envelope), BodyStructure: bodyStructure(&p.Message.Root, extended), NumLines: p.Lines,
-		}
-	case strings.EqualFold(p.Type, "text"):
-		sp.Text = &imap.BodyStructureText{NumLines: p.Lines}
-	}
-	if extended {
-		sp.Extended = &imap.BodyStructureSinglePartExt{Disposition: disposition(p), Language: p.Language, Location: p.Location}
-	}
-	return sp
-}
-
-func disposition(p *mimeinfo.Part) *imap.BodyStructureDisposition {
-	if p.Disposition == "" {
-		return nil
-	}
-	return &imap.BodyStructureDisposition{Value: p.Disposition, Params: p.DispositionParams}
 }

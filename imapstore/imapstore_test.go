@@ -4,10 +4,12 @@ import (
 	"bytes"
 	"context"
 	"fmt"
+	"log/slog"
 	"net"
 	"os/exec"
 	"sort"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -17,11 +19,6 @@ import (
 	"mailcapture/capture"
 	"mailcapture/legacytest"
 	"mailcapture/store"
-)
-
-const (
-	user     = "ann@example.org"
-	password = "imap secret"
 )
 
 type fixture struct {
@@ -57,14 +54,47 @@ func captured(t *testing.T, opts legacytest.Options) *fixture {
 	}
 	st.Transition(ctx, user, store.StateCapturing, store.StateCutover)
 	st.Transition(ctx, user, store.StateCutover, store.StateCaptured)
+	return &fixture{d: d, st: st, addr: serveStore(t, st)}
+}
+
+// serveStore serves the store's account over IMAP, each connection
+// authenticated from the start (PREAUTH), as the front end hands them.
+func serveStore(t *testing.T, st *store.Store) string {
+	t.Helper()
+	ctx := context.Background()
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
 	}
-	srv := NewServer(NewBackend(st, nil), nil, true)
-	go srv.Serve(ln)
-	t.Cleanup(func() { srv.Close() })
-	return &fixture{d: d, st: st, addr: ln.Addr().String()}
+	logs := &errorLog{}
+	srv := NewServer(st, Options{Log: slog.New(logs)})
+	var wg sync.WaitGroup
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				fmt.Fprintf(c, "* PREAUTH [CAPABILITY %s] ready\r\n", Capabilities())
+				acct, _ := st.Account(ctx, user)
+				srv.Serve(ctx, c, nil, acct, slog.New(logs))
+			}()
+		}
+	}()
+	t.Cleanup(func() {
+		ln.Close()
+		sctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+		defer cancel()
+		srv.Shutdown(sctx)
+		wg.Wait()
+		for _, e := range logs.errors {
+			t.Errorf("server logged an error: %s", e)
+		}
+	})
+	return ln.Addr().String()
 }
 
 func (f *fixture) login(t *testing.T) *imapclient.Client {
@@ -74,9 +104,6 @@ func (f *fixture) login(t *testing.T) *imapclient.Client {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { c.Close() })
-	if err := c.Login(user, password).Wait(); err != nil {
-		t.Fatal(err)
-	}
 	return c
 }
 
@@ -231,9 +258,6 @@ func TestIdleSeesDelivery(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer c.Close()
-	if err := c.Login(user, password).Wait(); err != nil {
-		t.Fatal(err)
-	}
 	sel, err := c.Select("INBOX", nil).Wait()
 	if err != nil {
 		t.Fatal(err)
@@ -275,7 +299,8 @@ func TestPythonImaplib(t *testing.T) {
 		script := fmt.Sprintf(`
 import imaplib, hashlib, re
 c = imaplib.IMAP4(%q, %s)
-c.login(%q, %q)
+if c.state == "NONAUTH":
+    c.login(%q, %q)
 typ, boxes = c.list()
 rows = []
 for b in boxes:
@@ -395,7 +420,7 @@ func TestIdleMailboxStatesBounded(t *testing.T) {
 	}
 	defer st.Close()
 	acct, _ := st.CreateAccount(ctx, "idle@example.org", "pw", store.StateCaptured)
-	b := NewBackend(st, nil)
+	srv := NewServer(st, Options{})
 	var ids []int64
 	for i := 0; i < keepIdle+5; i++ {
 		mb, err := st.CreateMailbox(ctx, acct.ID, store.MailboxSpec{Name: fmt.Sprintf("box%d", i)})
@@ -403,30 +428,30 @@ func TestIdleMailboxStatesBounded(t *testing.T) {
 			t.Fatal(err)
 		}
 		ids = append(ids, mb.ID)
-		m, err := b.open(ctx, mb.ID)
+		m, err := srv.open(ctx, mb.ID)
 		if err != nil {
 			t.Fatal(err)
 		}
-		b.release(mb.ID, m)
+		srv.release(m)
 	}
-	if len(b.mailboxes) != keepIdle || b.idle != keepIdle {
-		t.Fatalf("%d states kept (%d idle), want %d", len(b.mailboxes), b.idle, keepIdle)
+	if len(srv.mailboxes) != keepIdle || srv.idle != keepIdle {
+		t.Fatalf("%d states kept (%d idle), want %d", len(srv.mailboxes), srv.idle, keepIdle)
 	}
 	for _, id := range ids[:5] {
-		if b.mailboxes[id] != nil {
+		if srv.mailboxes[id] != nil {
 			t.Fatalf("the least recently used state of mailbox %d was kept", id)
 		}
 	}
 	// Selected again, then deleted: not kept.
-	m, _ := b.open(ctx, ids[10])
-	if b.idle != keepIdle-1 {
-		t.Fatalf("idle %d after selecting a kept state", b.idle)
+	m, _ := srv.open(ctx, ids[10])
+	if srv.idle != keepIdle-1 {
+		t.Fatalf("idle %d after selecting a kept state", srv.idle)
 	}
 	if err := st.DeleteMailbox(ctx, ids[10]); err != nil {
 		t.Fatal(err)
 	}
-	b.release(ids[10], m)
-	if b.mailboxes[ids[10]] != nil || b.idle != keepIdle-1 {
-		t.Fatalf("a deleted mailbox's state was kept (idle %d)", b.idle)
+	srv.release(m)
+	if srv.mailboxes[ids[10]] != nil || srv.idle != keepIdle-1 {
+		t.Fatalf("a deleted mailbox's state was kept (idle %d)", srv.idle)
 	}
 }

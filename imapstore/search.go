@@ -1,158 +1,378 @@
 package imapstore
 
 import (
-	"context"
-	"net/mail"
+	"strconv"
+	"strings"
 	"time"
 
-	"github.com/emersion/go-imap/v2"
-	"github.com/emersion/go-imap/v2/imapserver"
-
-	"mailcapture/store"
+	"mailcapture/imapwire"
 )
 
-// Search runs SEARCH / UID SEARCH, with ESEARCH's MIN, MAX, COUNT and ALL.
-func (s *Session) Search(kind imapserver.NumKind, criteria *imap.SearchCriteria, options *imap.SearchOptions) (*imap.SearchData, error) {
-	ctx, cancel := s.ctx()
-	defer cancel()
-	crit, sent := s.criteria(criteria)
-	uids, err := s.b.Store.Search(ctx, s.sel.mbox.ID, crit)
+// searchOp is one kind of search key.
+type searchOp int
+
+const (
+	opAll searchOp = iota
+	opAnd
+	opOr
+	opNot
+	opSeq
+	opUID
+	opFlag   // has flag
+	opRecent // \Recent in this session
+	opLarger
+	opSmaller
+	opBefore // internal date
+	opOn
+	opSince
+	opSentBefore // Date header
+	opSentOn
+	opSentSince
+	opHeader  // field contains value ("" : the field exists)
+	opAddress // an address field (FROM, TO, CC, BCC) contains value
+	opBody
+	opText
+)
+
+// searchKey is a parsed search key (RFC 3501 6.4.4).
+type searchKey struct {
+	op    searchOp
+	kids  []*searchKey
+	set   imapwire.NumSet
+	flag  string
+	n     int64
+	date  time.Time
+	field string // lower case
+	value string
+}
+
+// needsContent tells whether a key reads the message itself.
+func (k *searchKey) needsContent() bool {
+	switch k.op {
+	case opSentBefore, opSentOn, opSentSince, opHeader, opAddress, opBody, opText:
+		return true
+	case opAnd, opOr, opNot:
+		for _, c := range k.kids {
+			if c.needsContent() {
+				return true
+			}
+		}
+	}
+	return false
+}
+
+func (s *session) cmdSearch() error    { return s.search(false) }
+func (s *session) cmdUIDSearch() error { return s.search(true) }
+
+// searchReturn holds ESEARCH's RETURN options (RFC 4731).
+type searchReturn struct {
+	min, max, all, count bool
+}
+
+// search runs SEARCH and UID SEARCH, with ESEARCH's RETURN (RFC 4731).
+func (s *session) search(byUID bool) error {
+	if err := s.r.SP(); err != nil {
+		return err
+	}
+	var ret *searchReturn
+	if s.r.MaybeWord("RETURN") {
+		ret = &searchReturn{}
+		if err := s.r.SP(); err != nil {
+			return err
+		}
+		err := s.r.List(func() error {
+			a, err := s.r.AtomUpper()
+			switch {
+			case err != nil:
+				return err
+			case a == "MIN":
+				ret.min = true
+			case a == "MAX":
+				ret.max = true
+			case a == "ALL":
+				ret.all = true
+			case a == "COUNT":
+				ret.count = true
+			default:
+				return bad("unknown SEARCH RETURN option %s", a)
+			}
+			return nil
+		})
+		if err != nil {
+			return err
+		}
+		if !ret.min && !ret.max && !ret.count {
+			ret.all = true // RETURN () is RETURN (ALL)
+		}
+		if err := s.r.SP(); err != nil {
+			return err
+		}
+	}
+	if s.r.MaybeWord("CHARSET") {
+		if err := s.r.SP(); err != nil {
+			return err
+		}
+		cs, err := s.r.Astring()
+		if err != nil {
+			return err
+		}
+		if !strings.EqualFold(cs, "UTF-8") && !strings.EqualFold(cs, "US-ASCII") {
+			s.r.Discard()
+			return no("BADCHARSET (US-ASCII UTF-8)", "unsupported charset %s", cs)
+		}
+		if err := s.r.SP(); err != nil {
+			return err
+		}
+	}
+	root := &searchKey{op: opAnd}
+	for {
+		k, err := s.searchKey(0)
+		if err != nil {
+			return err
+		}
+		root.kids = append(root.kids, k)
+		if s.r.AtEnd() {
+			break
+		}
+		if err := s.r.SP(); err != nil {
+			return err
+		}
+	}
+	hits, err := s.runSearch(root)
 	if err != nil {
-		return nil, s.internal("search", err)
+		return err
 	}
-	if len(sent) > 0 {
-		if uids, err = s.filterSent(ctx, uids, sent); err != nil {
-			return nil, s.internal("search", err)
-		}
-	}
-	// Back to the client's view: sequence numbers where asked.
-	var set imap.UIDSet
-	for _, u := range uids {
-		set.AddNum(imap.UID(u))
-	}
-	var hits []target
-	if len(uids) > 0 {
-		hits = s.resolve(set)
-	}
-	data := &imap.SearchData{}
-	var seqs imap.SeqSet
-	var uidSet imap.UIDSet
-	for _, h := range hits {
-		n := h.seq
-		if kind == imapserver.NumKindUID {
-			n = h.uid
-			uidSet.AddNum(imap.UID(n))
+	nums := make([]uint32, len(hits))
+	for i, t := range hits {
+		if byUID {
+			nums[i] = t.uid
 		} else {
-			seqs.AddNum(n)
+			nums[i] = t.seq
 		}
-		if data.Min == 0 || n < data.Min {
-			data.Min = n
+	}
+	if ret == nil {
+		s.out = append(s.out[:0], "* SEARCH"...)
+		for _, n := range nums {
+			s.out = strconv.AppendUint(append(s.out, ' '), uint64(n), 10)
 		}
-		data.Max = max(data.Max, n)
-		data.Count++
+		s.out = append(s.out, "\r\n"...)
+		s.w.Write(s.out)
+		return nil
 	}
-	if kind == imapserver.NumKindUID {
-		data.All = uidSet
-	} else {
-		data.All = seqs
+	s.out = append(s.out[:0], `* ESEARCH (TAG `...)
+	s.out = imapwire.AppendQuotedOrLiteral(s.out, s.tag)
+	s.out = append(s.out, ')')
+	if byUID {
+		s.out = append(s.out, " UID"...)
 	}
-	return data, nil
+	if len(nums) > 0 && ret.min {
+		s.out = strconv.AppendUint(append(s.out, " MIN "...), uint64(nums[0]), 10)
+	}
+	if len(nums) > 0 && ret.max {
+		s.out = strconv.AppendUint(append(s.out, " MAX "...), uint64(nums[len(nums)-1]), 10)
+	}
+	if ret.count {
+		s.out = strconv.AppendInt(append(s.out, " COUNT "...), int64(len(nums)), 10)
+	}
+	if len(nums) > 0 && ret.all {
+		s.out = imapwire.AppendSet(append(s.out, " ALL "...), nums)
+	}
+	s.out = append(s.out, "\r\n"...)
+	s.w.Write(s.out)
+	return nil
 }
 
-// sentBounds are SENTSINCE/SENTBEFORE keys, checked on the Date header.
-type sentBounds struct{ since, before time.Time }
-
-// criteria maps IMAP search keys onto the store's; keys on the Date header
-// are returned apart. IMAP date keys ignore time and zone: days are taken
-// in UTC.
-func (s *Session) criteria(c *imap.SearchCriteria) (store.Criteria, []sentBounds) {
-	var out store.Criteria
-	var sent []sentBounds
-	for _, set := range c.SeqNum {
-		ranges := uidRanges(s.resolve(set))
-		if ranges == nil {
-			ranges = []store.UIDRange{} // matches nothing
-		}
-		out.Not = append(out.Not, store.Criteria{Not: []store.Criteria{{UIDs: ranges}}})
-	}
-	for _, set := range c.UID {
-		ranges := uidRanges(s.resolve(set))
-		if ranges == nil {
-			ranges = []store.UIDRange{}
-		}
-		out.Not = append(out.Not, store.Criteria{Not: []store.Criteria{{UIDs: ranges}}})
-	}
-	if !c.Since.IsZero() {
-		out.Since = day(c.Since)
-	}
-	if !c.Before.IsZero() {
-		out.Before = day(c.Before)
-	}
-	if !c.SentSince.IsZero() || !c.SentBefore.IsZero() {
-		sent = append(sent, sentBounds{since: c.SentSince, before: c.SentBefore})
-	}
-	for _, h := range c.Header {
-		out.Header = append(out.Header, store.HeaderMatch{Name: h.Key, Value: h.Value})
-	}
-	out.Body, out.Text = c.Body, c.Text
-	out.WithFlags, out.WithoutFlags = fromFlags(c.Flag), fromFlags(c.NotFlag)
-	out.Larger, out.Smaller = c.Larger, c.Smaller
-	for i := range c.Not {
-		sub, subSent := s.criteria(&c.Not[i])
-		if len(subSent) > 0 {
-			continue // NOT SENTxxx: not supported inside NOT; the key is ignored
-		}
-		out.Not = append(out.Not, sub)
-	}
-	for _, pair := range c.Or {
-		a, _ := s.criteria(&pair[0])
-		b, _ := s.criteria(&pair[1])
-		out.Or = append(out.Or, [2]store.Criteria{a, b})
-	}
-	return out, sent
+var flagKeys = map[string]struct {
+	flag string
+	not  bool
+}{
+	"ANSWERED": {`\Answered`, false}, "DELETED": {`\Deleted`, false}, "DRAFT": {`\Draft`, false},
+	"FLAGGED": {`\Flagged`, false}, "SEEN": {`\Seen`, false},
+	"UNANSWERED": {`\Answered`, true}, "UNDELETED": {`\Deleted`, true}, "UNDRAFT": {`\Draft`, true},
+	"UNFLAGGED": {`\Flagged`, true}, "UNSEEN": {`\Seen`, true},
 }
 
-func day(t time.Time) time.Time {
-	return time.Date(t.Year(), t.Month(), t.Day(), 0, 0, 0, 0, time.UTC)
+var dateKeys = map[string]searchOp{
+	"BEFORE": opBefore, "ON": opOn, "SINCE": opSince,
+	"SENTBEFORE": opSentBefore, "SENTON": opSentOn, "SENTSINCE": opSentSince,
 }
 
-// filterSent keeps the messages whose Date header is within the bounds.
-func (s *Session) filterSent(ctx context.Context, uids []uint32, bounds []sentBounds) ([]uint32, error) {
-	ts := make([]target, len(uids))
-	for i, u := range uids {
-		ts[i] = target{uid: u}
+var addressKeys = map[string]string{"FROM": "from", "TO": "to", "CC": "cc", "BCC": "bcc"}
+
+// maxSearchDepth bounds nested NOT/OR/parentheses.
+const maxSearchDepth = 64
+
+// searchKey reads one search key.
+func (s *session) searchKey(depth int) (*searchKey, error) {
+	if depth > maxSearchDepth {
+		return nil, bad("search keys nested too deeply")
 	}
-	msgs, err := s.messagesOf(ts, nil)
+	if s.r.Peek() == '(' {
+		k := &searchKey{op: opAnd}
+		s.r.Skip(1)
+		for {
+			kid, err := s.searchKey(depth + 1)
+			if err != nil {
+				return nil, err
+			}
+			k.kids = append(k.kids, kid)
+			if s.r.Maybe(')') {
+				return k, nil
+			}
+			if err := s.r.SP(); err != nil {
+				return nil, err
+			}
+		}
+	}
+	if c := s.r.Peek(); c == '*' || c >= '1' && c <= '9' {
+		set, err := s.r.SeqSet()
+		return &searchKey{op: opSeq, set: set}, err
+	}
+	word, err := s.r.AtomUpper()
 	if err != nil {
 		return nil, err
 	}
-	var kept []uint32
-	for _, m := range msgs {
-		if m.ID == 0 {
-			continue
+	arg := func() (string, error) {
+		if err := s.r.SP(); err != nil {
+			return "", err
 		}
-		info, err := s.b.Store.Structure(ctx, m.ID)
+		return s.r.Astring()
+	}
+	if f, ok := flagKeys[word]; ok {
+		k := &searchKey{op: opFlag, flag: f.flag}
+		if f.not {
+			k = &searchKey{op: opNot, kids: []*searchKey{k}}
+		}
+		return k, nil
+	}
+	if op, ok := dateKeys[word]; ok {
+		if err := s.r.SP(); err != nil {
+			return nil, err
+		}
+		d, err := s.r.Date()
+		return &searchKey{op: op, date: d}, err
+	}
+	if field, ok := addressKeys[word]; ok {
+		v, err := arg()
+		return &searchKey{op: opAddress, field: field, value: v}, err
+	}
+	switch word {
+	case "ALL":
+		return &searchKey{op: opAll}, nil
+	case "NEW":
+		return &searchKey{op: opAnd, kids: []*searchKey{{op: opRecent},
+			{op: opNot, kids: []*searchKey{{op: opFlag, flag: `\Seen`}}}}}, nil
+	case "OLD":
+		return &searchKey{op: opNot, kids: []*searchKey{{op: opRecent}}}, nil
+	case "RECENT":
+		return &searchKey{op: opRecent}, nil
+	case "KEYWORD", "UNKEYWORD":
+		if err := s.r.SP(); err != nil {
+			return nil, err
+		}
+		f, err := s.r.Flag(false)
+		k := &searchKey{op: opFlag, flag: f}
+		if word == "UNKEYWORD" {
+			k = &searchKey{op: opNot, kids: []*searchKey{k}}
+		}
+		return k, err
+	case "LARGER", "SMALLER":
+		if err := s.r.SP(); err != nil {
+			return nil, err
+		}
+		n, err := s.r.Number64()
+		op := opLarger
+		if word == "SMALLER" {
+			op = opSmaller
+		}
+		return &searchKey{op: op, n: int64(n)}, err
+	case "UID":
+		if err := s.r.SP(); err != nil {
+			return nil, err
+		}
+		set, err := s.r.SeqSet()
+		return &searchKey{op: opUID, set: set}, err
+	case "NOT":
+		if err := s.r.SP(); err != nil {
+			return nil, err
+		}
+		kid, err := s.searchKey(depth + 1)
+		return &searchKey{op: opNot, kids: []*searchKey{kid}}, err
+	case "OR":
+		if err := s.r.SP(); err != nil {
+			return nil, err
+		}
+		a, err := s.searchKey(depth + 1)
 		if err != nil {
 			return nil, err
 		}
-		d, err := mail.ParseDate(info.Envelope.Date)
-		if err != nil || !withinDays(d, bounds) {
-			continue
+		if err := s.r.SP(); err != nil {
+			return nil, err
 		}
-		kept = append(kept, m.UID)
+		b, err := s.searchKey(depth + 1)
+		return &searchKey{op: opOr, kids: []*searchKey{a, b}}, err
+	case "SUBJECT":
+		v, err := arg()
+		return &searchKey{op: opHeader, field: "subject", value: v}, err
+	case "HEADER":
+		name, err := arg()
+		if err != nil {
+			return nil, err
+		}
+		v, err := arg()
+		return &searchKey{op: opHeader, field: strings.ToLower(name), value: v}, err
+	case "BODY":
+		v, err := arg()
+		return &searchKey{op: opBody, value: v}, err
+	case "TEXT":
+		v, err := arg()
+		return &searchKey{op: opText, value: v}, err
 	}
-	return kept, nil
+	return nil, bad("unknown search key %s", word)
 }
 
-// withinDays checks a Date header against SENTSINCE/SENTBEFORE (days).
-func withinDays(d time.Time, bounds []sentBounds) bool {
-	for _, b := range bounds {
-		if !b.since.IsZero() && day(d).Before(day(b.since)) {
-			return false
-		}
-		if !b.before.IsZero() && !day(d).Before(day(b.before)) {
-			return false
+// runSearch evaluates the key over the client's view and returns the
+// matches in order.
+func (s *session) runSearch(root *searchKey) ([]target, error) {
+	v := s.sel
+	content := root.needsContent()
+	var hits []target
+	infos := make([]msgInfo, 0, fetchChunk)
+	for start := 0; start < len(v.uids); start += fetchChunk {
+		uids := v.uids[start:min(len(v.uids), start+fetchChunk)]
+		infos = v.infos(uids, infos[:0])
+		for i, mi := range infos {
+			if mi.uid == 0 {
+				continue
+			}
+			m := &searchMsg{s: s, seq: uint32(start + i + 1), info: mi}
+			ok, err := m.match(root)
+			if content {
+				m.release()
+			}
+			if err != nil {
+				return nil, err
+			}
+			if ok {
+				hits = append(hits, target{seq: m.seq, uid: mi.uid})
+			}
 		}
 	}
-	return true
+	return hits, nil
+}
+
+// sameDay compares calendar days, each in its own time zone, as RFC 3501
+// asks ("disregarding time and timezone").
+func sameDay(t, day time.Time) int {
+	y1, m1, d1 := t.Date()
+	y2, m2, d2 := day.Date()
+	a := y1*10000 + int(m1)*100 + d1
+	b := y2*10000 + int(m2)*100 + d2
+	switch {
+	case a < b:
+		return -1
+	case a > b:
+		return 1
+	}
+	return 0
 }

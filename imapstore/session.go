@@ -1,421 +1,518 @@
 package imapstore
 
 import (
+	"bufio"
 	"context"
 	"errors"
 	"fmt"
 	"io"
-	"sort"
+	"log/slog"
+	"net"
+	"os"
+	"runtime/debug"
 	"strings"
+	"sync"
 	"time"
 
-	"github.com/emersion/go-imap/v2"
-	"github.com/emersion/go-imap/v2/imapserver"
-
+	"mailcapture/imapwire"
 	"mailcapture/store"
+	"mailcapture/watchdog"
 )
 
-// Session is one client's session over the store. It implements
-// imapserver.Session, SessionIMAP4rev2 and SessionAppendLimit.
-type Session struct {
-	b    *Backend
-	acct *store.Account
-	sel  *selected
-	// raw, if set, is the connection under imapserver, which metadata-only
-	// FETCH answers are written to directly (see fetchMetadata).
-	raw io.Writer
+// session is one authenticated client connection.
+type session struct {
+	srv  *Server
+	conn net.Conn
+	r    *imapwire.Reader
+	w    *bufio.Writer
+	acct store.Account
+	log  *slog.Logger
+	ctx  context.Context
+	sel  *view
+	// out is scratch space for building responses.
+	out []byte
+	// tag is the tag of the command being run.
+	tag string
+	// okCode and okText, if set by a command, are its tagged OK's.
+	okCode, okText string
+	logout         bool
+
+	mu       sync.Mutex
+	waiting  bool   // blocked between two commands
+	stopping string // the BYE's text, once asked to stop
+	stopped  chan struct{}
 }
 
-// selected is the mailbox a session has selected.
-type selected struct {
-	mbox     store.Mailbox
-	state    *mailboxState
-	tracker  *imapserver.SessionTracker
-	readOnly bool
+func newSession(srv *Server, conn net.Conn, r *bufio.Reader, acct store.Account, log *slog.Logger) *session {
+	if r == nil {
+		r = bufio.NewReaderSize(conn, 16<<10)
+	}
+	s := &session{srv: srv, conn: conn, acct: acct, log: log, stopped: make(chan struct{})}
+	s.r = imapwire.NewReader(r)
+	s.w = bufio.NewWriterSize(watchdog.Writer{Conn: conn, Timeout: srv.opts.WriteTimeout}, 32<<10)
+	s.r.Continue = func() error {
+		s.w.WriteString("+ OK\r\n")
+		return s.w.Flush()
+	}
+	return s
 }
 
-var (
-	_ imapserver.SessionIMAP4rev2   = (*Session)(nil)
-	_ imapserver.SessionAppendLimit = (*Session)(nil)
-)
-
-// NewSession starts a session; account is nil until Login, or set for a
-// session that the front end authenticated already. raw, if not nil, is
-// the connection imapserver writes to, for the fast path of metadata-only
-// FETCH: it must stay the connection for the whole session (no STARTTLS
-// inside imapserver) and carry nothing but imapserver's output.
-func (b *Backend) NewSession(account *store.Account, raw io.Writer) *Session {
-	return &Session{b: b, acct: account, raw: raw}
+// statusError is a command's tagged NO or BAD.
+type statusError struct {
+	kind, code, text string
 }
 
-func (s *Session) ctx() (context.Context, context.CancelFunc) {
-	return context.WithTimeout(context.Background(), 5*time.Minute)
+func (e *statusError) Error() string { return e.kind + " " + e.text }
+
+func no(code, format string, args ...any) error {
+	return &statusError{kind: "NO", code: code, text: fmt.Sprintf(format, args...)}
 }
 
-// Close ends the session.
-func (s *Session) Close() error {
-	s.unselect()
-	return nil
+func bad(format string, args ...any) error {
+	return &statusError{kind: "BAD", text: fmt.Sprintf(format, args...)}
 }
 
-// Login checks the password against the stored hash of a captured account.
-func (s *Session) Login(username, password string) error {
-	ctx, cancel := s.ctx()
+// errBye ends the session after the command (the client was told why).
+var errBye = errors.New("session ended")
+
+// stop asks the session to end with BYE between two commands; one that
+// waits for the next command or idles ends at once.
+func (s *session) stop(text string) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.stopping != "" {
+		return
+	}
+	s.stopping = text
+	close(s.stopped)
+	if s.waiting {
+		s.conn.SetReadDeadline(time.Now())
+	}
+}
+
+func (s *session) stopText() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.stopping
+}
+
+func (s *session) bye(text string) {
+	s.w.WriteString("* BYE " + text + "\r\n")
+	s.w.Flush()
+}
+
+// run reads and answers commands until the session ends.
+func (s *session) run(ctx context.Context) {
+	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
-	ok, err := s.b.Store.VerifyPassword(ctx, username, password)
-	if errors.Is(err, store.ErrNotFound) || (err == nil && !ok) {
-		return imapserver.ErrAuthFailed
-	}
-	if err != nil {
-		return s.internal("login", err)
-	}
-	acct, err := s.b.Store.Account(ctx, username)
-	if err != nil {
-		return s.internal("login", err)
-	}
-	if acct.State != store.StateCaptured {
-		return imapserver.ErrAuthFailed
-	}
-	s.acct = &acct
-	return nil
-}
-
-// internal logs err and returns a generic IMAP error.
-func (s *Session) internal(what string, err error) error {
-	s.b.Log.Error("imap "+what, "err", err)
-	return &imap.Error{Type: imap.StatusResponseTypeNo, Code: imap.ResponseCodeServerBug, Text: "internal error, try again later"}
-}
-
-func noSuchMailbox(name string) error {
-	return &imap.Error{Type: imap.StatusResponseTypeNo, Code: imap.ResponseCodeNonExistent, Text: fmt.Sprintf("no mailbox %q", name)}
-}
-
-func (s *Session) separator() rune {
-	if s.acct.LegacySeparator == "" {
-		return '/'
-	}
-	return rune(s.acct.LegacySeparator[0])
-}
-
-// Namespace returns the legacy server's personal namespace.
-func (s *Session) Namespace() (*imap.NamespaceData, error) {
-	return &imap.NamespaceData{Personal: []imap.NamespaceDescriptor{{Prefix: s.acct.LegacyPrefix, Delim: s.separator()}}}, nil
-}
-
-// AppendLimit implements imapserver.SessionAppendLimit.
-func (s *Session) AppendLimit() uint32 { return AppendLimit }
-
-func (s *Session) mailbox(ctx context.Context, name string) (store.Mailbox, error) {
-	m, err := s.b.Store.MailboxByName(ctx, s.acct.ID, name)
-	if errors.Is(err, store.ErrNotFound) {
-		return m, noSuchMailbox(name)
-	}
-	if err != nil {
-		return m, s.internal("mailbox", err)
-	}
-	return m, nil
-}
-
-// List writes the mailboxes matching the patterns, with their special-use
-// attributes (also on a plain LIST, as Dovecot does), \HasChildren or
-// \HasNoChildren, \Subscribed when asked, STATUS when asked, and parents
-// that hold no messages as \Noselect.
-func (s *Session) List(w *imapserver.ListWriter, ref string, patterns []string, options *imap.ListOptions) error {
-	ctx, cancel := s.ctx()
-	defer cancel()
-	delim := s.separator()
-	if len(patterns) == 1 && patterns[0] == "" {
-		return w.WriteList(&imap.ListData{Attrs: []imap.MailboxAttr{imap.MailboxAttrNoSelect}, Delim: delim, Mailbox: ""})
-	}
-	boxes, err := s.b.Store.Mailboxes(ctx, s.acct.ID)
-	if err != nil {
-		return s.internal("list", err)
-	}
-	exists := map[string]*store.Mailbox{}
-	names := map[string]bool{}
-	for i := range boxes {
-		exists[boxes[i].Name] = &boxes[i]
-		names[boxes[i].Name] = true
-		// Parents of nested names exist for LIST, as \Noselect.
-		parts := strings.Split(boxes[i].Name, string(delim))
-		for n := 1; n < len(parts); n++ {
-			names[strings.Join(parts[:n], string(delim))] = true
+	s.ctx = ctx
+	stopOnCancel := context.AfterFunc(ctx, func() { s.stop("server shutting down, please reconnect") })
+	defer stopOnCancel()
+	defer func() {
+		s.releaseView()
+		s.w.Flush()
+		s.conn.Close()
+	}()
+	for !s.logout {
+		if !s.commandBuffered() {
+			if err := s.w.Flush(); err != nil {
+				return
+			}
 		}
-	}
-	hasChildren := map[string]bool{}
-	for name := range names {
-		if i := strings.LastIndex(name, string(delim)); i > 0 {
-			hasChildren[name[:i]] = true
+		s.conn.SetReadDeadline(time.Now().Add(s.srv.opts.IdleTimeout))
+		s.mu.Lock()
+		if s.stopping != "" {
+			s.mu.Unlock()
+			s.bye(s.stopping)
+			return
 		}
-	}
-	extended := options.SelectSubscribed || options.SelectSpecialUse || options.SelectRemote || options.ReturnSubscribed ||
-		options.ReturnChildren || options.ReturnStatus != nil || options.ReturnSpecialUse
-	sorted := make([]string, 0, len(names))
-	for n := range names {
-		sorted = append(sorted, n)
-	}
-	sort.Strings(sorted)
-	for _, name := range sorted {
-		if !matchesAny(name, delim, ref, patterns) {
+		s.waiting = true
+		s.mu.Unlock()
+		err := s.r.Begin()
+		s.mu.Lock()
+		s.waiting = false
+		stopping := s.stopping
+		s.mu.Unlock()
+		if stopping != "" {
+			s.bye(stopping)
+			return
+		}
+		var long *imapwire.ErrLineTooLong
+		var limit *imapwire.LimitError
+		switch {
+		case errors.As(err, &long):
+			tag := long.Tag
+			if tag == "" {
+				tag = "*"
+			}
+			s.w.WriteString(tag + " BAD line too long\r\n")
 			continue
-		}
-		mb := exists[name]
-		if options.SelectSubscribed && (mb == nil || !mb.Subscribed) {
+		case errors.As(err, &limit):
+			s.w.WriteString("* BAD " + limit.Msg + "\r\n")
 			continue
+		case isTimeout(err):
+			s.bye("autologout: idle for too long")
+			return
+		case err != nil:
+			return
 		}
-		if options.SelectSpecialUse && (mb == nil || len(mb.SpecialUse) == 0) {
-			continue
-		}
-		data := &imap.ListData{Delim: delim, Mailbox: name}
-		if hasChildren[name] {
-			data.Attrs = append(data.Attrs, imap.MailboxAttrHasChildren)
-		} else {
-			data.Attrs = append(data.Attrs, imap.MailboxAttrHasNoChildren)
-		}
-		if mb == nil {
-			// A parent that exists only as part of its children's names.
-			// Extended LIST says \NonExistent (RFC 5258 3.4), as Dovecot.
-			if extended {
-				data.Attrs = append(data.Attrs, imap.MailboxAttrNonExistent)
-			} else {
-				data.Attrs = append(data.Attrs, imap.MailboxAttrNoSelect)
-			}
-		} else {
-			for _, su := range mb.SpecialUse {
-				data.Attrs = append(data.Attrs, imap.MailboxAttr(su))
-			}
-			if mb.Subscribed && (options.ReturnSubscribed || options.SelectSubscribed) {
-				data.Attrs = append(data.Attrs, imap.MailboxAttrSubscribed)
-			}
-			if options.ReturnStatus != nil {
-				st, err := s.status(ctx, *mb, options.ReturnStatus)
-				if err != nil {
-					return err
-				}
-				data.Status = st
-			}
-		}
-		if err := w.WriteList(data); err != nil {
-			return err
+		s.conn.SetReadDeadline(time.Time{})
+		if err := s.command(); err != nil {
+			return
 		}
 	}
-	return nil
 }
 
-func matchesAny(name string, delim rune, ref string, patterns []string) bool {
-	for _, p := range patterns {
-		if imapserver.MatchList(name, delim, ref, p) {
+// commandBuffered tells whether a whole command line is read ahead: its
+// answer can wait to be written with the next one (pipelining).
+func (s *session) commandBuffered() bool {
+	n := s.r.Buffered()
+	if n == 0 {
+		return false
+	}
+	b, _ := s.r.Buf().Peek(n)
+	for _, c := range b {
+		if c == '\n' {
 			return true
 		}
 	}
 	return false
 }
 
-// Status reports a mailbox's counters.
-func (s *Session) Status(name string, options *imap.StatusOptions) (*imap.StatusData, error) {
-	ctx, cancel := s.ctx()
-	defer cancel()
-	mb, err := s.mailbox(ctx, name)
-	if err != nil {
-		return nil, err
-	}
-	return s.status(ctx, mb, options)
+func isTimeout(err error) bool {
+	var ne net.Error
+	return errors.As(err, &ne) && ne.Timeout() || errors.Is(err, os.ErrDeadlineExceeded)
 }
 
-func (s *Session) status(ctx context.Context, mb store.Mailbox, options *imap.StatusOptions) (*imap.StatusData, error) {
-	st, err := s.b.Store.Status(ctx, mb.ID)
-	if err != nil {
-		return nil, s.internal("status", err)
+// command runs one command; a non-nil error ends the session.
+func (s *session) command() (err error) {
+	s.okCode, s.okText = "", ""
+	tag, terr := s.r.Tag()
+	if terr != nil {
+		s.r.Discard()
+		s.w.WriteString("* BAD invalid tag\r\n")
+		return nil
 	}
-	data := &imap.StatusData{Mailbox: mb.Name}
-	if options.NumMessages {
-		data.NumMessages = &st.Messages
+	s.tag = tag
+	name, cmd, perr := s.commandName()
+	defer func() {
+		if r := recover(); r != nil {
+			s.log.Error("imap command panicked", "command", name, "panic", fmt.Sprint(r), "stack", string(debug.Stack()))
+			if s.srv.opts.Panicked != nil {
+				s.srv.opts.Panicked()
+			}
+			s.bye("[SERVERBUG] internal error, please reconnect")
+			err = errBye
+		}
+	}()
+	if perr == nil {
+		switch {
+		case cmd.selected && s.sel == nil:
+			perr = bad("no mailbox selected")
+		default:
+			perr = cmd.run(s)
+		}
 	}
-	if options.UIDNext {
-		data.UIDNext = imap.UID(st.UIDNext)
+	if errors.Is(perr, errBye) {
+		return perr
 	}
-	if options.UIDValidity {
-		data.UIDValidity = st.UIDValidity
-	}
-	if options.NumUnseen {
-		data.NumUnseen = &st.Unseen
-	}
-	if options.NumDeleted {
-		data.NumDeleted = &st.Deleted
-	}
-	if options.Size {
-		data.Size = &st.Size
-	}
-	if options.AppendLimit {
-		limit := uint32(AppendLimit)
-		data.AppendLimit = &limit
-	}
-	return data, nil
-}
-
-// Create creates a mailbox with a fresh UIDVALIDITY.
-func (s *Session) Create(name string, options *imap.CreateOptions) error {
-	ctx, cancel := s.ctx()
-	defer cancel()
-	name = strings.TrimSuffix(name, string(s.separator()))
-	var specialUse []string
-	if options != nil {
-		specialUse = fromAttrs(options.SpecialUse)
-	}
-	_, err := s.b.Store.CreateMailbox(ctx, s.acct.ID, store.MailboxSpec{Name: name, SpecialUse: specialUse})
-	if errors.Is(err, store.ErrExists) {
-		return &imap.Error{Type: imap.StatusResponseTypeNo, Code: imap.ResponseCodeAlreadyExists, Text: "mailbox exists"}
-	}
-	if err != nil {
-		return s.internal("create", err)
+	var se *statusError
+	var syn *imapwire.SyntaxError
+	var lim *imapwire.LimitError
+	switch {
+	case perr == nil:
+		if s.sel != nil && cmd.run != nil {
+			s.sync(cmd.expunges)
+		}
+		text := s.okText
+		if text == "" {
+			text = name + " completed"
+		}
+		s.tagged("OK", s.okCode, text)
+	case errors.As(perr, &se):
+		s.r.Discard()
+		if se.kind == "NO" && s.sel != nil {
+			s.sync(cmd.expunges)
+		}
+		s.tagged(se.kind, se.code, se.text)
+	case errors.As(perr, &syn):
+		s.r.Discard()
+		s.tagged("BAD", "", syn.Msg)
+	case errors.As(perr, &lim):
+		s.r.Discard()
+		s.tagged("BAD", "", lim.Msg)
+	case isNetError(perr):
+		return perr
+	default:
+		s.r.Discard()
+		s.log.Error("imap "+strings.ToLower(name), "err", perr)
+		s.tagged("NO", "SERVERBUG", "internal error, try again later")
 	}
 	return nil
 }
 
-func fromAttrs(attrs []imap.MailboxAttr) []string {
-	out := make([]string, len(attrs))
-	for i, a := range attrs {
-		out[i] = string(a)
-	}
-	return out
+// isNetError tells a broken connection from a command's failure.
+func isNetError(err error) bool {
+	var ne net.Error
+	return errors.As(err, &ne) || errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) || errors.Is(err, net.ErrClosed)
 }
 
-// Delete removes a mailbox and its messages; INBOX cannot be deleted.
-func (s *Session) Delete(name string) error {
-	ctx, cancel := s.ctx()
-	defer cancel()
-	if strings.EqualFold(name, "INBOX") {
-		return &imap.Error{Type: imap.StatusResponseTypeNo, Code: imap.ResponseCodeCannot, Text: "INBOX cannot be deleted"}
+// commandName reads the command's name (UID and its subcommand as one).
+func (s *session) commandName() (string, command, error) {
+	if err := s.r.SP(); err != nil {
+		return "", command{}, bad("missing command")
 	}
-	mb, err := s.mailbox(ctx, name)
+	name, err := s.r.AtomUpper()
 	if err != nil {
+		return "", command{}, bad("missing command")
+	}
+	if name == "UID" {
+		if s.r.SP() != nil {
+			return name, command{}, bad("missing UID command")
+		}
+		sub, err := s.r.AtomUpper()
+		if err != nil {
+			return name, command{}, bad("missing UID command")
+		}
+		name += " " + sub
+	}
+	cmd, ok := commands[name]
+	if !ok {
+		if _, preauth := preauthOnly[name]; preauth {
+			return name, command{}, bad("%s: already authenticated", name)
+		}
+		return name, command{}, bad("unknown command %s", name)
+	}
+	return name, cmd, nil
+}
+
+// command describes what a command needs and allows.
+type command struct {
+	run func(*session) error
+	// selected: only in the selected state.
+	selected bool
+	// expunges: EXPUNGE responses may follow it (not after FETCH, STORE
+	// and SEARCH, RFC 3501 7.4.1; the UID forms allow them).
+	expunges bool
+}
+
+var preauthOnly = map[string]struct{}{"LOGIN": {}, "AUTHENTICATE": {}, "STARTTLS": {}}
+
+var commands map[string]command
+
+func init() {
+	commands = map[string]command{
+		"CAPABILITY":  {run: (*session).cmdCapability, expunges: true},
+		"NOOP":        {run: (*session).cmdNoop, expunges: true},
+		"CHECK":       {run: (*session).cmdNoop, selected: true, expunges: true},
+		"LOGOUT":      {run: (*session).cmdLogout},
+		"ID":          {run: (*session).cmdID, expunges: true},
+		"ENABLE":      {run: (*session).cmdEnable, expunges: true},
+		"NAMESPACE":   {run: (*session).cmdNamespace, expunges: true},
+		"IDLE":        {run: (*session).cmdIdle, expunges: true},
+		"SELECT":      {run: (*session).cmdSelect},
+		"EXAMINE":     {run: (*session).cmdExamine},
+		"CLOSE":       {run: (*session).cmdClose, selected: true},
+		"UNSELECT":    {run: (*session).cmdUnselect, selected: true},
+		"CREATE":      {run: (*session).cmdCreate, expunges: true},
+		"DELETE":      {run: (*session).cmdDelete, expunges: true},
+		"RENAME":      {run: (*session).cmdRename, expunges: true},
+		"SUBSCRIBE":   {run: (*session).cmdSubscribe, expunges: true},
+		"UNSUBSCRIBE": {run: (*session).cmdUnsubscribe, expunges: true},
+		"LIST":        {run: (*session).cmdList, expunges: true},
+		"LSUB":        {run: (*session).cmdLsub, expunges: true},
+		"STATUS":      {run: (*session).cmdStatus, expunges: true},
+		"APPEND":      {run: (*session).cmdAppend, expunges: true},
+		"EXPUNGE":     {run: (*session).cmdExpunge, selected: true, expunges: true},
+		"UID EXPUNGE": {run: (*session).cmdUIDExpunge, selected: true, expunges: true},
+		"FETCH":       {run: (*session).cmdFetch, selected: true},
+		"UID FETCH":   {run: (*session).cmdUIDFetch, selected: true, expunges: true},
+		"STORE":       {run: (*session).cmdStore, selected: true},
+		"UID STORE":   {run: (*session).cmdUIDStore, selected: true, expunges: true},
+		"SEARCH":      {run: (*session).cmdSearch, selected: true},
+		"UID SEARCH":  {run: (*session).cmdUIDSearch, selected: true, expunges: true},
+		"COPY":        {run: (*session).cmdCopy, selected: true, expunges: true},
+		"UID COPY":    {run: (*session).cmdUIDCopy, selected: true, expunges: true},
+		"MOVE":        {run: (*session).cmdMove, selected: true, expunges: true},
+		"UID MOVE":    {run: (*session).cmdUIDMove, selected: true, expunges: true},
+	}
+}
+
+// tagged writes the command's completion.
+func (s *session) tagged(kind, code, text string) {
+	s.out = append(s.out[:0], s.tag...)
+	s.out = append(s.out, ' ')
+	s.out = append(s.out, kind...)
+	s.out = append(s.out, ' ')
+	if code != "" {
+		s.out = append(s.out, '[')
+		s.out = append(s.out, code...)
+		s.out = append(s.out, "] "...)
+	}
+	s.out = append(s.out, text...)
+	s.out = append(s.out, "\r\n"...)
+	s.w.Write(s.out)
+}
+
+// untagged writes "* " line.
+func (s *session) untagged(line string) {
+	s.w.WriteString("* ")
+	s.w.WriteString(line)
+	s.w.WriteString("\r\n")
+}
+
+// opCtx is the context of one store operation: it carries the view as
+// the origin of its changes (so the view's own updates are told apart).
+func (s *session) opCtx() (context.Context, context.CancelFunc) {
+	ctx, cancel := context.WithTimeout(s.ctx, 5*time.Minute)
+	if s.sel != nil {
+		ctx = store.WithOrigin(ctx, s.sel)
+	}
+	return ctx, cancel
+}
+
+func (s *session) end() error { return s.r.End() }
+
+func (s *session) cmdCapability() error {
+	if err := s.end(); err != nil {
 		return err
 	}
-	if err := s.b.Store.DeleteMailbox(ctx, mb.ID); err != nil {
-		return s.internal("delete", err)
-	}
+	s.untagged("CAPABILITY " + Capabilities())
 	return nil
 }
 
-// Rename renames a mailbox and its children. Renaming INBOX moves its
-// messages into a new mailbox (RFC 3501 6.3.5).
-func (s *Session) Rename(name, newName string, options *imap.RenameOptions) error {
-	ctx, cancel := s.ctx()
-	defer cancel()
-	if strings.EqualFold(name, "INBOX") {
-		inbox, err := s.mailbox(ctx, "INBOX")
+func (s *session) cmdNoop() error { return s.end() }
+
+func (s *session) cmdLogout() error {
+	if err := s.end(); err != nil {
+		return err
+	}
+	s.untagged("BYE logging out")
+	s.logout = true
+	return nil
+}
+
+// cmdID answers RFC 2971 ID; what the client says is only logged.
+func (s *session) cmdID() error {
+	if err := s.r.SP(); err != nil {
+		return err
+	}
+	var fields []string
+	if !s.r.MaybeWord("NIL") {
+		err := s.r.List(func() error {
+			f, _, err := s.r.NString()
+			if len(fields) < 60 {
+				fields = append(fields, f)
+			}
+			return err
+		})
 		if err != nil {
 			return err
 		}
-		dest, err := s.b.Store.CreateMailbox(ctx, s.acct.ID, store.MailboxSpec{Name: newName})
-		if errors.Is(err, store.ErrExists) {
-			return &imap.Error{Type: imap.StatusResponseTypeNo, Code: imap.ResponseCodeAlreadyExists, Text: "mailbox exists"}
-		}
-		if err != nil {
-			return s.internal("rename", err)
-		}
-		uids, err := s.b.Store.UIDs(ctx, inbox.ID)
-		if err != nil {
-			return s.internal("rename", err)
-		}
-		if _, err := s.b.Store.Move(ctx, inbox.ID, uids, dest.ID); err != nil {
-			return s.internal("rename", err)
-		}
-		return nil
 	}
-	err := s.b.Store.RenameMailbox(ctx, s.acct.ID, name, newName, string(s.separator()))
-	switch {
-	case errors.Is(err, store.ErrNotFound):
-		return noSuchMailbox(name)
-	case errors.Is(err, store.ErrExists):
-		return &imap.Error{Type: imap.StatusResponseTypeNo, Code: imap.ResponseCodeAlreadyExists, Text: "mailbox exists"}
-	case err != nil:
-		return s.internal("rename", err)
+	if err := s.end(); err != nil {
+		return err
 	}
+	if len(fields) > 0 {
+		s.log.Debug("imap client id", "id", strings.Join(fields, " "))
+	}
+	s.untagged(`ID ("name" "mailcapture")`)
 	return nil
 }
 
-// Subscribe marks a mailbox subscribed.
-func (s *Session) Subscribe(name string) error { return s.subscribe(name, true) }
-
-// Unsubscribe clears a mailbox's subscription.
-func (s *Session) Unsubscribe(name string) error { return s.subscribe(name, false) }
-
-func (s *Session) subscribe(name string, on bool) error {
-	ctx, cancel := s.ctx()
-	defer cancel()
-	err := s.b.Store.SetSubscribed(ctx, s.acct.ID, name, on)
-	if errors.Is(err, store.ErrNotFound) {
-		return noSuchMailbox(name)
+// cmdEnable answers RFC 5161 ENABLE: none of the extensions it enables is
+// offered, so nothing is enabled.
+func (s *session) cmdEnable() error {
+	if err := s.r.SP(); err != nil {
+		return err
 	}
-	if err != nil {
-		return s.internal("subscribe", err)
+	for {
+		if _, err := s.r.Atom(); err != nil {
+			return err
+		}
+		if s.r.AtEnd() {
+			break
+		}
+		if err := s.r.SP(); err != nil {
+			return err
+		}
 	}
+	s.untagged("ENABLED")
 	return nil
 }
 
-// Select opens a mailbox (EXAMINE: read-only).
-func (s *Session) Select(name string, options *imap.SelectOptions) (*imap.SelectData, error) {
-	ctx, cancel := s.ctx()
-	defer cancel()
-	s.unselect()
-	mb, err := s.mailbox(ctx, name)
-	if err != nil {
-		return nil, err
+func (s *session) separator() string {
+	if s.acct.LegacySeparator == "" {
+		return "/"
 	}
-	state, err := s.b.open(ctx, mb.ID)
-	if err != nil {
-		return nil, s.internal("select", err)
-	}
-	state.mu.Lock()
-	n := uint32(len(state.uids))
-	tracker := state.tracker.NewSession()
-	state.mu.Unlock()
-	s.sel = &selected{mbox: mb, state: state, tracker: tracker, readOnly: options != nil && options.ReadOnly}
-	// UIDNEXT read after the view was taken, so it is above every UID
-	// in it; the mailbox row is enough (no count over its messages).
-	now, err := s.b.Store.MailboxByID(ctx, mb.ID)
-	if err != nil {
-		return nil, s.internal("select", err)
-	}
-	flags := []imap.Flag{imap.FlagSeen, imap.FlagAnswered, imap.FlagFlagged, imap.FlagDeleted, imap.FlagDraft}
-	return &imap.SelectData{
-		Flags:          flags,
-		PermanentFlags: append(flags, imap.FlagWildcard),
-		NumMessages:    n,
-		UIDNext:        imap.UID(now.UIDNext),
-		UIDValidity:    now.UIDValidity,
-	}, nil
+	return s.acct.LegacySeparator[:1]
 }
 
-// Unselect closes the selected mailbox without expunging.
-func (s *Session) Unselect() error {
-	s.unselect()
+func (s *session) cmdNamespace() error {
+	if err := s.end(); err != nil {
+		return err
+	}
+	s.out = append(s.out[:0], "* NAMESPACE (("...)
+	s.out = imapwire.AppendMailbox(s.out, s.acct.LegacyPrefix)
+	s.out = append(s.out, ' ')
+	s.out = imapwire.AppendQuotedOrLiteral(s.out, s.separator())
+	s.out = append(s.out, ")) NIL NIL\r\n"...)
+	s.w.Write(s.out)
 	return nil
 }
 
-func (s *Session) unselect() {
-	if s.sel == nil {
-		return
+// cmdIdle runs RFC 2177 IDLE: updates are sent as they come until the
+// client's DONE.
+func (s *session) cmdIdle() error {
+	if err := s.end(); err != nil {
+		return err
 	}
-	s.sel.tracker.Close()
-	s.b.release(s.sel.mbox.ID, s.sel.state)
-	s.sel = nil
-}
-
-// Poll writes pending updates of the selected mailbox.
-func (s *Session) Poll(w *imapserver.UpdateWriter, allowExpunge bool) error {
-	if s.sel == nil {
-		return nil
+	s.w.WriteString("+ idling\r\n")
+	if s.sel != nil {
+		s.sync(true)
 	}
-	return s.sel.tracker.Poll(w, allowExpunge)
-}
-
-// Idle writes updates as they come until stop is closed.
-func (s *Session) Idle(w *imapserver.UpdateWriter, stop <-chan struct{}) error {
-	if s.sel == nil {
-		<-stop
-		return nil
+	if err := s.w.Flush(); err != nil {
+		return err
 	}
-	return s.sel.tracker.Idle(w, stop)
+	done := make(chan error, 1)
+	go func() {
+		s.conn.SetReadDeadline(time.Now().Add(s.srv.opts.IdleTimeout))
+		line, err := s.r.ReadLine()
+		if err == nil && !strings.EqualFold(strings.TrimSpace(line), "DONE") {
+			err = bad("expected DONE")
+		}
+		done <- err
+	}()
+	var notify chan struct{}
+	if s.sel != nil {
+		notify = s.sel.notify
+	}
+	for {
+		select {
+		case err := <-done:
+			s.conn.SetReadDeadline(time.Time{})
+			if isTimeout(err) {
+				s.bye("autologout: idle for too long")
+				return errBye
+			}
+			if err != nil {
+				var se *statusError
+				if errors.As(err, &se) {
+					return err
+				}
+				return errBye
+			}
+			return nil
+		case <-notify:
+			s.sync(true)
+			if err := s.w.Flush(); err != nil {
+				return errBye
+			}
+		case <-s.stopped:
+			s.bye(s.stopText())
+			s.conn.Close()
+			<-done
+			return errBye
+		}
+	}
 }

@@ -192,10 +192,14 @@ func SnapshotIMAP(t testing.TB, c *imapclient.Client) map[string]*SnapshotFolder
 			case imap.MailboxAttrSubscribed:
 				f.Subscribed = true
 			case imap.MailboxAttrHasChildren, imap.MailboxAttrHasNoChildren, imap.MailboxAttrMarked, imap.MailboxAttrUnmarked:
+			case imap.MailboxAttrNoSelect, imap.MailboxAttrNonExistent:
+				// A name that only parents others: Dovecot's Maildir++ says
+				// \NonExistent in an extended LIST, the local server (and
+				// Dovecot's other layouts) \Noselect; \NonExistent implies
+				// \Noselect (RFC 5258 3.4), which is what a client acts on.
+				noselect = true
+				f.Attrs = append(f.Attrs, string(imap.MailboxAttrNoSelect))
 			default:
-				if a == imap.MailboxAttrNoSelect || a == imap.MailboxAttrNonExistent {
-					noselect = true
-				}
 				f.Attrs = append(f.Attrs, string(a))
 			}
 		}

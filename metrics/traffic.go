@@ -10,6 +10,7 @@ type Traffic struct {
 	sessions *prometheus.GaugeVec
 	smtp     *prometheus.CounterVec
 	refusals *prometheus.CounterVec
+	panics   *prometheus.CounterVec
 }
 
 // The label values exported from the start, so that dashboards show zeros
@@ -35,6 +36,8 @@ func newTraffic(reg prometheus.Registerer) *Traffic {
 			[]string{"route", "result"}),
 		refusals: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "mailcapture_limit_refusals_total",
 			Help: "Connections, logins and messages refused by a configured limit, by limit."}, []string{"limit"}),
+		panics: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "mailcapture_session_panics_total",
+			Help: "Commands that panicked (the session was ended and the stack logged), by protocol (imap, pop3). Any is a defect."}, []string{"protocol"}),
 	}
 	for _, p := range protocols {
 		for _, r := range routes {
@@ -52,7 +55,10 @@ func newTraffic(reg prometheus.Registerer) *Traffic {
 	for _, l := range limits {
 		t.refusals.WithLabelValues(l)
 	}
-	reg.MustRegister(t.logins, t.sessions, t.smtp, t.refusals)
+	for _, p := range protocols {
+		t.panics.WithLabelValues(p)
+	}
+	reg.MustRegister(t.logins, t.sessions, t.smtp, t.refusals, t.panics)
 	return t
 }
 
@@ -79,4 +85,9 @@ func (t *Traffic) SMTPMessage(route, result string) {
 // Refused counts a refusal by a limit.
 func (t *Traffic) Refused(limit string) {
 	t.refusals.WithLabelValues(limit).Inc()
+}
+
+// Panicked counts a command that panicked.
+func (t *Traffic) Panicked(protocol string) {
+	t.panics.WithLabelValues(protocol).Inc()
 }

@@ -13,7 +13,6 @@ import (
 	"bytes"
 	"io"
 	"mime"
-	"net/mail"
 	"strings"
 	"sync"
 )
@@ -26,8 +25,14 @@ const (
 	maxLineBuffer = 64 * 1024 // bufio buffer; longer lines are read in pieces
 )
 
+// Version is the version of what Parse returns: a structure cached with
+// an older one is to be parsed again.
+const Version = 2
+
 // Message is a parsed message: its envelope and its MIME structure.
 type Message struct {
+	// V is the Version that produced it (0: before versions were kept).
+	V        int      `json:"v,omitempty"`
 	Envelope Envelope `json:"env"`
 	Root     Part     `json:"root"`
 }
@@ -45,13 +50,6 @@ type Envelope struct {
 	Bcc       []Address `json:"bcc,omitempty"`
 	InReplyTo string    `json:"inReplyTo,omitempty"`
 	MessageID string    `json:"messageId,omitempty"`
-}
-
-// Address is one envelope address.
-type Address struct {
-	Name    string `json:"name,omitempty"`
-	Mailbox string `json:"mailbox,omitempty"`
-	Host    string `json:"host,omitempty"`
 }
 
 // Part is one MIME entity. Offsets are absolute in the message: the header
@@ -102,9 +100,9 @@ func Parse(r io.Reader) (*Message, error) {
 	if err := s.advance(); err != nil {
 		return nil, err
 	}
-	var m Message
+	m := Message{V: Version}
 	p := &parser{s: s}
-	if err := p.entity(&m.Root, &m.Envelope, nil, 0); err != nil {
+	if err := p.entity(&m.Root, &m.Envelope, nil, 0, false); err != nil {
 		return nil, err
 	}
 	return &m, nil
@@ -117,8 +115,10 @@ type parser struct {
 
 // entity parses one MIME entity starting at the current line and stops at
 // the end of input or at a line that is a delimiter of one of the enclosing
-// boundaries, which it leaves unconsumed for the enclosing multipart.
-func (p *parser) entity(part *Part, env *Envelope, bounds []string, depth int) error {
+// boundaries, which it leaves unconsumed for the enclosing multipart. In a
+// multipart/digest (inDigest), an entity without a Content-Type is a
+// message/rfc822 (RFC 2046 5.1.5).
+func (p *parser) entity(part *Part, env *Envelope, bounds []string, depth int, inDigest bool) error {
 	s := p.s
 	p.parts++
 	part.HeaderStart = s.off
@@ -146,7 +146,7 @@ func (p *parser) entity(part *Part, env *Envelope, bounds []string, depth int) e
 	if env != nil {
 		*env = h.envelope()
 	}
-	h.describe(part)
+	h.describe(part, inDigest)
 
 	var err error
 	switch {
@@ -155,7 +155,7 @@ func (p *parser) entity(part *Part, env *Envelope, bounds []string, depth int) e
 	case part.Type == "message" && (part.Subtype == "rfc822" || part.Subtype == "global") &&
 		depth < maxDepth && p.parts < maxParts && !s.eof && delimiterOf(s.cur, bounds) < 0:
 		part.Message = &Message{}
-		err = p.entity(&part.Message.Root, &part.Message.Envelope, bounds, depth+1)
+		err = p.entity(&part.Message.Root, &part.Message.Envelope, bounds, depth+1, false)
 	default:
 		err = p.skipTo(bounds)
 	}
@@ -210,7 +210,7 @@ func (p *parser) multipart(part *Part, bounds []string, depth int) error {
 			break
 		}
 		var child Part
-		if err := p.entity(&child, nil, inner, depth+1); err != nil {
+		if err := p.entity(&child, nil, inner, depth+1, part.Subtype == "digest"); err != nil {
 			return err
 		}
 		part.Parts = append(part.Parts, child)
@@ -315,12 +315,12 @@ func (h *header) envelope() Envelope {
 	e := Envelope{
 		Date:      h.get("date"),
 		Subject:   h.get("subject"),
-		From:      parseAddresses(h.get("from")),
-		Sender:    parseAddresses(h.get("sender")),
-		ReplyTo:   parseAddresses(h.get("reply-to")),
-		To:        parseAddresses(h.get("to")),
-		Cc:        parseAddresses(h.get("cc")),
-		Bcc:       parseAddresses(h.get("bcc")),
+		From:      ParseAddressList(h.get("from")),
+		Sender:    ParseAddressList(h.get("sender")),
+		ReplyTo:   ParseAddressList(h.get("reply-to")),
+		To:        ParseAddressList(h.get("to")),
+		Cc:        ParseAddressList(h.get("cc")),
+		Bcc:       ParseAddressList(h.get("bcc")),
 		InReplyTo: h.get("in-reply-to"),
 		MessageID: h.get("message-id"),
 	}
@@ -335,9 +335,13 @@ func (h *header) envelope() Envelope {
 }
 
 // describe fills the content fields of part from its header, with the
-// RFC 2045 defaults (text/plain; charset=us-ascii; 7bit).
-func (h *header) describe(part *Part) {
+// RFC 2045 defaults (text/plain; charset=us-ascii; 7bit), or message/rfc822
+// for a part of a digest.
+func (h *header) describe(part *Part, inDigest bool) {
 	part.Type, part.Subtype = "text", "plain"
+	if inDigest {
+		part.Type, part.Subtype = "message", "rfc822"
+	}
 	if ct := h.get("content-type"); ct != "" {
 		mt, params, err := mime.ParseMediaType(ct)
 		if err == nil {
@@ -376,55 +380,6 @@ func (h *header) describe(part *Part) {
 			}
 		}
 	}
-}
-
-// parseAddresses reads an address list leniently: what net/mail cannot
-// parse is kept as a bare mailbox so the envelope never loses a recipient.
-func parseAddresses(value string) []Address {
-	if value == "" {
-		return nil
-	}
-	parser := mail.AddressParser{WordDecoder: &mime.WordDecoder{CharsetReader: passCharset}}
-	list, err := parser.ParseList(value)
-	if err != nil {
-		var out []Address
-		for _, raw := range strings.Split(value, ",") {
-			if raw = strings.TrimSpace(raw); raw != "" {
-				out = append(out, splitAddress("", raw))
-			}
-		}
-		return out
-	}
-	out := make([]Address, 0, len(list))
-	for _, a := range list {
-		name := a.Name
-		if !isASCII(name) {
-			name = mime.QEncoding.Encode("utf-8", name)
-		}
-		out = append(out, splitAddress(name, a.Address))
-	}
-	return out
-}
-
-func splitAddress(name, addr string) Address {
-	at := strings.LastIndexByte(addr, '@')
-	if at < 0 {
-		return Address{Name: name, Mailbox: addr}
-	}
-	return Address{Name: name, Mailbox: addr[:at], Host: addr[at+1:]}
-}
-
-// passCharset lets names in any charset through undecoded-by-charset: the
-// bytes are kept and re-encoded later when they are not ASCII.
-func passCharset(_ string, input io.Reader) (io.Reader, error) { return input, nil }
-
-func isASCII(s string) bool {
-	for i := 0; i < len(s); i++ {
-		if s[i] >= 0x80 {
-			return false
-		}
-	}
-	return true
 }
 
 // scanner reads lines, keeping their absolute offsets. Lines longer than

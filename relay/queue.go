@@ -165,6 +165,7 @@ const passBatch = 100
 // pass delivers what is due, Workers messages at a time. It reports
 // whether it read a full batch (more may be due).
 func (q *Queue) pass(ctx context.Context) (full bool) {
+	q.releaseStranded(ctx)
 	due, err := q.Store.DueSpool(ctx, time.Now(), passBatch)
 	if err != nil {
 		q.log().Error("relay: read spool", "err", err)
@@ -190,6 +191,27 @@ func (q *Queue) pass(ctx context.Context) (full bool) {
 	}
 	wg.Wait()
 	return len(due) == passBatch
+}
+
+// releaseStranded delivers mail held for accounts that are captured: a
+// message whose recipient was in cut-over at RCPT time may be spooled as
+// held just after the cut-over released what it held.
+func (q *Queue) releaseStranded(ctx context.Context) {
+	ids, err := q.Store.CapturedHolding(ctx)
+	if err != nil {
+		q.log().Error("relay: read held mail", "err", err)
+		return
+	}
+	for _, id := range ids {
+		n, err := ReleaseHeld(ctx, q.Store, id)
+		if err != nil {
+			q.log().Error("relay: deliver held mail", "account_id", id, "err", err)
+			continue
+		}
+		if n > 0 {
+			q.log().Info("relay: held mail of a captured account delivered", "account_id", id, "messages", n)
+		}
+	}
 }
 
 func (q *Queue) deliver(ctx context.Context, e store.SpoolEntry) {

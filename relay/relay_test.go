@@ -248,6 +248,33 @@ send(["legacy@example.org", "sender@example.org"], "m2@example.net")
 	}
 }
 
+// TestHeldAfterTheReleaseIsDelivered: a message held for an account whose
+// cut-over ended (and released its held mail) before the message was
+// spooled is delivered locally by the queue's next pass, not left held.
+func TestHeldAfterTheReleaseIsDelivered(t *testing.T) {
+	f := start(t)
+	ctx := context.Background()
+	acct := accountIn(t, f.st, "legacy@example.org", store.StateCutover)
+	if err := f.st.Transition(ctx, acct.Name, store.StateCutover, store.StateCaptured); err != nil {
+		t.Fatal(err)
+	}
+	if n, err := ReleaseHeld(ctx, f.st, acct.ID); err != nil || n != 0 {
+		t.Fatalf("release held: %d %v", n, err)
+	}
+	// What a DATA whose RCPT saw the cut-over spools after the release.
+	raw := "Message-ID: <late@example.net>\r\nSubject: late\r\n\r\nheld too late\r\n"
+	if _, err := f.st.Enqueue(ctx, store.RouteHold, acct.ID, store.Envelope{From: "s@example.net", To: []string{acct.Name}}, strings.NewReader(raw)); err != nil {
+		t.Fatal(err)
+	}
+	f.queue.pass(ctx)
+	if got := f.localInbox(t, acct.Name); len(got) != 1 || !strings.Contains(got[0], "<late@example.net>") {
+		t.Fatalf("local INBOX: %d messages", len(got))
+	}
+	if n, _, _ := f.st.SpoolStats(ctx); n != 0 {
+		t.Fatalf("spool holds %d messages", n)
+	}
+}
+
 // TestQuiesceWaitsForDeliveries: a cut-over's wait returns only once no
 // delivery to the account is in progress.
 func TestQuiesceWaitsForDeliveries(t *testing.T) {

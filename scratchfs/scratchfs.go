@@ -89,11 +89,18 @@ func Fill(tb testing.TB, dir, path string, free int64) {
 		if avail <= free {
 			break
 		}
-		if _, err := f.Write(chunk[:min(int64(len(chunk)), avail-free)]); err != nil {
-			break
+		n := min(int64(len(chunk)), avail-free)
+		_, err := f.Write(chunk[:n])
+		if err == nil {
+			err = f.Sync() // the blocks are counted once allocated
 		}
-		if err := f.Sync(); err != nil { // the blocks are counted once allocated
-			break
+		if err != nil {
+			// The last blocks go in smaller writes: a failed large write
+			// would leave room behind.
+			if len(chunk) == 1 {
+				break
+			}
+			chunk = chunk[:len(chunk)/2]
 		}
 	}
 }

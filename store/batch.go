@@ -12,6 +12,7 @@ import (
 	"io"
 	"net/mail"
 	"os"
+	"sort"
 	"strings"
 	"sync"
 	"time"
@@ -37,6 +38,9 @@ type NewMessage struct {
 	// one is derived from UIDVALIDITY and UID. Like LegacyUID, a second
 	// insert with the same (mailbox, POP3UIDL) is a no-op.
 	POP3UIDL string
+
+	// origin is the Change origin of the caller that added it.
+	origin any
 }
 
 // Inserted tells what became of one message of a committed batch.
@@ -235,7 +239,12 @@ func (s *Store) commitItems(ctx context.Context, items []NewMessage, bodies []bo
 	}
 	out := make([]Inserted, len(items))
 	var placed []int64
-	changes := map[int64][]uint32{}
+	type changeKey struct {
+		mailbox int64
+		origin  any
+	}
+	changes := map[changeKey][]Message{}
+	var order []changeKey
 
 	s.wmu.Lock()
 	defer s.wmu.Unlock()
@@ -289,7 +298,12 @@ func (s *Store) commitItems(ctx context.Context, items []NewMessage, bodies []bo
 			out[i].UID = uid
 			copies.stored(m.MailboxID, m.LegacyUID, uid)
 			placed = append(placed, bd.id)
-			changes[m.MailboxID] = append(changes[m.MailboxID], uid)
+			key := changeKey{m.MailboxID, m.origin}
+			if _, ok := changes[key]; !ok {
+				order = append(order, key)
+			}
+			changes[key] = append(changes[key], Message{ID: bd.id, MailboxID: m.MailboxID, UID: uid,
+				InternalDate: time.Unix(date.Unix(), 0).In(zoneFor(offset)), Size: bd.size, Flags: normalizeFlags(m.Flags)})
 		}
 		return alloc.flush(ctx)
 	})
@@ -299,10 +313,20 @@ func (s *Store) commitItems(ctx context.Context, items []NewMessage, bodies []bo
 	for _, id := range placed {
 		committed[id] = true
 	}
-	for mbox, uids := range changes {
-		s.watchers.publish(Change{MailboxID: mbox, Kind: MessagesAdded, UIDs: uids})
+	for _, key := range order {
+		s.watchers.publish(addedChange(key.mailbox, changes[key], key.origin))
 	}
 	return out, nil
+}
+
+// addedChange describes messages added to a mailbox, sorted by UID.
+func addedChange(mailboxID int64, added []Message, origin any) Change {
+	sort.Slice(added, func(i, j int) bool { return added[i].UID < added[j].UID })
+	uids := make([]uint32, len(added))
+	for i, m := range added {
+		uids[i] = m.UID
+	}
+	return Change{MailboxID: mailboxID, Kind: MessagesAdded, UIDs: uids, Added: added, Origin: origin}
 }
 
 func nullString(s string) any {
@@ -458,7 +482,7 @@ func (a *uidAllocator) flush(ctx context.Context) error {
 // local delivery) and returns its UID once it is durable.
 func (s *Store) Append(ctx context.Context, mailboxID int64, r io.Reader, flags []string, date time.Time) (Inserted, error) {
 	b := s.NewBatch()
-	if err := b.Add(ctx, NewMessage{MailboxID: mailboxID, InternalDate: date, Flags: flags}, r); err != nil {
+	if err := b.Add(ctx, NewMessage{MailboxID: mailboxID, InternalDate: date, Flags: flags, origin: originOf(ctx)}, r); err != nil {
 		b.Abort()
 		return Inserted{}, fmt.Errorf("append to mailbox %d: %w", mailboxID, err)
 	}

@@ -28,6 +28,10 @@ type Mailbox struct {
 	// LegacySyncState is what the capture recorded when it last finished
 	// syncing this mailbox (SetLegacySyncState); opaque to the store.
 	LegacySyncState string
+	// RecentUID is the first UID no session has been given as \Recent
+	// yet (RFC 3501 2.3.2): messages from it on are recent for the next
+	// session that selects the mailbox.
+	RecentUID uint32
 }
 
 // MailboxSpec describes a mailbox to create.
@@ -45,6 +49,7 @@ type MailboxSpec struct {
 // MailboxStatus is what STATUS and SELECT report.
 type MailboxStatus struct {
 	Messages    uint32
+	Recent      uint32
 	Unseen      uint32
 	Deleted     uint32
 	Size        int64
@@ -52,12 +57,14 @@ type MailboxStatus struct {
 	UIDValidity uint32
 }
 
-const mailboxColumns = "id, account_id, name, uidvalidity, uidnext, special_use, subscribed, legacy_uidvalidity, legacy_uidnext, legacy_state"
+const mailboxColumns = `id, account_id, name, uidvalidity, uidnext, special_use,
+	EXISTS (SELECT 1 FROM subscriptions s WHERE s.account_id = mailboxes.account_id AND s.name = mailboxes.name),
+	legacy_uidvalidity, legacy_uidnext, legacy_state, recent_uid`
 
 func scanMailbox(row interface{ Scan(...any) error }) (Mailbox, error) {
 	var m Mailbox
 	var special string
-	err := row.Scan(&m.ID, &m.AccountID, &m.Name, &m.UIDValidity, &m.UIDNext, &special, &m.Subscribed, &m.LegacyUIDValidity, &m.LegacyUIDNext, &m.LegacySyncState)
+	err := row.Scan(&m.ID, &m.AccountID, &m.Name, &m.UIDValidity, &m.UIDNext, &special, &m.Subscribed, &m.LegacyUIDValidity, &m.LegacyUIDNext, &m.LegacySyncState, &m.RecentUID)
 	if special != "" {
 		m.SpecialUse = strings.Fields(special)
 	}
@@ -81,20 +88,24 @@ func (s *Store) CreateMailbox(ctx context.Context, accountID int64, spec Mailbox
 	uidnext := max(spec.UIDNext, 1)
 	var id int64
 	err := s.writeTx(ctx, func(tx *sql.Tx) error {
-		uidvalidity := spec.UIDValidity
-		if uidvalidity == 0 {
-			var err error
-			if uidvalidity, err = freshUIDValidity(ctx, tx, accountID); err != nil {
-				return err
-			}
+		uidvalidity, err := takeUIDValidity(ctx, tx, accountID, spec.UIDValidity)
+		if err != nil {
+			return err
 		}
-		res, err := tx.ExecContext(ctx, `INSERT INTO mailboxes (account_id, name, uidvalidity, uidnext, special_use, subscribed, legacy_uidvalidity)
-			VALUES (?, ?, ?, ?, ?, ?, ?)`, accountID, name, uidvalidity, uidnext, strings.Join(spec.SpecialUse, " "), spec.Subscribed, spec.LegacyUIDValidity)
+		// A mailbox created with a UIDNEXT (a copy of a legacy folder) has
+		// nothing recent below it.
+		res, err := tx.ExecContext(ctx, `INSERT INTO mailboxes (account_id, name, uidvalidity, uidnext, special_use, legacy_uidvalidity, recent_uid)
+			VALUES (?, ?, ?, ?, ?, ?, ?)`, accountID, name, uidvalidity, uidnext, strings.Join(spec.SpecialUse, " "), spec.LegacyUIDValidity, uidnext)
 		if isUniqueViolation(err) {
 			return ErrExists
 		}
 		if err != nil {
 			return err
+		}
+		if spec.Subscribed {
+			if err := setSubscribed(ctx, tx, accountID, name, true); err != nil {
+				return err
+			}
 		}
 		id, err = res.LastInsertId()
 		return err
@@ -105,16 +116,27 @@ func (s *Store) CreateMailbox(ctx context.Context, accountID int64, spec Mailbox
 	return s.MailboxByID(ctx, id)
 }
 
-// freshUIDValidity picks a UIDVALIDITY from the clock, above every one the
-// account uses, so a recreated name never reuses an old value.
-func freshUIDValidity(ctx context.Context, tx *sql.Tx, accountID int64) (uint32, error) {
-	var highest uint32
-	if err := tx.QueryRowContext(ctx, "SELECT coalesce(max(uidvalidity), 0) FROM mailboxes WHERE account_id = ?", accountID).Scan(&highest); err != nil {
+// takeUIDValidity returns the UIDVALIDITY for a new mailbox of the
+// account and records it: want when given (a copy of a legacy folder),
+// else one from the clock above every value the account ever gave, so a
+// name deleted and created again, even within the same second or after a
+// restart, never gets an old UIDVALIDITY back (RFC 3501 2.3.1.1).
+func takeUIDValidity(ctx context.Context, tx *sql.Tx, accountID int64, want uint32) (uint32, error) {
+	var last, highest uint32
+	err := tx.QueryRowContext(ctx, `SELECT uidvalidity_last, coalesce((SELECT max(uidvalidity) FROM mailboxes WHERE account_id = accounts.id), 0)
+		FROM accounts WHERE id = ?`, accountID).Scan(&last, &highest)
+	if errors.Is(err, sql.ErrNoRows) {
+		return 0, fmt.Errorf("account %d: %w", accountID, ErrNotFound)
+	}
+	if err != nil {
 		return 0, err
 	}
-	v := uint32(time.Now().Unix())
-	if v <= highest {
-		v = highest + 1
+	v := want
+	if v == 0 {
+		v = max(uint32(time.Now().Unix()), last+1, highest+1)
+	}
+	if _, err := tx.ExecContext(ctx, "UPDATE accounts SET uidvalidity_last = max(uidvalidity_last, ?) WHERE id = ?", v, accountID); err != nil {
+		return 0, err
 	}
 	return v, nil
 }
@@ -149,13 +171,44 @@ func (s *Store) Mailboxes(ctx context.Context, accountID int64) ([]Mailbox, erro
 
 // UpdateMailbox sets the mailbox's special-use attributes and subscription
 // and raises UIDNEXT to at least uidnext (it never lowers it: invariant 4).
+// While the account is being captured, nothing below uidnext is \Recent:
+// the messages were copied, not delivered.
 func (s *Store) UpdateMailbox(ctx context.Context, id int64, specialUse []string, subscribed bool, uidnext uint32) error {
 	err := s.writeTx(ctx, func(tx *sql.Tx) error {
-		return execOne(ctx, tx, "UPDATE mailboxes SET special_use = ?, subscribed = ?, uidnext = max(uidnext, ?) WHERE id = ?",
-			strings.Join(specialUse, " "), subscribed, uidnext, id)
+		if err := execOne(ctx, tx, `UPDATE mailboxes SET special_use = ?, uidnext = max(uidnext, ?),
+			recent_uid = CASE WHEN (SELECT state FROM accounts WHERE id = account_id) = 'captured' THEN recent_uid ELSE max(recent_uid, ?) END
+			WHERE id = ?`, strings.Join(specialUse, " "), uidnext, uidnext, id); err != nil {
+			return err
+		}
+		var accountID int64
+		var name string
+		if err := tx.QueryRowContext(ctx, "SELECT account_id, name FROM mailboxes WHERE id = ?", id).Scan(&accountID, &name); err != nil {
+			return err
+		}
+		return setSubscribed(ctx, tx, accountID, name, subscribed)
 	})
 	if err != nil {
 		return fmt.Errorf("update mailbox %d: %w", id, err)
+	}
+	return nil
+}
+
+// SetRecentUIDs raises the mailboxes' first UID not yet given as \Recent
+// (mailbox id -> UID); it never goes down.
+func (s *Store) SetRecentUIDs(ctx context.Context, uids map[int64]uint32) error {
+	if len(uids) == 0 {
+		return nil
+	}
+	err := s.writeTxRelaxed(ctx, func(tx *sql.Tx) error {
+		for id, uid := range uids {
+			if _, err := tx.ExecContext(ctx, "UPDATE mailboxes SET recent_uid = max(recent_uid, ?) WHERE id = ?", uid, id); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		return fmt.Errorf("record recent UIDs: %w", err)
 	}
 	return nil
 }
@@ -184,16 +237,41 @@ func (s *Store) SetLegacySyncState(ctx context.Context, id int64, state string) 
 	return nil
 }
 
-// SetSubscribed changes the subscription of the account's mailbox name.
+// SetSubscribed subscribes the account to a name, or unsubscribes it.
+// A name may be subscribed whether or not a mailbox has it (RFC 3501
+// 6.3.6).
 func (s *Store) SetSubscribed(ctx context.Context, accountID int64, name string, subscribed bool) error {
 	name = normalizeMailboxName(name)
 	err := s.writeTx(ctx, func(tx *sql.Tx) error {
-		return execOne(ctx, tx, "UPDATE mailboxes SET subscribed = ? WHERE account_id = ? AND name = ?", subscribed, accountID, name)
+		return setSubscribed(ctx, tx, accountID, name, subscribed)
 	})
 	if err != nil {
 		return fmt.Errorf("subscribe %q: %w", name, err)
 	}
 	return nil
+}
+
+func setSubscribed(ctx context.Context, tx *sql.Tx, accountID int64, name string, subscribed bool) error {
+	var err error
+	if subscribed {
+		_, err = tx.ExecContext(ctx, "INSERT OR IGNORE INTO subscriptions (account_id, name) VALUES (?, ?)", accountID, name)
+	} else {
+		_, err = tx.ExecContext(ctx, "DELETE FROM subscriptions WHERE account_id = ? AND name = ?", accountID, name)
+	}
+	return err
+}
+
+// Subscriptions lists the names the account is subscribed to, sorted.
+func (s *Store) Subscriptions(ctx context.Context, accountID int64) ([]string, error) {
+	out, err := queryAll(ctx, s.read, func(row interface{ Scan(...any) error }) (string, error) {
+		var name string
+		err := row.Scan(&name)
+		return name, err
+	}, "SELECT name FROM subscriptions WHERE account_id = ? ORDER BY name", accountID)
+	if err != nil {
+		return nil, fmt.Errorf("subscriptions: %w", err)
+	}
+	return out, nil
 }
 
 // RenameMailbox renames a mailbox and its children (names starting with
@@ -216,11 +294,20 @@ func (s *Store) RenameMailbox(ctx context.Context, accountID int64, oldName, new
 		if err := execOne(ctx, tx, "UPDATE mailboxes SET name = ? WHERE account_id = ? AND name = ?", newName, accountID, oldName); err != nil {
 			return err
 		}
+		// Subscriptions follow the mailbox, as Dovecot's do.
+		if _, err := tx.ExecContext(ctx, "UPDATE OR REPLACE subscriptions SET name = ? WHERE account_id = ? AND name = ?", newName, accountID, oldName); err != nil {
+			return err
+		}
 		if separator == "" {
 			return nil
 		}
 		prefix := oldName + separator
 		_, err := tx.ExecContext(ctx, `UPDATE mailboxes SET name = ? || substr(name, ?) WHERE account_id = ? AND substr(name, 1, ?) = ?`,
+			newName+separator, len(prefix)+1, accountID, len(prefix), prefix)
+		if err != nil {
+			return err
+		}
+		_, err = tx.ExecContext(ctx, `UPDATE OR REPLACE subscriptions SET name = ? || substr(name, ?) WHERE account_id = ? AND substr(name, 1, ?) = ?`,
 			newName+separator, len(prefix)+1, accountID, len(prefix), prefix)
 		return err
 	})
@@ -259,17 +346,20 @@ func (s *Store) DeleteMailbox(ctx context.Context, id int64) error {
 	return nil
 }
 
-// Status returns the counts STATUS and SELECT report.
-func (s *Store) Status(ctx context.Context, mailboxID int64) (MailboxStatus, error) {
+// Status returns the counts STATUS reports. Recent counts the messages
+// from the mailbox's \Recent boundary on, or from recentFrom when that is
+// higher (a boundary not written yet).
+func (s *Store) Status(ctx context.Context, mailboxID int64, recentFrom uint32) (MailboxStatus, error) {
 	var st MailboxStatus
 	err := s.read.QueryRowContext(ctx, `SELECT
 		(SELECT count(*) FROM messages WHERE mailbox_id = b.id),
 		(SELECT count(*) FROM messages WHERE mailbox_id = b.id AND NOT `+hasFlagSQL+`),
 		(SELECT count(*) FROM messages WHERE mailbox_id = b.id AND `+hasFlagSQL+`),
 		(SELECT coalesce(sum(size), 0) FROM messages WHERE mailbox_id = b.id),
+		(SELECT count(*) FROM messages WHERE mailbox_id = b.id AND uid >= max(b.recent_uid, ?)),
 		b.uidnext, b.uidvalidity
-		FROM mailboxes b WHERE b.id = ?`, `\Seen`, `\Deleted`, mailboxID).Scan(
-		&st.Messages, &st.Unseen, &st.Deleted, &st.Size, &st.UIDNext, &st.UIDValidity)
+		FROM mailboxes b WHERE b.id = ?`, `\Seen`, `\Deleted`, recentFrom, mailboxID).Scan(
+		&st.Messages, &st.Unseen, &st.Deleted, &st.Size, &st.Recent, &st.UIDNext, &st.UIDValidity)
 	return st, statusError(mailboxID, err)
 }
 

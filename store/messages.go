@@ -133,6 +133,29 @@ func (s *Store) SummariesLocked(ctx context.Context, mailboxID int64, want func(
 	return nil
 }
 
+// LoadMailbox calls fn with a mailbox and what serving it takes of each
+// of its messages (ID, UID, InternalDate, Size, Flags), by UID, read under
+// the writer lock: no commit, and so no change hook (OnChange), runs
+// between the reading and fn, so a cache that fn fills and the hook keeps
+// current never misses a change.
+func (s *Store) LoadMailbox(ctx context.Context, mailboxID int64, fn func(Mailbox, []Message)) error {
+	s.wmu.Lock()
+	defer s.wmu.Unlock()
+	mb, err := scanMailbox(s.write.QueryRowContext(ctx, "SELECT "+mailboxColumns+" FROM mailboxes WHERE id = ?", mailboxID))
+	if errors.Is(err, sql.ErrNoRows) {
+		return fmt.Errorf("mailbox %d: %w", mailboxID, ErrNotFound)
+	}
+	if err != nil {
+		return fmt.Errorf("load mailbox %d: %w", mailboxID, err)
+	}
+	msgs, err := s.summaries(ctx, s.write, mailboxID, AllUIDs)
+	if err != nil {
+		return err
+	}
+	fn(mb, msgs)
+	return nil
+}
+
 func (s *Store) summaries(ctx context.Context, q queryer, mailboxID int64, ranges []UIDRange) ([]Message, error) {
 	where, args := rangeSQL(ranges)
 	rows, err := q.QueryContext(ctx, "SELECT id, uid, internal_date, internal_tz, size, flags FROM messages WHERE mailbox_id = ? AND "+where+" ORDER BY uid",
@@ -180,11 +203,18 @@ func queryUIDs(ctx context.Context, q queryer, query string, args ...any) ([]uin
 }
 
 // Structure returns the cached envelope and MIME structure of a message.
+// A structure cached by an older mimeinfo.Version is parsed again from the
+// body (and the row updated with the next write); a message deleted while
+// its body is pinned (PinBodies) is parsed from its body.
 func (s *Store) Structure(ctx context.Context, messageID int64) (*mimeinfo.Message, error) {
 	var raw []byte
 	err := s.read.QueryRowContext(ctx, "SELECT structure FROM messages WHERE id = ?", messageID).Scan(&raw)
 	if errors.Is(err, sql.ErrNoRows) {
-		return nil, fmt.Errorf("message %d: %w", messageID, ErrNotFound)
+		m, perr := s.parseBody(messageID)
+		if perr != nil {
+			return nil, fmt.Errorf("message %d: %w", messageID, ErrNotFound)
+		}
+		return m, nil
 	}
 	if err != nil {
 		return nil, fmt.Errorf("message %d: %w", messageID, err)
@@ -193,7 +223,53 @@ func (s *Store) Structure(ctx context.Context, messageID int64) (*mimeinfo.Messa
 	if err := json.Unmarshal(raw, &m); err != nil {
 		return nil, fmt.Errorf("message %d: cached structure: %w", messageID, err)
 	}
+	if m.V < mimeinfo.Version {
+		fresh, err := s.parseBody(messageID)
+		if err != nil {
+			return nil, fmt.Errorf("message %d: %w", messageID, err)
+		}
+		if js, err := json.Marshal(fresh); err == nil {
+			s.restructured.put(messageID, js)
+		}
+		return fresh, nil
+	}
 	return &m, nil
+}
+
+// parseBody parses a stored body.
+func (s *Store) parseBody(messageID int64) (*mimeinfo.Message, error) {
+	f, err := s.openBlob(messageID)
+	if err != nil {
+		return nil, err
+	}
+	defer f.Close()
+	return mimeinfo.Parse(f)
+}
+
+// restructured holds structures parsed again (see Structure) until a
+// write transaction stores them.
+type restructured struct {
+	mu      sync.Mutex
+	pending map[int64][]byte
+}
+
+func (r *restructured) put(id int64, js []byte) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.pending == nil {
+		r.pending = map[int64][]byte{}
+	}
+	if len(r.pending) < 100000 {
+		r.pending[id] = js
+	}
+}
+
+func (r *restructured) take() map[int64][]byte {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	out := r.pending
+	r.pending = nil
+	return out
 }
 
 // OpenBody opens a stored message body for reading. Bodies are immutable.
@@ -227,37 +303,52 @@ func (s *Store) StoreFlags(ctx context.Context, mailboxID int64, ranges []UIDRan
 	var updates []FlagUpdate
 	s.wmu.Lock()
 	defer s.wmu.Unlock()
-	err := s.writeTxLocked(ctx, func(tx *sql.Tx) error {
-		where, args := rangeSQL(ranges)
-		rows, err := tx.QueryContext(ctx, "SELECT uid, flags FROM messages WHERE mailbox_id = ? AND "+where+" ORDER BY uid",
-			append([]any{mailboxID}, args...)...)
-		if err != nil {
-			return err
-		}
+	// Flags are not mail: their commit is not flushed by itself (a power
+	// loss may lose the last changes, as with Dovecot's index).
+	err := s.writeTxSync(ctx, false, func(tx *sql.Tx) error {
 		type row struct {
 			uid   uint32
 			flags string
 		}
 		var current []row
-		for rows.Next() {
-			var r row
-			if err := rows.Scan(&r.uid, &r.flags); err != nil {
-				rows.Close()
+		// Bounded statements: SQLite limits a statement's expression depth.
+		for rest := ranges; len(rest) > 0; {
+			chunk := rest[:min(len(rest), 400)]
+			rest = rest[len(chunk):]
+			where, args := rangeSQL(chunk)
+			rows, err := tx.QueryContext(ctx, "SELECT uid, flags FROM messages WHERE mailbox_id = ? AND "+where+" ORDER BY uid",
+				append([]any{mailboxID}, args...)...)
+			if err != nil {
 				return err
 			}
-			current = append(current, r)
+			for rows.Next() {
+				var r row
+				if err := rows.Scan(&r.uid, &r.flags); err != nil {
+					rows.Close()
+					return err
+				}
+				current = append(current, r)
+			}
+			rows.Close()
+			if err := rows.Err(); err != nil {
+				return err
+			}
 		}
-		rows.Close()
-		if err := rows.Err(); err != nil {
-			return err
-		}
+		var err error
+		var update *sql.Stmt
 		for _, r := range current {
 			next := applyFlags(parseFlags(r.flags), op, flags)
 			formatted := formatFlags(next)
 			if formatted == r.flags {
 				continue
 			}
-			if _, err := tx.ExecContext(ctx, "UPDATE messages SET flags = ? WHERE mailbox_id = ? AND uid = ?", formatted, mailboxID, r.uid); err != nil {
+			if update == nil {
+				if update, err = tx.PrepareContext(ctx, "UPDATE messages SET flags = ? WHERE mailbox_id = ? AND uid = ?"); err != nil {
+					return err
+				}
+				defer update.Close()
+			}
+			if _, err := update.ExecContext(ctx, formatted, mailboxID, r.uid); err != nil {
 				return err
 			}
 			updates = append(updates, FlagUpdate{UID: r.uid, Flags: next})
@@ -268,7 +359,7 @@ func (s *Store) StoreFlags(ctx context.Context, mailboxID int64, ranges []UIDRan
 		return nil, fmt.Errorf("store flags in mailbox %d: %w", mailboxID, err)
 	}
 	if len(updates) > 0 {
-		s.watchers.publish(Change{MailboxID: mailboxID, Kind: FlagsChanged, Flags: updates})
+		s.watchers.publish(Change{MailboxID: mailboxID, Kind: FlagsChanged, Flags: updates, Origin: originOf(ctx)})
 	}
 	return updates, nil
 }
@@ -425,7 +516,11 @@ func (s *Store) copyOrMove(ctx context.Context, src int64, uids []uint32, dst in
 		return CopyResult{}, fmt.Errorf("%s from mailbox %d to %d: %w", what, src, dst, err)
 	}
 	committed = true
-	s.watchers.publish(Change{MailboxID: dst, Kind: MessagesAdded, UIDs: res.DestUIDs})
+	added := make([]Message, len(srcMsgs))
+	for i, m := range srcMsgs {
+		added[i] = Message{ID: newIDs[i], MailboxID: dst, UID: res.DestUIDs[i], InternalDate: m.InternalDate, Size: m.Size, Flags: m.Flags}
+	}
+	s.watchers.publish(addedChange(dst, added, originOf(ctx)))
 	s.afterExpunge(ctx, src, gone)
 	return res, nil
 }

@@ -28,7 +28,23 @@ type Change struct {
 	UIDs []uint32
 	// Flags lists the new flags of each changed message (FlagsChanged).
 	Flags []FlagUpdate
+	// Added describes the added messages (MessagesAdded), in UIDs' order:
+	// ID, UID, InternalDate, Size and Flags.
+	Added []Message
+	// Origin is what the change's caller put in its context with
+	// WithOrigin (a session telling its own changes from others'), or nil.
+	Origin any
 }
+
+type originKey struct{}
+
+// WithOrigin marks the changes made with ctx as coming from origin: each
+// Change they publish carries it.
+func WithOrigin(ctx context.Context, origin any) context.Context {
+	return context.WithValue(ctx, originKey{}, origin)
+}
+
+func originOf(ctx context.Context) any { return ctx.Value(originKey{}) }
 
 // Watcher receives the changes of one mailbox (for IMAP IDLE and NOOP).
 type Watcher struct {

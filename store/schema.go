@@ -138,6 +138,23 @@ CREATE TABLE credentials (
 	`
 ALTER TABLE mailboxes ADD COLUMN legacy_state TEXT NOT NULL DEFAULT '';
 `,
+	// 7: subscriptions apart from mailboxes (RFC 3501 6.3.6: a name may be
+	// subscribed whether or not a mailbox has it, and stays subscribed
+	// when its mailbox is deleted); the first UID not yet given the
+	// \Recent flag by a session; the highest UIDVALIDITY an account ever
+	// gave, so a recreated name never gets an old one back.
+	`
+CREATE TABLE subscriptions (
+	account_id INTEGER NOT NULL REFERENCES accounts(id) ON DELETE CASCADE,
+	name       TEXT NOT NULL,
+	PRIMARY KEY (account_id, name)
+);
+INSERT INTO subscriptions (account_id, name) SELECT account_id, name FROM mailboxes WHERE subscribed = 1;
+ALTER TABLE mailboxes ADD COLUMN recent_uid INTEGER NOT NULL DEFAULT 1;
+UPDATE mailboxes SET recent_uid = uidnext;
+ALTER TABLE accounts ADD COLUMN uidvalidity_last INTEGER NOT NULL DEFAULT 0;
+UPDATE accounts SET uidvalidity_last = coalesce((SELECT max(uidvalidity) FROM mailboxes WHERE account_id = accounts.id), 0);
+`,
 }
 
 // checkVersion checks that a store opened beside its owner has the schema

@@ -139,6 +139,19 @@ func (s *Store) HoldingAccounts(ctx context.Context) (map[int64]bool, error) {
 	return out, nil
 }
 
+// CapturedHolding lists the captured accounts that still have held mail
+// (held while their cut-over ran, or spooled as held just after it).
+func (s *Store) CapturedHolding(ctx context.Context) ([]int64, error) {
+	ids, err := queryAll(ctx, s.read, func(row interface{ Scan(...any) error }) (int64, error) {
+		var id int64
+		return id, row.Scan(&id)
+	}, "SELECT DISTINCT sp.account_id FROM spool sp JOIN accounts a ON a.id = sp.account_id WHERE sp.route = 'hold' AND a.state = 'captured'")
+	if err != nil {
+		return nil, fmt.Errorf("read spool: %w", err)
+	}
+	return ids, nil
+}
+
 // Spooled returns every spooled message, oldest first.
 func (s *Store) Spooled(ctx context.Context) ([]SpoolEntry, error) {
 	return s.spoolQuery(ctx, "ORDER BY received_at, id")
@@ -351,6 +364,8 @@ func (s *Store) ClearInFlight(id int64) error {
 // Message-ID (brought by the final sync), the held copy is dropped and
 // duplicate is true.
 func (s *Store) DeliverHeld(ctx context.Context, id, mailboxID int64) (uid uint32, duplicate bool, err error) {
+	var size int64
+	var date time.Time
 	s.wmu.Lock()
 	defer s.wmu.Unlock()
 	err = s.writeTxLocked(ctx, func(tx *sql.Tx) error {
@@ -382,6 +397,11 @@ func (s *Store) DeliverHeld(ctx context.Context, id, mailboxID int64) (uid uint3
 		}
 		now := time.Now()
 		_, offset := now.Zone()
+		var receivedAt int64
+		if err := tx.QueryRowContext(ctx, "SELECT size, received_at FROM spool WHERE id = ?", id).Scan(&size, &receivedAt); err != nil {
+			return err
+		}
+		date = time.Unix(receivedAt, 0).In(zoneFor(offset))
 		if _, err := tx.ExecContext(ctx, `INSERT INTO messages
 			(id, mailbox_id, uid, legacy_uid, internal_date, internal_tz, size, flags, pop3_uidl, sha256, message_id, structure)
 			SELECT id, ?, ?, NULL, received_at, ?, size, '', NULL, sha256, message_id, structure FROM spool WHERE id = ?`,
@@ -402,7 +422,7 @@ func (s *Store) DeliverHeld(ctx context.Context, id, mailboxID int64) (uid uint3
 		}
 		return 0, true, nil
 	}
-	s.watchers.publish(Change{MailboxID: mailboxID, Kind: MessagesAdded, UIDs: []uint32{uid}})
+	s.watchers.publish(addedChange(mailboxID, []Message{{ID: id, MailboxID: mailboxID, UID: uid, InternalDate: date, Size: size}}, originOf(ctx)))
 	return uid, false, nil
 }
 

@@ -23,6 +23,7 @@ import (
 	"path/filepath"
 	"runtime"
 	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"syscall"
@@ -75,6 +76,10 @@ type Store struct {
 	// the change notifications that follow them.
 	wmu sync.Mutex
 	ids idAllocator
+	// pins keeps deleted bodies that sessions still show (PinBodies).
+	pins bodyPins
+	// restructured holds structures to store again (Structure).
+	restructured restructured
 
 	watchers watchers
 }
@@ -100,6 +105,7 @@ func Open(ctx context.Context, dir string, opts Options) (*Store, error) {
 		hashing = runtime.GOMAXPROCS(0)
 	}
 	s := &Store{dir: dir, opts: opts, log: opts.Logger, hashing: make(chan struct{}, hashing)}
+	s.pins = bodyPins{count: map[int64]int{}, gone: map[int64]bool{}, done: map[int64]bool{}}
 	s.ids.store = s
 	if opts.ReadOnly || opts.Control {
 		if err := s.openDatabases(ctx); err != nil {
@@ -223,18 +229,78 @@ func (s *Store) writeTx(ctx context.Context, fn func(tx *sql.Tx) error) error {
 type controlKey struct{}
 
 func (s *Store) writeTxLocked(ctx context.Context, fn func(tx *sql.Tx) error) error {
+	return s.writeTxSync(ctx, true, fn)
+}
+
+// writeTxRelaxed runs fn in a write transaction whose commit is not
+// flushed to disk by itself (synchronous=NORMAL in WAL mode): a crash of
+// the process loses nothing of it, a power loss may lose it until the
+// next durable commit or checkpoint flushes the log. For what may be
+// lost that way, as Dovecot's index updates may: flags and recent marks,
+// never a message.
+func (s *Store) writeTxRelaxed(ctx context.Context, fn func(tx *sql.Tx) error) error {
+	if s.opts.ReadOnly {
+		return ErrReadOnly
+	}
+	s.wmu.Lock()
+	defer s.wmu.Unlock()
+	return s.writeTxSync(ctx, false, fn)
+}
+
+// writeTxSync runs a write transaction, durable at commit when durable.
+// It also drops the unlink queue's rows of bodies already unlinked, so
+// that doing so costs no commit of its own.
+func (s *Store) writeTxSync(ctx context.Context, durable bool, fn func(tx *sql.Tx) error) (err error) {
 	if s.opts.ReadOnly || (s.opts.Control && ctx.Value(controlKey{}) == nil) {
 		return ErrReadOnly
+	}
+	if !durable {
+		if _, err := s.write.ExecContext(ctx, "PRAGMA synchronous = NORMAL"); err != nil {
+			return err
+		}
+		defer func() {
+			if _, rerr := s.write.ExecContext(context.WithoutCancel(ctx), "PRAGMA synchronous = FULL"); rerr != nil && err == nil {
+				err = rerr
+			}
+		}()
 	}
 	tx, err := s.write.BeginTx(ctx, nil)
 	if err != nil {
 		return err
+	}
+	unlinked := s.takeUnlinked()
+	for len(unlinked) > 0 {
+		n := min(len(unlinked), 400)
+		if _, err := tx.ExecContext(ctx, "DELETE FROM unlink_queue WHERE blob_id IN ("+placeholders(n)+")", int64Args(unlinked[:n])...); err != nil {
+			tx.Rollback()
+			s.giveBackUnlinked(unlinked)
+			return err
+		}
+		unlinked = unlinked[n:]
+	}
+	for id, js := range s.restructured.take() {
+		// Derived data: a failure here only means it is parsed again.
+		if _, err := tx.ExecContext(ctx, "UPDATE messages SET structure = ? WHERE id = ?", js, id); err != nil {
+			break
+		}
 	}
 	if err := fn(tx); err != nil {
 		tx.Rollback()
 		return err
 	}
 	return tx.Commit()
+}
+
+func placeholders(n int) string {
+	return strings.TrimSuffix(strings.Repeat("?,", n), ",")
+}
+
+func int64Args(ids []int64) []any {
+	out := make([]any, len(ids))
+	for i, id := range ids {
+		out[i] = id
+	}
+	return out
 }
 
 // blobPath is where a body lives: derived from its id only. Each aligned
@@ -310,22 +376,95 @@ func (s *Store) unlinkQueued(ctx context.Context) error {
 	if err := rows.Err(); err != nil {
 		return err
 	}
-	if len(ids) == 0 {
-		return nil
-	}
+	s.pins.mu.Lock()
+	defer s.pins.mu.Unlock()
 	for _, id := range ids {
+		if s.pins.count[id] > 0 {
+			// A session still shows the message: unlinked when released.
+			s.pins.gone[id] = true
+			continue
+		}
+		if s.pins.done[id] {
+			continue
+		}
 		if err := os.Remove(s.blobPath(id)); err != nil && !errors.Is(err, os.ErrNotExist) {
 			return fmt.Errorf("unlink body %d: %w", id, err)
 		}
+		s.pins.done[id] = true
+		s.pins.unlinked = append(s.pins.unlinked, id)
 	}
-	return s.writeTxLocked(ctx, func(tx *sql.Tx) error {
-		for _, id := range ids {
-			if _, err := tx.ExecContext(ctx, "DELETE FROM unlink_queue WHERE blob_id = ?", id); err != nil {
-				return err
-			}
+	return nil
+}
+
+// bodyPins keeps the bodies of deleted messages that sessions still show
+// (an IMAP session keeps an expunged message readable until it has told
+// its client of the expunge); see PinBodies.
+type bodyPins struct {
+	mu    sync.Mutex
+	count map[int64]int
+	// gone: deleted, to be unlinked when the last pin goes.
+	gone map[int64]bool
+	// done: unlinked, its queue row not yet dropped (unlinked lists them
+	// for the next write transaction, which drops the rows).
+	done     map[int64]bool
+	unlinked []int64
+}
+
+// PinBodies keeps the bodies of the given message ids on disk while they
+// are pinned, even once their messages are deleted. Each pin needs an
+// UnpinBodies.
+func (s *Store) PinBodies(ids []int64) {
+	s.pins.mu.Lock()
+	defer s.pins.mu.Unlock()
+	for _, id := range ids {
+		s.pins.count[id]++
+	}
+}
+
+// UnpinBodies releases pins; a deleted message's body whose last pin goes
+// is unlinked.
+func (s *Store) UnpinBodies(ids []int64) {
+	s.pins.mu.Lock()
+	defer s.pins.mu.Unlock()
+	for _, id := range ids {
+		if s.pins.count[id]--; s.pins.count[id] > 0 {
+			continue
 		}
-		return nil
-	})
+		delete(s.pins.count, id)
+		if s.pins.gone[id] {
+			delete(s.pins.gone, id)
+			if err := os.Remove(s.blobPath(id)); err != nil && !errors.Is(err, os.ErrNotExist) {
+				s.log.Error("store: unlink body of a deleted message", "id", id, "err", err)
+				continue // the queue row stays: retried at the next Open
+			}
+			s.pins.done[id] = true
+			s.pins.unlinked = append(s.pins.unlinked, id)
+		}
+	}
+}
+
+// takeUnlinked returns the ids whose bodies are unlinked but whose queue
+// rows remain, for the caller's transaction to drop.
+func (s *Store) takeUnlinked() []int64 {
+	s.pins.mu.Lock()
+	defer s.pins.mu.Unlock()
+	out := s.pins.unlinked
+	s.pins.unlinked = nil
+	for _, id := range out {
+		delete(s.pins.done, id)
+	}
+	return out
+}
+
+// giveBackUnlinked puts ids taken by takeUnlinked back after a failed
+// transaction.
+func (s *Store) giveBackUnlinked(ids []int64) {
+	s.pins.mu.Lock()
+	defer s.pins.mu.Unlock()
+	for _, id := range ids {
+		s.pins.done[id] = true
+	}
+	s.pins.unlinked = append(s.pins.unlinked, ids...)
 }
 
 // recover finishes what a crash interrupted: files of ids handed out but

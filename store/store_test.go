@@ -184,7 +184,7 @@ func TestCaptureBatchKeepsUIDsAndIsIdempotent(t *testing.T) {
 	if err != nil || !bytes.Equal(raw, testMessage(7)) || m.Size != int64(len(raw)) {
 		t.Fatalf("body mismatch: %q %v", raw, err)
 	}
-	st, _ := s.Status(ctx, inbox.ID)
+	st, _ := s.Status(ctx, inbox.ID, 0)
 	if st.UIDNext != 44 || st.Messages != 4 || st.Unseen != 0 {
 		t.Fatalf("status %+v", st)
 	}
@@ -661,7 +661,7 @@ func TestTotalsAgreeWithStatus(t *testing.T) {
 	_, inbox := newAccountWithInbox(t, s, "bob@example.org")
 	check := func(when string) {
 		t.Helper()
-		st, err := s.Status(ctx, inbox.ID)
+		st, err := s.Status(ctx, inbox.ID, 0)
 		if err != nil {
 			t.Fatal(err)
 		}

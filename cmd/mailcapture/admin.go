@@ -156,7 +156,7 @@ func showAccount(ctx context.Context, env *environment, st *store.Store, name st
 		return err
 	}
 	for _, m := range mailboxes {
-		s, err := st.Status(ctx, m.ID)
+		s, err := st.Status(ctx, m.ID, 0)
 		if err != nil {
 			return err
 		}

@@ -283,7 +283,9 @@ func (s *server) start(schedCtx context.Context, schedDone chan struct{}) error 
 		})
 	}
 	trusted := trustedNetworks(cfg.TrustedNetworks)
-	s.imap = &front.IMAPFront{Router: router, Local: imapstore.NewBackend(s.st, log), Legacy: engine.IMAP,
+	local := imapstore.NewServer(s.st, imapstore.Options{Log: log, IdleTimeout: lim.IMAPIdleTimeout,
+		Panicked: func() { m.Traffic.Panicked("imap") }})
+	s.imap = &front.IMAPFront{Router: router, Local: local, Legacy: engine.IMAP,
 		TLSConfig: s.tls, Trusted: trusted, IdleTimeout: lim.IMAPIdleTimeout, Log: log}
 	pop3Backend := &front.POP3Backend{Router: router, Local: &pop3store.Backend{Store: s.st}, Legacy: engine.POP3}
 	s.pop3 = &pop3.Server{Backend: pop3Backend, TLSConfig: s.tls, Hostname: cfg.Hostname, InsecureAuthAllowed: trusted,
