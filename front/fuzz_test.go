@@ -6,6 +6,8 @@ import (
 	"errors"
 	"io"
 	"testing"
+
+	"mailcapture/imapwire"
 )
 
 // FuzzPreauthCommand: the not-authenticated state's parser never panics,
@@ -21,17 +23,19 @@ func FuzzPreauthCommand(f *testing.F) {
 		"e LOGIN ((\"x\" {2}\r\nab\r\n",
 		"f STARTTLS\r\ng NOOP\r\nh LOGOUT\r\n",
 		")(\"{99999999999}\r\n",
+		"GET / HTTP/1.1\r\nHost: x\r\n\r\n",
 	} {
 		f.Add([]byte(seed))
 	}
 	f.Fuzz(func(t *testing.T, raw []byte) {
 		src := bytes.NewReader(raw)
-		r := bufio.NewReaderSize(src, 4096)
-		left := func() int { return src.Len() + r.Buffered() }
+		br := bufio.NewReaderSize(src, 4096)
+		r := newPreauthReader(br, func() error { return nil })
+		left := func() int { return src.Len() + br.Buffered() }
 		for {
 			before := left()
-			cmd, err := readPreauthCommand(r, func() error { return nil })
-			if cmd != nil {
+			cmd, err := readPreauth(r)
+			if cmd != nil && err == nil {
 				n := len(cmd.tag) + len(cmd.name)
 				for _, a := range cmd.args {
 					n += len(a)
@@ -40,11 +44,17 @@ func FuzzPreauthCommand(f *testing.F) {
 					t.Fatalf("command of %d bytes accepted", n)
 				}
 			}
-			if errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) {
+			if errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) || errors.Is(err, errUnknownCommand) {
 				return
 			}
-			if err != nil && !errors.Is(err, errBadCommand) {
+			var long *imapwire.ErrLineTooLong
+			var limit *imapwire.LimitError
+			var syntax *imapwire.SyntaxError
+			if err != nil && !errors.As(err, &long) && !errors.As(err, &limit) && !errors.As(err, &syntax) {
 				t.Fatalf("unexpected error %v", err)
+			}
+			if err != nil {
+				r.Discard()
 			}
 			if left() >= before {
 				t.Fatalf("a command consumed nothing (%d bytes left)", before)

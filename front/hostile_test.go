@@ -83,12 +83,14 @@ func TestHostileClientsBeforeLogin(t *testing.T) {
 	// Oversized line and literal: BAD, the session goes on.
 	tr := dialTranscript(t, f.addr)
 	tr.send("a LOGIN " + strings.Repeat("x", 9000) + " pw")
-	tr.expect("* BAD") // refused before its tag is read
+	tr.expect("a BAD") // tagged: the client knows which command failed
+	tr.send("z ID (\"name\" \"" + strings.Repeat("y", 50000) + "\")")
+	tr.expect("z BAD line too long")
 	tr.send("b LOGIN {9000}")
 	tr.expect("b BAD")
 	tr.send("c NOOP")
 	tr.expect("c OK")
-	if obs.count("line_length") != 2 {
+	if obs.count("line_length") != 3 {
 		t.Errorf("oversized commands counted: %d", obs.count("line_length"))
 	}
 

@@ -17,6 +17,7 @@ import (
 
 	"mailcapture/capture"
 	"mailcapture/imapstore"
+	"mailcapture/imapwire"
 	"mailcapture/store"
 )
 
@@ -230,31 +231,47 @@ func (f *IMAPFront) serveConn(c net.Conn) (final net.Conn, handedOver bool) {
 	if s.write("* OK [CAPABILITY %s] mailcapture ready", s.caps()) != nil {
 		return s.conn, false
 	}
+	r := newPreauthReader(s.r, func() error { return s.write("+ Ready for literal data") })
 	for {
 		// The whole command must arrive within the timeout, however
 		// slowly its bytes trickle in.
 		s.conn.SetReadDeadline(time.Now().Add(orDuration(f.PreauthTimeout, time.Minute)))
-		cmd, err := readPreauthCommand(s.r, func() error { return s.write("+ Ready for literal data") })
-		if errors.Is(err, errTooLong) {
-			f.Router.observer().Refused("line_length")
-		}
+		cmd, err := readPreauth(r)
 		var ne net.Error
-		if errors.As(err, &ne) && ne.Timeout() {
+		var long *imapwire.ErrLineTooLong
+		var limit *imapwire.LimitError
+		var syntax *imapwire.SyntaxError
+		switch {
+		case errors.As(err, &ne) && ne.Timeout():
 			f.Router.observer().Refused("timeout")
 			s.write("* BYE [UNAVAILABLE] autologout: no command within %s", orDuration(f.PreauthTimeout, time.Minute))
 			return s.conn, false
-		}
-		if errors.Is(err, errBadCommand) {
-			tag := "*"
-			if cmd != nil && cmd.tag != "" {
-				tag = cmd.tag
-			}
-			if s.write("%s BAD %s", tag, "malformed command") != nil {
+		case errors.As(err, &long):
+			f.Router.observer().Refused("line_length")
+			if s.write("%s BAD line too long", orTag(long.Tag)) != nil {
 				return s.conn, false
 			}
 			continue
-		}
-		if err != nil {
+		case errors.As(err, &limit):
+			f.Router.observer().Refused("line_length")
+			r.Discard()
+			if s.write("%s BAD %s", orTag(r.CurrentTag()), limit.Msg) != nil {
+				return s.conn, false
+			}
+			continue
+		case errors.As(err, &syntax):
+			r.Discard()
+			if s.write("%s BAD %s", orTag(r.CurrentTag()), syntax.Msg) != nil {
+				return s.conn, false
+			}
+			continue
+		case errors.Is(err, errUnknownCommand):
+			// Not a command of this state, or not IMAP at all (a cross-
+			// protocol request): the session ends at the first one.
+			f.Router.observer().Refused("unknown_command")
+			s.write("* BYE unknown command before login")
+			return s.conn, false
+		case err != nil:
 			return s.conn, false
 		}
 		s.conn.SetReadDeadline(time.Time{})
@@ -275,26 +292,28 @@ func (f *IMAPFront) serveConn(c net.Conn) (final net.Conn, handedOver bool) {
 			if !s.starttls(cmd.tag) {
 				return s.conn, false
 			}
+			r = newPreauthReader(s.r, func() error { return s.write("+ Ready for literal data") })
 		case "LOGIN":
-			if len(cmd.args) != 2 {
-				s.write("%s BAD LOGIN needs a user name and a password", cmd.tag)
-				continue
-			}
 			if done, handed := s.login(cmd.tag, cmd.args[0], cmd.args[1]); done {
 				return s.conn, handed
 			}
 		case "AUTHENTICATE":
-			user, pass, ok := s.authenticate(cmd)
+			user, pass, ok := s.authenticate(r, cmd)
 			if !ok {
 				continue
 			}
 			if done, handed := s.login(cmd.tag, user, pass); done {
 				return s.conn, handed
 			}
-		default:
-			s.write("%s BAD command unknown or not allowed before login", cmd.tag)
 		}
 	}
+}
+
+func orTag(tag string) string {
+	if tag == "" {
+		return "*"
+	}
+	return tag
 }
 
 func (s *session) starttls(tag string) bool {
@@ -326,7 +345,7 @@ func (s *session) starttls(tag string) bool {
 
 // authenticate runs AUTHENTICATE PLAIN, with or without an initial
 // response (SASL-IR).
-func (s *session) authenticate(cmd *preauthCommand) (user, pass string, ok bool) {
+func (s *session) authenticate(r *imapwire.Reader, cmd *preauthCommand) (user, pass string, ok bool) {
 	if len(cmd.args) < 1 || !strings.EqualFold(cmd.args[0], "PLAIN") {
 		s.write("%s NO [CANNOT] only AUTHENTICATE PLAIN is offered", cmd.tag)
 		return "", "", false
@@ -343,8 +362,9 @@ func (s *session) authenticate(cmd *preauthCommand) (user, pass string, ok bool)
 		}
 	} else {
 		s.write("+ ")
-		line, err := readLimitedLine(s.r)
+		line, err := r.ReadLine()
 		if err != nil {
+			s.write("%s BAD %s", cmd.tag, "response too long")
 			return "", "", false
 		}
 		resp = line

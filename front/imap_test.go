@@ -6,6 +6,7 @@ import (
 	"context"
 	"encoding/base64"
 	"fmt"
+	"io"
 	"net"
 	"os"
 	"os/exec"
@@ -120,14 +121,22 @@ func TestIMAPFrontPreauth(t *testing.T) {
 	tr.expect("b OK")
 	tr.send("c NOOP")
 	tr.expect("c OK")
-	tr.send("d FROBNICATE")
-	tr.expect("d BAD")
 	tr.send("e LOGIN only-one-arg")
 	tr.expect("e BAD")
 	tr.send("f SELECT INBOX")
 	tr.expect("f BAD")
-	tr.send(strings.Repeat("x", 10000))
-	tr.expect("* BAD")
+	tr.send(strings.Repeat("x", 50000))
+	tr.expect("* BAD line too long") // no tag to answer with
+	// RFC 2971's limits: 30 fields, values of 1,024 bytes.
+	var id strings.Builder
+	for i := 0; i < 30; i++ {
+		fmt.Fprintf(&id, " \"field%02d\" \"%s\"", i, strings.Repeat("v", 1024))
+	}
+	tr.send("id1 ID (" + id.String()[1:] + ")")
+	tr.expect("* ID ")
+	tr.expect("id1 OK")
+	tr.send("id2 ID (" + id.String()[1:] + " \"one\" \"more\")")
+	tr.expect("id2 BAD")
 	tr.send("g AUTHENTICATE PLAIN " + base64.StdEncoding.EncodeToString([]byte("\x00"+imapUser+"\x00wrong")))
 	tr.expect("g NO [AUTHENTICATIONFAILED]")
 	// LOGIN with a synchronising literal for the password.
@@ -149,6 +158,46 @@ func TestIMAPFrontPreauth(t *testing.T) {
 	tr3.send(fmt.Sprintf("l LOGIN {%d+}", len(imapUser)))
 	tr3.send(fmt.Sprintf("%s \"%s\"", imapUser, password))
 	tr3.expect("l OK ")
+}
+
+// TestIMAPFrontEndsNonIMAPPeers: a peer that does not speak IMAP (an HTTP
+// request sent to the IMAP port, a cross-protocol attack) is cut at its
+// first line with * BYE, and counted; so is an unknown command.
+func TestIMAPFrontEndsNonIMAPPeers(t *testing.T) {
+	obs := &countingObserver{}
+	f := startIMAPFront(t, nil, func(fr *IMAPFront, _ *legacytest.Dovecot) { fr.Router.Observer = obs })
+	for _, first := range []string{"GET / HTTP/1.1", "a FROBNICATE", "\x16\x03\x01\x02\x00\x01\x00"} {
+		tr := dialTranscript(t, f.addr)
+		tr.send(first)
+		tr.expect("* BYE ")
+		tr.c.SetReadDeadline(time.Now().Add(5 * time.Second))
+		if rest, err := io.ReadAll(tr.r); err != nil || len(rest) != 0 {
+			t.Fatalf("after %q: the connection stayed open (%v, %q)", first, err, rest)
+		}
+	}
+	if n := obs.count("unknown_command"); n != 3 {
+		t.Errorf("unknown commands counted: %d, want 3", n)
+	}
+}
+
+// TestLoginCapabilitiesAreTheSessions: the OK of a login the local server
+// takes over lists what its CAPABILITY lists.
+func TestLoginCapabilitiesAreTheSessions(t *testing.T) {
+	f := startIMAPFront(t, nil)
+	ctx := context.Background()
+	if _, err := f.st.CreateAccount(ctx, "local@example.org", "pw", store.StateCaptured); err != nil {
+		t.Fatal(err)
+	}
+	tr := dialTranscript(t, f.addr)
+	tr.send("a LOGIN local@example.org pw")
+	ok := tr.expect("a OK [CAPABILITY ")
+	tr.send("b CAPABILITY")
+	caps := tr.expect("* CAPABILITY ")
+	tr.expect("b OK")
+	got := strings.TrimSuffix(strings.TrimPrefix(ok, "a OK [CAPABILITY "), "] logged in\r\n")
+	if want := strings.TrimSuffix(strings.TrimPrefix(caps, "* CAPABILITY "), "\r\n"); got != want {
+		t.Fatalf("LOGIN said %q, CAPABILITY says %q", got, want)
+	}
 }
 
 func TestIMAPFrontRefusesPlaintextFromUntrusted(t *testing.T) {

@@ -4,192 +4,149 @@ import (
 	"bufio"
 	"errors"
 	"fmt"
-	"io"
-	"strconv"
 	"strings"
+
+	"mailcapture/imapwire"
 )
 
-// Limits on what a client may send before it is authenticated.
+// Limits on what a client may send before it is authenticated. A line
+// holds a whole ID command within RFC 2971's limits (30 fields of 30
+// bytes with values of 1,024).
 const (
-	maxPreauthLine    = 8 * 1024
+	maxPreauthLine    = 40 * 1024
 	maxPreauthLiteral = 8 * 1024
+	maxPreauthArg     = 8 * 1024 // a user name, password or SASL response
 	// maxPreauthCommand bounds a whole command, its literals included.
-	maxPreauthCommand = 24 * 1024
+	maxPreauthCommand = 64 * 1024
+	maxIDFields       = 30
+	maxIDField        = 30
+	maxIDValue        = 1024
 )
 
-// errBadCommand is a command that cannot be parsed; the client gets BAD.
-var errBadCommand = errors.New("malformed command")
-
-// errTooLong is a command over a pre-auth bound (a kind of errBadCommand).
-var errTooLong = fmt.Errorf("%w: too long before login", errBadCommand)
+// errUnknownCommand is a command the not-authenticated state does not
+// know, or input that is not IMAP at all: the session ends.
+var errUnknownCommand = errors.New("unknown command before login")
 
 // preauthCommand is one parsed command of the not-authenticated state.
 type preauthCommand struct {
 	tag  string
 	name string // upper case
+	// args: LOGIN's user name and password; AUTHENTICATE's mechanism
+	// and initial response.
 	args []string
 }
 
-// readPreauthCommand reads one command: tag, name and arguments (atoms,
-// quoted strings, literals {n} and non-synchronising {n+}). For a
-// synchronising literal it asks for the bytes with cont.
-func readPreauthCommand(r *bufio.Reader, cont func() error) (*preauthCommand, error) {
-	line, err := readLimitedLine(r)
-	if err != nil {
+// newPreauthReader reads the commands of the not-authenticated state
+// within its limits; cont asks for a synchronising literal.
+func newPreauthReader(br *bufio.Reader, cont func() error) *imapwire.Reader {
+	r := imapwire.NewReader(br)
+	r.MaxLine, r.MaxLiteral, r.MaxCommand = maxPreauthLine, maxPreauthLiteral, maxPreauthCommand
+	r.Continue = cont
+	return r
+}
+
+// readPreauth reads one command. Errors: *imapwire.ErrLineTooLong,
+// *imapwire.LimitError and *imapwire.SyntaxError (the command's tag, if it
+// was read, is r.CurrentTag()), errUnknownCommand, or the connection's.
+func readPreauth(r *imapwire.Reader) (*preauthCommand, error) {
+	if err := r.Begin(); err != nil {
 		return nil, err
 	}
-	cmd := &preauthCommand{}
-	rest := line
-	cmd.tag, rest = nextAtom(rest)
-	if cmd.tag == "" || rest == "" && cmd.tag == "" {
-		return nil, errBadCommand
+	tag, err := r.Tag()
+	if err != nil {
+		return nil, errUnknownCommand
 	}
-	if !strings.HasPrefix(rest, " ") {
-		return cmd, errBadCommand
+	cmd := &preauthCommand{tag: tag}
+	if r.SP() != nil {
+		return cmd, errUnknownCommand
 	}
-	cmd.name, rest = nextAtom(rest[1:])
-	cmd.name = strings.ToUpper(cmd.name)
-	if cmd.name == "" {
-		return cmd, errBadCommand
+	if cmd.name, err = r.AtomUpper(); err != nil {
+		return cmd, errUnknownCommand
 	}
-	if rest != "" && rest[0] != ' ' {
-		return cmd, errBadCommand
-	}
-	depth, total := 0, len(line)
-	for rest != "" {
-		// Spaces and list parentheses separate arguments; lists (ID's) are
-		// flattened, since nothing before login needs their structure.
-		switch rest[0] {
-		case ' ':
-			rest = rest[1:]
-			continue
-		case '(':
-			depth++
-			rest = rest[1:]
-			continue
-		case ')':
-			if depth--; depth < 0 {
-				return cmd, errBadCommand
-			}
-			rest = rest[1:]
-			continue
+	arg := func() (string, error) {
+		if err := r.SP(); err != nil {
+			return "", err
 		}
-		switch {
-		case rest[0] == '"':
-			s, after, ok := quoted(rest)
-			if !ok {
-				return cmd, errBadCommand
-			}
-			cmd.args, rest = append(cmd.args, s), after
-		case rest[0] == '{':
-			n, sync, ok := literalHeader(rest)
-			if !ok {
-				return cmd, errBadCommand
-			}
-			if n > maxPreauthLiteral {
-				return cmd, fmt.Errorf("%w: literal of %d bytes", errTooLong, n)
-			}
-			if total += n; total > maxPreauthCommand {
-				return cmd, fmt.Errorf("%w: command over %d bytes", errTooLong, maxPreauthCommand)
-			}
-			if sync {
-				if err := cont(); err != nil {
-					return cmd, err
-				}
-			}
-			buf := make([]byte, n)
-			if _, err := io.ReadFull(r, buf); err != nil {
+		a, err := r.Astring()
+		if err == nil && len(a) > maxPreauthArg {
+			err = &imapwire.LimitError{Msg: "argument too long"}
+		}
+		return a, err
+	}
+	switch cmd.name {
+	case "CAPABILITY", "NOOP", "LOGOUT", "STARTTLS":
+	case "LOGIN":
+		for i := 0; i < 2; i++ {
+			a, err := arg()
+			if err != nil {
 				return cmd, err
-			}
-			cmd.args = append(cmd.args, string(buf))
-			if rest, err = readLimitedLine(r); err != nil {
-				return cmd, err
-			}
-			if total += len(rest); total > maxPreauthCommand {
-				return cmd, fmt.Errorf("%w: command over %d bytes", errTooLong, maxPreauthCommand)
-			}
-		default:
-			var a string
-			a, rest = nextAtom(rest)
-			if a == "" {
-				return cmd, errBadCommand
 			}
 			cmd.args = append(cmd.args, a)
 		}
-	}
-	if depth != 0 {
-		return cmd, errBadCommand
-	}
-	return cmd, nil
-}
-
-// readLimitedLine reads a line without its CRLF; an overlong line is read
-// to its end and refused.
-func readLimitedLine(r *bufio.Reader) (string, error) {
-	var b []byte
-	for {
-		part, err := r.ReadSlice('\n')
-		if len(b)+len(part) <= maxPreauthLine {
-			b = append(b, part...)
+	case "AUTHENTICATE":
+		if err := r.SP(); err != nil {
+			return cmd, err
 		}
-		if err == nil {
-			if len(b) > maxPreauthLine || b[len(b)-1] != '\n' {
-				return "", fmt.Errorf("%w: line over %d bytes", errTooLong, maxPreauthLine)
+		mech, err := r.AtomUpper()
+		if err != nil {
+			return cmd, err
+		}
+		cmd.args = append(cmd.args, mech)
+		if !r.AtEnd() {
+			ir, err := arg()
+			if err != nil {
+				return cmd, err
 			}
-			return strings.TrimRight(string(b), "\r\n"), nil
+			cmd.args = append(cmd.args, ir)
 		}
-		if err != bufio.ErrBufferFull {
-			return "", err
+	case "ID":
+		if err := readID(r); err != nil {
+			return cmd, err
 		}
-		if len(b) >= maxPreauthLine {
-			b = b[:maxPreauthLine+1]
+	default:
+		if authenticatedCommands[cmd.name] {
+			return cmd, &imapwire.SyntaxError{Msg: cmd.name + " is not allowed before login"}
 		}
+		return cmd, errUnknownCommand
 	}
+	return cmd, r.End()
 }
 
-func nextAtom(s string) (atom, rest string) {
-	i := strings.IndexAny(s, " ()\"")
-	if i < 0 {
-		return s, ""
-	}
-	return s[:i], s[i:]
+// authenticatedCommands are IMAP commands of the later states: before
+// login they get BAD, not the end of the session.
+var authenticatedCommands = map[string]bool{
+	"SELECT": true, "EXAMINE": true, "CREATE": true, "DELETE": true, "RENAME": true, "SUBSCRIBE": true,
+	"UNSUBSCRIBE": true, "LIST": true, "LSUB": true, "STATUS": true, "APPEND": true, "CHECK": true,
+	"CLOSE": true, "UNSELECT": true, "EXPUNGE": true, "SEARCH": true, "FETCH": true, "STORE": true,
+	"COPY": true, "MOVE": true, "UID": true, "IDLE": true, "NAMESPACE": true, "ENABLE": true,
 }
 
-// quoted reads a quoted string (RFC 3501 quoted: \" and \\ escapes).
-func quoted(s string) (string, string, bool) {
-	var b strings.Builder
-	for i := 1; i < len(s); i++ {
-		switch s[i] {
-		case '\\':
-			if i+1 >= len(s) || (s[i+1] != '"' && s[i+1] != '\\') {
-				return "", "", false
-			}
-			b.WriteByte(s[i+1])
-			i++
-		case '"':
-			return b.String(), s[i+1:], true
-		default:
-			b.WriteByte(s[i])
+// readID reads RFC 2971 ID's argument within its limits.
+func readID(r *imapwire.Reader) error {
+	if err := r.SP(); err != nil {
+		return err
+	}
+	if r.MaybeWord("NIL") {
+		return nil
+	}
+	n := 0
+	return r.List(func() error {
+		s, _, err := r.NString()
+		if err != nil {
+			return err
 		}
-	}
-	return "", "", false
-}
-
-// literalHeader reads "{n}" or "{n+}" at the end of a line.
-func literalHeader(s string) (n int, sync, ok bool) {
-	if !strings.HasSuffix(s, "}") {
-		return 0, false, false
-	}
-	inner := s[1 : len(s)-1]
-	sync = true
-	if strings.HasSuffix(inner, "+") {
-		inner, sync = inner[:len(inner)-1], false
-	}
-	v, err := strconv.Atoi(inner)
-	if err != nil || v < 0 {
-		return 0, false, false
-	}
-	return v, sync, true
+		field := n%2 == 0
+		n++
+		switch {
+		case n > 2*maxIDFields:
+			return &imapwire.SyntaxError{Msg: "ID: more than 30 fields (RFC 2971)"}
+		case field && len(s) > maxIDField:
+			return &imapwire.SyntaxError{Msg: "ID: a field name over 30 bytes (RFC 2971)"}
+		case !field && len(s) > maxIDValue:
+			return &imapwire.SyntaxError{Msg: "ID: a value over 1024 bytes (RFC 2971)"}
+		}
+		return nil
+	})
 }
 
 // imapQuote writes s as an IMAP string: quoted when it can be, else a

@@ -185,7 +185,9 @@ func (s *session) cmdList() error {
 		case node.mb == nil:
 			attrs = append(attrs, `\NonExistent`)
 		}
-		if node.mb != nil || node.parent {
+		// Children attributes always, as Dovecot gives them, except with
+		// SUBSCRIBED selection unless asked (RFC 5258 4).
+		if (node.mb != nil || node.parent) && (!opts.subscribed || opts.retChildren) {
 			if tree.hasChildren(name, sep) {
 				attrs = append(attrs, `\HasChildren`)
 			} else {
@@ -205,7 +207,7 @@ func (s *session) cmdList() error {
 		s.out = append(s.out, ' ')
 		s.out = appendName(s.out, name)
 		if childInfo {
-			s.out = append(s.out, ` ("CHILDINFO" ("SUBSCRIBED"))`...)
+			s.out = append(s.out, ` (CHILDINFO ("SUBSCRIBED"))`...)
 		}
 		s.out = append(s.out, "\r\n"...)
 		s.w.Write(s.out)

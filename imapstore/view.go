@@ -125,6 +125,9 @@ func (s *session) sync(allowExpunge bool) {
 	}
 	var held []update
 	var unpin []int64
+	// Flag changes are told once per message, with its latest flags,
+	// after the count changes.
+	var flagged map[uint32][]string
 	for _, u := range ups {
 		switch u.kind {
 		case updAdded:
@@ -162,15 +165,29 @@ func (s *session) sync(allowExpunge bool) {
 			}
 			m.mu.Unlock()
 		case updFlags:
-			if u.own {
-				continue // the session's STORE or FETCH answered it
+			if flagged == nil {
+				flagged = map[uint32][]string{}
 			}
-			seq := v.seqOf(u.uid)
-			if seq == 0 {
+			if u.own {
+				// The session's STORE or FETCH answered it; an earlier
+				// change by another session is overtaken.
+				delete(flagged, u.uid)
 				continue
 			}
-			s.writeExists()
-			s.writeFetchFlags(seq, u.uid, u.flags, false)
+			flagged[u.uid] = u.flags
+		}
+	}
+	if len(flagged) > 0 {
+		s.writeExists()
+		uids := make([]uint32, 0, len(flagged))
+		for uid := range flagged {
+			uids = append(uids, uid)
+		}
+		slices.Sort(uids)
+		for _, uid := range uids {
+			if seq := v.seqOf(uid); seq != 0 {
+				s.writeFetchFlags(seq, uid, flagged[uid], false)
+			}
 		}
 	}
 	if len(unpin) > 0 {

@@ -21,7 +21,7 @@ var (
 	loginResults = []string{"ok", "failed", "limited", "error"}
 	smtpRoutes   = []string{"local", "legacy", "held", "none"}
 	smtpResults  = []string{"accepted", "rejected", "deferred", "delivered", "bounced"}
-	limits       = []string{"connections_per_address", "connections", "failed_logins", "timeout", "line_length", "smtp_hops", "smtp_recipients", "smtp_size"}
+	limits       = []string{"connections_per_address", "connections", "failed_logins", "timeout", "line_length", "unknown_command", "smtp_hops", "smtp_recipients", "smtp_size"}
 )
 
 func newTraffic(reg prometheus.Registerer) *Traffic {
