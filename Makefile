@@ -4,7 +4,7 @@ VERSION := $(shell git describe --always --dirty 2>/dev/null || echo dev)
 LDFLAGS := -X main.version=$(VERSION)
 GOFILES  = $(shell git ls-files '*.go' 2>/dev/null || find . -name '*.go' -not -path './data/*')
 
-.PHONY: all build test test-deps bench fuzz soak lint clean
+.PHONY: all build test test-deps bench fuzz soak stress lint clean
 
 all: build
 
@@ -41,6 +41,13 @@ bench: test-deps
 SOAKTIME ?= 10m
 soak: test-deps
 	MAILCAPTURE_SOAK=$(SOAKTIME) $(GO) test -count=1 -run '^TestSoak$$' -v -timeout 60m ./cmd/mailcapture
+
+## stress: the multi-client IMAP consistency checker against a private
+## Dovecot and against the local server, STRESSTIME each (10 clients on 5
+## users); make test runs 10s each
+STRESSTIME ?= 2m
+stress: test-deps
+	IMAPCHECK_TIME=$(STRESSTIME) $(GO) test -count=1 -run '^TestStress$$' -v -timeout 60m ./imapcheck
 
 ## lint: gofmt and go vet
 lint:

@@ -54,6 +54,15 @@ func (l *errorLog) Handle(_ context.Context, r slog.Record) error {
 	}
 	return nil
 }
+// take returns the errors logged so far and forgets them.
+func (l *errorLog) take() []string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	out := l.errors
+	l.errors = nil
+	return out
+}
+
 func (l *errorLog) WithAttrs([]slog.Attr) slog.Handler { return l }
 func (l *errorLog) WithGroup(string) slog.Handler      { return l }
 

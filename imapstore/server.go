@@ -64,9 +64,10 @@ type Server struct {
 	closing   bool
 	// recentUIDs are \Recent boundaries not yet written to the store
 	// (mailbox id -> first UID not given); flushed in the background.
-	recentUIDs  map[int64]uint32
-	flushing    bool
-	flushedCond *sync.Cond
+	recentUIDs map[int64]uint32
+	flushing   bool
+	// panicOn, set by tests only, makes the named command panic.
+	panicOn string
 }
 
 // NewServer returns a server over st and hooks it to the store's changes.
@@ -82,7 +83,6 @@ func NewServer(st *store.Store, opts Options) *Server {
 	}
 	srv := &Server{store: st, opts: opts, mailboxes: map[int64]*mailbox{}, sessions: map[*session]struct{}{},
 		recentUIDs: map[int64]uint32{}}
-	srv.flushedCond = sync.NewCond(&srv.mu)
 	st.OnChange(srv.apply)
 	return srv
 }

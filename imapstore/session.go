@@ -209,6 +209,8 @@ func (s *session) command() (err error) {
 		switch {
 		case cmd.selected && s.sel == nil:
 			perr = bad("no mailbox selected")
+		case s.srv.panicOn != "" && name == s.srv.panicOn:
+			panic("panic asked for by a test")
 		default:
 			perr = cmd.run(s)
 		}

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"strings"
 	"testing"
+	"time"
 
 	"mailcapture/store"
 )
@@ -321,4 +322,33 @@ func TestFetchAfterOtherSessionExpunged(t *testing.T) {
 			t.Fatalf("after the expunge: %q", a.lines)
 		}
 	})
+}
+
+// A command that panics ends its session with BYE; the panic is logged
+// with its stack through the server's logger and counted.
+func TestPanicIsLoggedAndCounted(t *testing.T) {
+	l := newLocal(t, "/")
+	panics := 0
+	l.srv.opts.Panicked = func() { panics++ }
+	l.srv.panicOn = "NOOP"
+	c := l.dial(t)
+	c.expect("OK", "CAPABILITY")
+	c.write("p1 NOOP\r\n")
+	if line := c.readLine(); !strings.HasPrefix(line, "* BYE [SERVERBUG]") {
+		t.Fatalf("after a panic: %q", line)
+	}
+	c.conn.SetReadDeadline(time.Now().Add(5 * time.Second))
+	if n, err := c.br.ReadByte(); err == nil {
+		t.Fatalf("the session went on after a panic: %q", n)
+	}
+	logged := l.logs.take()
+	if len(logged) != 1 || !strings.Contains(logged[0], "panicked") || !strings.Contains(logged[0], "stack=") || !strings.Contains(logged[0], "session.go") {
+		t.Fatalf("logged: %q", logged)
+	}
+	if panics != 1 {
+		t.Fatalf("panics counted: %d", panics)
+	}
+	// Other sessions go on.
+	l.srv.panicOn = ""
+	l.dial(t).expect("OK", "NOOP")
 }
