@@ -54,6 +54,7 @@ func (l *errorLog) Handle(_ context.Context, r slog.Record) error {
 	}
 	return nil
 }
+
 // take returns the errors logged so far and forgets them.
 func (l *errorLog) take() []string {
 	l.mu.Lock()
