@@ -77,8 +77,14 @@ func (l *panicLog) WithGroup(string) slog.Handler      { return l }
 // logged at ERROR, and counts panics.
 func startLocal(t testing.TB, us []Credentials) (string, *panicLog, *int) {
 	t.Helper()
+	return startLocalIn(t, us, t.TempDir())
+}
+
+// startLocalIn is startLocal with the store in dir.
+func startLocalIn(t testing.TB, us []Credentials, dir string) (string, *panicLog, *int) {
+	t.Helper()
 	ctx := context.Background()
-	st, err := store.Open(ctx, t.TempDir(), store.Options{Hash: store.HashParams{Time: 1, MemoryKiB: 8192, Threads: 1}})
+	st, err := store.Open(ctx, dir, store.Options{Hash: store.HashParams{Time: 1, MemoryKiB: 8192, Threads: 1}})
 	if err != nil {
 		t.Fatal(err)
 	}

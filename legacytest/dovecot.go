@@ -51,6 +51,10 @@ type Options struct {
 	// processes, many clients per imap process). The caller's file
 	// descriptor limit must allow it.
 	ManySessions bool
+	// Dir is where Dovecot's directory is made (benchmarks put it on the
+	// same filesystem as the store they compare); default the system's
+	// temporary directory.
+	Dir string
 }
 
 // Dovecot is a running private Dovecot.
@@ -83,7 +87,7 @@ func Start(t testing.TB, opts Options) *Dovecot {
 	if _, err := exec.LookPath("dovecot"); err != nil {
 		t.Fatalf("legacytest: dovecot is not installed (make test installs it: scripts/test-deps.sh): %v", err)
 	}
-	dir, err := os.MkdirTemp("", "legacy-dovecot-")
+	dir, err := os.MkdirTemp(opts.Dir, "legacy-dovecot-")
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -57,7 +57,10 @@ func mount(tb testing.TB, sizeMB int) (string, bool) {
 			return mnt, false
 		}
 	}
+	// Servers that drop privileges (Dovecot) may work there too.
 	os.Chmod(mnt, 0o755)
+	os.Chmod(dir, 0o755)
+	os.Chmod(filepath.Dir(dir), 0o755)
 	tb.Cleanup(func() {
 		if out, err := exec.Command("umount", mnt).CombinedOutput(); err != nil {
 			tb.Errorf("scratchfs: umount %s: %v: %s", mnt, err, out)

@@ -242,6 +242,11 @@ func TestSoak(t *testing.T) {
 	for e, n := range stats.errors {
 		t.Errorf("soak: %d× %s", n, e)
 	}
+	for name, v := range end {
+		if strings.HasPrefix(name, "mailcapture_session_panics_total") && v > 0 {
+			t.Errorf("soak: %s = %.0f", name, v)
+		}
+	}
 	stats.mu.Unlock()
 	logMu.Lock()
 	for m, n := range logged {
