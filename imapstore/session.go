@@ -256,7 +256,8 @@ func (s *session) command() (err error) {
 // isNetError tells a broken connection from a command's failure.
 func isNetError(err error) bool {
 	var ne net.Error
-	return errors.As(err, &ne) || errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) || errors.Is(err, net.ErrClosed)
+	return errors.As(err, &ne) || errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) ||
+		errors.Is(err, net.ErrClosed) || errors.Is(err, io.ErrClosedPipe) || errors.Is(err, os.ErrDeadlineExceeded)
 }
 
 // commandName reads the command's name (UID and its subcommand as one).
@@ -474,7 +475,7 @@ func (s *session) cmdIdle() error {
 		s.sync(true)
 	}
 	if err := s.w.Flush(); err != nil {
-		return err
+		return errBye
 	}
 	done := make(chan error, 1)
 	go func() {
