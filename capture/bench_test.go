@@ -14,6 +14,7 @@ import (
 	"testing"
 	"time"
 
+	"mailcapture/legacyclient"
 	"mailcapture/legacytest"
 	"mailcapture/scratchfs"
 	"mailcapture/store"
@@ -113,7 +114,7 @@ func captureOnce(dir string, d *legacytest.Dovecot) (peak uint64, full, delta, c
 	if _, err := st.CreateAccount(ctx, user, password, store.StateCapturing); err != nil {
 		return 0, 0, 0, 0, err
 	}
-	e := &Engine{Store: st, IMAP: Endpoint{Address: d.IMAPAddr, TLS: "none", Timeout: time.Minute}}
+	e := &Engine{Store: st, IMAP: legacyclient.Endpoint{Address: d.IMAPAddr, TLS: "none", Timeout: time.Minute}}
 	res, err := e.Pass(ctx, user, password)
 	full = time.Since(start)
 	if err == nil && res.Added != 20000 {

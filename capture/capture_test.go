@@ -17,6 +17,8 @@ import (
 
 	"github.com/emersion/go-imap/v2"
 
+	"mailcapture/labels"
+	"mailcapture/legacyclient"
 	"mailcapture/legacytest"
 	"mailcapture/store"
 )
@@ -39,7 +41,7 @@ func openStore(t *testing.T) *store.Store {
 }
 
 func newEngine(st *store.Store, d *legacytest.Dovecot) *Engine {
-	return &Engine{Store: st, IMAP: Endpoint{Address: d.IMAPAddr, TLS: "none", Timeout: 10 * time.Second},
+	return &Engine{Store: st, IMAP: legacyclient.Endpoint{Address: d.IMAPAddr, TLS: "none", Timeout: 10 * time.Second},
 		BatchMessages: 7, FetchChunk: 11, VerifySample: 5}
 }
 
@@ -364,10 +366,10 @@ func TestBadCredentialsStopTheJob(t *testing.T) {
 	obs := &countingObserver{}
 	e.Observer = obs
 	_, err := e.Pass(ctx, user, "wrong password")
-	if !errors.Is(err, ErrBadCredentials) {
-		t.Fatalf("want ErrBadCredentials, got %v", err)
+	if !errors.Is(err, legacyclient.ErrBadCredentials) {
+		t.Fatalf("want legacyclient.ErrBadCredentials, got %v", err)
 	}
-	if obs.kinds[KindAuth] != 1 {
+	if obs.kinds[labels.LegacyAuth] != 1 {
 		t.Fatalf("legacy errors counted: %v", obs.kinds)
 	}
 }
@@ -394,13 +396,13 @@ func TestHungLegacyServer(t *testing.T) {
 	st := openStore(t)
 	st.CreateAccount(ctx, user, password, store.StateCapturing)
 	obs := &countingObserver{}
-	e := &Engine{Store: st, IMAP: Endpoint{Address: ln.Addr().String(), TLS: "none", Timeout: 300 * time.Millisecond}, Observer: obs}
+	e := &Engine{Store: st, IMAP: legacyclient.Endpoint{Address: ln.Addr().String(), TLS: "none", Timeout: 300 * time.Millisecond}, Observer: obs}
 	start := time.Now()
 	_, err = e.Pass(ctx, user, password)
-	if !errors.Is(err, ErrTimeout) {
-		t.Fatalf("want ErrTimeout, got %v", err)
+	if !errors.Is(err, legacyclient.ErrTimeout) {
+		t.Fatalf("want legacyclient.ErrTimeout, got %v", err)
 	}
-	if obs.kinds[KindTimeout] != 1 {
+	if obs.kinds[labels.LegacyTimeout] != 1 {
 		t.Fatalf("legacy errors counted: %v", obs.kinds)
 	}
 	if elapsed := time.Since(start); elapsed > 5*time.Second {
@@ -490,16 +492,16 @@ func TestVerificationCatchesAndRepairsCorruption(t *testing.T) {
 type countingObserver struct {
 	mu         sync.Mutex
 	copied     int
-	kinds      map[string]int
+	kinds      map[labels.LegacyKind]int
 	mismatches int
 }
 
 func (o *countingObserver) Copied(n int, _ int64) { o.mu.Lock(); o.copied += n; o.mu.Unlock() }
-func (o *countingObserver) LegacyError(kind string) {
+func (o *countingObserver) LegacyError(kind labels.LegacyKind) {
 	o.mu.Lock()
 	defer o.mu.Unlock()
 	if o.kinds == nil {
-		o.kinds = map[string]int{}
+		o.kinds = map[labels.LegacyKind]int{}
 	}
 	o.kinds[kind]++
 }

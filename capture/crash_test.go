@@ -13,6 +13,7 @@ import (
 	"testing"
 	"time"
 
+	"mailcapture/legacyclient"
 	"mailcapture/legacytest"
 	"mailcapture/store"
 )
@@ -45,7 +46,7 @@ func crashChild(spec string) {
 		}
 	}
 	out := bufio.NewWriter(os.Stdout)
-	e := &Engine{Store: st, IMAP: Endpoint{Address: addr, TLS: "none", Timeout: 10 * time.Second}, BatchMessages: 5, FetchChunk: 13}
+	e := &Engine{Store: st, IMAP: legacyclient.Endpoint{Address: addr, TLS: "none", Timeout: 10 * time.Second}, BatchMessages: 5, FetchChunk: 13}
 	e.afterCommit = func() {
 		fmt.Fprintln(out, "commit")
 		out.Flush()
@@ -109,7 +110,7 @@ func TestCaptureSurvivesSIGKILL(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer st.Close()
-	e := &Engine{Store: st, IMAP: Endpoint{Address: d.IMAPAddr, TLS: "none", Timeout: 10 * time.Second}}
+	e := &Engine{Store: st, IMAP: legacyclient.Endpoint{Address: d.IMAPAddr, TLS: "none", Timeout: 10 * time.Second}}
 	if _, err := e.Converge(context.Background(), user, password, 5); err != nil {
 		t.Fatal(err)
 	}

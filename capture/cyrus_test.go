@@ -5,6 +5,7 @@ import (
 	"testing"
 	"time"
 
+	"mailcapture/legacyclient"
 	"mailcapture/legacytest"
 	"mailcapture/store"
 )
@@ -33,7 +34,7 @@ func TestCaptureFromCyrus(t *testing.T) {
 	if _, err := st.CreateAccount(ctx, user, password, store.StateCapturing); err != nil {
 		t.Fatal(err)
 	}
-	e := &Engine{Store: st, IMAP: Endpoint{Address: cy.IMAPAddr, TLS: "none", Timeout: 10 * time.Second},
+	e := &Engine{Store: st, IMAP: legacyclient.Endpoint{Address: cy.IMAPAddr, TLS: "none", Timeout: 10 * time.Second},
 		BatchMessages: 7, FetchChunk: 11, VerifySample: 5}
 	conv, err := e.Converge(ctx, user, password, 5)
 	if err != nil {

@@ -12,6 +12,7 @@ import (
 
 	"github.com/emersion/go-imap/v2"
 
+	"mailcapture/legacyclient"
 	"mailcapture/store"
 )
 
@@ -21,13 +22,13 @@ type Engine struct {
 	Store *store.Store
 	// IMAP is the legacy IMAP server; with an empty address, the account's
 	// INBOX is captured over POP3.
-	IMAP Endpoint
+	IMAP legacyclient.Endpoint
 	// POP3 is the legacy POP3 server, if any. With IMAP too, its UIDLs are
 	// mapped onto the messages copied over IMAP.
-	POP3 Endpoint
+	POP3 legacyclient.Endpoint
 	// Master, if set, logs in to every account as this master user; the
 	// password given to Pass is then not used.
-	Master *MasterLogin
+	Master *legacyclient.MasterLogin
 	// OnLatency, if set, receives the duration of each legacy login
 	// (connect, greeting, TLS, authentication): the scheduler watches it.
 	OnLatency func(time.Duration)
@@ -137,7 +138,7 @@ func (e *Engine) Pass(ctx context.Context, account, password string) (PassResult
 		err = fmt.Errorf("%w (%v)", ctx.Err(), err)
 	}
 	if err != nil {
-		if kind := ErrorKind(err); kind != "" && !isStoreError(err) {
+		if kind := legacyclient.Kind(err); kind != "" && !isStoreError(err) {
 			e.observer().LegacyError(kind)
 		}
 		if ctx.Err() == nil {
@@ -171,7 +172,7 @@ func (e *Engine) imapPass(ctx context.Context, acct store.Account, password stri
 	defer conn.Close()
 	res, err := e.pass(ctx, conn, acct, password)
 	if err != nil {
-		return res, conn.commandErr(ctx, err)
+		return res, conn.classify(ctx, err)
 	}
 	conn.Logout().Wait()
 	return res, nil
@@ -181,18 +182,6 @@ func (e *Engine) imapPass(ctx context.Context, acct store.Account, password stri
 // server's.
 func isStoreError(err error) bool {
 	return errors.Is(err, store.ErrNotFound) || errors.Is(err, store.ErrExists) || errors.Is(err, store.ErrReadOnly)
-}
-
-// commandErr names the cause of a failed command: the job's context ended
-// (which closes the connection), or the legacy server fell silent.
-func (c *imapConn) commandErr(ctx context.Context, err error) error {
-	switch {
-	case ctx.Err() != nil && !errors.Is(err, ctx.Err()):
-		return fmt.Errorf("%w (%v)", ctx.Err(), err)
-	case c.raw.TimedOut() && !errors.Is(err, ErrTimeout):
-		return fmt.Errorf("%w: %v", ErrTimeout, err)
-	}
-	return err
 }
 
 // legacyFolder is one folder of the legacy LIST.
@@ -334,7 +323,7 @@ func (e *Engine) folderWorker(ctx context.Context, w int, conn *imapConn, passwo
 			}
 		}
 		if err != nil {
-			return res, fmt.Errorf("folder %q: %w", f.name, conn.commandErr(ctx, err))
+			return res, fmt.Errorf("folder %q: %w", f.name, conn.classify(ctx, err))
 		}
 	}
 	return res, nil
@@ -493,12 +482,12 @@ func guessSpecialUse(name, prefix, sep string) []string {
 
 // CheckPassword asks the legacy server whether it accepts user's password
 // (over IMAP, or POP3 when the legacy server has no IMAP): nil when it
-// does, an error wrapping ErrBadCredentials when it refuses it, another
+// does, an error wrapping legacyclient.ErrBadCredentials when it refuses it, another
 // error when it cannot be asked.
 func (e *Engine) CheckPassword(ctx context.Context, user, password string) error {
-	cred := credentials{username: user, password: password}
+	cred := legacyclient.User(user, password)
 	if e.IMAP.Address == "" {
-		c, err := dialPOP3(ctx, e.POP3, cred)
+		c, err := legacyclient.LoginPOP3(ctx, e.POP3, cred)
 		if err != nil {
 			return err
 		}

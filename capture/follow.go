@@ -27,7 +27,7 @@ func (e *Engine) Follow(ctx context.Context, account, password string) (PassResu
 	}
 	defer conn.Close()
 	if err := e.follow(ctx, conn, acct, &res); err != nil {
-		return res, fmt.Errorf("follow %s: %w", account, conn.commandErr(ctx, err))
+		return res, fmt.Errorf("follow %s: %w", account, conn.classify(ctx, err))
 	}
 	conn.Logout().Wait()
 	return res, nil

@@ -5,15 +5,17 @@ import (
 	"fmt"
 
 	"github.com/emersion/go-imap/v2"
+
+	"mailcapture/legacyclient"
 )
 
 // InboxSearch looks into accounts' legacy INBOXes (the relay queue asks
 // it whether an interrupted delivery went through). It logs in with the
 // master user, or else with the account's own password from Passwords.
 type InboxSearch struct {
-	Endpoint Endpoint
+	Endpoint legacyclient.Endpoint
 	// Master, if set, is used for every account.
-	Master *MasterLogin
+	Master *legacyclient.MasterLogin
 	// Passwords, if set, returns an account's password (the credential
 	// vault); false when it has none.
 	Passwords func(ctx context.Context, account string) (string, bool)
@@ -22,16 +24,16 @@ type InboxSearch struct {
 // Holds reports whether account's legacy INBOX holds a message whose
 // header field contains value (IMAP SEARCH HEADER, read-only).
 func (s InboxSearch) Holds(ctx context.Context, account, field, value string) (bool, error) {
-	var cred credentials
+	var cred legacyclient.Credentials
 	switch {
 	case s.Master != nil && s.Master.Username != "":
-		cred = s.Master.actingFor(account)
+		cred = s.Master.ActingFor(account)
 	case s.Passwords != nil:
 		password, ok := s.Passwords(ctx, account)
 		if !ok {
 			return false, fmt.Errorf("search legacy inbox of %s: no master user and no kept password", account)
 		}
-		cred = credentials{username: account, password: password}
+		cred = legacyclient.User(account, password)
 	default:
 		return false, fmt.Errorf("search legacy inbox of %s: no master user and no credential vault", account)
 	}

@@ -9,38 +9,10 @@ import (
 	"net/textproto"
 	"strings"
 
+	"mailcapture/legacyclient"
 	"mailcapture/pop3"
 	"mailcapture/store"
 )
-
-// dialPOP3 connects to the legacy POP3 server and logs in; a refusal of
-// the credentials is ErrBadCredentials.
-func dialPOP3(ctx context.Context, ep Endpoint, cred credentials) (*pop3.Client, error) {
-	c, err := pop3.Dial(ctx, ep.Address, pop3.DialOptions{TLS: ep.TLS, TLSConfig: ep.TLSConfig, Timeout: ep.timeout()})
-	if err != nil {
-		return nil, fmt.Errorf("legacy pop3: %w", popErr(err))
-	}
-	login := func() error { return c.Login(cred.username, cred.password) }
-	if cred.authzid != "" {
-		login = func() error { return c.AuthPlainAs(cred.authzid, cred.username, cred.password) }
-	}
-	if err := login(); err != nil {
-		c.Close()
-		var perr *pop3.Error
-		if errors.As(err, &perr) && perr.Code != "SYS/TEMP" && perr.Code != "IN-USE" && perr.Code != "LOGIN-DELAY" {
-			return nil, fmt.Errorf("legacy pop3 %s: login %s: %w: %s", ep.Address, cred.username, ErrBadCredentials, perr.Text)
-		}
-		return nil, fmt.Errorf("legacy pop3 %s: login %s: %w", ep.Address, cred.username, popErr(err))
-	}
-	return c, nil
-}
-
-func popErr(err error) error {
-	if errors.Is(err, pop3.ErrTimeout) && !errors.Is(err, ErrTimeout) {
-		return fmt.Errorf("%w: %v", ErrTimeout, err)
-	}
-	return err
-}
 
 // maildrop is the legacy POP3 maildrop: number, size and UIDL of each
 // message, in the server's order.
@@ -51,16 +23,18 @@ type maildrop struct {
 }
 
 // openMaildrop logs in to the legacy POP3 server for the account and reads
-// its maildrop. The caller closes the client.
+// its maildrop. The caller closes the client; the job's end (ctx) closes
+// it too, which fails the command in progress.
 func (e *Engine) openMaildrop(ctx context.Context, acct store.Account, password string) (*pop3.Client, maildrop, error) {
-	c, err := dialPOP3(ctx, e.POP3, e.credentials(acct.Name, password))
+	c, err := legacyclient.LoginPOP3(ctx, e.POP3, e.credentials(acct.Name, password))
 	if err != nil {
 		return nil, maildrop{}, err
 	}
+	context.AfterFunc(ctx, func() { c.Close() })
 	md, err := readMaildrop(c)
 	if err != nil {
 		c.Close()
-		return nil, maildrop{}, popErr(err)
+		return nil, maildrop{}, legacyclient.ClassifyPOP3(err)
 	}
 	return c, md, nil
 }
@@ -159,10 +133,10 @@ func (e *Engine) pop3Pass(ctx context.Context, acct store.Account, password stri
 	for _, i := range missing {
 		r, err := c.Retr(md.nums[i])
 		if err != nil {
-			return res, popErr(err)
+			return res, legacyclient.ClassifyPOP3(err)
 		}
 		if err := batch.Add(ctx, store.NewMessage{MailboxID: inbox.ID, POP3UIDL: md.uidls[i]}, r); err != nil {
-			return res, fmt.Errorf("store message %s: %w", md.uidls[i], popErr(err))
+			return res, fmt.Errorf("store message %s: %w", md.uidls[i], legacyclient.ClassifyPOP3(err))
 		}
 		pendingBytes += md.sizes[i]
 		if batch.Len() >= e.batchMessages() || pendingBytes >= e.batchBytes() {
@@ -240,7 +214,7 @@ func (e *Engine) mapUIDLs(ctx context.Context, acct store.Account, password stri
 		} else {
 			id, err := topMessageID(c, md.nums[i])
 			if err != nil {
-				return popErr(err)
+				return legacyclient.ClassifyPOP3(err)
 			}
 			for _, k := range byMessageID[id] {
 				if !taken[k] && local[k].Size == md.sizes[i] {

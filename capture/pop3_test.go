@@ -9,6 +9,7 @@ import (
 
 	"github.com/emersion/go-imap/v2"
 
+	"mailcapture/legacyclient"
 	"mailcapture/legacytest"
 	"mailcapture/pop3"
 	"mailcapture/store"
@@ -94,7 +95,7 @@ func TestPOP3OnlyCapture(t *testing.T) {
 	d.Populate(t, user, password, []legacytest.Folder{{Name: "INBOX", Messages: msgs}})
 	st := openStore(t)
 	st.CreateAccount(ctx, user, password, store.StateCapturing)
-	e := &Engine{Store: st, POP3: Endpoint{Address: d.POP3Addr, TLS: "none", Timeout: 10 * time.Second}, BatchMessages: 7, VerifySample: 5}
+	e := &Engine{Store: st, POP3: legacyclient.Endpoint{Address: d.POP3Addr, TLS: "none", Timeout: 10 * time.Second}, BatchMessages: 7, VerifySample: 5}
 	conv, err := e.Converge(ctx, user, password, 5)
 	if err != nil {
 		t.Fatal(err)
@@ -147,7 +148,7 @@ func TestIMAPCaptureKeepsPOP3UIDLs(t *testing.T) {
 	st := openStore(t)
 	st.CreateAccount(ctx, user, password, store.StateCapturing)
 	e := newEngine(st, d)
-	e.POP3 = Endpoint{Address: d.POP3Addr, TLS: "none", Timeout: 10 * time.Second}
+	e.POP3 = legacyclient.Endpoint{Address: d.POP3Addr, TLS: "none", Timeout: 10 * time.Second}
 	if _, err := e.Converge(ctx, user, password, 5); err != nil {
 		t.Fatal(err)
 	}
@@ -207,7 +208,7 @@ func TestPOP3UIDLsMatchedByMessageID(t *testing.T) {
 	}
 	c.Logout().Wait()
 
-	e.POP3 = Endpoint{Address: d.POP3Addr, TLS: "none", Timeout: 10 * time.Second}
+	e.POP3 = legacyclient.Endpoint{Address: d.POP3Addr, TLS: "none", Timeout: 10 * time.Second}
 	if err := e.mapUIDLs(ctx, acct, password); err != nil {
 		t.Fatal(err)
 	}

@@ -9,6 +9,7 @@ import (
 	"sync"
 	"time"
 
+	"mailcapture/legacyclient"
 	"mailcapture/store"
 )
 
@@ -331,7 +332,7 @@ func (s *Scheduler) runJob(ctx context.Context, j *job) {
 		if s.OnReady != nil {
 			go s.OnReady(context.WithoutCancel(ctx), j.account, password)
 		}
-	case errors.Is(err, ErrBadCredentials), errors.Is(err, store.ErrNotFound):
+	case errors.Is(err, legacyclient.ErrBadCredentials), errors.Is(err, store.ErrNotFound):
 		j.state = JobStopped
 		log.Warn("capture stopped: the legacy server refused the credentials, or the account is gone", "err", err)
 		close(j.done)

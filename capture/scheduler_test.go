@@ -9,6 +9,7 @@ import (
 	"testing"
 	"time"
 
+	"mailcapture/legacyclient"
 	"mailcapture/legacytest"
 	"mailcapture/store"
 )
@@ -138,7 +139,7 @@ func TestSchedulerStopsOnBadCredentials(t *testing.T) {
 	done := s.Submit(user, "old password", false)
 	go s.Run(ctx)
 	waitDone(t, done, "job")
-	if err := <-stopped; !errors.Is(err, ErrBadCredentials) {
+	if err := <-stopped; !errors.Is(err, legacyclient.ErrBadCredentials) {
 		t.Fatalf("stopped with %v", err)
 	}
 	if status, _ := s.Status(user); status.State != JobStopped || status.Attempts != 1 {

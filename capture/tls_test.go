@@ -8,6 +8,7 @@ import (
 	"testing"
 	"time"
 
+	"mailcapture/legacyclient"
 	"mailcapture/legacytest"
 	"mailcapture/store"
 )
@@ -24,27 +25,27 @@ func TestTLSModes(t *testing.T) {
 	untrusted := &tls.Config{ServerName: "legacy.test", MinVersion: tls.VersionTLS12}
 	cases := []struct {
 		name string
-		imap Endpoint
-		pop3 Endpoint
+		imap legacyclient.Endpoint
+		pop3 legacyclient.Endpoint
 	}{
-		{name: "imap starttls", imap: Endpoint{Address: d.IMAPAddr, TLS: "starttls"}},
-		{name: "imap implicit", imap: Endpoint{Address: d.IMAPSAddr, TLS: "implicit"}},
-		{name: "pop3 stls", pop3: Endpoint{Address: d.POP3Addr, TLS: "starttls"}},
-		{name: "pop3 implicit", pop3: Endpoint{Address: d.POP3SAddr, TLS: "implicit"}},
+		{name: "imap starttls", imap: legacyclient.Endpoint{Address: d.IMAPAddr, TLS: "starttls"}},
+		{name: "imap implicit", imap: legacyclient.Endpoint{Address: d.IMAPSAddr, TLS: "implicit"}},
+		{name: "pop3 stls", pop3: legacyclient.Endpoint{Address: d.POP3Addr, TLS: "starttls"}},
+		{name: "pop3 implicit", pop3: legacyclient.Endpoint{Address: d.POP3SAddr, TLS: "implicit"}},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
 			st := openStore(t)
 			st.CreateAccount(ctx, user, password, store.StateCapturing)
 			e := &Engine{Store: st, IMAP: tc.imap, POP3: tc.pop3}
-			for _, ep := range []*Endpoint{&e.IMAP, &e.POP3} {
+			for _, ep := range []*legacyclient.Endpoint{&e.IMAP, &e.POP3} {
 				ep.Timeout, ep.TLSConfig = 10*time.Second, untrusted
 			}
 			_, err := e.Pass(ctx, user, password)
 			if err == nil || !strings.Contains(err.Error(), "certificate") {
 				t.Fatalf("unknown certificate accepted: %v", err)
 			}
-			if errors.Is(err, ErrBadCredentials) {
+			if errors.Is(err, legacyclient.ErrBadCredentials) {
 				t.Fatalf("a certificate failure reported as bad credentials: %v", err)
 			}
 			e.IMAP.TLSConfig, e.POP3.TLSConfig = trusted, trusted

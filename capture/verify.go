@@ -13,6 +13,7 @@ import (
 	"github.com/emersion/go-imap/v2"
 	"github.com/emersion/go-imap/v2/imapclient"
 
+	"mailcapture/legacyclient"
 	"mailcapture/store"
 )
 
@@ -57,7 +58,7 @@ func (e *Engine) Verify(ctx context.Context, account, password string) (Verifica
 	}
 	defer conn.Close()
 	if err := e.verify(ctx, conn, acct, &v); err != nil {
-		return v, fmt.Errorf("verify %s: %w", account, conn.commandErr(ctx, err))
+		return v, fmt.Errorf("verify %s: %w", account, conn.classify(ctx, err))
 	}
 	conn.Logout().Wait()
 	return v, nil
@@ -374,11 +375,11 @@ func (e *Engine) verifyPOP3(ctx context.Context, acct store.Account, password st
 		local := stored[indexOfUIDL(stored, md.uidls[i])]
 		r, err := c.Retr(md.nums[i])
 		if err != nil {
-			return popErr(err)
+			return legacyclient.ClassifyPOP3(err)
 		}
 		h := sha256.New()
 		if _, err := io.Copy(h, r); err != nil {
-			return popErr(err)
+			return legacyclient.ClassifyPOP3(err)
 		}
 		var sum [32]byte
 		h.Sum(sum[:0])

@@ -8,6 +8,8 @@ import (
 	"net"
 	"sync"
 	"time"
+
+	"mailcapture/labels"
 )
 
 // Limiter counts open connections. The zero value limits nothing; one
@@ -20,7 +22,7 @@ type Limiter struct {
 	Total int
 	// Refused, if set, is called for each refused connection with the limit
 	// that refused it: "connections_per_address" or "connections".
-	Refused func(limit string)
+	Refused func(limit labels.Limit)
 
 	mu    sync.Mutex
 	open  map[string]int
@@ -33,12 +35,12 @@ type Limiter struct {
 func (l *Limiter) Acquire(addr net.Addr) (release func(), ok bool) {
 	host := hostOf(addr)
 	l.mu.Lock()
-	var limit string
+	var limit labels.Limit
 	switch {
 	case l.Total > 0 && l.total >= l.Total:
-		limit = "connections"
+		limit = labels.Connections
 	case l.PerAddress > 0 && l.open[host] >= l.PerAddress:
-		limit = "connections_per_address"
+		limit = labels.ConnectionsPerAddress
 	}
 	if limit != "" {
 		l.mu.Unlock()

@@ -6,6 +6,8 @@ import (
 	"net"
 	"sync/atomic"
 	"testing"
+
+	"mailcapture/labels"
 )
 
 // serve accepts on a limited loopback listener and hands each accepted
@@ -49,8 +51,8 @@ func dialLine(t *testing.T, addr string) (net.Conn, string) {
 
 func TestPerAddressLimit(t *testing.T) {
 	var refusals atomic.Int64
-	l := &Limiter{PerAddress: 3, Refused: func(limit string) {
-		if limit == "connections_per_address" {
+	l := &Limiter{PerAddress: 3, Refused: func(limit labels.Limit) {
+		if limit == labels.ConnectionsPerAddress {
 			refusals.Add(1)
 		}
 	}}

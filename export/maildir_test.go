@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"mailcapture/capture"
+	"mailcapture/legacyclient"
 	"mailcapture/legacytest"
 	"mailcapture/pop3"
 	"mailcapture/store"
@@ -48,8 +49,8 @@ func TestExportServedByDovecot(t *testing.T) {
 			}
 			defer st.Close()
 			st.CreateAccount(ctx, user, password, store.StateCapturing)
-			e := &capture.Engine{Store: st, IMAP: capture.Endpoint{Address: source.IMAPAddr, TLS: "none", Timeout: 10 * time.Second},
-				POP3: capture.Endpoint{Address: source.POP3Addr, TLS: "none", Timeout: 10 * time.Second}}
+			e := &capture.Engine{Store: st, IMAP: legacyclient.Endpoint{Address: source.IMAPAddr, TLS: "none", Timeout: 10 * time.Second},
+				POP3: legacyclient.Endpoint{Address: source.POP3Addr, TLS: "none", Timeout: 10 * time.Second}}
 			if _, err := e.Converge(ctx, user, password, 5); err != nil {
 				t.Fatal(err)
 			}

@@ -20,6 +20,7 @@ import (
 
 	"mailcapture/capture"
 	"mailcapture/imapstore"
+	"mailcapture/legacyclient"
 	"mailcapture/legacytest"
 	"mailcapture/scratchfs"
 	"mailcapture/store"
@@ -79,7 +80,7 @@ func BenchmarkFrontEnd(b *testing.B) {
 		b.Fatal(err)
 	}
 	defer st.Close()
-	imapEP := capture.Endpoint{Address: d.IMAPAddr, TLS: "none", Timeout: time.Minute}
+	imapEP := legacyclient.Endpoint{Address: d.IMAPAddr, TLS: "none", Timeout: time.Minute}
 	log := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))
 	front := &IMAPFront{Router: &Router{Store: st, Log: log}, Local: imapstore.NewServer(st, imapstore.Options{}), Legacy: imapEP, Log: log}
 	ln, err := net.Listen("tcp", "127.0.0.1:0")

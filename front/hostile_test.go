@@ -7,30 +7,49 @@ import (
 	"net"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
+	"mailcapture/labels"
 	"mailcapture/legacytest"
 )
 
 // countingObserver counts refusals by limit.
 type countingObserver struct {
 	mu       sync.Mutex
-	refusals map[string]int
+	refusals map[labels.Limit]int
+	legacy   map[labels.LegacyKind]int
+	logins   map[labels.LoginResult]int
 }
 
-func (o *countingObserver) Login(string, string, string)  {}
-func (o *countingObserver) SessionStarted(string, string) {}
-func (o *countingObserver) SessionEnded(string, string)   {}
-func (o *countingObserver) Refused(limit string) {
+func (o *countingObserver) Login(_ labels.Protocol, _ labels.Route, result labels.LoginResult) {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	if o.logins == nil {
+		o.logins = map[labels.LoginResult]int{}
+	}
+	o.logins[result]++
+}
+func (o *countingObserver) SessionStarted(labels.Protocol, labels.Route) {}
+func (o *countingObserver) SessionEnded(labels.Protocol, labels.Route)   {}
+func (o *countingObserver) Refused(limit labels.Limit) {
 	o.mu.Lock()
 	defer o.mu.Unlock()
 	if o.refusals == nil {
-		o.refusals = map[string]int{}
+		o.refusals = map[labels.Limit]int{}
 	}
 	o.refusals[limit]++
 }
-func (o *countingObserver) count(limit string) int {
+func (o *countingObserver) LegacyError(kind labels.LegacyKind) {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	if o.legacy == nil {
+		o.legacy = map[labels.LegacyKind]int{}
+	}
+	o.legacy[kind]++
+}
+func (o *countingObserver) count(limit labels.Limit) int {
 	o.mu.Lock()
 	defer o.mu.Unlock()
 	return o.refusals[limit]
@@ -110,4 +129,104 @@ func TestHostileClientsBeforeLogin(t *testing.T) {
 	if obs.count("failed_logins") != 5 {
 		t.Errorf("refusals by failed_logins: %d", obs.count("failed_logins"))
 	}
+}
+
+// fakeLegacyIMAP answers every login with answer (after greeting and
+// CAPABILITY), or with OK once *recovered is set; an empty answer drops
+// the connection at the LOGIN.
+func fakeLegacyIMAP(t *testing.T, answer string, recovered *atomic.Bool) string {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { ln.Close() })
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			go func() {
+				defer c.Close()
+				r := bufio.NewReader(c)
+				io.WriteString(c, "* OK fake legacy ready\r\n")
+				for {
+					line, err := r.ReadString('\n')
+					if err != nil {
+						return
+					}
+					tag, rest, _ := strings.Cut(strings.TrimSpace(line), " ")
+					switch {
+					case strings.HasPrefix(strings.ToUpper(rest), "CAPABILITY"):
+						io.WriteString(c, "* CAPABILITY IMAP4rev1 LITERAL+\r\n"+tag+" OK done\r\n")
+					case recovered.Load():
+						io.WriteString(c, tag+" OK logged in\r\n")
+					case answer == "":
+						return
+					default:
+						io.WriteString(c, tag+" "+answer+"\r\n")
+					}
+				}
+			}()
+		}
+	}()
+	return ln.Addr().String()
+}
+
+// TestTemporaryLegacyFailureIsNoLockout: when the legacy server cannot
+// check a login now (NO [UNAVAILABLE] or [SERVERBUG], BYE, a dropped
+// connection, an auth service down), the user gets NO [UNAVAILABLE], the
+// failed-login limits count nothing, the failure shows as a legacy error,
+// and the right password works as soon as the legacy server does.
+func TestTemporaryLegacyFailureIsNoLockout(t *testing.T) {
+	for _, answer := range []string{"NO [UNAVAILABLE] Temporary authentication failure.", "NO [SERVERBUG] Internal error", "BYE going down", ""} {
+		t.Run(answer, func(t *testing.T) {
+			obs := &countingObserver{}
+			var recovered atomic.Bool
+			fake := fakeLegacyIMAP(t, answer, &recovered)
+			f := startIMAPFront(t, nil, func(fr *IMAPFront, _ *legacytest.Dovecot) {
+				fr.Router.Observer = obs
+				fr.Router.Limiter = &LoginLimiter{PerAddress: 2, PerAccount: 2}
+				fr.Legacy.Address = fake
+			})
+			tr := dialTranscript(t, f.addr)
+			for i := 0; i < 5; i++ {
+				tr.send(fmt.Sprintf("a%d LOGIN %s %q", i, imapUser, password))
+				tr.expect(fmt.Sprintf("a%d NO [UNAVAILABLE]", i))
+			}
+			if n := obs.count("failed_logins"); n != 0 {
+				t.Fatalf("%d logins refused by the limits", n)
+			}
+			obs.mu.Lock()
+			legacy, failed := obs.legacy[labels.LegacyUnavailable]+obs.legacy[labels.LegacyConnect], obs.logins[labels.LoginFailed]
+			obs.mu.Unlock()
+			if legacy != 5 || failed != 0 {
+				t.Fatalf("legacy errors %d (want 5), failed logins %d (want 0)", legacy, failed)
+			}
+			// The legacy server is back: the right password works.
+			recovered.Store(true)
+			tr.send(fmt.Sprintf("b LOGIN %s %q", imapUser, password))
+			tr.expect("b OK")
+		})
+	}
+	t.Run("dovecot auth down", func(t *testing.T) {
+		obs := &countingObserver{}
+		f := startIMAPFront(t, nil, func(fr *IMAPFront, _ *legacytest.Dovecot) {
+			fr.Router.Observer = obs
+			fr.Router.Limiter = &LoginLimiter{PerAddress: 2, PerAccount: 2}
+		})
+		f.d.BreakPassdb(t, imapUser)
+		tr := dialTranscript(t, f.addr)
+		for i := 0; i < 3; i++ {
+			tr.send(fmt.Sprintf("a%d LOGIN %s %q", i, imapUser, password))
+			tr.expect(fmt.Sprintf("a%d NO [UNAVAILABLE]", i))
+		}
+		if n := obs.count("failed_logins"); n != 0 {
+			t.Fatalf("%d logins refused by the limits", n)
+		}
+		f.d.RepairPassdb(t, imapUser)
+		tr.send(fmt.Sprintf("b LOGIN %s %q", imapUser, password))
+		tr.expect("b OK")
+	})
 }

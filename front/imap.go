@@ -13,23 +13,24 @@ import (
 	"runtime/debug"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
-	"mailcapture/capture"
 	"mailcapture/imapstore"
 	"mailcapture/imapwire"
-	"mailcapture/store"
+	"mailcapture/labels"
+	"mailcapture/legacyclient"
 )
 
 // IMAPFront is the IMAP front end: it handles the not-authenticated state
-// itself, then serves captured accounts from the store (go-imap's
-// imapserver over imapstore) and splices the others to the legacy server,
-// logged in with the user's own credentials.
+// itself, decides each login with the Router's login policy, then serves
+// captured accounts from the store (imapstore) and splices the others to
+// the legacy server, logged in with the user's own credentials.
 type IMAPFront struct {
 	Router *Router
 	// Local serves captured accounts' sessions.
 	Local  *imapstore.Server
-	Legacy capture.Endpoint
+	Legacy legacyclient.Endpoint
 	// TLSConfig enables STARTTLS; nil offers none.
 	TLSConfig *tls.Config
 	// Trusted tells whether a peer may log in without TLS. Nil trusts
@@ -48,9 +49,12 @@ type IMAPFront struct {
 	Log          *slog.Logger
 
 	once sync.Once
-	// ctx is the sessions' context, ended by Shutdown.
-	ctx    context.Context
-	cancel context.CancelFunc
+	// ctx is the sessions' context, ended by Shutdown; loginCtx that of
+	// connections not logged in yet, ended first (a login waiting for a
+	// slow legacy server gives up).
+	ctx, loginCtx       context.Context
+	cancel, loginCancel context.CancelFunc
+	connIDs             atomic.Uint64
 
 	mu        sync.Mutex
 	listeners []net.Listener
@@ -86,6 +90,7 @@ func (f *IMAPFront) init() {
 	f.once.Do(func() {
 		f.conns = map[net.Conn]struct{}{}
 		f.ctx, f.cancel = context.WithCancel(context.Background())
+		f.loginCtx, f.loginCancel = context.WithCancel(f.ctx)
 	})
 }
 
@@ -139,6 +144,7 @@ func (f *IMAPFront) Shutdown(ctx context.Context) error {
 		ln.Close()
 	}
 	f.mu.Unlock()
+	f.loginCancel()
 	var ending sync.WaitGroup
 	for _, p := range f.proxied.all() {
 		ending.Add(1)
@@ -184,13 +190,18 @@ type session struct {
 
 const preauthCaps = "IMAP4rev1 LITERAL+ SASL-IR ID"
 
+// authMechanisms are the SASL mechanisms offered: both carry the password
+// itself (what the login proxy must check at the legacy server);
+// challenge-response ones (CRAM-MD5, SCRAM) cannot, and are not offered.
+const authMechanisms = " AUTH=PLAIN AUTH=LOGIN"
+
 func (s *session) caps() string {
 	c := preauthCaps
 	if s.f.TLSConfig != nil && !s.tls {
 		c += " STARTTLS"
 	}
 	if s.authAllowed() {
-		c += " AUTH=PLAIN"
+		c += authMechanisms
 	} else {
 		c += " LOGINDISABLED"
 	}
@@ -220,7 +231,7 @@ func (s *session) write(format string, args ...any) error {
 func (f *IMAPFront) serveConn(c net.Conn) (final net.Conn, handedOver bool) {
 	_, isTLS := c.(*tls.Conn)
 	s := &session{f: f, conn: c, r: bufio.NewReaderSize(c, 4096), tls: isTLS,
-		log: f.log().With("proto", "imap", "remote", c.RemoteAddr().String())}
+		log: f.log().With("conn", fmt.Sprintf("imap-%d", f.connIDs.Add(1)), "proto", "imap", "remote", c.RemoteAddr().String())}
 	defer func() {
 		final = s.conn
 		if r := recover(); r != nil {
@@ -243,17 +254,17 @@ func (f *IMAPFront) serveConn(c net.Conn) (final net.Conn, handedOver bool) {
 		var syntax *imapwire.SyntaxError
 		switch {
 		case errors.As(err, &ne) && ne.Timeout():
-			f.Router.observer().Refused("timeout")
+			f.Router.observer().Refused(labels.Timeout)
 			s.write("* BYE [UNAVAILABLE] autologout: no command within %s", orDuration(f.PreauthTimeout, time.Minute))
 			return s.conn, false
 		case errors.As(err, &long):
-			f.Router.observer().Refused("line_length")
+			f.Router.observer().Refused(labels.LineLength)
 			if s.write("%s BAD line too long", orTag(long.Tag)) != nil {
 				return s.conn, false
 			}
 			continue
 		case errors.As(err, &limit):
-			f.Router.observer().Refused("line_length")
+			f.Router.observer().Refused(labels.LineLength)
 			r.Discard()
 			if s.write("%s BAD %s", orTag(r.CurrentTag()), limit.Msg) != nil {
 				return s.conn, false
@@ -268,7 +279,7 @@ func (f *IMAPFront) serveConn(c net.Conn) (final net.Conn, handedOver bool) {
 		case errors.Is(err, errUnknownCommand):
 			// Not a command of this state, or not IMAP at all (a cross-
 			// protocol request): the session ends at the first one.
-			f.Router.observer().Refused("unknown_command")
+			f.Router.observer().Refused(labels.UnknownCommand)
 			s.write("* BYE unknown command before login")
 			return s.conn, false
 		case err != nil:
@@ -343,116 +354,125 @@ func (s *session) starttls(tag string) bool {
 	return true
 }
 
-// authenticate runs AUTHENTICATE PLAIN, with or without an initial
-// response (SASL-IR).
+// authenticate runs AUTHENTICATE PLAIN or LOGIN, with or without an
+// initial response (SASL-IR). A mechanism not offered gets NO.
 func (s *session) authenticate(r *imapwire.Reader, cmd *preauthCommand) (user, pass string, ok bool) {
-	if len(cmd.args) < 1 || !strings.EqualFold(cmd.args[0], "PLAIN") {
-		s.write("%s NO [CANNOT] only AUTHENTICATE PLAIN is offered", cmd.tag)
+	mech := cmd.args[0]
+	if mech != "PLAIN" && mech != "LOGIN" {
+		s.write("%s NO [CANNOT] mechanism %s is not offered: use PLAIN or LOGIN", cmd.tag, mech)
 		return "", "", false
 	}
 	if !s.authAllowed() {
 		s.write("%s NO [PRIVACYREQUIRED] use STARTTLS first", cmd.tag)
 		return "", "", false
 	}
-	var resp string
-	if len(cmd.args) >= 2 {
-		resp = cmd.args[1]
-		if resp == "=" {
-			resp = ""
+	// next returns the client's next SASL response: the initial one, or
+	// one asked for with challenge.
+	initial := len(cmd.args) >= 2
+	next := func(challenge string) ([]byte, bool) {
+		var resp string
+		if initial {
+			initial, resp = false, cmd.args[1]
+			if resp == "=" {
+				resp = ""
+			}
+		} else {
+			s.write("+ %s", challenge)
+			line, err := r.ReadLine()
+			if err != nil {
+				s.write("%s BAD response too long", cmd.tag)
+				return nil, false
+			}
+			resp = line
 		}
-	} else {
-		s.write("+ ")
-		line, err := r.ReadLine()
+		if resp == "*" {
+			s.write("%s BAD authentication cancelled", cmd.tag)
+			return nil, false
+		}
+		raw, err := base64.StdEncoding.DecodeString(resp)
 		if err != nil {
-			s.write("%s BAD %s", cmd.tag, "response too long")
+			s.write("%s BAD response is not base64", cmd.tag)
+			return nil, false
+		}
+		return raw, true
+	}
+	if mech == "LOGIN" {
+		name, ok := next(base64.StdEncoding.EncodeToString([]byte("Username:")))
+		if !ok {
 			return "", "", false
 		}
-		resp = line
+		secret, ok := next(base64.StdEncoding.EncodeToString([]byte("Password:")))
+		if !ok {
+			return "", "", false
+		}
+		return string(name), string(secret), true
 	}
-	if resp == "*" {
-		s.write("%s BAD authentication cancelled", cmd.tag)
+	raw, ok := next("")
+	if !ok {
 		return "", "", false
 	}
-	raw, err := base64.StdEncoding.DecodeString(resp)
 	parts := strings.Split(string(raw), "\x00")
-	if err != nil || len(parts) != 3 || (parts[0] != "" && parts[0] != parts[1]) {
+	if len(parts) != 3 || (parts[0] != "" && parts[0] != parts[1]) {
 		s.write("%s NO [AUTHENTICATIONFAILED] invalid credentials", cmd.tag)
 		return "", "", false
 	}
 	return parts[1], parts[2], true
 }
 
-// login routes the credentials. done tells whether the front end is done
-// with the connection (handed over, proxied, or dropped).
+// login decides the credentials with the login policy. done tells whether
+// the front end is done with the connection (served locally, proxied, or
+// dropped); handedOver, whether its owner closed it.
 func (s *session) login(tag, user, pass string) (done, handedOver bool) {
 	if !s.authAllowed() {
 		s.write("%s NO [PRIVACYREQUIRED] use STARTTLS first", tag)
 		return false, false
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	ctx, cancel := context.WithTimeout(s.f.loginCtx, time.Minute)
 	defer cancel()
-	log := s.log.With("account", user)
-	remote := s.conn.RemoteAddr()
-	obs := s.f.Router.observer()
-	if !s.f.Router.allow(remote, user) {
-		log.Warn("imap login refused: too many failed logins")
-		s.f.Router.loginDone("imap", "legacy", "limited", user, remote)
+	out, err := s.f.Router.Login(ctx, Attempt{Protocol: labels.IMAP, User: user, Password: pass, Remote: s.conn.RemoteAddr(), Log: s.log,
+		Legacy: func(ctx context.Context) (io.Closer, error) {
+			sess, err := legacyclient.LoginIMAP(ctx, s.f.Legacy, legacyclient.User(user, pass))
+			if err != nil {
+				return nil, err
+			}
+			return sess, nil
+		}})
+	switch {
+	case errors.Is(err, ErrAuthFailed):
+		s.write("%s NO [AUTHENTICATIONFAILED] authentication failed", tag)
+		return false, false
+	case errors.Is(err, ErrLimited):
 		s.write("%s NO [UNAVAILABLE] too many failed logins, try again later", tag)
 		return false, false
-	}
-	route, err := s.f.Router.Route(ctx, user)
-	if errors.Is(err, ErrMoving) {
-		log.Info("imap login during a long cut-over: try again later")
-		s.f.Router.loginDone("imap", "local", "moving", user, remote)
+	case errors.Is(err, ErrMoving):
 		s.write("%s NO [UNAVAILABLE] your mailbox is being moved, try again in a minute", tag)
 		return false, false
-	}
-	if err != nil {
-		log.Error("route login", "err", err)
-		s.f.Router.loginDone("imap", route.String(), "error", user, remote)
+	case err != nil:
 		s.write("%s NO [UNAVAILABLE] temporary failure, try again later", tag)
 		return false, false
 	}
-	if route == RouteLocal {
-		acct, ok := s.checkLocal(ctx, user, pass)
-		if !ok {
-			s.f.Router.failed(remote, user)
-			s.f.Router.loginDone("imap", "local", "failed", user, remote)
-			s.write("%s NO [AUTHENTICATIONFAILED] authentication failed", tag)
-			return false, false
-		}
-		s.f.Router.loggedIn("imap", RouteLocal, acct.Name, remote)
-		s.f.Router.LocalLoginOK(acct.Name, pass)
+	log := s.log.With("account", user)
+	obs := s.f.Router.observer()
+	if out.Route == labels.Local {
 		s.write("%s OK [CAPABILITY %s] logged in", tag, imapstore.Capabilities())
-		obs.SessionStarted("imap", "local")
-		defer obs.SessionEnded("imap", "local")
+		obs.SessionStarted(labels.IMAP, labels.Local)
+		defer obs.SessionEnded(labels.IMAP, labels.Local)
 		s.f.mu.Lock()
 		delete(s.f.conns, s.conn) // the local server ends it at shutdown
 		s.f.mu.Unlock()
-		s.f.Local.Serve(s.f.ctx, s.conn, s.r, *acct, log)
+		s.f.Local.Serve(s.f.ctx, s.conn, s.r, out.Account, log.With("account", out.Account.Name))
 		return true, true
 	}
-	legacy, text, err := loginLegacy(ctx, s.f.Legacy, user, pass)
-	if errors.Is(err, capture.ErrBadCredentials) {
-		s.f.Router.failed(remote, user)
-		s.f.Router.loginDone("imap", "legacy", "failed", user, remote)
-		s.write("%s NO [AUTHENTICATIONFAILED] authentication failed", tag)
-		return false, false
-	}
-	if err != nil {
-		log.Error("legacy login", "err", err)
-		s.f.Router.loginDone("imap", "legacy", "error", user, remote)
-		s.write("%s NO [UNAVAILABLE] the mail server is not reachable, try again later", tag)
-		return false, false
-	}
-	s.f.Router.loggedIn("imap", RouteLegacy, user, remote)
-	s.f.Router.LegacyLoginOK(ctx, user, pass)
-	if s.write("%s OK %s", tag, text) != nil {
+	legacy := out.Session.(*legacyclient.IMAPSession)
+	// Past the login the client's own pace rules: the legacy side may be
+	// silent as long as the client is (an IDLE).
+	legacy.Watch.Timeout = orDuration(s.f.IdleTimeout, 30*time.Minute) + time.Minute
+	if s.write("%s OK %s", tag, legacy.OK) != nil {
 		legacy.Close()
 		return true, false
 	}
-	obs.SessionStarted("imap", "legacy")
-	defer obs.SessionEnded("imap", "legacy")
+	obs.SessionStarted(labels.IMAP, labels.Legacy)
+	defer obs.SessionEnded(labels.IMAP, labels.Legacy)
 	p := newProxiedIMAP(user, s.conn, s.r, legacy, orDuration(s.f.IdleTimeout, 30*time.Minute), orDuration(s.f.WriteTimeout, time.Minute))
 	s.f.proxied.add(p)
 	s.f.mu.Lock()
@@ -465,120 +485,6 @@ func (s *session) login(tag, user, pass string) (done, handedOver bool) {
 	if end.err != nil {
 		attrs = append(attrs, "err", end.err)
 	}
-	if end.by == "legacy" {
-		log.Warn("proxied imap session ended by the legacy server", attrs...)
-	} else {
-		log.Info("proxied imap session ended", attrs...)
-	}
+	log.Info("proxied imap session ended", attrs...)
 	return true, false
-}
-
-// checkLocal checks the password of a captured account against its hash
-// and, when that fails, once against the legacy server (a password
-// changed there before the cut-over).
-func (s *session) checkLocal(ctx context.Context, user, pass string) (*store.Account, bool) {
-	acct, err := s.f.Router.Store.Account(ctx, user)
-	if err != nil || acct.State != store.StateCaptured {
-		return nil, false
-	}
-	if s.f.Router.matchesKnown(acct.Name, pass) {
-		return &acct, true
-	}
-	ok, err := s.f.Router.Store.VerifyPassword(ctx, acct.Name, pass)
-	if err == nil && !ok {
-		ok = s.f.Router.passwordChanged(ctx, acct.Name, pass)
-	}
-	if err != nil || !ok {
-		return nil, false
-	}
-	s.f.Router.rememberPassword(acct.Name, pass)
-	return &acct, true
-}
-
-// legacyConn is a logged-in connection to the legacy server, with what it
-// had already sent past the login response.
-type legacyConn struct {
-	net.Conn
-	r *bufio.Reader
-}
-
-// loginLegacy logs in at the legacy server with the user's credentials
-// and returns the connection and the text of its tagged OK (usually with
-// the post-login capabilities).
-func loginLegacy(ctx context.Context, ep capture.Endpoint, user, pass string) (*legacyConn, string, error) {
-	timeout := ep.Timeout
-	if timeout <= 0 {
-		timeout = time.Minute
-	}
-	d := net.Dialer{Timeout: timeout}
-	nc, err := d.DialContext(ctx, "tcp", ep.Address)
-	if err != nil {
-		return nil, "", err
-	}
-	fail := func(err error) (*legacyConn, string, error) {
-		nc.Close()
-		return nil, "", err
-	}
-	if ep.TLS == "implicit" {
-		tc := tls.Client(nc, ep.TLSConfig)
-		if err := tc.HandshakeContext(ctx); err != nil {
-			return fail(err)
-		}
-		nc = tc
-	}
-	nc.SetDeadline(time.Now().Add(timeout))
-	r := bufio.NewReader(nc)
-	greeting, err := r.ReadString('\n')
-	if err != nil || !strings.HasPrefix(greeting, "* OK") {
-		return fail(fmt.Errorf("legacy greeting %q: %v", strings.TrimSpace(greeting), err))
-	}
-	caps := greeting
-	if ep.TLS == "starttls" {
-		if _, err := io.WriteString(nc, "m0 STARTTLS\r\n"); err != nil {
-			return fail(err)
-		}
-		if line, err := readTagged(r, "m0"); err != nil || !strings.HasPrefix(line, "m0 OK") {
-			return fail(fmt.Errorf("legacy STARTTLS: %q %v", line, err))
-		}
-		tc := tls.Client(nc, ep.TLSConfig)
-		if err := tc.HandshakeContext(ctx); err != nil {
-			return fail(err)
-		}
-		nc, r, caps = tc, bufio.NewReader(tc), ""
-	}
-	literalPlus := strings.Contains(strings.ToUpper(caps), "LITERAL+")
-	u, uLit := imapQuote(user, literalPlus)
-	p, pLit := imapQuote(pass, literalPlus)
-	if (uLit || pLit) && !literalPlus {
-		return fail(errors.New("legacy server without LITERAL+: credentials with 8-bit or line-break bytes are not sent"))
-	}
-	if _, err := fmt.Fprintf(nc, "m1 LOGIN %s %s\r\n", u, p); err != nil {
-		return fail(err)
-	}
-	line, err := readTagged(r, "m1")
-	if err != nil {
-		return fail(err)
-	}
-	switch {
-	case strings.HasPrefix(line, "m1 OK"):
-		nc.SetDeadline(time.Time{})
-		return &legacyConn{Conn: nc, r: r}, strings.TrimSpace(strings.TrimPrefix(line, "m1 OK")), nil
-	case strings.HasPrefix(line, "m1 NO"):
-		return fail(fmt.Errorf("%w: %s", capture.ErrBadCredentials, line))
-	}
-	return fail(fmt.Errorf("legacy LOGIN: %q", line))
-}
-
-// readTagged reads lines until the one tagged tag.
-func readTagged(r *bufio.Reader, tag string) (string, error) {
-	for i := 0; i < 100; i++ {
-		line, err := r.ReadString('\n')
-		if err != nil {
-			return "", err
-		}
-		if strings.HasPrefix(line, tag+" ") {
-			return strings.TrimRight(line, "\r\n"), nil
-		}
-	}
-	return "", errors.New("legacy server sent too many lines before answering")
 }

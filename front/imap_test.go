@@ -21,6 +21,7 @@ import (
 
 	"mailcapture/capture"
 	"mailcapture/imapstore"
+	"mailcapture/legacyclient"
 	"mailcapture/legacytest"
 	"mailcapture/store"
 )
@@ -50,7 +51,7 @@ func startIMAPFront(t *testing.T, trusted func(net.Addr) bool, configure ...func
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { st.Close() })
-	imapEP := capture.Endpoint{Address: d.IMAPAddr, TLS: "none", Timeout: 10 * time.Second}
+	imapEP := legacyclient.Endpoint{Address: d.IMAPAddr, TLS: "none", Timeout: 10 * time.Second}
 	sched := &capture.Scheduler{Engine: &capture.Engine{Store: st, IMAP: imapEP}}
 	ctx, cancel := context.WithCancel(context.Background())
 	schedDone := make(chan struct{})
@@ -355,5 +356,38 @@ func TestProxiedSessionOutlivesWriteTimeout(t *testing.T) {
 		if err != nil || len(msgs) != 2 {
 			t.Fatalf("round %d: FETCH: %d messages, %v", round, len(msgs), err)
 		}
+	}
+}
+
+// TestAuthenticateLogin: AUTHENTICATE LOGIN (what Outlook and many phones
+// send), with and without an initial response, through the proxy and
+// locally; a challenge-response mechanism is not offered and gets NO.
+func TestAuthenticateLogin(t *testing.T) {
+	f := startIMAPFront(t, nil)
+	ctx := context.Background()
+	if _, err := f.st.CreateAccount(ctx, "local@example.org", "pw", store.StateCaptured); err != nil {
+		t.Fatal(err)
+	}
+	b64 := func(s string) string { return base64.StdEncoding.EncodeToString([]byte(s)) }
+	for _, c := range []struct{ user, pass string }{{imapUser, password}, {"local@example.org", "pw"}} {
+		tr := dialTranscript(t, f.addr)
+		tr.send("a CAPABILITY")
+		if caps := tr.expect("* CAPABILITY "); !strings.Contains(caps, "AUTH=LOGIN") || strings.Contains(caps, "CRAM") {
+			t.Fatalf("capabilities %q", caps)
+		}
+		tr.expect("a OK")
+		tr.send("b AUTHENTICATE CRAM-MD5")
+		tr.expect("b NO ")
+		tr.send("c AUTHENTICATE LOGIN")
+		tr.expect("+ " + b64("Username:"))
+		tr.send(b64(c.user))
+		tr.expect("+ " + b64("Password:"))
+		tr.send(b64(c.pass))
+		tr.expect("c OK ")
+		tr2 := dialTranscript(t, f.addr)
+		tr2.send("d AUTHENTICATE LOGIN " + b64(c.user))
+		tr2.expect("+ " + b64("Password:"))
+		tr2.send(b64("wrong"))
+		tr2.expect("d NO [AUTHENTICATIONFAILED]")
 	}
 }

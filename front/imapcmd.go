@@ -3,8 +3,6 @@ package front
 import (
 	"bufio"
 	"errors"
-	"fmt"
-	"strings"
 
 	"mailcapture/imapwire"
 )
@@ -147,25 +145,4 @@ func readID(r *imapwire.Reader) error {
 		}
 		return nil
 	})
-}
-
-// imapQuote writes s as an IMAP string: quoted when it can be, else a
-// literal (non-synchronising when the server has LITERAL+).
-func imapQuote(s string, literalPlus bool) (text string, literal bool) {
-	if strings.ContainsAny(s, "\r\n\x00") || !isASCII(s) {
-		if literalPlus {
-			return fmt.Sprintf("{%d+}\r\n%s", len(s), s), true
-		}
-		return fmt.Sprintf("{%d}\r\n%s", len(s), s), true
-	}
-	return `"` + strings.NewReplacer(`\`, `\\`, `"`, `\"`).Replace(s) + `"`, false
-}
-
-func isASCII(s string) bool {
-	for i := 0; i < len(s); i++ {
-		if s[i] >= 0x80 {
-			return false
-		}
-	}
-	return true
 }

@@ -1,23 +1,26 @@
 package front
 
-// Observer is told about logins and sessions; metrics.Traffic implements
-// it. Protocol is "imap" or "pop3", route "local" or "legacy", result
-// "ok", "failed" (bad credentials), "limited" (refused by the login
-// limiter) or "error" (the legacy server or the store failed).
+import "mailcapture/labels"
+
+// Observer is told about logins, sessions, refusals and legacy errors;
+// metrics.Traffic implements it.
 type Observer interface {
-	Login(protocol, route, result string)
-	SessionStarted(protocol, route string)
-	SessionEnded(protocol, route string)
-	Refused(limit string)
+	Login(protocol labels.Protocol, route labels.Route, result labels.LoginResult)
+	SessionStarted(protocol labels.Protocol, route labels.Route)
+	SessionEnded(protocol labels.Protocol, route labels.Route)
+	Refused(limit labels.Limit)
+	// LegacyError counts a failed exchange with the legacy server.
+	LegacyError(kind labels.LegacyKind)
 }
 
 // nopObserver observes nothing.
 type nopObserver struct{}
 
-func (nopObserver) Login(string, string, string)  {}
-func (nopObserver) SessionStarted(string, string) {}
-func (nopObserver) SessionEnded(string, string)   {}
-func (nopObserver) Refused(string)                {}
+func (nopObserver) Login(labels.Protocol, labels.Route, labels.LoginResult) {}
+func (nopObserver) SessionStarted(labels.Protocol, labels.Route)            {}
+func (nopObserver) SessionEnded(labels.Protocol, labels.Route)              {}
+func (nopObserver) Refused(labels.Limit)                                    {}
+func (nopObserver) LegacyError(labels.LegacyKind)                           {}
 
 func (r *Router) observer() Observer {
 	if r.Observer == nil {

@@ -5,11 +5,13 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"log/slog"
 	"net"
 	"strings"
 	"sync"
 
-	"mailcapture/capture"
+	"mailcapture/labels"
+	"mailcapture/legacyclient"
 	"mailcapture/pop3"
 	"mailcapture/pop3store"
 )
@@ -19,9 +21,11 @@ import (
 // with the user's own credentials.
 type POP3Backend struct {
 	Router *Router
-	Local  *pop3store.Backend
+	// Log is the POP3 front end's logger; default the router's.
+	Log   *slog.Logger
+	Local *pop3store.Backend
 	// Legacy is the legacy POP3 server.
-	Legacy capture.Endpoint
+	Legacy legacyclient.Endpoint
 
 	mu      sync.Mutex
 	proxied map[string]map[*legacyMaildrop]struct{}
@@ -75,74 +79,52 @@ func (b *POP3Backend) track(account string, d *legacyMaildrop) {
 	}
 }
 
-// Login implements pop3.Backend.
+// Login implements pop3.Backend: the login policy decides; a captured
+// account's maildrop is opened from the store, another's at the legacy
+// server, read message by message.
 func (b *POP3Backend) Login(ctx context.Context, user, password string, remote net.Addr) (pop3.Maildrop, error) {
-	obs := b.Router.observer()
-	if !b.Router.allow(remote, user) {
-		b.Router.loginDone("pop3", "legacy", "limited", user, remote)
-		return nil, errTooManyFailures
-	}
-	route, err := b.Router.Route(ctx, user)
-	if errors.Is(err, ErrMoving) {
-		b.Router.loginDone("pop3", "local", "moving", user, remote)
+	out, err := b.Router.Login(ctx, Attempt{Protocol: labels.POP3, User: user, Password: password, Remote: remote, Log: b.Log,
+		Legacy: func(ctx context.Context) (io.Closer, error) {
+			c, err := legacyclient.LoginPOP3(ctx, b.Legacy, legacyclient.User(user, password))
+			if err != nil {
+				return nil, err
+			}
+			drop, err := newLegacyMaildrop(c)
+			if err != nil {
+				c.Close()
+				return nil, fmt.Errorf("%w: %w", legacyclient.ErrUnavailable, legacyclient.ClassifyPOP3(err))
+			}
+			return legacyDrop{drop}, nil
+		}})
+	switch {
+	case errors.Is(err, ErrAuthFailed):
+		return nil, pop3.ErrAuthFailed
+	case errors.Is(err, pop3.ErrInUse):
+		return nil, pop3.ErrInUse
+	case err != nil:
 		return nil, pop3.ErrTemporary
 	}
-	if err != nil {
-		b.Router.loginDone("pop3", route.String(), "error", user, remote)
-		return nil, err
-	}
-	if route == RouteLocal {
-		drop, err := b.Local.Login(ctx, user, password, remote)
-		if errors.Is(err, pop3.ErrAuthFailed) && b.Router.passwordChanged(ctx, user, password) {
-			drop, err = b.Local.Login(ctx, user, password, remote)
+	obs := b.Router.observer()
+	if out.Route == labels.Local {
+		drop, err := b.Local.Open(ctx, out.Account)
+		if err != nil {
+			return nil, err
 		}
-		switch {
-		case err == nil:
-			b.Router.loggedIn("pop3", RouteLocal, user, remote)
-			b.Router.LocalLoginOK(user, password)
-			obs.SessionStarted("pop3", "local")
-			return &observedMaildrop{Maildrop: drop, ended: func() { obs.SessionEnded("pop3", "local") }}, nil
-		case errors.Is(err, pop3.ErrAuthFailed):
-			b.Router.failed(remote, user)
-			b.Router.loginDone("pop3", "local", "failed", user, remote)
-		case errors.Is(err, pop3.ErrInUse):
-		default:
-			b.Router.loginDone("pop3", "local", "error", user, remote)
-		}
-		return nil, err
+		obs.SessionStarted(labels.POP3, labels.Local)
+		return &observedMaildrop{Maildrop: drop, ended: func() { obs.SessionEnded(labels.POP3, labels.Local) }}, nil
 	}
-	// The connection lives as long as the client's session, beyond this
-	// call's context; every exchange on it keeps its own timeout.
-	c, err := pop3.Dial(context.WithoutCancel(ctx), b.Legacy.Address, pop3.DialOptions{TLS: b.Legacy.TLS, TLSConfig: b.Legacy.TLSConfig, Timeout: b.Legacy.Timeout})
-	if err != nil {
-		b.Router.loginDone("pop3", "legacy", "error", user, remote)
-		return nil, fmt.Errorf("legacy pop3: %w", err)
-	}
-	if err := c.Login(user, password); err != nil {
-		c.Close()
-		var perr *pop3.Error
-		switch {
-		case errors.As(err, &perr) && perr.Code == "IN-USE":
-			return nil, pop3.ErrInUse
-		case errors.As(err, &perr) && perr.Code != "SYS/TEMP" && perr.Code != "LOGIN-DELAY":
-			b.Router.failed(remote, user)
-			b.Router.loginDone("pop3", "legacy", "failed", user, remote)
-			return nil, pop3.ErrAuthFailed
-		}
-		b.Router.loginDone("pop3", "legacy", "error", user, remote)
-		return nil, fmt.Errorf("legacy pop3 login: %w", err)
-	}
-	drop, err := newLegacyMaildrop(c)
-	if err != nil {
-		c.Close()
-		b.Router.loginDone("pop3", "legacy", "error", user, remote)
-		return nil, err
-	}
+	drop := out.Session.(legacyDrop).legacyMaildrop
 	b.track(user, drop)
-	b.Router.loggedIn("pop3", RouteLegacy, user, remote)
-	b.Router.LegacyLoginOK(ctx, user, password)
-	obs.SessionStarted("pop3", "legacy")
-	return &observedMaildrop{Maildrop: drop, ended: func() { obs.SessionEnded("pop3", "legacy") }}, nil
+	obs.SessionStarted(labels.POP3, labels.Legacy)
+	return &observedMaildrop{Maildrop: drop, ended: func() { obs.SessionEnded(labels.POP3, labels.Legacy) }}, nil
+}
+
+// legacyDrop is a legacy maildrop as the login policy holds it.
+type legacyDrop struct{ *legacyMaildrop }
+
+func (d legacyDrop) Close() error {
+	d.legacyMaildrop.Close()
+	return nil
 }
 
 // observedMaildrop reports the end of its session.
@@ -155,10 +137,6 @@ func (m *observedMaildrop) Close() {
 	m.Maildrop.Close()
 	m.ended()
 }
-
-// errTooManyFailures: the limiter refused the attempt (answered as a
-// temporary failure).
-var errTooManyFailures = errors.New("too many failed logins, try again later")
 
 // legacyMaildrop is a maildrop on the legacy server. Deletions are sent
 // only at the client's QUIT, so a session that is cut (at cut-over, or by

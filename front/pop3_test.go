@@ -1,16 +1,21 @@
 package front
 
 import (
+	"bufio"
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"net"
 	"os"
 	"os/exec"
+	"strings"
 	"testing"
 	"time"
 
 	"mailcapture/capture"
+	"mailcapture/labels"
+	"mailcapture/legacyclient"
 	"mailcapture/legacytest"
 	"mailcapture/pop3"
 	"mailcapture/pop3store"
@@ -41,8 +46,8 @@ func startPOP3Front(t *testing.T) *pop3Fixture {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { st.Close() })
-	imapEP := capture.Endpoint{Address: d.IMAPAddr, TLS: "none", Timeout: 10 * time.Second}
-	popEP := capture.Endpoint{Address: d.POP3Addr, TLS: "none", Timeout: 10 * time.Second}
+	imapEP := legacyclient.Endpoint{Address: d.IMAPAddr, TLS: "none", Timeout: 10 * time.Second}
+	popEP := legacyclient.Endpoint{Address: d.POP3Addr, TLS: "none", Timeout: 10 * time.Second}
 	sched := &capture.Scheduler{Engine: &capture.Engine{Store: st, IMAP: imapEP, POP3: popEP}}
 	ctx, cancel := context.WithCancel(context.Background())
 	schedDone := make(chan struct{})
@@ -296,5 +301,63 @@ func TestCutoverCutsOverstayingPOP3Session(t *testing.T) {
 	_, drop, _ := f.st.Maildrop(ctx, acct.ID)
 	if len(drop) != 12 || acct.State != store.StateCaptured {
 		t.Fatalf("after cutting the session: %d local messages (want 12), state %s", len(drop), acct.State)
+	}
+}
+
+// TestPOP3TemporaryLegacyFailure: a legacy POP3 server that answers a
+// login -ERR [SYS/TEMP] gives the user -ERR [SYS/TEMP], is counted as a
+// legacy error, and no failed login is counted.
+func TestPOP3TemporaryLegacyFailure(t *testing.T) {
+	f := startPOP3Front(t)
+	obs := &countingObserver{}
+	f.backend.Router.Observer = obs
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			go func() {
+				defer c.Close()
+				r := bufio.NewReader(c)
+				io.WriteString(c, "+OK fake\r\n")
+				for {
+					line, err := r.ReadString('\n')
+					if err != nil {
+						return
+					}
+					switch cmd := strings.ToUpper(strings.TrimSpace(line)); {
+					case strings.HasPrefix(cmd, "PASS"):
+						io.WriteString(c, "-ERR [SYS/TEMP] Temporary authentication failure.\r\n")
+						continue
+					case cmd == "CAPA":
+						io.WriteString(c, "+OK\r\nUSER\r\nRESP-CODES\r\n.\r\n")
+						continue
+					}
+					io.WriteString(c, "+OK\r\n")
+				}
+			}()
+		}
+	}()
+	f.backend.Legacy.Address = ln.Addr().String()
+	c, err := pop3.Dial(context.Background(), f.addr, pop3.DialOptions{Timeout: 5 * time.Second})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	err = c.Login(user, password)
+	var perr *pop3.Error
+	if !errors.As(err, &perr) || perr.Code != "SYS/TEMP" {
+		t.Fatalf("login: %v, want -ERR [SYS/TEMP]", err)
+	}
+	obs.mu.Lock()
+	defer obs.mu.Unlock()
+	if obs.legacy[labels.LegacyUnavailable] != 1 || obs.logins[labels.LoginFailed] != 0 || obs.logins[labels.LoginUnavailable] != 1 {
+		t.Fatalf("legacy errors %v, logins %v", obs.legacy, obs.logins)
 	}
 }

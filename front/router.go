@@ -10,7 +10,6 @@ import (
 	"crypto/rand"
 	"crypto/sha256"
 	"errors"
-	"fmt"
 	"log/slog"
 	"net"
 	"strings"
@@ -19,27 +18,13 @@ import (
 	"time"
 
 	"mailcapture/capture"
+	"mailcapture/labels"
+	"mailcapture/legacyclient"
 	"mailcapture/store"
 )
 
-// Route is where a login goes.
-type Route int
-
-// The routes.
-const (
-	RouteLegacy Route = iota // unknown or capturing: the legacy server
-	RouteLocal               // captured: the store
-)
-
-func (r Route) String() string {
-	if r == RouteLocal {
-		return "local"
-	}
-	return "legacy"
-}
-
-// Router decides the route of a login and records what a successful
-// legacy login means for the account.
+// Router is the login policy every front end uses (Login), and what a
+// login means for the account: its recording, its capture, follow syncs.
 type Router struct {
 	Store *store.Store
 	// Scheduler, if set, captures accounts whose user logged in
@@ -60,7 +45,7 @@ type Router struct {
 	// retired.
 	Follow func(ctx context.Context, account, password string)
 	// LegacyCheck, if set, asks the legacy server whether it accepts the
-	// password (nil error: yes; capture.ErrBadCredentials: no). A captured
+	// password (nil error: yes; legacyclient.ErrBadCredentials: no). A captured
 	// account's password that fails against the local hash is tried there
 	// once: a user who changed it at the legacy server before the cut-over
 	// keeps the new one. Nil once the legacy server is retired.
@@ -109,7 +94,7 @@ type Router struct {
 // another login of that account is recording already, in which case it
 // waits for that one to end and reports ran false: the caller then looks
 // again. recorded reports whether the account could be recorded.
-func (r *Router) recordOnce(ctx context.Context, account, password string) (ran, recorded bool) {
+func (r *Router) recordOnce(ctx context.Context, acct *store.Account, account, password string) (ran, recorded bool) {
 	key := strings.ToLower(account)
 	r.recordMu.Lock()
 	if ch, busy := r.recording[key]; busy {
@@ -132,7 +117,7 @@ func (r *Router) recordOnce(ctx context.Context, account, password string) (ran,
 		r.recordMu.Unlock()
 		close(ch)
 	}()
-	return true, r.recordLegacyLogin(ctx, account, password)
+	return true, r.recordLegacyLogin(ctx, acct, account, password)
 }
 
 // allow reports whether a login may be tried now.
@@ -140,37 +125,21 @@ func (r *Router) allow(addr net.Addr, account string) bool {
 	if r.Limiter == nil || r.Limiter.Allow(addr, account) {
 		return true
 	}
-	r.observer().Refused("failed_logins")
+	r.observer().Refused(labels.FailedLogins)
 	return false
 }
 
-// loggedIn records a successful login: who, over which protocol (the
+// recordLogin records a successful login: who, over which protocol (the
 // shadow-mode forecast, kept in every mode). The write happens in the
 // background; FlushLogins waits for it.
-func (r *Router) loggedIn(protocol string, route Route, account string, remote net.Addr) {
-	r.loginDone(protocol, route.String(), "ok", account, remote)
+func (r *Router) recordLogin(protocol labels.Protocol, account string) {
 	r.loginMu.Lock()
 	defer r.loginMu.Unlock()
-	r.pendingLogins = append(r.pendingLogins, store.Login{Account: account, Protocol: protocol, At: time.Now()})
+	r.pendingLogins = append(r.pendingLogins, store.Login{Account: account, Protocol: string(protocol), At: time.Now()})
 	if !r.writingLogins {
 		r.writingLogins = true
 		go r.writeLogins()
 	}
-}
-
-// loginDone counts a login's outcome and logs it: one line per login, never
-// a password. result is ok, failed, limited or error.
-func (r *Router) loginDone(protocol, route, result, account string, remote net.Addr) {
-	r.observer().Login(protocol, route, result)
-	level := slog.LevelInfo
-	if result != "ok" {
-		level = slog.LevelWarn
-	}
-	client := ""
-	if remote != nil {
-		client = remote.String()
-	}
-	r.log().Log(context.Background(), level, "login", "protocol", protocol, "route", route, "result", result, "account", account, "client", client)
 }
 
 // writeLogins writes pending logins until none is left.
@@ -248,7 +217,7 @@ func (r *Router) passwordChanged(ctx context.Context, account, password string) 
 		return false
 	}
 	if err := r.LegacyCheck(ctx, account, password); err != nil {
-		if !errors.Is(err, capture.ErrBadCredentials) {
+		if !errors.Is(err, legacyclient.ErrBadCredentials) {
 			r.log().Warn("legacy password check", "account", account, "err", err)
 		}
 		return false
@@ -330,54 +299,11 @@ func (r *Router) log() *slog.Logger {
 	return r.Log
 }
 
-// ErrMoving: the account's cut-over outlasted the wait; the login is
-// answered with a temporary failure (the client tries again).
-var ErrMoving = errors.New("the mailbox is being moved")
-
-// Route returns where user's login goes. An account in cut-over makes the
-// login wait until the cut-over ends; past CutoverWait it fails with
-// ErrMoving (no client may reach the legacy mailbox during the final
-// sync, and a session opened there now would outlive the switch).
-func (r *Router) Route(ctx context.Context, user string) (Route, error) {
-	if r.Mode == "shadow" {
-		return RouteLegacy, nil
-	}
-	wait := r.CutoverWait
-	if wait <= 0 {
-		wait = 10 * time.Second
-	}
-	deadline := time.Now().Add(wait)
-	for {
-		acct, err := r.Store.Account(ctx, user)
-		switch {
-		case errors.Is(err, store.ErrNotFound):
-			return RouteLegacy, nil
-		case err != nil:
-			return RouteLegacy, fmt.Errorf("route %s: %w", user, err)
-		case acct.State == store.StateCaptured:
-			return RouteLocal, nil
-		case acct.State == store.StateCapturing:
-			return RouteLegacy, nil
-		}
-		// Cut-over: wait for it to end, briefly. A login must not reach
-		// the legacy server now (the final sync runs with no client on
-		// it): past the wait it is refused for now.
-		if time.Now().After(deadline) {
-			return RouteLegacy, fmt.Errorf("route %s: %w", user, ErrMoving)
-		}
-		select {
-		case <-ctx.Done():
-			return RouteLegacy, ctx.Err()
-		case <-time.After(100 * time.Millisecond):
-		}
-	}
-}
-
-// LegacyLoginOK records a login the legacy server accepted: an unknown
-// account is created in state capturing with the password's hash, a known
-// one gets the newer password's hash, and the capture is (re)submitted
-// with interactive priority.
-func (r *Router) LegacyLoginOK(ctx context.Context, user, password string) {
+// legacyLoginOK records a login the legacy server accepted: an unknown
+// account (acct nil) is created in state capturing with the password's
+// hash, a known one gets the newer password's hash, and the capture is
+// (re)submitted with interactive priority.
+func (r *Router) legacyLoginOK(ctx context.Context, acct *store.Account, user, password string) {
 	if r.Mode == "shadow" {
 		r.log().Info("shadow login", "account", user)
 		return
@@ -385,13 +311,14 @@ func (r *Router) LegacyLoginOK(ctx context.Context, user, password string) {
 	// One login of an account at a time computes a hash; a storm of
 	// first logins waits for it, then finds the password known.
 	for attempt := 0; !r.matchesKnown(user, password); attempt++ {
-		ran, recorded := r.recordOnce(ctx, user, password)
+		ran, recorded := r.recordOnce(ctx, acct, user, password)
 		if ran && !recorded {
 			return
 		}
 		if ran || ctx.Err() != nil || attempt == 3 {
 			break
 		}
+		acct = nil // another login recorded it meanwhile: read it again
 	}
 	if r.Scheduler != nil {
 		r.Scheduler.Submit(user, password, true)
@@ -402,8 +329,14 @@ func (r *Router) LegacyLoginOK(ctx context.Context, user, password string) {
 // created (capturing, with the password's hash) when new, its hash
 // replaced when the password changed. It reports false when the account
 // could not be recorded.
-func (r *Router) recordLegacyLogin(ctx context.Context, user, password string) bool {
-	acct, err := r.Store.Account(ctx, user)
+func (r *Router) recordLegacyLogin(ctx context.Context, known *store.Account, user, password string) bool {
+	var acct store.Account
+	var err error
+	if known != nil {
+		acct = *known
+	} else {
+		acct, err = r.Store.Account(ctx, user)
+	}
 	switch {
 	case errors.Is(err, store.ErrNotFound):
 		if _, err := r.Store.CreateAccount(ctx, user, password, store.StateCapturing); err != nil && !errors.Is(err, store.ErrExists) {

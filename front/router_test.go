@@ -3,10 +3,12 @@ package front
 import (
 	"context"
 	"errors"
+	"io"
 	"sync"
 	"testing"
 	"time"
 
+	"mailcapture/labels"
 	"mailcapture/store"
 )
 
@@ -22,26 +24,36 @@ func TestRouteWaitsDuringCutover(t *testing.T) {
 	st.CreateAccount(ctx, "w@example.org", "pw", store.StateCapturing)
 	st.Transition(ctx, "w@example.org", store.StateCapturing, store.StateCutover)
 	r := &Router{Store: st, CutoverWait: time.Minute}
-	routed := make(chan Route, 1)
+	legacyCalls := 0
+	attempt := func(user string) Attempt {
+		return Attempt{Protocol: labels.IMAP, User: user, Password: "pw", Legacy: func(context.Context) (io.Closer, error) {
+			legacyCalls++
+			return io.NopCloser(nil), nil
+		}}
+	}
+	routed := make(chan labels.Route, 1)
 	go func() {
-		route, _ := r.Route(ctx, "w@example.org")
-		routed <- route
+		out, _ := r.Login(ctx, attempt("w@example.org"))
+		routed <- out.Route
 	}()
 	// While the account is in cut-over the login can only wait (the
 	// deadline is a minute away), so its answer must follow the switch.
 	if err := st.Transition(ctx, "w@example.org", store.StateCutover, store.StateCaptured); err != nil {
 		t.Fatal(err)
 	}
-	if got := <-routed; got != RouteLocal {
+	if got := <-routed; got != labels.Local {
 		t.Fatalf("route after the cut-over ended: %v, want local", got)
 	}
 	// An unknown account goes to the legacy server, in shadow mode too.
-	if got, _ := r.Route(ctx, "new@example.org"); got != RouteLegacy {
-		t.Fatalf("unknown account routed %v", got)
+	if out, err := r.Login(ctx, attempt("new@example.org")); err != nil || out.Route != labels.Legacy {
+		t.Fatalf("unknown account routed %v (%v)", out.Route, err)
 	}
 	shadow := &Router{Store: st, Mode: "shadow"}
-	if got, _ := shadow.Route(ctx, "w@example.org"); got != RouteLegacy {
-		t.Fatalf("shadow mode routed a captured account %v", got)
+	if out, err := shadow.Login(ctx, attempt("w@example.org")); err != nil || out.Route != labels.Legacy {
+		t.Fatalf("shadow mode routed a captured account %v (%v)", out.Route, err)
+	}
+	if legacyCalls != 2 {
+		t.Fatalf("the legacy server was asked %d times, want 2", legacyCalls)
 	}
 }
 
@@ -62,7 +74,7 @@ func TestFirstLoginStormHashesOnce(t *testing.T) {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			r.LegacyLoginOK(ctx, "storm@example.org", "pw")
+			r.legacyLoginOK(ctx, nil, "storm@example.org", "pw")
 		}()
 	}
 	wg.Wait()
@@ -74,7 +86,7 @@ func TestFirstLoginStormHashesOnce(t *testing.T) {
 	}
 	before := st.PasswordHashes()
 	for range 10 {
-		r.LegacyLoginOK(ctx, "storm@example.org", "new pw")
+		r.legacyLoginOK(ctx, nil, "storm@example.org", "new pw")
 	}
 	if n := st.PasswordHashes() - before; n != 2 {
 		t.Fatalf("10 logins with a changed password cost %d hashes, want 2 (one check, one new hash)", n)
@@ -97,7 +109,11 @@ func TestLoginDuringLongCutoverIsRefused(t *testing.T) {
 	st.CreateAccount(ctx, "slow@example.org", "pw", store.StateCapturing)
 	st.Transition(ctx, "slow@example.org", store.StateCapturing, store.StateCutover)
 	r := &Router{Store: st, CutoverWait: 200 * time.Millisecond}
-	if route, err := r.Route(ctx, "slow@example.org"); !errors.Is(err, ErrMoving) {
-		t.Fatalf("login during a long cut-over: route %v, err %v; want ErrMoving", route, err)
+	a := Attempt{Protocol: labels.IMAP, User: "slow@example.org", Password: "pw", Legacy: func(context.Context) (io.Closer, error) {
+		t.Fatal("the legacy server was asked during a cut-over")
+		return nil, nil
+	}}
+	if out, err := r.Login(ctx, a); !errors.Is(err, ErrMoving) {
+		t.Fatalf("login during a long cut-over: route %v, err %v; want ErrMoving", out.Route, err)
 	}
 }

@@ -12,6 +12,7 @@ import (
 	"sync"
 	"time"
 
+	"mailcapture/legacyclient"
 	"mailcapture/watchdog"
 )
 
@@ -22,7 +23,7 @@ type proxiedIMAP struct {
 	account string
 	client  net.Conn
 	clientR *bufio.Reader
-	legacy  *legacyConn
+	legacy  *legacyclient.IMAPSession
 	// idle closes the session when the client sends nothing for this
 	// long; 0 never.
 	idle time.Duration
@@ -39,7 +40,7 @@ type proxiedIMAP struct {
 	endedOnce sync.Once
 }
 
-func newProxiedIMAP(account string, client net.Conn, r *bufio.Reader, legacy *legacyConn, idle, writeTimeout time.Duration) *proxiedIMAP {
+func newProxiedIMAP(account string, client net.Conn, r *bufio.Reader, legacy *legacyclient.IMAPSession, idle, writeTimeout time.Duration) *proxiedIMAP {
 	return &proxiedIMAP{account: account, client: client, clientR: r, legacy: legacy, idle: idle, writeTimeout: writeTimeout,
 		inflight: map[string]string{}, boundary: make(chan struct{}, 1), ended: make(chan struct{})}
 }
@@ -158,7 +159,7 @@ func idleDone(inflight map[string]string, word string) bool {
 // legacyToClient forwards the server's answers, skipping literals, and
 // notes tagged completions.
 func (p *proxiedIMAP) legacyToClient() (end sessionEnd) {
-	r := p.legacy.r
+	r := p.legacy.R
 	w := &batchWriter{w: watchdog.Writer{Conn: p.client, Timeout: p.writeTimeout}}
 	defer func() {
 		if err := w.Flush(); err != nil && end.by == "legacy" {

@@ -17,6 +17,7 @@ import (
 	"github.com/emersion/go-imap/v2/imapclient"
 
 	"mailcapture/capture"
+	"mailcapture/legacyclient"
 	"mailcapture/legacytest"
 	"mailcapture/store"
 )
@@ -48,7 +49,7 @@ func captured(t *testing.T, opts legacytest.Options) *fixture {
 	}
 	t.Cleanup(func() { st.Close() })
 	st.CreateAccount(ctx, user, password, store.StateCapturing)
-	e := &capture.Engine{Store: st, IMAP: capture.Endpoint{Address: d.IMAPAddr, TLS: "none", Timeout: 10 * time.Second}}
+	e := &capture.Engine{Store: st, IMAP: legacyclient.Endpoint{Address: d.IMAPAddr, TLS: "none", Timeout: 10 * time.Second}}
 	if _, err := e.Converge(ctx, user, password, 5); err != nil {
 		t.Fatal(err)
 	}

@@ -417,6 +417,39 @@ func (d *Dovecot) AddUser(t testing.TB, name, password string) {
 	}
 }
 
+// BreakPassdb makes the user's passwd file unreadable for Dovecot's auth
+// service (a symbolic link to itself: opening it fails, and not because
+// it is missing): it answers logins with NO [UNAVAILABLE] until
+// RepairPassdb.
+func (d *Dovecot) BreakPassdb(t testing.TB, name string) {
+	t.Helper()
+	path := filepath.Join(d.Dir, "users", name)
+	if err := os.Remove(path); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Symlink(path, path); err != nil {
+		t.Fatal(err)
+	}
+	nextSecond() // Dovecot looks at the file at most once a second
+}
+
+// RepairPassdb undoes BreakPassdb.
+func (d *Dovecot) RepairPassdb(t testing.TB, name string) {
+	t.Helper()
+	path := filepath.Join(d.Dir, "users", name)
+	if err := os.Remove(path); err != nil {
+		t.Fatal(err)
+	}
+	d.mu.Lock()
+	password := d.users[name]
+	d.mu.Unlock()
+	line := fmt.Sprintf("%s:{PLAIN}%s::::::\n", name, password)
+	if err := os.WriteFile(path, []byte(line), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	nextSecond()
+}
+
 // ChangePassword replaces a user's password. Dovecot's passwd-file
 // driver looks at a file's modification time at most once per second of
 // wall clock, so the file's time is moved on explicitly and ChangePassword

@@ -4,6 +4,8 @@ import (
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
+
+	"mailcapture/labels"
 )
 
 // Capture counts what the capture engine does; it implements
@@ -13,8 +15,8 @@ type Capture struct {
 	bytesCopied    prometheus.Counter
 	duration       prometheus.Histogram
 	jobsActive     prometheus.Gauge
-	// legacyErrors: label kind is auth, timeout, connect, tls or protocol.
-	legacyErrors prometheus.CounterVec
+	// legacyErrors: label kind is a labels.LegacyKind.
+	legacyErrors *prometheus.CounterVec
 	mismatches   prometheus.Counter
 	failures     prometheus.Counter
 }
@@ -30,17 +32,17 @@ func newCapture(reg prometheus.Registerer) *Capture {
 			Buckets: prometheus.ExponentialBuckets(1, 4, 10)}),
 		jobsActive: prometheus.NewGauge(prometheus.GaugeOpts{Name: "mailcapture_capture_jobs_active",
 			Help: "Capture jobs running now."}),
-		legacyErrors: *prometheus.NewCounterVec(prometheus.CounterOpts{Name: "mailcapture_legacy_errors_total",
-			Help: "Failed exchanges with the legacy server, by kind (auth, timeout, connect, tls, protocol)."}, []string{"kind"}),
+		legacyErrors: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "mailcapture_legacy_errors_total",
+			Help: "Failed exchanges with the legacy server (capture, logins, relay), by kind (auth, timeout, connect, tls, unavailable, protocol)."}, []string{"kind"}),
 		mismatches: prometheus.NewCounter(prometheus.CounterOpts{Name: "mailcapture_capture_verification_mismatches_total",
 			Help: "Disagreements between the store and the legacy server found by verification passes."}),
 		failures: prometheus.NewCounter(prometheus.CounterOpts{Name: "mailcapture_capture_failures_total",
 			Help: "Capture passes that failed, whatever the cause (the legacy server, a full disk); each account's last error says why."}),
 	}
-	for _, kind := range []string{"auth", "timeout", "connect", "tls", "protocol"} {
-		c.legacyErrors.WithLabelValues(kind) // export every kind from the start
+	for _, kind := range labels.LegacyKinds {
+		c.legacyErrors.WithLabelValues(string(kind)) // export every kind from the start
 	}
-	reg.MustRegister(c.messagesCopied, c.bytesCopied, c.duration, c.jobsActive, &c.legacyErrors, c.mismatches, c.failures)
+	reg.MustRegister(c.messagesCopied, c.bytesCopied, c.duration, c.jobsActive, c.legacyErrors, c.mismatches, c.failures)
 	return c
 }
 
@@ -51,7 +53,9 @@ func (c *Capture) Copied(messages int, bytes int64) {
 }
 
 // LegacyError implements capture.Observer.
-func (c *Capture) LegacyError(kind string) { c.legacyErrors.WithLabelValues(kind).Inc() }
+func (c *Capture) LegacyError(kind labels.LegacyKind) {
+	c.legacyErrors.WithLabelValues(string(kind)).Inc()
+}
 
 // VerificationMismatches implements capture.Observer.
 func (c *Capture) VerificationMismatches(n int) { c.mismatches.Add(float64(n)) }

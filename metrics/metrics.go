@@ -67,7 +67,8 @@ func New(report Reporter, log *slog.Logger) *Metrics {
 		collectors.NewBuildInfoCollector(),
 		&storeCollector{report: report, log: log},
 	)
-	return &Metrics{Registry: reg, Capture: newCapture(reg), Traffic: newTraffic(reg)}
+	c := newCapture(reg)
+	return &Metrics{Registry: reg, Capture: c, Traffic: newTraffic(reg, c.legacyErrors)}
 }
 
 // storeCollector reads the progress report once per scrape.

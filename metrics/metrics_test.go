@@ -12,6 +12,7 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 
+	"mailcapture/labels"
 	"mailcapture/status"
 	"mailcapture/store"
 )
@@ -30,7 +31,7 @@ func fixedReport(ctx context.Context) (status.Report, error) {
 func TestEveryDeclaredMetricIsExported(t *testing.T) {
 	m := New(fixedReport, slog.New(slog.DiscardHandler))
 	m.Capture.Copied(12, 3400)
-	m.Capture.LegacyError("timeout")
+	m.Capture.LegacyError(labels.LegacyTimeout)
 	m.Capture.VerificationMismatches(2)
 	m.Capture.JobStarted()
 	m.Capture.JobFinished(true, 90*time.Second)

@@ -80,17 +80,31 @@ func Dial(ctx context.Context, addr string, opts DialOptions) (*Client, error) {
 		}
 		nc = tc
 	}
-	c := newClient(nc, timeout)
-	c.stopCtx = context.AfterFunc(ctx, func() { c.conn.Close() })
-	if _, err := c.status("greeting"); err != nil {
-		c.Close()
+	c, err := NewClient(nc, timeout)
+	if err != nil {
 		return nil, fmt.Errorf("pop3 %s: %w", addr, err)
 	}
+	c.stopCtx = context.AfterFunc(ctx, func() { c.conn.Close() })
 	if opts.TLS == "starttls" {
 		if err := c.StartTLS(tlsConfig(opts.TLSConfig, addr)); err != nil {
 			c.Close()
 			return nil, fmt.Errorf("pop3 %s: %w", addr, err)
 		}
+	}
+	return c, nil
+}
+
+// NewClient reads the greeting on a connection made by the caller; every
+// wait for the server is bounded by timeout. The connection is closed on
+// error.
+func NewClient(nc net.Conn, timeout time.Duration) (*Client, error) {
+	if timeout <= 0 {
+		timeout = time.Minute
+	}
+	c := newClient(nc, timeout)
+	if _, err := c.status("greeting"); err != nil {
+		nc.Close()
+		return nil, err
 	}
 	return c, nil
 }

@@ -12,6 +12,8 @@ import (
 	"sync/atomic"
 	"testing"
 	"time"
+
+	"mailcapture/labels"
 )
 
 // fuzzBackend is one maildrop ("u"/"p") of three awkward messages.
@@ -150,9 +152,9 @@ func FuzzClient(f *testing.F) {
 // on; both are reported to Limited.
 func TestSlowAndOversizedClients(t *testing.T) {
 	var mu sync.Mutex
-	limited := map[string]int{}
+	limited := map[labels.Limit]int{}
 	srv := &Server{Backend: fuzzBackend{}, Timeout: 300 * time.Millisecond,
-		Limited: func(l string) { mu.Lock(); limited[l]++; mu.Unlock() }}
+		Limited: func(l labels.Limit) { mu.Lock(); limited[l]++; mu.Unlock() }}
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
@@ -251,5 +253,63 @@ func TestClientThatStopsReadingIsDropped(t *testing.T) {
 	case <-ended:
 	case <-time.After(30 * time.Second):
 		t.Fatal("the session of a client that stopped reading was still open after 30s (write timeout 200ms)")
+	}
+}
+
+// TestNonPOP3PeersAreCut: a peer that does not speak POP3 (an HTTP
+// request, a cross-protocol attack) is cut at its first line, and
+// counted; a POP3 command of the later state only gets -ERR. AUTH LOGIN,
+// with and without an initial response, logs in.
+func TestNonPOP3PeersAreCut(t *testing.T) {
+	var mu sync.Mutex
+	limited := map[labels.Limit]int{}
+	srv := &Server{Backend: fuzzBackend{}, Limited: func(l labels.Limit) { mu.Lock(); limited[l]++; mu.Unlock() }}
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	go srv.Serve(ln)
+	defer srv.Shutdown(context.Background())
+	dialAndSay := func(lines ...string) []string {
+		c, err := net.Dial("tcp", ln.Addr().String())
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer c.Close()
+		c.SetDeadline(time.Now().Add(5 * time.Second))
+		r := bufio.NewReader(c)
+		r.ReadString('\n')
+		var out []string
+		for _, l := range lines {
+			io.WriteString(c, l+"\r\n")
+			got, err := r.ReadString('\n')
+			if err != nil {
+				out = append(out, "EOF")
+				return out
+			}
+			out = append(out, strings.TrimSpace(got))
+		}
+		if rest, err := io.ReadAll(r); err == nil && len(rest) == 0 {
+			out = append(out, "EOF")
+		}
+		return out
+	}
+	if got := dialAndSay("GET / HTTP/1.1"); len(got) != 2 || !strings.HasPrefix(got[0], "-ERR") || got[1] != "EOF" {
+		t.Fatalf("HTTP request: %q", got)
+	}
+	got := dialAndSay("STAT", "AUTH LOGIN", "dQ==", "cA==", "STAT", "QUIT")
+	if got[0] != "-ERR not logged in" || got[1] != "+ VXNlcm5hbWU6" || got[2] != "+ UGFzc3dvcmQ6" || !strings.HasPrefix(got[3], "+OK") || !strings.HasPrefix(got[4], "+OK 3") {
+		t.Fatalf("AUTH LOGIN: %q", got)
+	}
+	if got := dialAndSay("AUTH LOGIN dQ==", "cA=="); got[0] != "+ UGFzc3dvcmQ6" || !strings.HasPrefix(got[1], "+OK") {
+		t.Fatalf("AUTH LOGIN with an initial response: %q", got)
+	}
+	if got := dialAndSay("AUTH CRAM-MD5"); !strings.HasPrefix(got[0], "-ERR unsupported mechanism") {
+		t.Fatalf("AUTH CRAM-MD5: %q", got)
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	if limited[labels.UnknownCommand] != 1 {
+		t.Fatalf("unknown commands counted: %v", limited)
 	}
 }

@@ -14,9 +14,12 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"mailcapture/watchdog"
+
+	"mailcapture/labels"
 )
 
 // Errors a Backend returns from Login.
@@ -73,7 +76,7 @@ type Server struct {
 	// Limited, if set, is told when a limit ends or refuses something:
 	// "timeout" (a session idle, or a command trickling in, for Timeout)
 	// or "line_length".
-	Limited func(limit string)
+	Limited func(limit labels.Limit)
 	// Timeout closes a session idle for this long (RFC 1939: at least 10
 	// minutes). Default 10m.
 	Timeout time.Duration
@@ -84,6 +87,15 @@ type Server struct {
 	// SessionEnded, if set, is called after a session has ended and its
 	// maildrop lock is released (for metrics and tests).
 	SessionEnded func()
+	// Panicked, if set, is called when a session panicked (it is ended,
+	// the stack logged): for a metric.
+	Panicked func()
+
+	once sync.Once
+	// ctx is the sessions' context (their logins), ended by Shutdown.
+	ctx     context.Context
+	cancel  context.CancelFunc
+	connIDs atomic.Uint64
 
 	mu       sync.Mutex
 	listener []net.Listener
@@ -94,10 +106,14 @@ type Server struct {
 
 const maxCommandLine = 1024 // RFC 2449: 255 octets; generous for AUTH
 
-func (s *Server) limited(limit string) {
+func (s *Server) limited(limit labels.Limit) {
 	if s.Limited != nil {
 		s.Limited(limit)
 	}
+}
+
+func (s *Server) init() {
+	s.once.Do(func() { s.ctx, s.cancel = context.WithCancel(context.Background()) })
 }
 
 func (s *Server) log() *slog.Logger {
@@ -110,6 +126,7 @@ func (s *Server) log() *slog.Logger {
 // Serve accepts connections on ln until Shutdown. A listener for implicit
 // TLS is wrapped by the caller (tls.NewListener).
 func (s *Server) Serve(ln net.Listener) error {
+	s.init()
 	s.mu.Lock()
 	if s.closing {
 		s.mu.Unlock()
@@ -158,6 +175,8 @@ func (s *Server) Serve(ln net.Listener) error {
 // command boundary, and waits for sessions to finish or ctx to end (then
 // closes them; a session cut before QUIT deletes nothing).
 func (s *Server) Shutdown(ctx context.Context) error {
+	s.init()
+	s.cancel() // logins waiting for a slow backend give up
 	s.mu.Lock()
 	s.closing = true
 	for _, ln := range s.listener {
@@ -236,7 +255,7 @@ func (c closingWriter) Write(p []byte) (int, error) {
 func newSession(s *Server, c net.Conn) *session {
 	_, isTLS := c.(*tls.Conn)
 	return &session{srv: s, conn: c, r: bufio.NewReaderSize(c, 4096), w: bufio.NewWriter(s.writer(c)),
-		log: s.log().With("proto", "pop3", "remote", c.RemoteAddr().String()), tls: isTLS}
+		log: s.log().With("conn", fmt.Sprintf("pop3-%d", s.connIDs.Add(1)), "proto", "pop3", "remote", c.RemoteAddr().String()), tls: isTLS}
 }
 
 // stopAtBoundary ends the session now if it waits for a command, else
@@ -253,7 +272,10 @@ func (ss *session) stopAtBoundary() {
 func (ss *session) serve() {
 	defer func() {
 		if r := recover(); r != nil {
-			ss.log.Error("pop3 session panic", "panic", r, "stack", string(debug.Stack()))
+			ss.log.Error("pop3 session panicked", "panic", fmt.Sprint(r), "stack", string(debug.Stack()))
+			if ss.srv.Panicked != nil {
+				ss.srv.Panicked()
+			}
 		}
 		if ss.drop != nil {
 			ss.drop.Close()
@@ -290,11 +312,11 @@ func (ss *session) serve() {
 			case stopping:
 				ss.reply("-ERR [SYS/TEMP] server shutting down")
 			case errors.Is(err, errLineTooLong):
-				ss.srv.limited("line_length")
+				ss.srv.limited(labels.LineLength)
 				ss.reply("-ERR line too long")
 				continue
 			case errors.As(err, &ne) && ne.Timeout():
-				ss.srv.limited("timeout")
+				ss.srv.limited(labels.Timeout)
 				ss.reply("-ERR [SYS/TEMP] autologout: idle for %s", timeout)
 			}
 			return
@@ -359,8 +381,14 @@ func (ss *session) command(cmd, arg string) bool {
 			ss.pass(arg)
 		case "AUTH":
 			ss.auth(arg)
+		case "STAT", "LIST", "UIDL", "RETR", "TOP", "DELE", "RSET":
+			ss.reply("-ERR not logged in")
 		default:
-			ss.reply("-ERR unknown command or not logged in")
+			// Not POP3, or not a command before login (a cross-protocol
+			// request): the session ends at the first one.
+			ss.srv.limited(labels.UnknownCommand)
+			ss.reply("-ERR unknown command")
+			return true
 		}
 		return false
 	}
@@ -413,7 +441,7 @@ func (ss *session) capa() {
 			lines = append(lines, "STLS")
 		}
 		if ss.authAllowed() {
-			lines = append(lines, "USER", "SASL PLAIN")
+			lines = append(lines, "USER", "SASL PLAIN LOGIN")
 		}
 	}
 	lines = append(lines, "IMPLEMENTATION mailcapture", ".")
@@ -477,34 +505,68 @@ func (ss *session) pass(arg string) {
 	ss.login(user, arg)
 }
 
-// auth handles AUTH PLAIN, with the initial response on the line or after
-// a "+ " continuation.
+// auth handles AUTH PLAIN and AUTH LOGIN (RFC 5034), with the initial
+// response on the line or after a "+ " continuation. Challenge-response
+// mechanisms are not offered: they carry no password to check.
 func (ss *session) auth(arg string) {
 	mech, initial, hasInitial := strings.Cut(arg, " ")
-	if !strings.EqualFold(mech, "PLAIN") {
-		ss.reply("-ERR unsupported mechanism")
+	mech = strings.ToUpper(mech)
+	if mech == "" {
+		// What Outlook sends to learn the mechanisms.
+		ss.reply("+OK\r\nPLAIN\r\nLOGIN\r\n.")
+		return
+	}
+	if mech != "PLAIN" && mech != "LOGIN" {
+		ss.reply("-ERR unsupported mechanism: use PLAIN or LOGIN")
 		return
 	}
 	if !ss.authAllowed() {
 		ss.reply("-ERR [AUTH] use STLS first")
 		return
 	}
-	if !hasInitial {
-		ss.reply("+ ")
-		line, err := ss.readLine()
+	// next returns the next SASL response: the initial one, or one asked
+	// for with challenge.
+	next := func(challenge string) ([]byte, bool) {
+		resp := initial
+		if hasInitial {
+			hasInitial = false
+		} else {
+			ss.reply("+ %s", challenge)
+			line, err := ss.readLine()
+			if err != nil {
+				ss.reply("-ERR authentication aborted")
+				return nil, false
+			}
+			resp = line
+		}
+		if resp == "*" {
+			ss.reply("-ERR authentication cancelled")
+			return nil, false
+		}
+		if resp == "=" {
+			resp = ""
+		}
+		raw, err := base64.StdEncoding.DecodeString(strings.TrimSpace(resp))
 		if err != nil {
-			ss.reply("-ERR authentication aborted")
+			ss.reply("-ERR [AUTH] malformed response")
+			return nil, false
+		}
+		return raw, true
+	}
+	if mech == "LOGIN" {
+		user, ok := next(base64.StdEncoding.EncodeToString([]byte("Username:")))
+		if !ok {
 			return
 		}
-		initial = line
-	}
-	if initial == "*" {
-		ss.reply("-ERR authentication cancelled")
+		pass, ok := next(base64.StdEncoding.EncodeToString([]byte("Password:")))
+		if !ok {
+			return
+		}
+		ss.login(string(user), string(pass))
 		return
 	}
-	raw, err := base64.StdEncoding.DecodeString(strings.TrimSpace(initial))
-	if err != nil {
-		ss.reply("-ERR [AUTH] malformed response")
+	raw, ok := next("")
+	if !ok {
 		return
 	}
 	parts := strings.Split(string(raw), "\x00")
@@ -516,20 +578,19 @@ func (ss *session) auth(arg string) {
 }
 
 func (ss *session) login(user, password string) {
-	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	ss.srv.init()
+	ctx, cancel := context.WithTimeout(ss.srv.ctx, time.Minute)
 	defer cancel()
 	drop, err := ss.srv.Backend.Login(ctx, user, password, ss.conn.RemoteAddr())
 	switch {
 	case errors.Is(err, ErrAuthFailed):
-		ss.log.Info("pop3 login failed", "user", user)
 		ss.reply("-ERR [AUTH] authentication failed")
 		return
 	case errors.Is(err, ErrInUse):
 		ss.reply("-ERR [IN-USE] maildrop is locked by another session")
 		return
 	case errors.Is(err, ErrTemporary):
-		ss.log.Info("pop3 login: try again later", "user", user)
-		ss.reply("-ERR [SYS/TEMP] your mailbox is being moved, try again in a minute")
+		ss.reply("-ERR [SYS/TEMP] temporary failure, try again in a minute")
 		return
 	case err != nil:
 		ss.log.Error("pop3 login", "user", user, "err", err)

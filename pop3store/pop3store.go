@@ -5,17 +5,15 @@ package pop3store
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"io"
-	"net"
 	"sync"
 
 	"mailcapture/pop3"
 	"mailcapture/store"
 )
 
-// Backend implements pop3.Backend over the store for captured accounts.
+// Backend serves the maildrops of captured accounts from the store.
 type Backend struct {
 	Store *store.Store
 
@@ -23,23 +21,10 @@ type Backend struct {
 	locked map[int64]bool
 }
 
-// Login checks the password against the stored hash and locks the
-// account's maildrop.
-func (b *Backend) Login(ctx context.Context, user, password string, _ net.Addr) (pop3.Maildrop, error) {
-	acct, err := b.Store.Account(ctx, user)
-	if errors.Is(err, store.ErrNotFound) {
-		return nil, pop3.ErrAuthFailed
-	}
-	if err != nil {
-		return nil, err
-	}
-	ok, err := b.Store.VerifyPassword(ctx, acct.Name, password)
-	if err != nil {
-		return nil, err
-	}
-	if !ok || acct.State != store.StateCaptured {
-		return nil, pop3.ErrAuthFailed
-	}
+// Open locks a captured account's maildrop and lists it; a maildrop
+// another session holds is pop3.ErrInUse. The caller has checked the
+// account's password (the login policy).
+func (b *Backend) Open(ctx context.Context, acct store.Account) (pop3.Maildrop, error) {
 	b.mu.Lock()
 	if b.locked == nil {
 		b.locked = map[int64]bool{}

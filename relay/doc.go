@@ -3,11 +3,11 @@
 // the relay queue towards the legacy server, and local delivery.
 package relay
 
-// Observer counts SMTP messages by route ("local", "legacy", "held") and
-// result ("accepted", "rejected", "deferred" at the front end; "delivered",
-// "bounced" by the relay queue), and refusals by a limit;
-// metrics.Traffic implements it.
+import "mailcapture/labels"
+
+// Observer counts SMTP messages by route and result, and refusals by a
+// limit; metrics.Traffic implements it.
 type Observer interface {
-	SMTPMessage(route, result string)
-	Refused(limit string)
+	SMTPMessage(route labels.SMTPRoute, result labels.SMTPResult)
+	Refused(limit labels.Limit)
 }

@@ -6,15 +6,20 @@ import (
 	"testing"
 	"time"
 
+	"mailcapture/legacyclient"
 	"mailcapture/capture"
 	"mailcapture/legacytest"
+
+	"mailcapture/labels"
 )
 
 // countingObserver counts relay results.
 type countingObserver struct{ results map[string]int }
 
-func (o *countingObserver) SMTPMessage(route, result string) { o.results[route+"/"+result]++ }
-func (o *countingObserver) Refused(limit string)             { o.results["refused/"+limit]++ }
+func (o *countingObserver) SMTPMessage(route labels.SMTPRoute, result labels.SMTPResult) {
+	o.results[string(route)+"/"+string(result)]++
+}
+func (o *countingObserver) Refused(limit labels.Limit) { o.results["refused/"+string(limit)]++ }
 
 // TestInterruptedDeliveryArrivesOnce cuts the connection to the legacy
 // LMTP server at two points of a delivery to two recipients: in the
@@ -47,8 +52,8 @@ func TestInterruptedDeliveryArrivesOnce(t *testing.T) {
 			obs := &countingObserver{results: map[string]int{}}
 			f.queue.Legacy.Address, f.queue.Observer = proxy.Addr, obs
 			if tc.checker {
-				f.queue.Checker = capture.InboxSearch{Endpoint: capture.Endpoint{Address: f.d.IMAPAddr, TLS: "none", Timeout: 10 * time.Second},
-					Master: &capture.MasterLogin{Username: "admin", Password: "master pw"}}
+				f.queue.Checker = capture.InboxSearch{Endpoint: legacyclient.Endpoint{Address: f.d.IMAPAddr, TLS: "none", Timeout: 10 * time.Second},
+					Master: &legacyclient.MasterLogin{Username: "admin", Password: "master pw"}}
 			}
 			if out := f.smtplib(t, `send(["legacy@example.org", "sender@example.org"], "cut@example.net")`); out != "RCPT legacy@example.org 250\nRCPT sender@example.org 250\nDATA 250\n" {
 				t.Fatalf("smtplib said:\n%s", out)

@@ -13,6 +13,7 @@ import (
 
 	"github.com/emersion/go-smtp"
 
+	"mailcapture/labels"
 	"mailcapture/store"
 )
 
@@ -250,7 +251,7 @@ func (q *Queue) deliver(ctx context.Context, e store.SpoolEntry) {
 				log.Error("relay: dequeue", "err", err)
 				return
 			}
-			q.observe(e, "delivered", len(e.To))
+			q.observe(e, labels.SMTPDelivered, len(e.To))
 			log.Info("relay: delivered to the legacy server (found there after an interrupted attempt)", "rcpts", len(e.To))
 			return
 		}
@@ -280,7 +281,7 @@ func (q *Queue) deliver(ctx context.Context, e store.SpoolEntry) {
 			q.Store.Defer(ctx, e.ID, e.To, time.Now().Add(time.Minute), "spooling the DSN failed: "+err.Error())
 			return
 		}
-		q.observe(e, "bounced", len(failures))
+		q.observe(e, labels.SMTPBounced, len(failures))
 		log.Warn("relay: returned to the sender", "from", e.From, "failed", len(failures), "expired", expired)
 	}
 	switch {
@@ -289,19 +290,19 @@ func (q *Queue) deliver(ctx context.Context, e store.SpoolEntry) {
 			log.Error("relay: dequeue", "err", err)
 		}
 		if delivered := len(e.To) - len(failures); delivered > 0 {
-			q.observe(e, "delivered", delivered)
+			q.observe(e, labels.SMTPDelivered, delivered)
 			log.Info("relay: delivered to the legacy server", "rcpts", delivered)
 		}
 	default:
 		if delivered := len(e.To) - len(d.Retry) - len(d.Refused); delivered > 0 {
-			q.observe(e, "delivered", delivered)
+			q.observe(e, labels.SMTPDelivered, delivered)
 		}
 		wait := min(orDuration(q.RetryMin, time.Minute)<<min(e.Attempts, 20), orDuration(q.RetryMax, 64*time.Minute))
 		if err := q.Store.Defer(ctx, e.ID, d.Retry, time.Now().Add(wait), d.Err.Error()); err != nil {
 			log.Error("relay: defer", "err", err)
 			return
 		}
-		q.observe(e, "retried", len(d.Retry))
+		q.observe(e, labels.SMTPRetried, len(d.Retry))
 		log.Warn("relay: deferred", "retry_in", wait, "err", d.Err, "in_doubt", d.Uncertain || inDoubt)
 		if !d.Uncertain && !inDoubt {
 			if err := q.Store.ClearInFlight(e.ID); err != nil {
@@ -337,7 +338,7 @@ func (q *Queue) reroute(ctx context.Context, e store.SpoolEntry, log *slog.Logge
 		if err := q.Store.HoldSpooled(ctx, e.ID, id, rcpts); err != nil {
 			return nil, err
 		}
-		q.observe(e, "rerouted", len(rcpts))
+		q.observe(e, labels.SMTPRerouted, len(rcpts))
 		log.Info("relay: held for the recipient's cut-over instead of the legacy server", "account", names[id], "rcpts", len(rcpts))
 		// Read again after holding: a cut-over that ended before this
 		// point has released what it held already.
@@ -371,7 +372,7 @@ func (q *Queue) undelivered(ctx context.Context, e store.SpoolEntry, f io.Reader
 	field, value := traceOf(f, e.MessageID)
 	if q.Checker == nil || value == "" {
 		log.Warn("relay: an earlier attempt may have delivered this message; sending it again unchecked", "checker", q.Checker != nil)
-		q.observe(e, "resent_unchecked", len(e.To))
+		q.observe(e, labels.SMTPResentUnchecked, len(e.To))
 		return e.To, true
 	}
 	for _, rcpt := range e.To {
@@ -379,7 +380,7 @@ func (q *Queue) undelivered(ctx context.Context, e store.SpoolEntry, f io.Reader
 		switch {
 		case err != nil:
 			log.Warn("relay: an earlier attempt may have delivered this message; checking the legacy mailbox failed, sending it again", "rcpt", rcpt, "err", err)
-			q.observe(e, "resent_unchecked", 1)
+			q.observe(e, labels.SMTPResentUnchecked, 1)
 			to, inDoubt = append(to, rcpt), true
 		case held:
 			log.Info("relay: the legacy mailbox already holds the message; not sent again", "rcpt", rcpt)
@@ -418,12 +419,12 @@ func statusOf(se *smtp.SMTPError) string {
 }
 
 // observe counts recipients of a relayed message by result.
-func (q *Queue) observe(e store.SpoolEntry, result string, n int) {
+func (q *Queue) observe(e store.SpoolEntry, result labels.SMTPResult, n int) {
 	if q.Observer == nil {
 		return
 	}
 	for range n {
-		q.Observer.SMTPMessage("legacy", result)
+		q.Observer.SMTPMessage(labels.SMTPLegacy, result)
 	}
 }
 

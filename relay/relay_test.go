@@ -2,15 +2,20 @@ package relay
 
 import (
 	"context"
+	"errors"
 	"fmt"
+	"io"
 	"net"
 	"os/exec"
 	"strings"
+	"sync"
+	"syscall"
 	"testing"
 	"time"
 
 	"github.com/emersion/go-smtp"
 
+	"mailcapture/labels"
 	"mailcapture/legacytest"
 	"mailcapture/store"
 )
@@ -294,4 +299,67 @@ func TestQuiesceWaitsForDeliveries(t *testing.T) {
 	if err := <-done; err != nil {
 		t.Fatalf("Quiesce after the delivery ended: %v", err)
 	}
+}
+
+// TestNonSMTPPeersAreCut: an HTTP request sent to the SMTP port is cut at
+// once (as Postfix's smtpd_forbidden_commands does), a client that keeps
+// sending unknown commands after a few; both are counted.
+func TestNonSMTPPeersAreCut(t *testing.T) {
+	obs := &countingObserver{results: map[string]int{}}
+	var mu sync.Mutex
+	backend := &Backend{Domains: []string{"example.org"}, Hostname: "mx.example.org", Observer: lockedObserver{&mu, obs}}
+	srv := smtp.NewServer(backend)
+	srv.Domain = "mx.example.org"
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	go srv.Serve(backend.CountRefusals(ln))
+	defer srv.Close()
+	session := func(lines ...string) string {
+		c, err := net.Dial("tcp", ln.Addr().String())
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer c.Close()
+		c.SetDeadline(time.Now().Add(5 * time.Second))
+		for _, l := range lines {
+			io.WriteString(c, l+"\r\n")
+		}
+		// The server closes with our lines unread: a reset is a close too.
+		all, err := io.ReadAll(c)
+		if err != nil && !errors.Is(err, syscall.ECONNRESET) {
+			t.Fatalf("the session was not closed: %v (%q)", err, all)
+		}
+		return string(all)
+	}
+	if out := session("GET / HTTP/1.1", "Host: mx.example.org", ""); !strings.Contains(out, "221 2.7.0") {
+		t.Fatalf("HTTP request: %q", out)
+	}
+	if out := session("FOO", "BAR", "BAZ", "QUX", "NOOP"); !strings.Contains(out, "Too many errors") {
+		t.Fatalf("unknown commands: %q", out)
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	if n := obs.results["refused/unknown_command"]; n != 2 {
+		t.Fatalf("unknown commands counted %d times, want 2 (%v)", n, obs.results)
+	}
+}
+
+// lockedObserver serialises an observer used from many sessions.
+type lockedObserver struct {
+	mu  *sync.Mutex
+	obs *countingObserver
+}
+
+func (o lockedObserver) SMTPMessage(route labels.SMTPRoute, result labels.SMTPResult) {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	o.obs.SMTPMessage(route, result)
+}
+
+func (o lockedObserver) Refused(limit labels.Limit) {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	o.obs.Refused(limit)
 }

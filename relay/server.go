@@ -17,6 +17,7 @@ import (
 
 	"github.com/emersion/go-smtp"
 
+	"mailcapture/labels"
 	"mailcapture/store"
 )
 
@@ -204,7 +205,7 @@ func (s *session) Rcpt(to string, _ *smtp.RcptOptions) error {
 	defer cancel()
 	domain, ok := recipientDomain(to)
 	if !ok || !s.b.hosted(domain) {
-		s.b.observe("none", "rejected")
+		s.b.observe(labels.SMTPNone, labels.SMTPRejected)
 		return errNotHosted
 	}
 	r := recipient{addr: to}
@@ -225,7 +226,7 @@ func (s *session) Rcpt(to string, _ *smtp.RcptOptions) error {
 	if rt == routeLegacy {
 		if err := s.b.checkLegacy(ctx, to); err != nil {
 			if se, ok := err.(*smtp.SMTPError); ok && se.Code >= 500 {
-				s.b.observe("legacy", "rejected")
+				s.b.observe(labels.SMTPLegacy, labels.SMTPRejected)
 			}
 			return err
 		}
@@ -302,15 +303,15 @@ func (s *session) Data(r io.Reader) error {
 	if len(s.rcpts) == 0 {
 		return &smtp.SMTPError{Code: 554, EnhancedCode: smtp.EnhancedCode{5, 5, 1}, Message: "no valid recipients"}
 	}
-	routeName := map[route]string{routeLocal: "local", routeHold: "held", routeLegacy: "legacy"}[s.route]
+	routeName := map[route]labels.SMTPRoute{routeLocal: labels.SMTPLocal, routeHold: labels.SMTPHeld, routeLegacy: labels.SMTPLegacy}[s.route]
 	// The whole transfer has DataTimeout (the command's read deadline,
 	// set by go-smtp at the DATA line, would bound it otherwise).
 	s.conn.Conn().SetReadDeadline(time.Now().Add(orDuration(s.b.DataTimeout, 10*time.Minute)))
 	br := bufio.NewReaderSize(r, 32<<10)
 	header, hops, err := readHeader(br)
 	if err == nil && hops >= orInt(s.b.MaxHops, 50) {
-		s.b.observe(routeName, "rejected")
-		s.b.refused("smtp_hops")
+		s.b.observe(routeName, labels.SMTPRejected)
+		s.b.refused(labels.SMTPHops)
 		s.b.log().Warn("smtp: mail loop refused", "from", s.from, "hops", hops)
 		return &smtp.SMTPError{Code: 554, EnhancedCode: smtp.EnhancedCode{5, 4, 6}, Message: fmt.Sprintf("too many hops (%d Received headers): mail loop", hops)}
 	}
@@ -336,28 +337,28 @@ func (s *session) Data(r io.Reader) error {
 		}
 	}
 	if errors.Is(err, smtp.ErrDataTooLarge) {
-		s.b.observe(routeName, "rejected")
-		s.b.refused("smtp_size")
+		s.b.observe(routeName, labels.SMTPRejected)
+		s.b.refused(labels.SMTPSize)
 		return smtp.ErrDataTooLarge
 	}
 	if errors.Is(err, os.ErrDeadlineExceeded) {
-		s.b.observe(routeName, "deferred")
+		s.b.observe(routeName, labels.SMTPDeferred)
 		s.b.log().Warn("smtp: DATA took too long; connection closed", "remote", s.remote)
 		// The rest of the DATA is never read: answer and close here, so
 		// that it is not taken for commands.
 		nc := s.conn.Conn()
 		nc.SetWriteDeadline(time.Now().Add(5 * time.Second))
-		s.b.refused("smtp_data_timeout")
+		s.b.refused(labels.SMTPDataTimeout)
 		io.WriteString(nc, "421 4.4.2 data timeout, closing the connection: try again later\r\n")
 		nc.Close()
 		return &smtp.SMTPError{Code: 421, EnhancedCode: smtp.EnhancedCode{4, 4, 2}, Message: "data timeout, try again later"}
 	}
 	if err != nil {
-		s.b.observe(routeName, "deferred")
+		s.b.observe(routeName, labels.SMTPDeferred)
 		s.b.log().Error("smtp: store message", "err", err)
 		return errTemporary
 	}
-	s.b.observe(routeName, "accepted")
+	s.b.observe(routeName, labels.SMTPAccepted)
 	var rcpts []string
 	for _, rc := range s.rcpts {
 		rcpts = append(rcpts, rc.addr)
@@ -366,13 +367,13 @@ func (s *session) Data(r io.Reader) error {
 	return nil
 }
 
-func (b *Backend) observe(route, result string) {
+func (b *Backend) observe(route labels.SMTPRoute, result labels.SMTPResult) {
 	if b.Observer != nil {
 		b.Observer.SMTPMessage(route, result)
 	}
 }
 
-func (b *Backend) refused(limit string) {
+func (b *Backend) refused(limit labels.Limit) {
 	if b.Observer != nil {
 		b.Observer.Refused(limit)
 	}
@@ -515,23 +516,47 @@ func (ln *refusalListener) Accept() (net.Conn, error) {
 	return &refusalConn{Conn: c, b: ln.b}, nil
 }
 
-// refusalConn recognises go-smtp's own refusals in what it writes.
+// refusalConn recognises go-smtp's own refusals in what it writes, and
+// ends a session whose first command is an HTTP one (a cross-protocol
+// request, Postfix's smtpd_forbidden_commands); go-smtp itself closes a
+// session after a few unknown commands, which is counted here.
 type refusalConn struct {
 	net.Conn
-	b *Backend
+	b       *Backend
+	started bool
 }
 
 var (
 	idleTimeoutReply = []byte("421 4.4.2 Idle timeout")
 	longLineReply    = []byte("500 5.4.0 Too long line")
+	tooManyErrors    = []byte("Too many errors")
+	forbiddenFirst   = [][]byte{[]byte("GET "), []byte("POST "), []byte("HEAD "), []byte("PUT "), []byte("CONNECT "), []byte("OPTIONS ")}
 )
 
 func (c *refusalConn) Write(p []byte) (int, error) {
 	switch {
 	case bytes.Contains(p, idleTimeoutReply):
-		c.b.refused("smtp_command_timeout")
+		c.b.refused(labels.SMTPCommandTimeout)
 	case bytes.Contains(p, longLineReply):
-		c.b.refused("smtp_line_length")
+		c.b.refused(labels.SMTPLineLength)
+	case bytes.Contains(p, tooManyErrors):
+		c.b.refused(labels.UnknownCommand)
 	}
 	return c.Conn.Write(p)
+}
+
+func (c *refusalConn) Read(p []byte) (int, error) {
+	n, err := c.Conn.Read(p)
+	if !c.started && n > 0 {
+		c.started = true
+		for _, verb := range forbiddenFirst {
+			if bytes.HasPrefix(bytes.ToUpper(p[:n]), verb) {
+				c.b.refused(labels.UnknownCommand)
+				c.Conn.Write([]byte("221 2.7.0 Error: not an SMTP client, goodbye\r\n"))
+				c.Conn.Close()
+				return 0, io.EOF
+			}
+		}
+	}
+	return n, err
 }

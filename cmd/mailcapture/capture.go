@@ -10,6 +10,7 @@ import (
 	"strings"
 	"time"
 
+	"mailcapture/legacyclient"
 	"mailcapture/capture"
 	"mailcapture/metrics"
 	"mailcapture/store"
@@ -30,7 +31,7 @@ func runCapture(ctx context.Context, env *environment, args []string) error {
 		return err
 	}
 	var accounts []capture.BulkAccount
-	var master *capture.MasterLogin
+	var master *legacyclient.MasterLogin
 	switch {
 	case (*csvPath == "") == (*listPath == ""):
 		return fmt.Errorf("%w: give exactly one of --csv and --accounts", errUsage)
@@ -53,7 +54,7 @@ func runCapture(ctx context.Context, env *environment, args []string) error {
 			return fmt.Errorf("--master-password-file: %w", err)
 		}
 		pw, _, _ := strings.Cut(string(raw), "\n")
-		master = &capture.MasterLogin{Username: *masterUser, Password: strings.TrimRight(pw, "\r"), Style: *masterStyle, Separator: *masterSeparator}
+		master = &legacyclient.MasterLogin{Username: *masterUser, Password: strings.TrimRight(pw, "\r"), Style: *masterStyle, Separator: *masterSeparator}
 		if accounts, err = readAccounts(*listPath, capture.ReadAccountList); err != nil {
 			return err
 		}

@@ -181,7 +181,7 @@ func TestLegacyFaultsCostNothing(t *testing.T) {
 		// metric is the /metrics sample that counts it.
 		metric string
 	}
-	legacyDown := regexp.MustCompile(`level=(WARN|ERROR).*(capture|legacy login|relay)`)
+	legacyDown := regexp.MustCompile(`level=(WARN|ERROR).*(capture|legacy server could not check a login|relay)`)
 	for _, tc := range []fault{
 		{name: "connection dropped in the middle of a FETCH",
 			apply: func(t *testing.T, f *faultFixture) { f.imapProxy.CutAfter(6000) },
@@ -194,7 +194,7 @@ func TestLegacyFaultsCostNothing(t *testing.T) {
 		{name: "connection dropped in the middle of a LOGIN",
 			apply: func(t *testing.T, f *faultFixture) { f.imapProxy.LoseReplyAfter([]byte(" LOGIN ")) },
 			end:   func(t *testing.T, f *faultFixture) { f.imapProxy.LoseReplyAfter(nil) },
-			shows: regexp.MustCompile(`level=ERROR msg="legacy login"`), metric: `mailcapture_logins_total{protocol="imap",result="error",route="legacy"}`},
+			shows: regexp.MustCompile(`level=WARN msg="the legacy server could not check a login`), metric: `mailcapture_logins_total{protocol="imap",result="unavailable",route="legacy"}`},
 		{name: "connection dropped after the data of a relayed message",
 			apply: func(t *testing.T, f *faultFixture) { f.lmtpProxy.LoseReplyAfter([]byte("\r\n.\r\n")) },
 			end:   func(t *testing.T, f *faultFixture) { f.lmtpProxy.LoseReplyAfter(nil) },
@@ -202,7 +202,7 @@ func TestLegacyFaultsCostNothing(t *testing.T) {
 		{name: "server hangs",
 			apply: func(t *testing.T, f *faultFixture) { f.imapProxy.SetHanging(true); f.lmtpProxy.SetHanging(true) },
 			end:   func(t *testing.T, f *faultFixture) { f.imapProxy.SetHanging(false); f.lmtpProxy.SetHanging(false) },
-			shows: legacyDown, metric: `mailcapture_logins_total{protocol="imap",result="error",route="legacy"}`},
+			shows: legacyDown, metric: `mailcapture_logins_total{protocol="imap",result="unavailable",route="legacy"}`},
 		{name: "server answers slowly",
 			apply: func(t *testing.T, f *faultFixture) {
 				f.imapProxy.SetDelay(20 * time.Millisecond)
@@ -218,7 +218,7 @@ func TestLegacyFaultsCostNothing(t *testing.T) {
 				f.imapProxy.SetRefusing(t, false)
 				f.lmtpProxy.SetRefusing(t, false)
 			},
-			shows: legacyDown, metric: `mailcapture_logins_total{protocol="imap",result="error",route="legacy"}`},
+			shows: legacyDown, metric: `mailcapture_logins_total{protocol="imap",result="unavailable",route="legacy"}`},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			f := startFaultFixture(t, "")

@@ -14,11 +14,13 @@ import (
 
 	"github.com/emersion/go-smtp"
 
+	"mailcapture/legacyclient"
 	"mailcapture/capture"
 	"mailcapture/config"
 	"mailcapture/connlimit"
 	"mailcapture/front"
 	"mailcapture/imapstore"
+	"mailcapture/labels"
 	"mailcapture/metrics"
 	"mailcapture/pop3"
 	"mailcapture/pop3store"
@@ -241,7 +243,7 @@ func (s *server) start(schedCtx context.Context, schedDone chan struct{}) error 
 		if err != nil {
 			return fmt.Errorf("legacy.master.password_file: %w", err)
 		}
-		inboxSearch.Master = &capture.MasterLogin{Username: m.User, Password: password, Style: m.Style, Separator: m.Separator}
+		inboxSearch.Master = &legacyclient.MasterLogin{Username: m.User, Password: password, Style: m.Style, Separator: m.Separator}
 	}
 	if cfg.Vault.KeyFile != "" && cfg.Mode != "shadow" {
 		v, err := vault.Load(cfg.Vault.KeyFile)
@@ -284,12 +286,12 @@ func (s *server) start(schedCtx context.Context, schedDone chan struct{}) error 
 	}
 	trusted := trustedNetworks(cfg.TrustedNetworks)
 	local := imapstore.NewServer(s.st, imapstore.Options{Log: log, IdleTimeout: lim.IMAPIdleTimeout,
-		Panicked: func() { m.Traffic.Panicked("imap") }})
+		Panicked: func() { m.Traffic.Panicked(labels.IMAP) }})
 	s.imap = &front.IMAPFront{Router: router, Local: local, Legacy: engine.IMAP,
 		TLSConfig: s.tls, Trusted: trusted, IdleTimeout: lim.IMAPIdleTimeout, Log: log}
-	pop3Backend := &front.POP3Backend{Router: router, Local: &pop3store.Backend{Store: s.st}, Legacy: engine.POP3}
+	pop3Backend := &front.POP3Backend{Router: router, Local: &pop3store.Backend{Store: s.st}, Legacy: engine.POP3, Log: log}
 	s.pop3 = &pop3.Server{Backend: pop3Backend, TLSConfig: s.tls, Hostname: cfg.Hostname, InsecureAuthAllowed: trusted,
-		Timeout: lim.POP3IdleTimeout, Limited: m.Traffic.Refused, Log: log}
+		Timeout: lim.POP3IdleTimeout, Limited: m.Traffic.Refused, Log: log, Panicked: func() { m.Traffic.Panicked(labels.POP3) }}
 	// The relay queue (with listen.smtp): mail spooled for the legacy
 	// server. A cut-over waits for what it is handing over.
 	var queue *relay.Queue

@@ -91,7 +91,7 @@ func TestServeProxiesAndCaptures(t *testing.T) {
 	if err := c2.Login(user, pass).Wait(); err != nil {
 		t.Fatal(err)
 	}
-	waitFor(regexp.MustCompile(`msg=login protocol=imap route=local result=ok account=serve@example.org client=127.0.0.1:`))
+	waitFor(regexp.MustCompile(`msg=login .*protocol=imap route=local result=ok account=serve@example.org client=127.0.0.1:`))
 	if sel, err := c2.Select("Sent", nil).Wait(); err != nil || sel.NumMessages != 5 {
 		t.Fatalf("SELECT Sent served locally: %+v %v", sel, err)
 	}

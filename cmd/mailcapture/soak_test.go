@@ -225,6 +225,7 @@ func TestSoak(t *testing.T) {
 	}
 	time.Sleep(sc.duration)
 	end := scrapeProcess(t, httpAddr)
+	checkDeclaredLabels(t, scrape(t, "http://"+httpAddr+"/metrics"))
 	stop()
 	wg.Wait()
 

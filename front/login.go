@@ -1,0 +1,204 @@
+package front
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"time"
+
+	"mailcapture/labels"
+	"mailcapture/legacyclient"
+	"mailcapture/store"
+)
+
+// The ways a login fails; each front end says them in its protocol's
+// words.
+var (
+	// ErrAuthFailed: wrong user name or password (the same answer for
+	// both: no way to tell which accounts exist). It counts toward the
+	// failed-login limits.
+	ErrAuthFailed = errors.New("authentication failed")
+	// ErrLimited: too many failed logins from the client's address or for
+	// the account; refused before anything was checked.
+	ErrLimited = errors.New("too many failed logins, try again later")
+	// ErrMoving: the account's cut-over outlasted the wait; try again soon
+	// (no client may reach the legacy mailbox during the final sync).
+	ErrMoving = errors.New("the mailbox is being moved")
+	// ErrUnavailable: the login could not be checked now (the legacy
+	// server is down or answered for now, the store failed). It does not
+	// count as a failed login.
+	ErrUnavailable = errors.New("temporarily unavailable")
+)
+
+// Attempt is one login for the login policy to decide.
+type Attempt struct {
+	Protocol labels.Protocol
+	User     string
+	Password string
+	Remote   net.Addr
+	// Legacy logs in at the legacy server with the attempt's credentials
+	// and returns the session the front end will proxy (nil when the
+	// protocol only needs the check). Errors are legacyclient's.
+	Legacy func(ctx context.Context) (io.Closer, error)
+	// Log is the connection's logger; default the router's.
+	Log *slog.Logger
+}
+
+// Outcome is where a successful login goes.
+type Outcome struct {
+	Route labels.Route
+	// Account is the account served locally (Local route).
+	Account store.Account
+	// Session is what Attempt.Legacy opened (Legacy route): the front end
+	// proxies it and closes it.
+	Session io.Closer
+}
+
+// Login decides a login, the same way for every protocol: the failed-login
+// limits first; then by the account's state, read once: captured accounts
+// are checked against their stored hash (a password changed at the legacy
+// server before the cut-over is tried there once and taken over), the
+// others at the legacy server, whose acceptance records the account and
+// starts its capture. A login during a cut-over waits for it (at most
+// CutoverWait). Every outcome is counted and logged once.
+func (r *Router) Login(ctx context.Context, a Attempt) (Outcome, error) {
+	log := a.Log
+	if log == nil {
+		log = r.log()
+	}
+	if !r.allow(a.Remote, a.User) {
+		r.done(log, a, labels.Legacy, labels.LoginLimited)
+		return Outcome{}, ErrLimited
+	}
+	acct, found, err := r.accountFor(ctx, a.User)
+	switch {
+	case errors.Is(err, ErrMoving):
+		r.done(log, a, labels.Local, labels.LoginMoving)
+		return Outcome{}, ErrMoving
+	case err != nil:
+		log.Error("login: read the account", "account", a.User, "err", err)
+		r.done(log, a, labels.Local, labels.LoginError)
+		return Outcome{}, fmt.Errorf("%w: %v", ErrUnavailable, err)
+	}
+	if r.Mode != "shadow" && found && acct.State == store.StateCaptured {
+		return r.localLogin(ctx, log, a, acct)
+	}
+	return r.legacyLogin(ctx, log, a, acct, found)
+}
+
+// accountFor reads the account of a login, waiting while it is in
+// cut-over; found is false for an account mailcapture does not know.
+func (r *Router) accountFor(ctx context.Context, user string) (acct store.Account, found bool, err error) {
+	deadline := time.Now().Add(orDuration(r.CutoverWait, 10*time.Second))
+	for {
+		acct, err = r.Store.Account(ctx, user)
+		switch {
+		case errors.Is(err, store.ErrNotFound):
+			return acct, false, nil
+		case err != nil:
+			return acct, false, err
+		case acct.State != store.StateCutover || r.Mode == "shadow":
+			return acct, true, nil
+		}
+		if time.Now().After(deadline) {
+			return acct, true, fmt.Errorf("login %s: %w", user, ErrMoving)
+		}
+		select {
+		case <-ctx.Done():
+			return acct, true, ctx.Err()
+		case <-time.After(100 * time.Millisecond):
+		}
+	}
+}
+
+func (r *Router) localLogin(ctx context.Context, log *slog.Logger, a Attempt, acct store.Account) (Outcome, error) {
+	ok := r.matchesKnown(acct.Name, a.Password)
+	if !ok {
+		var err error
+		ok, err = r.Store.VerifyPassword(ctx, acct.Name, a.Password)
+		if err != nil {
+			log.Error("login: check the password", "account", a.User, "err", err)
+			r.done(log, a, labels.Local, labels.LoginError)
+			return Outcome{}, fmt.Errorf("%w: %v", ErrUnavailable, err)
+		}
+		if !ok {
+			ok = r.passwordChanged(ctx, acct.Name, a.Password)
+		}
+	}
+	if !ok {
+		r.failed(a.Remote, acct.Name)
+		r.done(log, a, labels.Local, labels.LoginFailed)
+		return Outcome{}, ErrAuthFailed
+	}
+	r.rememberPassword(acct.Name, a.Password)
+	r.done(log, a, labels.Local, labels.LoginOK)
+	r.recordLogin(a.Protocol, acct.Name)
+	r.LocalLoginOK(acct.Name, a.Password)
+	return Outcome{Route: labels.Local, Account: acct}, nil
+}
+
+func (r *Router) legacyLogin(ctx context.Context, log *slog.Logger, a Attempt, acct store.Account, found bool) (Outcome, error) {
+	if r.retired.Load() {
+		// The legacy server is gone: an account never captured cannot log
+		// in anywhere.
+		r.failed(a.Remote, a.User)
+		r.done(log, a, labels.Legacy, labels.LoginFailed)
+		return Outcome{}, ErrAuthFailed
+	}
+	if a.Legacy == nil {
+		r.done(log, a, labels.Legacy, labels.LoginUnavailable)
+		return Outcome{}, fmt.Errorf("%w: no legacy server for %s", ErrUnavailable, a.Protocol)
+	}
+	sess, err := a.Legacy(ctx)
+	switch {
+	case errors.Is(err, legacyclient.ErrBadCredentials):
+		r.failed(a.Remote, a.User)
+		r.done(log, a, labels.Legacy, labels.LoginFailed)
+		return Outcome{}, ErrAuthFailed
+	case err != nil:
+		if kind := legacyclient.Kind(err); kind != "" {
+			r.observer().LegacyError(kind)
+		}
+		log.Warn("the legacy server could not check a login; the user was told to try again", "protocol", a.Protocol, "account", a.User, "err", err)
+		r.done(log, a, labels.Legacy, labels.LoginUnavailable)
+		return Outcome{}, fmt.Errorf("%w: %w", ErrUnavailable, err)
+	}
+	r.done(log, a, labels.Legacy, labels.LoginOK)
+	r.recordLogin(a.Protocol, a.User)
+	if found {
+		r.legacyLoginOK(ctx, &acct, a.User, a.Password)
+	} else {
+		r.legacyLoginOK(ctx, nil, a.User, a.Password)
+	}
+	return Outcome{Route: labels.Legacy, Session: sess}, nil
+}
+
+// done counts and logs a login's outcome: one line per login, never a
+// password. A wrong password is the user's business (INFO); refusals by
+// the limits and a legacy server that could not answer are the admin's
+// (WARN, on the status page); a failure of the store is an ERROR.
+func (r *Router) done(log *slog.Logger, a Attempt, route labels.Route, result labels.LoginResult) {
+	r.observer().Login(a.Protocol, route, result)
+	level := slog.LevelInfo
+	switch result {
+	case labels.LoginLimited:
+		level = slog.LevelWarn
+	case labels.LoginError:
+		level = slog.LevelError
+	}
+	client := ""
+	if a.Remote != nil {
+		client = a.Remote.String()
+	}
+	msg := map[labels.LoginResult]string{
+		labels.LoginOK: "login", labels.LoginFailed: "login",
+		labels.LoginLimited:     "login refused: too many failed logins from this client or for this account",
+		labels.LoginMoving:      "login refused for now: the mailbox is being moved",
+		labels.LoginUnavailable: "login refused for now: the legacy server could not check it",
+		labels.LoginError:       "login failed: mailcapture could not check it",
+	}[result]
+	log.Log(context.Background(), level, msg, "protocol", a.Protocol, "route", route, "result", result, "account", a.User, "client", client)
+}
