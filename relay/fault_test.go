@@ -6,8 +6,8 @@ import (
 	"testing"
 	"time"
 
-	"mailcapture/legacyclient"
 	"mailcapture/capture"
+	"mailcapture/legacyclient"
 	"mailcapture/legacytest"
 
 	"mailcapture/labels"

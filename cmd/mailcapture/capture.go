@@ -10,8 +10,8 @@ import (
 	"strings"
 	"time"
 
-	"mailcapture/legacyclient"
 	"mailcapture/capture"
+	"mailcapture/legacyclient"
 	"mailcapture/metrics"
 	"mailcapture/store"
 )

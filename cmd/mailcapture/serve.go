@@ -14,13 +14,13 @@ import (
 
 	"github.com/emersion/go-smtp"
 
-	"mailcapture/legacyclient"
 	"mailcapture/capture"
 	"mailcapture/config"
 	"mailcapture/connlimit"
 	"mailcapture/front"
 	"mailcapture/imapstore"
 	"mailcapture/labels"
+	"mailcapture/legacyclient"
 	"mailcapture/metrics"
 	"mailcapture/pop3"
 	"mailcapture/pop3store"
