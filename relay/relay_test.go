@@ -363,3 +363,70 @@ func (o lockedObserver) Refused(limit labels.Limit) {
 	defer o.mu.Unlock()
 	o.obs.Refused(limit)
 }
+
+// TestLocalDeliveryToSeveralIsAtomic: a local delivery to three captured
+// accounts whose second recipient cannot take it (its INBOX is gone) gets
+// 451 and leaves no copy in any INBOX; the sender's retry delivers exactly
+// one copy to each.
+func TestLocalDeliveryToSeveralIsAtomic(t *testing.T) {
+	f := start(t)
+	ctx := context.Background()
+	var names []string
+	for _, n := range []string{"r1", "r2", "r3"} {
+		names = append(names, accountIn(t, f.st, n+"@example.org", store.StateCaptured).Name)
+	}
+	acct, _ := f.st.Account(ctx, names[1])
+	inbox, _ := f.st.MailboxByName(ctx, acct.ID, "INBOX")
+	if err := f.st.DeleteMailbox(ctx, inbox.ID); err != nil {
+		t.Fatal(err)
+	}
+	msg := "Message-ID: <three@example.net>\r\nSubject: three\r\n\r\nto three\r\n"
+	err := sendWith(t, f.addr, names, msg)
+	var se *smtp.SMTPError
+	if !errors.As(err, &se) || se.Code != 451 {
+		t.Fatalf("DATA with a recipient that cannot take it: %v, want 451", err)
+	}
+	for _, n := range []string{names[0], names[2]} {
+		if got := f.localInbox(t, n); len(got) != 0 {
+			t.Fatalf("%s holds %d copies after the 451", n, len(got))
+		}
+	}
+	if _, err := f.st.CreateMailbox(ctx, acct.ID, store.MailboxSpec{Name: "INBOX"}); err != nil {
+		t.Fatal(err)
+	}
+	if err := sendWith(t, f.addr, names, msg); err != nil {
+		t.Fatalf("retry: %v", err)
+	}
+	for _, n := range names {
+		if got := f.localInbox(t, n); len(got) != 1 || !strings.Contains(got[0], "<three@example.net>") {
+			t.Fatalf("%s holds %d copies after the retry", n, len(got))
+		}
+	}
+}
+
+// sendWith sends msg to rcpts over SMTP.
+func sendWith(t *testing.T, addr string, rcpts []string, msg string) error {
+	t.Helper()
+	c, err := smtp.Dial(addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	if err := c.Hello("sender.example.net"); err != nil {
+		return err
+	}
+	if err := c.Mail("s@example.net", nil); err != nil {
+		return err
+	}
+	for _, r := range rcpts {
+		if err := c.Rcpt(r, nil); err != nil {
+			return err
+		}
+	}
+	w, err := c.Data()
+	if err != nil {
+		return err
+	}
+	io.WriteString(w, msg)
+	return w.Close()
+}

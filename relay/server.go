@@ -318,21 +318,15 @@ func (s *session) Data(r io.Reader) error {
 	body := io.MultiReader(bytes.NewReader(s.received()), bytes.NewReader(header), br)
 	var queueID int64
 	if err == nil {
-		switch s.route {
-		case routeLocal:
-			err = s.deliverLocal(ctx, body)
-		case routeHold:
-			err = s.hold(ctx, body)
-		default:
-			var to []string
-			for _, rc := range s.rcpts {
-				to = append(to, rc.addr)
-			}
-			var e store.SpoolEntry
-			e, err = s.b.Store.Enqueue(ctx, store.RouteLegacy, 0, store.Envelope{From: s.from, To: to}, body)
-			queueID = e.ID
-			if err == nil && s.b.Spooled != nil {
-				s.b.Spooled()
+		var dests []store.Destination
+		if dests, err = s.destinations(ctx); err == nil {
+			var done []store.Delivered
+			done, err = s.b.Store.Deliver(ctx, s.from, dests, body)
+			if err == nil && s.route == routeLegacy {
+				queueID = done[0].SpoolID
+				if s.b.Spooled != nil {
+					s.b.Spooled()
+				}
 			}
 		}
 	}
@@ -426,46 +420,47 @@ func (s *session) received() []byte {
 		s.helo, s.remote, host, strings.ToLower(rand.Text()), time.Now().Format(time.RFC1123Z)))
 }
 
-// deliverLocal stores the message in the first recipient's INBOX and
-// links it into the others' (no second copy of the bytes).
-func (s *session) deliverLocal(ctx context.Context, body io.Reader) error {
-	first, err := s.b.Store.MailboxByName(ctx, s.rcpts[0].account.ID, "INBOX")
-	if err != nil {
-		return err
-	}
-	ins, err := s.b.Store.Append(ctx, first.ID, body, nil, time.Now())
-	if err != nil {
-		return err
-	}
-	for _, rc := range s.rcpts[1:] {
-		inbox, err := s.b.Store.MailboxByName(ctx, rc.account.ID, "INBOX")
-		if err != nil {
-			return err
+// destinations are where the message goes, all stored in one
+// transaction (store.Deliver): each local account's INBOX once, one
+// spool entry per account held for its cut-over, or one spool entry for
+// the legacy server.
+func (s *session) destinations(ctx context.Context) ([]store.Destination, error) {
+	switch s.route {
+	case routeLocal:
+		var dests []store.Destination
+		seen := map[int64]bool{}
+		for _, rc := range s.rcpts {
+			if seen[rc.account.ID] {
+				continue
+			}
+			seen[rc.account.ID] = true
+			inbox, err := s.b.Store.MailboxByName(ctx, rc.account.ID, "INBOX")
+			if err != nil {
+				return nil, err
+			}
+			dests = append(dests, store.Destination{MailboxID: inbox.ID})
 		}
-		if _, err := s.b.Store.Copy(ctx, first.ID, []uint32{ins.UID}, inbox.ID); err != nil {
-			return err
+		return dests, nil
+	case routeHold:
+		byAccount := map[int64][]string{}
+		var order []int64
+		for _, rc := range s.rcpts {
+			if _, ok := byAccount[rc.account.ID]; !ok {
+				order = append(order, rc.account.ID)
+			}
+			byAccount[rc.account.ID] = append(byAccount[rc.account.ID], rc.addr)
 		}
+		var dests []store.Destination
+		for _, id := range order {
+			dests = append(dests, store.Destination{Route: store.RouteHold, AccountID: id, To: byAccount[id]})
+		}
+		return dests, nil
 	}
-	return nil
-}
-
-// hold spools the message once per held account; it is delivered when
-// the cut-over ends.
-func (s *session) hold(ctx context.Context, body io.Reader) error {
-	raw, err := io.ReadAll(io.LimitReader(body, 256<<20))
-	if err != nil {
-		return err
-	}
-	byAccount := map[int64][]string{}
+	var to []string
 	for _, rc := range s.rcpts {
-		byAccount[rc.account.ID] = append(byAccount[rc.account.ID], rc.addr)
+		to = append(to, rc.addr)
 	}
-	for id, to := range byAccount {
-		if _, err := s.b.Store.Enqueue(ctx, store.RouteHold, id, store.Envelope{From: s.from, To: to}, bytes.NewReader(raw)); err != nil {
-			return err
-		}
-	}
-	return nil
+	return []store.Destination{{Route: store.RouteLegacy, To: to}}, nil
 }
 
 // ReleaseHeld delivers the mail held for an account into its INBOX (at

@@ -70,45 +70,11 @@ func (s *Store) Enqueue(ctx context.Context, route SpoolRoute, accountID int64, 
 	if len(env.To) == 0 {
 		return SpoolEntry{}, errors.New("enqueue: no recipients")
 	}
-	ids := idSource{alloc: &s.ids}
-	defer ids.release()
-	bd, err := s.writeBody(ctx, &ids, r)
+	done, err := s.Deliver(ctx, env.From, []Destination{{Route: route, AccountID: accountID, To: env.To}}, r)
 	if err != nil {
 		return SpoolEntry{}, fmt.Errorf("enqueue: %w", err)
 	}
-	committed := false
-	defer func() {
-		if !committed {
-			s.removeBlobs([]int64{bd.id})
-		}
-	}()
-	fail := func(err error) (SpoolEntry, error) {
-		return SpoolEntry{}, fmt.Errorf("enqueue: %w", err)
-	}
-	if err := s.syncBodies(); err != nil {
-		return fail(err)
-	}
-	rcpts, err := json.Marshal(env.To)
-	if err != nil {
-		return fail(err)
-	}
-	var account any
-	if accountID != 0 {
-		account = accountID
-	}
-	now := time.Now()
-	err = s.writeTx(ctx, func(tx *sql.Tx) error {
-		_, err := tx.ExecContext(ctx, `INSERT INTO spool (id, route, account_id, sender, recipients, size, sha256, message_id, structure, received_at, next_attempt_at)
-			VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`,
-			bd.id, route, account, env.From, string(rcpts), bd.size, bd.sum[:], bd.messageID, bd.structure, now.Unix(), now.Unix())
-		return err
-	})
-	if err != nil {
-		return fail(err)
-	}
-	committed = true
-	return SpoolEntry{ID: bd.id, Route: route, AccountID: accountID, From: env.From, To: env.To, Size: bd.size,
-		MessageID: bd.messageID, ReceivedAt: now.UTC().Truncate(time.Second), NextAttemptAt: now.UTC().Truncate(time.Second)}, nil
+	return s.SpoolEntryByID(ctx, done[0].SpoolID)
 }
 
 // DueSpool returns up to limit legacy-route messages whose next attempt is

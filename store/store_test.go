@@ -5,11 +5,13 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io/fs"
 	"os"
 	"path/filepath"
 	"runtime"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 )
@@ -716,5 +718,72 @@ func TestReplayedLargeBatchStoresNothingTwice(t *testing.T) {
 	}
 	if uids, err := s.UIDs(ctx, inbox.ID); err != nil || len(uids) != n {
 		t.Fatalf("%d UIDs stored (%v), want %d", len(uids), err, n)
+	}
+}
+
+// TestDeliverIsAtomic: a delivery to several mailboxes whose k-th
+// destination fails leaves no copy anywhere (no row, no file), and the
+// retry stores exactly one copy in each, one body on disk.
+func TestDeliverIsAtomic(t *testing.T) {
+	ctx := context.Background()
+	dir := t.TempDir()
+	s, err := Open(ctx, dir, Options{Hash: testHash})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	var boxes []int64
+	for _, name := range []string{"a@example.org", "b@example.org", "c@example.org"} {
+		a, err := s.CreateAccount(ctx, name, "pw", StateCaptured)
+		if err != nil {
+			t.Fatal(err)
+		}
+		mb, err := s.CreateMailbox(ctx, a.ID, MailboxSpec{Name: "INBOX"})
+		if err != nil {
+			t.Fatal(err)
+		}
+		boxes = append(boxes, mb.ID)
+	}
+	msg := "Message-ID: <atomic@example.org>\r\nSubject: to three\r\n\r\nbody\r\n"
+	files := func() int {
+		n := 0
+		filepath.WalkDir(filepath.Join(dir, blobsDir), func(_ string, d fs.DirEntry, _ error) error {
+			if d != nil && !d.IsDir() {
+				n++
+			}
+			return nil
+		})
+		return n
+	}
+	broken := []Destination{{MailboxID: boxes[0]}, {MailboxID: boxes[1]}, {MailboxID: 999999}, {MailboxID: boxes[2]}}
+	if _, err := s.Deliver(ctx, "s@example.net", broken, strings.NewReader(msg)); err == nil {
+		t.Fatal("a delivery to a missing mailbox succeeded")
+	}
+	for _, id := range boxes {
+		if msgs, _ := s.Messages(ctx, id, AllUIDs); len(msgs) != 0 {
+			t.Fatalf("mailbox %d holds %d messages after a failed delivery", id, len(msgs))
+		}
+	}
+	if n := files(); n != 0 {
+		t.Fatalf("%d body files left by a failed delivery", n)
+	}
+	good := []Destination{{MailboxID: boxes[0]}, {MailboxID: boxes[1]}, {MailboxID: boxes[2]}, {Route: RouteLegacy, To: []string{"x@example.net"}}}
+	done, err := s.Deliver(ctx, "s@example.net", good, strings.NewReader(msg))
+	if err != nil || len(done) != 4 || done[3].SpoolID == 0 {
+		t.Fatalf("retry: %+v %v", done, err)
+	}
+	for _, id := range boxes {
+		msgs, _ := s.Messages(ctx, id, AllUIDs)
+		if len(msgs) != 1 {
+			t.Fatalf("mailbox %d holds %d messages after the retry", id, len(msgs))
+		}
+		if raw, _ := s.ReadBody(msgs[0].ID); string(raw) != msg {
+			t.Fatalf("mailbox %d: body %q", id, raw)
+		}
+	}
+	first, _ := s.Messages(ctx, boxes[0], AllUIDs)
+	var st syscall.Stat_t
+	if err := syscall.Stat(s.blobPath(first[0].ID), &st); err != nil || st.Nlink != 4 {
+		t.Fatalf("the four copies are %d links of one body (%v)", st.Nlink, err)
 	}
 }

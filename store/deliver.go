@@ -1,0 +1,135 @@
+package store
+
+import (
+	"context"
+	"database/sql"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"time"
+)
+
+// Destination is where one copy of a delivered message goes: a mailbox
+// (local delivery), or the spool (relayed to the legacy server, or held
+// for an account in cut-over).
+type Destination struct {
+	// MailboxID, if set, is the mailbox the message is added to.
+	MailboxID int64
+	// Route is the spool route when MailboxID is 0.
+	Route SpoolRoute
+	// AccountID is the held account (RouteHold).
+	AccountID int64
+	// To are the spool entry's recipients.
+	To []string
+}
+
+// Delivered tells where each copy of a delivered message went, in the
+// order of the destinations: the UID in its mailbox, or the spool id.
+type Delivered struct {
+	UID     uint32
+	SpoolID int64
+}
+
+// Deliver stores one message for every destination at once: the body is
+// written once (the other copies are hard links of it), made durable with
+// one filesystem sync, and every message row and spool entry is inserted
+// in one transaction. When Deliver returns without error every copy is
+// durable (the SMTP server may answer 250); on error none exists, so a
+// sender's retry delivers exactly one copy to each. Nothing is visible
+// before the commit.
+func (s *Store) Deliver(ctx context.Context, from string, dests []Destination, r io.Reader) ([]Delivered, error) {
+	if len(dests) == 0 {
+		return nil, errors.New("deliver: no destination")
+	}
+	ids := idSource{alloc: &s.ids}
+	defer ids.release()
+	bd, err := s.writeBody(ctx, &ids, r)
+	if err != nil {
+		return nil, fmt.Errorf("deliver: %w", err)
+	}
+	blobs := []int64{bd.id}
+	committed := false
+	defer func() {
+		if !committed {
+			s.removeBlobs(blobs)
+		}
+	}()
+	for range dests[1:] {
+		id, err := ids.take(ctx)
+		if err != nil {
+			return nil, fmt.Errorf("deliver: %w", err)
+		}
+		if err := s.linkBlob(bd.id, id); err != nil {
+			return nil, fmt.Errorf("deliver: %w", err)
+		}
+		blobs = append(blobs, id)
+	}
+	if err := s.syncBodies(); err != nil {
+		return nil, fmt.Errorf("deliver: sync bodies: %w", err)
+	}
+	out := make([]Delivered, len(dests))
+	var added []Message
+	now := time.Now()
+	date := time.Unix(now.Unix(), 0)
+	_, offset := date.Zone()
+	s.wmu.Lock()
+	err = s.writeTxLocked(ctx, func(tx *sql.Tx) error {
+		alloc := newUIDAllocator(tx)
+		added = added[:0]
+		for i, d := range dests {
+			id := blobs[i]
+			if d.MailboxID != 0 {
+				uid, err := alloc.take(ctx, d.MailboxID, 0)
+				if err != nil {
+					return err
+				}
+				if _, err := tx.ExecContext(ctx, `INSERT INTO messages
+					(id, mailbox_id, uid, legacy_uid, internal_date, internal_tz, size, flags, pop3_uidl, sha256, message_id, structure)
+					VALUES (?, ?, ?, NULL, ?, ?, ?, '', NULL, ?, ?, ?)`,
+					id, d.MailboxID, uid, date.Unix(), offset, bd.size, bd.sum[:], bd.messageID, bd.structure); err != nil {
+					return err
+				}
+				out[i] = Delivered{UID: uid}
+				added = append(added, Message{ID: id, MailboxID: d.MailboxID, UID: uid, InternalDate: date.In(zoneFor(offset)), Size: bd.size})
+				continue
+			}
+			if len(d.To) == 0 {
+				return errors.New("a spool destination without recipients")
+			}
+			rcpts, err := json.Marshal(d.To)
+			if err != nil {
+				return err
+			}
+			var account any
+			if d.AccountID != 0 {
+				account = d.AccountID
+			}
+			if _, err := tx.ExecContext(ctx, `INSERT INTO spool (id, route, account_id, sender, recipients, size, sha256, message_id, structure, received_at, next_attempt_at)
+				VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`,
+				id, d.Route, account, from, string(rcpts), bd.size, bd.sum[:], bd.messageID, bd.structure, now.Unix(), now.Unix()); err != nil {
+				return err
+			}
+			out[i] = Delivered{SpoolID: id}
+		}
+		return alloc.flush(ctx)
+	})
+	if err != nil {
+		s.wmu.Unlock()
+		return nil, fmt.Errorf("deliver: %w", err)
+	}
+	committed = true
+	byMailbox := map[int64][]Message{}
+	var order []int64
+	for _, m := range added {
+		if _, ok := byMailbox[m.MailboxID]; !ok {
+			order = append(order, m.MailboxID)
+		}
+		byMailbox[m.MailboxID] = append(byMailbox[m.MailboxID], m)
+	}
+	for _, mb := range order {
+		s.watchers.publish(addedChange(mb, byMailbox[mb], originOf(ctx)))
+	}
+	s.wmu.Unlock()
+	return out, nil
+}
