@@ -9,6 +9,7 @@ import (
 
 	"github.com/emersion/go-imap/v2/imapclient"
 
+	"mailcapture/cutover"
 	"mailcapture/legacytest"
 	"mailcapture/store"
 )
@@ -33,7 +34,7 @@ func TestCutover(t *testing.T) {
 	// New mail at the legacy server after the copy converged.
 	f.d.Populate(t, imapUser, password, []legacytest.Folder{{Name: "INBOX", Messages: legacytest.Generate(99, 2, 3000)}})
 
-	cut := &Cutover{Store: f.st, Engine: f.sched.Engine, IMAP: f.front}
+	cut := &cutover.Cutover{Store: f.st, Sync: f.sched.Engine, IMAP: f.front}
 	if err := cut.Run(ctx, imapUser, password); err != nil {
 		t.Fatal(err)
 	}
@@ -88,7 +89,7 @@ func TestCutoverWaitsForCommandBoundary(t *testing.T) {
 	tr.expect("+ ") // Dovecot asks for the literal
 	cutDone := make(chan error, 1)
 	go func() {
-		cut := &Cutover{Store: f.st, Engine: f.sched.Engine, IMAP: f.front}
+		cut := &cutover.Cutover{Store: f.st, Sync: f.sched.Engine, IMAP: f.front}
 		cutDone <- cut.Run(ctx, imapUser, password)
 	}()
 	// The proxy waits for the end of the command before ending the session:
@@ -130,7 +131,7 @@ func TestFollowAfterCutover(t *testing.T) {
 		t.Fatal(err)
 	}
 	f.waitCaptured(t, imapUser, password)
-	cut := &Cutover{Store: f.st, Engine: f.sched.Engine, IMAP: f.front}
+	cut := &cutover.Cutover{Store: f.st, Sync: f.sched.Engine, IMAP: f.front}
 	if err := cut.Run(ctx, imapUser, password); err != nil {
 		t.Fatal(err)
 	}

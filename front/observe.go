@@ -1,6 +1,10 @@
 package front
 
-import "mailcapture/labels"
+import (
+	"time"
+
+	"mailcapture/labels"
+)
 
 // Observer is told about logins, sessions, refusals and legacy errors;
 // metrics.Traffic implements it.
@@ -27,4 +31,11 @@ func (r *Router) observer() Observer {
 		return nopObserver{}
 	}
 	return r.Observer
+}
+
+func orDuration(d, def time.Duration) time.Duration {
+	if d <= 0 {
+		return def
+	}
+	return d
 }

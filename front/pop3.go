@@ -32,10 +32,10 @@ type POP3Backend struct {
 	changed chan struct{} // signalled when a proxied session ends
 }
 
-// FinishSessions lets the account's proxied POP3 sessions finish until ctx
+// EndSessions lets the account's proxied POP3 sessions finish until ctx
 // ends, then cuts the rest: a cut session never sent its DELEs to the
 // legacy server, so they are rolled back.
-func (b *POP3Backend) FinishSessions(ctx context.Context, account string) {
+func (b *POP3Backend) EndSessions(ctx context.Context, account string) {
 	for {
 		b.mu.Lock()
 		open := b.proxied[strings.ToLower(account)]

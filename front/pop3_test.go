@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"mailcapture/capture"
+	"mailcapture/cutover"
 	"mailcapture/labels"
 	"mailcapture/legacyclient"
 	"mailcapture/legacytest"
@@ -245,7 +246,7 @@ func TestCutoverLetsPOP3SessionsFinish(t *testing.T) {
 		t.Fatal("the capture did not finish")
 	}
 	b := f.backend
-	cut := &Cutover{Store: f.st, Engine: f.sched.Engine, POP3: b, POP3Grace: time.Minute}
+	cut := &cutover.Cutover{Store: f.st, Sync: f.sched.Engine, POP3: b, POP3Grace: time.Minute}
 	done := make(chan error, 1)
 	go func() { done <- cut.Run(ctx, user, password) }()
 	// The session is still served from the legacy server and finishes.
@@ -290,7 +291,7 @@ func TestCutoverCutsOverstayingPOP3Session(t *testing.T) {
 	case <-time.After(60 * time.Second):
 		t.Fatal("the capture did not finish")
 	}
-	cut := &Cutover{Store: f.st, Engine: f.sched.Engine, POP3: f.backend, POP3Grace: 200 * time.Millisecond}
+	cut := &cutover.Cutover{Store: f.st, Sync: f.sched.Engine, POP3: f.backend, POP3Grace: 200 * time.Millisecond}
 	if err := cut.Run(ctx, user, password); err != nil {
 		t.Fatal(err)
 	}

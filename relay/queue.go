@@ -204,7 +204,7 @@ func (q *Queue) releaseStranded(ctx context.Context) {
 		return
 	}
 	for _, id := range ids {
-		n, err := ReleaseHeld(ctx, q.Store, id)
+		n, err := q.Store.ReleaseHeld(ctx, id)
 		if err != nil {
 			q.log().Error("relay: deliver held mail", "account_id", id, "err", err)
 			continue
@@ -347,7 +347,7 @@ func (q *Queue) reroute(ctx context.Context, e store.SpoolEntry, log *slog.Logge
 			return nil, err
 		}
 		if acct.State == store.StateCaptured {
-			n, err := ReleaseHeld(ctx, q.Store, id)
+			n, err := q.Store.ReleaseHeld(ctx, id)
 			if err != nil {
 				return nil, err
 			}

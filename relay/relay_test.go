@@ -167,7 +167,7 @@ send(["moving@example.org"], "m3@example.net")
 	}
 	// Held: delivered when the cut-over ends.
 	moving, _ := f.st.Account(ctx, "moving@example.org")
-	if n, err := ReleaseHeld(ctx, f.st, moving.ID); err != nil || n != 1 {
+	if n, err := f.st.ReleaseHeld(ctx, moving.ID); err != nil || n != 1 {
 		t.Fatalf("release held: %d %v", n, err)
 	}
 	if n, _, _ := f.st.SpoolStats(ctx); n != 0 {
@@ -226,7 +226,7 @@ send(["legacy@example.org", "sender@example.org"], "m2@example.net")
 	if err := f.st.Transition(ctx, acct.Name, store.StateCutover, store.StateCaptured); err != nil {
 		t.Fatal(err)
 	}
-	if n, err := ReleaseHeld(ctx, f.st, acct.ID); err != nil || n != 2 {
+	if n, err := f.st.ReleaseHeld(ctx, acct.ID); err != nil || n != 2 {
 		t.Fatalf("release held: %d %v", n, err)
 	}
 	got := f.localInbox(t, acct.Name)
@@ -263,7 +263,7 @@ func TestHeldAfterTheReleaseIsDelivered(t *testing.T) {
 	if err := f.st.Transition(ctx, acct.Name, store.StateCutover, store.StateCaptured); err != nil {
 		t.Fatal(err)
 	}
-	if n, err := ReleaseHeld(ctx, f.st, acct.ID); err != nil || n != 0 {
+	if n, err := f.st.ReleaseHeld(ctx, acct.ID); err != nil || n != 0 {
 		t.Fatalf("release held: %d %v", n, err)
 	}
 	// What a DATA whose RCPT saw the cut-over spools after the release.

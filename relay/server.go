@@ -463,32 +463,6 @@ func (s *session) destinations(ctx context.Context) ([]store.Destination, error)
 	return []store.Destination{{Route: store.RouteLegacy, To: to}}, nil
 }
 
-// ReleaseHeld delivers the mail held for an account into its INBOX (at
-// the end of its cut-over); messages the final sync already brought (same
-// Message-ID) are dropped.
-func ReleaseHeld(ctx context.Context, st *store.Store, accountID int64) (delivered int, err error) {
-	inbox, err := st.MailboxByName(ctx, accountID, "INBOX")
-	if err != nil {
-		return 0, err
-	}
-	held, err := st.Held(ctx, accountID)
-	if err != nil {
-		return 0, err
-	}
-	for _, h := range held {
-		_, dup, err := st.DeliverHeld(ctx, h.ID, inbox.ID)
-		if errors.Is(err, store.ErrNotFound) {
-			continue // delivered by a release running beside this one
-		}
-		if err != nil {
-			return delivered, err
-		}
-		if !dup {
-			delivered++
-		}
-	}
-	return delivered, nil
-}
 
 // CountRefusals wraps the SMTP listener so that the refusals go-smtp makes
 // by itself are counted like ours (mailcapture_limit_refusals_total): a

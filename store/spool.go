@@ -392,6 +392,33 @@ func (s *Store) DeliverHeld(ctx context.Context, id, mailboxID int64) (uid uint3
 	return uid, false, nil
 }
 
+// ReleaseHeld delivers the mail held for an account into its INBOX (at
+// the end of its cut-over); messages the final sync already brought (same
+// Message-ID) are dropped.
+func (s *Store) ReleaseHeld(ctx context.Context, accountID int64) (delivered int, err error) {
+	inbox, err := s.MailboxByName(ctx, accountID, "INBOX")
+	if err != nil {
+		return 0, err
+	}
+	held, err := s.Held(ctx, accountID)
+	if err != nil {
+		return 0, err
+	}
+	for _, h := range held {
+		_, dup, err := s.DeliverHeld(ctx, h.ID, inbox.ID)
+		if errors.Is(err, ErrNotFound) {
+			continue // delivered by a release running beside this one
+		}
+		if err != nil {
+			return delivered, err
+		}
+		if !dup {
+			delivered++
+		}
+	}
+	return delivered, nil
+}
+
 // SpoolRetries counts spooled messages whose delivery failed at least once
 // and returns the error of the most recently failed one.
 func (s *Store) SpoolRetries(ctx context.Context) (retrying int64, lastError string, err error) {

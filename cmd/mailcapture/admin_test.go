@@ -10,6 +10,7 @@ import (
 
 	"github.com/emersion/go-imap/v2/imapclient"
 
+	"mailcapture/cutover"
 	"mailcapture/legacytest"
 	"mailcapture/status"
 	"mailcapture/store"
@@ -148,7 +149,7 @@ func TestStrandedHeldMailReleasedAtStart(t *testing.T) {
 	if _, err := st.Enqueue(ctx, store.RouteHold, acct.ID, store.Envelope{From: "a@example.net", To: []string{acct.Name}}, strings.NewReader(body)); err != nil {
 		t.Fatal(err)
 	}
-	if err := recoverCutovers(ctx, st, slog.New(slog.DiscardHandler)); err != nil {
+	if err := (&cutover.Cutover{Store: st, Log: slog.New(slog.DiscardHandler)}).Recover(ctx); err != nil {
 		t.Fatal(err)
 	}
 	inbox, err := st.MailboxByName(ctx, acct.ID, "INBOX")

@@ -17,6 +17,7 @@ import (
 	"mailcapture/capture"
 	"mailcapture/config"
 	"mailcapture/connlimit"
+	"mailcapture/cutover"
 	"mailcapture/front"
 	"mailcapture/imapstore"
 	"mailcapture/labels"
@@ -137,7 +138,7 @@ func serveConfig(ctx context.Context, log *slog.Logger, cfg config.Config, ready
 	}
 	defer st.Close()
 	log.Info("store open", "data_dir", cfg.DataDir)
-	if err := recoverCutovers(ctx, st, log); err != nil {
+	if err := (&cutover.Cutover{Store: st, Log: log}).Recover(ctx); err != nil {
 		return err
 	}
 	s := &server{cfg: cfg, log: log, st: st, problems: problems, errc: make(chan error, 8), addrs: map[string]string{}}
@@ -307,17 +308,10 @@ func (s *server) start(schedCtx context.Context, schedDone chan struct{}) error 
 			queue.Checker = inboxSearch
 		}
 	}
-	var cut *front.Cutover
+	var cut *cutover.Cutover
 	if cfg.Mode != "shadow" {
 		// A converged, verified account is cut over at once.
-		cut = &front.Cutover{Store: s.st, Engine: engine, IMAP: s.imap, POP3: pop3Backend, Log: log,
-			Switched: func(ctx context.Context, acct store.Account) {
-				if n, err := relay.ReleaseHeld(ctx, s.st, acct.ID); err != nil {
-					log.Error("deliver held mail", "account", acct.Name, "err", err)
-				} else if n > 0 {
-					log.Info("held mail delivered", "account", acct.Name, "messages", n)
-				}
-			}}
+		cut = &cutover.Cutover{Store: s.st, Sync: engine, IMAP: s.imap, POP3: pop3Backend, Log: log}
 		if queue != nil {
 			cut.Quiesce = queue.Quiesce
 		}
@@ -461,39 +455,6 @@ func (s *server) start(schedCtx context.Context, schedDone chan struct{}) error 
 	return nil
 }
 
-// recoverCutovers puts accounts whose cut-over a stop interrupted back to
-// capturing: the legacy server still has everything, their next
-// convergence cuts them over again, and mail held for them is delivered
-// then. Mail still held for accounts that are captured (a stop between
-// the end of a cut-over and the release of what it held) is delivered.
-func recoverCutovers(ctx context.Context, st *store.Store, log *slog.Logger) error {
-	accounts, err := st.Accounts(ctx)
-	if err != nil {
-		return err
-	}
-	holding, err := st.HoldingAccounts(ctx)
-	if err != nil {
-		return err
-	}
-	for _, a := range accounts {
-		if a.State == store.StateCaptured && holding[a.ID] {
-			n, err := relay.ReleaseHeld(ctx, st, a.ID)
-			if err != nil {
-				return fmt.Errorf("deliver the mail held for %s: %w", a.Name, err)
-			}
-			log.Warn("held mail of a captured account delivered at start", "account", a.Name, "messages", n)
-		}
-		if a.State != store.StateCutover {
-			continue
-		}
-		if err := st.Transition(ctx, a.Name, store.StateCutover, store.StateCapturing); err != nil {
-			return fmt.Errorf("recover the cut-over of %s: %w", a.Name, err)
-		}
-		log.Warn("a stop interrupted this account's cut-over: back to capturing", "account", a.Name)
-	}
-	return nil
-}
-
 // fromVault uses the sealed passwords: captures of accounts still being
 // captured are (re)submitted, captured accounts are followed (until the
 // legacy server is retired).
@@ -527,29 +488,22 @@ func (s *server) fromVault(ctx context.Context, v *vault.Vault, router *front.Ro
 
 // adminRequests carries out what `mailcapture cutover` and
 // `mailcapture retire-legacy` asked for.
-func (s *server) adminRequests(ctx context.Context, router *front.Router, cut *front.Cutover) {
+func (s *server) adminRequests(ctx context.Context, router *front.Router, cut *cutover.Cutover) {
 	if retired, _, err := s.st.LegacyRetired(ctx); err == nil && retired {
 		router.SetRetired()
 	}
-	names, err := s.st.CutoverRequests(ctx)
-	if err != nil {
-		s.log.Warn("read cut-over requests", "err", err)
+	if cut == nil {
+		names, _ := s.st.CutoverRequests(ctx)
+		for _, name := range names {
+			s.log.Warn("forced cut-over asked for in shadow mode: ignored", "account", name)
+			s.st.ClearCutoverRequest(ctx, name)
+		}
 		return
 	}
-	for _, name := range names {
-		if cut == nil {
-			s.log.Warn("forced cut-over asked for in shadow mode: ignored", "account", name)
-		} else {
-			password, _ := s.sched.Password(name)
-			s.log.Info("forced cut-over", "account", name, "final_sync", password != "")
-			if err := cut.Run(ctx, name, password); err != nil {
-				s.log.Error("forced cut-over failed", "account", name, "err", err)
-			}
-		}
-		if err := s.st.ClearCutoverRequest(ctx, name); err != nil {
-			s.log.Warn("clear cut-over request", "account", name, "err", err)
-		}
-	}
+	cut.RunRequested(ctx, func(account string) string {
+		password, _ := s.sched.Password(account)
+		return password
+	})
 }
 
 // trustedNetworks returns whether an address is in one of the networks

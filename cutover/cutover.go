@@ -1,4 +1,8 @@
-package front
+// Package cutover is the one home of an account's cut-over: from the
+// legacy server to the store, with no client touching the legacy mailbox
+// during the final sync; what a stop interrupted, put right at the next
+// start; and the cut-overs an admin asks for.
+package cutover
 
 import (
 	"context"
@@ -11,6 +15,18 @@ import (
 	"mailcapture/store"
 )
 
+// Proxies ends an account's sessions proxied to the legacy server: IMAP
+// ones at their next command boundary, POP3 ones once they finish; those
+// still open when ctx ends are cut (a cut POP3 session deletes nothing).
+type Proxies interface {
+	EndSessions(ctx context.Context, account string)
+}
+
+// Syncer runs syncs with the legacy server (capture.Engine).
+type Syncer interface {
+	Converge(ctx context.Context, account, password string, maxPasses int) (capture.Convergence, error)
+}
+
 // Cutover moves a converged account from the legacy server to the store
 // (DESIGN.md, "cutover"): logins wait, proxied IMAP sessions end at a
 // command boundary, proxied POP3 sessions may finish (then are cut, which
@@ -20,10 +36,12 @@ import (
 // the account goes back to capturing, served by the legacy server as
 // before, and the error is returned.
 type Cutover struct {
-	Store  *store.Store
-	Engine *capture.Engine
-	IMAP   *IMAPFront
-	POP3   *POP3Backend
+	Store *store.Store
+	// Sync runs the final sync.
+	Sync Syncer
+	// IMAP and POP3 end the proxied sessions (either may be nil).
+	IMAP Proxies
+	POP3 Proxies
 	// IMAPWait bounds the wait for a command boundary. Default 10s.
 	IMAPWait time.Duration
 	// POP3Grace is how long proxied POP3 sessions may go on. Default 30s.
@@ -34,10 +52,7 @@ type Cutover struct {
 	Quiesce func(ctx context.Context, account string) error
 	// QuiesceWait bounds that wait. Default 2m.
 	QuiesceWait time.Duration
-	// Switched, if set, runs once the account is captured (the relay
-	// delivers the mail it held during the cut-over).
-	Switched func(ctx context.Context, account store.Account)
-	Log      *slog.Logger
+	Log         *slog.Logger
 }
 
 func (c *Cutover) log() *slog.Logger {
@@ -88,7 +103,7 @@ func (c *Cutover) run(ctx context.Context, account, password string) error {
 	}
 	if c.POP3 != nil {
 		wctx, cancel := context.WithTimeout(ctx, orDuration(c.POP3Grace, 30*time.Second))
-		c.POP3.FinishSessions(wctx, account)
+		c.POP3.EndSessions(wctx, account)
 		cancel()
 	}
 	stage("sessions_ended")
@@ -105,7 +120,7 @@ func (c *Cutover) run(ctx context.Context, account, password string) error {
 	// of an account whose password is not known here skips it: follow
 	// syncs at the user's next logins bring what the last sync missed.
 	if password != "" {
-		conv, err := c.Engine.Converge(ctx, account, password, 10)
+		conv, err := c.Sync.Converge(ctx, account, password, 10)
 		stages = append(stages, "final_passes", len(conv.Passes))
 		stage("final_sync")
 		if err != nil {
@@ -128,12 +143,78 @@ func (c *Cutover) run(ctx context.Context, account, password string) error {
 	if err := c.Store.Transition(ctx, account, store.StateCutover, store.StateCaptured); err != nil {
 		return err
 	}
-	if c.Switched != nil {
-		if acct, err := c.Store.Account(ctx, account); err == nil {
-			c.Switched(ctx, acct)
+	c.releaseHeld(ctx, account)
+	return nil
+}
+
+// releaseHeld delivers the mail held during the cut-over. A failure is
+// put right by the relay queue, which delivers the held mail of captured
+// accounts at every pass.
+func (c *Cutover) releaseHeld(ctx context.Context, account string) {
+	acct, err := c.Store.Account(ctx, account)
+	if err != nil {
+		c.log().Error("deliver held mail", "account", account, "err", err)
+		return
+	}
+	if n, err := c.Store.ReleaseHeld(ctx, acct.ID); err != nil {
+		c.log().Error("deliver held mail", "account", account, "err", err)
+	} else if n > 0 {
+		c.log().Info("held mail delivered", "account", account, "messages", n)
+	}
+}
+
+// Recover, at start, puts accounts whose cut-over a stop interrupted back
+// to capturing: the legacy server still has everything, their next
+// convergence cuts them over again, and mail held for them is delivered
+// then. Mail still held for accounts that are captured (a stop between
+// the end of a cut-over and the release of what it held) is delivered.
+func (c *Cutover) Recover(ctx context.Context) error {
+	accounts, err := c.Store.Accounts(ctx)
+	if err != nil {
+		return err
+	}
+	holding, err := c.Store.HoldingAccounts(ctx)
+	if err != nil {
+		return err
+	}
+	for _, a := range accounts {
+		if a.State == store.StateCaptured && holding[a.ID] {
+			n, err := c.Store.ReleaseHeld(ctx, a.ID)
+			if err != nil {
+				return fmt.Errorf("deliver the mail held for %s: %w", a.Name, err)
+			}
+			c.log().Warn("held mail of a captured account delivered at start", "account", a.Name, "messages", n)
 		}
+		if a.State != store.StateCutover {
+			continue
+		}
+		if err := c.Store.Transition(ctx, a.Name, store.StateCutover, store.StateCapturing); err != nil {
+			return fmt.Errorf("recover the cut-over of %s: %w", a.Name, err)
+		}
+		c.log().Warn("a stop interrupted this account's cut-over: back to capturing", "account", a.Name)
 	}
 	return nil
+}
+
+// RunRequested carries out the cut-overs `mailcapture cutover` asked for
+// (recorded in the store beside the running server), with the password
+// password knows for the account, if any, for the final sync.
+func (c *Cutover) RunRequested(ctx context.Context, password func(account string) string) {
+	names, err := c.Store.CutoverRequests(ctx)
+	if err != nil {
+		c.log().Warn("read cut-over requests", "err", err)
+		return
+	}
+	for _, name := range names {
+		pw := password(name)
+		c.log().Info("forced cut-over", "account", name, "final_sync", pw != "")
+		if err := c.Run(ctx, name, pw); err != nil {
+			c.log().Error("forced cut-over failed", "account", name, "err", err)
+		}
+		if err := c.Store.ClearCutoverRequest(ctx, name); err != nil {
+			c.log().Warn("clear cut-over request", "account", name, "err", err)
+		}
+	}
 }
 
 func orDuration(d, def time.Duration) time.Duration {
