@@ -463,7 +463,6 @@ func (s *session) destinations(ctx context.Context) ([]store.Destination, error)
 	return []store.Destination{{Route: store.RouteLegacy, To: to}}, nil
 }
 
-
 // CountRefusals wraps the SMTP listener so that the refusals go-smtp makes
 // by itself are counted like ours (mailcapture_limit_refusals_total): a
 // session silent past smtp.command_timeout (smtp_command_timeout) and a
