@@ -146,7 +146,7 @@ func (e *Engine) Pass(ctx context.Context, account, password string) (PassResult
 		}
 		err = fmt.Errorf("capture %s: %w", account, err)
 		if rerr := e.Store.RecordSync(context.WithoutCancel(ctx), account, time.Now(), err.Error()); rerr != nil {
-			e.log().Error("record sync error", "account", account, "err", rerr)
+			e.log().Error("the error of a capture could not be recorded", "account", account, "err", rerr)
 		}
 		return res, err
 	}

@@ -80,7 +80,7 @@ func (c *Cutover) Run(ctx context.Context, account, password string) error {
 	if err := c.run(ctx, account, password); err != nil {
 		log.Error("cut-over failed; the account stays on the legacy server", "err", err)
 		if terr := c.Store.Transition(context.WithoutCancel(ctx), account, store.StateCutover, store.StateCapturing); terr != nil {
-			log.Error("cut-over: back to capturing", "err", terr)
+			log.Error("a failed cut-over could not set the account back to capturing", "err", terr)
 		}
 		return fmt.Errorf("cut-over %s: %w", account, err)
 	}
@@ -153,11 +153,11 @@ func (c *Cutover) run(ctx context.Context, account, password string) error {
 func (c *Cutover) releaseHeld(ctx context.Context, account string) {
 	acct, err := c.Store.Account(ctx, account)
 	if err != nil {
-		c.log().Error("deliver held mail", "account", account, "err", err)
+		c.log().Error("held mail could not be delivered at the cut-over; it waits and is delivered later", "account", account, "err", err)
 		return
 	}
 	if n, err := c.Store.ReleaseHeld(ctx, acct.ID); err != nil {
-		c.log().Error("deliver held mail", "account", account, "err", err)
+		c.log().Error("held mail could not be delivered at the cut-over; it waits and is delivered later", "account", account, "err", err)
 	} else if n > 0 {
 		c.log().Info("held mail delivered", "account", account, "messages", n)
 	}
@@ -202,17 +202,17 @@ func (c *Cutover) Recover(ctx context.Context) error {
 func (c *Cutover) RunRequested(ctx context.Context, password func(account string) string) {
 	names, err := c.Store.CutoverRequests(ctx)
 	if err != nil {
-		c.log().Warn("read cut-over requests", "err", err)
+		c.log().Warn("the requested cut-overs could not be read", "err", err)
 		return
 	}
 	for _, name := range names {
 		pw := password(name)
 		c.log().Info("forced cut-over", "account", name, "final_sync", pw != "")
 		if err := c.Run(ctx, name, pw); err != nil {
-			c.log().Error("forced cut-over failed", "account", name, "err", err)
+			c.log().Error("a requested cut-over failed; the account stays on the legacy server", "account", name, "err", err)
 		}
 		if err := c.Store.ClearCutoverRequest(ctx, name); err != nil {
-			c.log().Warn("clear cut-over request", "account", name, "err", err)
+			c.log().Warn("a carried-out cut-over request could not be cleared", "account", name, "err", err)
 		}
 	}
 }

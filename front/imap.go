@@ -235,7 +235,7 @@ func (f *IMAPFront) serveConn(c net.Conn) (final net.Conn, handedOver bool) {
 	defer func() {
 		final = s.conn
 		if r := recover(); r != nil {
-			s.log.Error("imap front end panic", "panic", r, "stack", string(debug.Stack()))
+			s.log.Error("an IMAP session panicked (a bug) and was ended", "panic", r, "stack", string(debug.Stack()))
 			handedOver = false
 		}
 	}()

@@ -76,8 +76,10 @@ func (l *LoginLimiter) SetLimits(perAddress, perAccount int, window time.Duratio
 	l.PerAddress, l.PerAccount, l.Window = perAddress, perAccount, window
 }
 
-// Failed records a failed login.
-func (l *LoginLimiter) Failed(addr net.Addr, account string) {
+// Failed records a failed login. If this failure is the one that reaches
+// a limit, reached says which (for example "from 192.0.2.7" or "for
+// ann@example.org"); otherwise it is empty.
+func (l *LoginLimiter) Failed(addr net.Addr, account string) (reached string) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	if l.failures == nil {
@@ -87,6 +89,13 @@ func (l *LoginLimiter) Failed(addr net.Addr, account string) {
 	a, acct := keys(addr, account)
 	l.failures[a] = append(l.failures[a], now)
 	l.failures[acct] = append(l.failures[acct], now)
+	switch {
+	case l.recent(a, now) == orInt(l.PerAddress, 20):
+		return "from " + strings.TrimPrefix(a, "addr:")
+	case l.recent(acct, now) == orInt(l.PerAccount, 5):
+		return "for " + strings.TrimPrefix(acct, "account:")
+	}
+	return ""
 }
 
 func orInt(v, def int) int {

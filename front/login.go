@@ -79,7 +79,7 @@ func (r *Router) Login(ctx context.Context, a Attempt) (Outcome, error) {
 		r.done(log, a, labels.Local, labels.LoginMoving)
 		return Outcome{}, ErrMoving
 	case err != nil:
-		log.Error("login: read the account", "account", a.User, "err", err)
+		log.Error("a login could not be checked: the store could not be read", "account", a.User, "err", err)
 		r.done(log, a, labels.Local, labels.LoginError)
 		return Outcome{}, fmt.Errorf("%w: %v", ErrUnavailable, err)
 	}
@@ -120,7 +120,7 @@ func (r *Router) localLogin(ctx context.Context, log *slog.Logger, a Attempt, ac
 		var err error
 		ok, err = r.Store.VerifyPassword(ctx, acct.Name, a.Password)
 		if err != nil {
-			log.Error("login: check the password", "account", a.User, "err", err)
+			log.Error("a login could not be checked: the password hash could not be read", "account", a.User, "err", err)
 			r.done(log, a, labels.Local, labels.LoginError)
 			return Outcome{}, fmt.Errorf("%w: %v", ErrUnavailable, err)
 		}
@@ -129,7 +129,7 @@ func (r *Router) localLogin(ctx context.Context, log *slog.Logger, a Attempt, ac
 		}
 	}
 	if !ok {
-		r.failed(a.Remote, acct.Name)
+		r.failed(log, a.Remote, acct.Name)
 		r.done(log, a, labels.Local, labels.LoginFailed)
 		return Outcome{}, ErrAuthFailed
 	}
@@ -144,7 +144,7 @@ func (r *Router) legacyLogin(ctx context.Context, log *slog.Logger, a Attempt, a
 	if r.retired.Load() {
 		// The legacy server is gone: an account never captured cannot log
 		// in anywhere.
-		r.failed(a.Remote, a.User)
+		r.failed(log, a.Remote, a.User)
 		r.done(log, a, labels.Legacy, labels.LoginFailed)
 		return Outcome{}, ErrAuthFailed
 	}
@@ -155,7 +155,7 @@ func (r *Router) legacyLogin(ctx context.Context, log *slog.Logger, a Attempt, a
 	sess, err := a.Legacy(ctx)
 	switch {
 	case errors.Is(err, legacyclient.ErrBadCredentials):
-		r.failed(a.Remote, a.User)
+		r.failed(log, a.Remote, a.User)
 		r.done(log, a, labels.Legacy, labels.LoginFailed)
 		return Outcome{}, ErrAuthFailed
 	case err != nil:
@@ -177,15 +177,13 @@ func (r *Router) legacyLogin(ctx context.Context, log *slog.Logger, a Attempt, a
 }
 
 // done counts and logs a login's outcome: one line per login, never a
-// password. A wrong password is the user's business (INFO); refusals by
-// the limits and a legacy server that could not answer are the admin's
-// (WARN, on the status page); a failure of the store is an ERROR.
+// password. A wrong password, and a refusal by the limits, are the user's
+// business (INFO; the limit being reached is warned of once, see failed);
+// a failure of the store is an ERROR.
 func (r *Router) done(log *slog.Logger, a Attempt, route labels.Route, result labels.LoginResult) {
 	r.observer().Login(a.Protocol, route, result)
 	level := slog.LevelInfo
 	switch result {
-	case labels.LoginLimited:
-		level = slog.LevelWarn
 	case labels.LoginError:
 		level = slog.LevelError
 	}

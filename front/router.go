@@ -10,6 +10,7 @@ import (
 	"crypto/rand"
 	"crypto/sha256"
 	"errors"
+	"fmt"
 	"log/slog"
 	"net"
 	"strings"
@@ -159,7 +160,7 @@ func (r *Router) writeLogins() {
 		r.loginMu.Unlock()
 		ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 		if err := r.Store.RecordLogins(ctx, batch); err != nil {
-			r.log().Warn("record logins", "err", err)
+			r.log().Warn("the latest logins could not be recorded", "err", err)
 		}
 		cancel()
 	}
@@ -218,12 +219,12 @@ func (r *Router) passwordChanged(ctx context.Context, account, password string) 
 	}
 	if err := r.LegacyCheck(ctx, account, password); err != nil {
 		if !errors.Is(err, legacyclient.ErrBadCredentials) {
-			r.log().Warn("legacy password check", "account", account, "err", err)
+			r.log().Warn("the legacy server could not check a changed password", "account", account, "err", err)
 		}
 		return false
 	}
 	if err := r.Store.SetPassword(ctx, account, password); err != nil {
-		r.log().Error("update password hash", "account", account, "err", err)
+		r.log().Error("the new password hash could not be saved", "account", account, "err", err)
 		return false
 	}
 	r.rememberPassword(account, password)
@@ -231,10 +232,15 @@ func (r *Router) passwordChanged(ctx context.Context, account, password string) 
 	return true
 }
 
-// failed records a failed login.
-func (r *Router) failed(addr net.Addr, account string) {
-	if r.Limiter != nil {
-		r.Limiter.Failed(addr, account)
+// failed records a failed login; the one that reaches a limit is a
+// problem for the admin (a guessing attack, or a client with an old
+// password): one warning, not one per refused login.
+func (r *Router) failed(log *slog.Logger, addr net.Addr, account string) {
+	if r.Limiter == nil {
+		return
+	}
+	if reached := r.Limiter.Failed(addr, account); reached != "" {
+		log.Warn(fmt.Sprintf("too many failed logins %s: further logins are refused for up to %s", reached, r.Limiter.window()))
 	}
 }
 
@@ -340,18 +346,18 @@ func (r *Router) recordLegacyLogin(ctx context.Context, known *store.Account, us
 	switch {
 	case errors.Is(err, store.ErrNotFound):
 		if _, err := r.Store.CreateAccount(ctx, user, password, store.StateCapturing); err != nil && !errors.Is(err, store.ErrExists) {
-			r.log().Error("record account", "account", user, "err", err)
+			r.log().Error("a new account could not be recorded", "account", user, "err", err)
 			return false
 		}
 		r.rememberPassword(user, password)
 		r.log().Info("account captured at login", "account", user)
 	case err != nil:
-		r.log().Error("read account", "account", user, "err", err)
+		r.log().Error("an account could not be read", "account", user, "err", err)
 		return false
 	default:
 		if ok, _ := r.Store.VerifyPassword(ctx, acct.Name, password); !ok {
 			if err := r.Store.SetPassword(ctx, acct.Name, password); err != nil {
-				r.log().Error("update password hash", "account", user, "err", err)
+				r.log().Error("the new password hash could not be saved", "account", user, "err", err)
 				return true
 			}
 		}

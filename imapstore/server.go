@@ -182,7 +182,7 @@ func (srv *Server) flushRecent(ctx context.Context) {
 	ctx, cancel := context.WithTimeout(ctx, 30*time.Second)
 	defer cancel()
 	if err := srv.store.SetRecentUIDs(ctx, dirty); err != nil {
-		srv.opts.Log.Warn("imap: record recent marks", "err", err)
+		srv.opts.Log.Warn("the \\Recent marks could not be saved; a restart may show some messages as recent again", "err", err)
 		srv.mu.Lock()
 		for id, uid := range dirty {
 			srv.recentUIDs[id] = max(srv.recentUIDs[id], uid)

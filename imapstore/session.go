@@ -197,7 +197,7 @@ func (s *session) command() (err error) {
 	name, cmd, perr := s.commandName()
 	defer func() {
 		if r := recover(); r != nil {
-			s.log.Error("imap command panicked", "command", name, "panic", fmt.Sprint(r), "stack", string(debug.Stack()))
+			s.log.Error("an IMAP command panicked (a bug); the session was ended", "command", name, "panic", fmt.Sprint(r), "stack", string(debug.Stack()))
 			if s.srv.opts.Panicked != nil {
 				s.srv.opts.Panicked()
 			}
@@ -247,7 +247,7 @@ func (s *session) command() (err error) {
 		return perr
 	default:
 		s.r.Discard()
-		s.log.Error("imap "+strings.ToLower(name), "err", perr)
+		s.log.Error("an IMAP command failed: "+name, "err", perr)
 		s.tagged("NO", "SERVERBUG", "internal error, try again later")
 	}
 	return nil

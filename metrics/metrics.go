@@ -89,7 +89,7 @@ func (c *storeCollector) Collect(ch chan<- prometheus.Metric) {
 	defer cancel()
 	r, err := c.report(ctx)
 	if err != nil {
-		c.log.Error("metrics: read store", "err", err)
+		c.log.Error("the metrics could not read the store", "err", err)
 		ch <- prometheus.MustNewConstMetric(scrapeErrorDesc, prometheus.GaugeValue, 1)
 		return
 	}

@@ -272,7 +272,7 @@ func (ss *session) stopAtBoundary() {
 func (ss *session) serve() {
 	defer func() {
 		if r := recover(); r != nil {
-			ss.log.Error("pop3 session panicked", "panic", fmt.Sprint(r), "stack", string(debug.Stack()))
+			ss.log.Error("a POP3 session panicked (a bug) and was ended", "panic", fmt.Sprint(r), "stack", string(debug.Stack()))
 			if ss.srv.Panicked != nil {
 				ss.srv.Panicked()
 			}
@@ -593,7 +593,7 @@ func (ss *session) login(user, password string) {
 		ss.reply("-ERR [SYS/TEMP] temporary failure, try again in a minute")
 		return
 	case err != nil:
-		ss.log.Error("pop3 login", "user", user, "err", err)
+		ss.log.Error("a POP3 login could not be checked", "user", user, "err", err)
 		ss.reply("-ERR [SYS/TEMP] temporary failure, try again later")
 		return
 	}
@@ -647,11 +647,12 @@ func (ss *session) listing(cmd, arg string) {
 // send writes message i dot-stuffed; bodyLines >= 0 sends the header and
 // that many body lines (TOP).
 func (ss *session) send(i, bodyLines int) {
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Minute)
+	// A transfer under way finishes during a stop: Shutdown waits for it.
+	ctx, cancel := context.WithTimeout(context.WithoutCancel(ss.srv.ctx), 10*time.Minute)
 	defer cancel()
 	rc, err := ss.drop.Open(ctx, i)
 	if err != nil {
-		ss.log.Error("pop3 open message", "n", i+1, "err", err)
+		ss.log.Error("a message could not be read for a POP3 client", "n", i+1, "err", err)
 		ss.reply("-ERR [SYS/TEMP] cannot read message %d", i+1)
 		return
 	}
@@ -661,7 +662,7 @@ func (ss *session) send(i, bodyLines int) {
 	if _, err := io.Copy(dw, rc); err != nil && !errors.Is(err, errTopDone) {
 		// The client has a partial message and no terminator: close so it
 		// cannot take it for whole.
-		ss.log.Error("pop3 send message", "n", i+1, "err", err)
+		ss.log.Error("a message could not be sent to a POP3 client; the connection was closed", "n", i+1, "err", err)
 		ss.conn.Close()
 		return
 	}
@@ -681,10 +682,11 @@ func (ss *session) quit() bool {
 		}
 	}
 	if len(deleted) > 0 {
-		ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+		// The user's QUIT is carried out during a stop too.
+		ctx, cancel := context.WithTimeout(context.WithoutCancel(ss.srv.ctx), time.Minute)
 		defer cancel()
 		if err := ss.drop.Commit(ctx, deleted); err != nil {
-			ss.log.Error("pop3 commit deletions", "err", err)
+			ss.log.Error("the deletions of a POP3 session could not be saved", "err", err)
 			ss.reply("-ERR [SYS/TEMP] some deleted messages not removed")
 			return true
 		}

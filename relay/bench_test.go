@@ -12,6 +12,7 @@ import (
 
 	"github.com/emersion/go-smtp"
 
+	"mailcapture/legacyclient"
 	"mailcapture/legacytest"
 	"mailcapture/scratchfs"
 	"mailcapture/store"
@@ -38,7 +39,7 @@ func BenchmarkSMTPAccept(b *testing.B) {
 	defer st.Close()
 	accountIn(b, st, "local@example.org", store.StateCaptured)
 
-	legacy := Legacy{Address: pf.Addr, Protocol: "smtp", TLS: "none", Hostname: "mx.example.org", Timeout: time.Minute}
+	legacy := Legacy{Endpoint: legacyclient.Endpoint{Address: pf.Addr, Timeout: time.Minute}, Protocol: "smtp", Hostname: "mx.example.org"}
 	queue := &Queue{Store: st, Legacy: legacy}
 	backend := &Backend{Store: st, Domains: []string{"example.org"}, Legacy: legacy, Hostname: "mx.example.org", Spooled: queue.Wake}
 	srv := smtp.NewServer(backend)

@@ -10,6 +10,7 @@ import (
 
 	"github.com/emersion/go-smtp"
 
+	"mailcapture/legacyclient"
 	"mailcapture/legacytest"
 	"mailcapture/scratchfs"
 	"mailcapture/store"
@@ -30,7 +31,7 @@ func TestFullDiskGivesTemporaryError(t *testing.T) {
 	}
 	defer st.Close()
 	a := accountIn(t, st, "local@example.org", store.StateCaptured)
-	legacy := Legacy{Address: d.LMTPAddr, Protocol: "lmtp", Hostname: "mx.example.org", Timeout: 10 * time.Second}
+	legacy := Legacy{Endpoint: legacyclient.Endpoint{Address: d.LMTPAddr, Timeout: 10 * time.Second}, Protocol: "lmtp", Hostname: "mx.example.org"}
 	srv := smtp.NewServer(&Backend{Store: st, Domains: []string{"example.org"}, Legacy: legacy, Hostname: "mx.example.org"})
 	srv.Domain = "mx.example.org"
 	srv.MaxMessageBytes = 8 << 20

@@ -2,58 +2,43 @@ package relay
 
 import (
 	"context"
-	"crypto/tls"
 	"errors"
 	"fmt"
 	"io"
-	"net"
-	"time"
 
 	"github.com/emersion/go-smtp"
 
-	"mailcapture/watchdog"
+	"mailcapture/legacyclient"
 )
 
-// Legacy is the legacy server's mail intake, reached over SMTP or LMTP.
+// Legacy is the legacy server's mail intake, reached over SMTP or LMTP
+// through the one legacy client (every TLS mode, the watchdog).
 type Legacy struct {
-	Address   string
-	TLS       string // none, starttls, implicit
-	TLSConfig *tls.Config
+	legacyclient.Endpoint
 	// Protocol is "smtp" or "lmtp".
 	Protocol string
-	Timeout  time.Duration
 	// Hostname is sent in EHLO/LHLO.
 	Hostname string
 }
 
-func (l Legacy) timeout() time.Duration {
-	if l.Timeout <= 0 {
-		return time.Minute
-	}
-	return l.Timeout
-}
-
-func (l Legacy) dial(ctx context.Context) (*smtp.Client, error) {
-	d := net.Dialer{Timeout: l.timeout()}
-	nc, err := d.DialContext(ctx, "tcp", l.Address)
+// dial connects and greets. The connection is closed when ctx ends (a
+// stop, or the caller's deadline), whatever the exchange is waiting for;
+// call the returned stop once done with the client.
+func (l Legacy) dial(ctx context.Context) (*smtp.Client, func() bool, error) {
+	conn, err := l.Endpoint.Dial(ctx)
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
-	// A silent legacy server fails within the timeout, whatever deadlines
-	// go-smtp sets (minutes, by default); a transfer that flows is never
-	// cut.
-	var conn net.Conn = watchdog.New(nc, l.timeout())
-	if l.TLS == "implicit" {
-		conn = tls.Client(conn, l.TLSConfig)
-	}
+	stop := context.AfterFunc(ctx, func() { conn.Close() })
 	var c *smtp.Client
 	switch {
 	case l.Protocol == "lmtp":
 		c = smtp.NewClientLMTP(conn)
 	case l.TLS == "starttls":
-		if c, err = smtp.NewClientStartTLS(conn, l.TLSConfig); err != nil {
+		if c, err = smtp.NewClientStartTLS(conn, l.ClientTLS()); err != nil {
+			stop()
 			conn.Close()
-			return nil, err
+			return nil, nil, err
 		}
 	default:
 		c = smtp.NewClient(conn)
@@ -63,20 +48,22 @@ func (l Legacy) dial(ctx context.Context) (*smtp.Client, error) {
 		host = "localhost"
 	}
 	if err := c.Hello(host); err != nil {
+		stop()
 		c.Close()
-		return nil, err
+		return nil, nil, err
 	}
-	return c, nil
+	return c, stop, nil
 }
 
 // CheckRecipient asks the legacy server whether it takes mail for rcpt.
 // A refusal is the server's *smtp.SMTPError (passed on to the sender at
 // RCPT time); any other error means the server could not be asked.
 func (l Legacy) CheckRecipient(ctx context.Context, rcpt string) error {
-	c, err := l.dial(ctx)
+	c, stop, err := l.dial(ctx)
 	if err != nil {
 		return fmt.Errorf("legacy smtp %s: %w", l.Address, err)
 	}
+	defer stop()
 	defer c.Close()
 	if err := c.Mail("", nil); err != nil {
 		return fmt.Errorf("legacy smtp MAIL: %w", err)
@@ -111,10 +98,11 @@ type Delivery struct {
 // Deliver relays one message to the legacy server.
 func (l Legacy) Deliver(ctx context.Context, from string, to []string, body io.Reader) Delivery {
 	res := Delivery{Refused: map[string]*smtp.SMTPError{}}
-	c, err := l.dial(ctx)
+	c, stop, err := l.dial(ctx)
 	if err != nil {
 		return Delivery{Retry: to, Err: err}
 	}
+	defer stop()
 	defer c.Close()
 	if err := c.Mail(from, nil); err != nil {
 		return Delivery{Retry: to, Err: err}

@@ -9,6 +9,7 @@ import (
 
 	"github.com/emersion/go-smtp"
 
+	"mailcapture/legacyclient"
 	"mailcapture/legacytest"
 	"mailcapture/store"
 )
@@ -27,7 +28,7 @@ func TestRelayThroughPostfix(t *testing.T) {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { st.Close() })
-	legacy := Legacy{Address: pf.Addr, Protocol: "smtp", TLS: "none", Hostname: "mx.example.org", Timeout: 10 * time.Second}
+	legacy := Legacy{Endpoint: legacyclient.Endpoint{Address: pf.Addr, Timeout: 10 * time.Second}, Protocol: "smtp", Hostname: "mx.example.org"}
 	srv := smtp.NewServer(&Backend{Store: st, Domains: []string{"example.org"}, Legacy: legacy, Hostname: "mx.example.org"})
 	srv.Domain = "mx.example.org"
 	ln, err := net.Listen("tcp", "127.0.0.1:0")

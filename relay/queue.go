@@ -169,7 +169,7 @@ func (q *Queue) pass(ctx context.Context) (full bool) {
 	q.releaseStranded(ctx)
 	due, err := q.Store.DueSpool(ctx, time.Now(), passBatch)
 	if err != nil {
-		q.log().Error("relay: read spool", "err", err)
+		q.log().Error("the spool could not be read; spooled mail waits", "err", err)
 		return false
 	}
 	workers := q.Workers
@@ -200,13 +200,13 @@ func (q *Queue) pass(ctx context.Context) (full bool) {
 func (q *Queue) releaseStranded(ctx context.Context) {
 	ids, err := q.Store.CapturedHolding(ctx)
 	if err != nil {
-		q.log().Error("relay: read held mail", "err", err)
+		q.log().Error("held mail could not be read; it waits", "err", err)
 		return
 	}
 	for _, id := range ids {
 		n, err := q.Store.ReleaseHeld(ctx, id)
 		if err != nil {
-			q.log().Error("relay: deliver held mail", "account_id", id, "err", err)
+			q.log().Error("held mail of a captured account could not be delivered; it waits", "account_id", id, "err", err)
 			continue
 		}
 		if n > 0 {
@@ -218,10 +218,10 @@ func (q *Queue) releaseStranded(ctx context.Context) {
 func (q *Queue) deliver(ctx context.Context, e store.SpoolEntry) {
 	if e.DropRequested {
 		if err := q.Store.Dequeue(ctx, e.ID); err != nil {
-			q.log().Error("relay: drop", "id", e.ID, "err", err)
+			q.log().Error("a spooled message could not be dropped", "id", e.ID, "err", err)
 			return
 		}
-		q.log().Warn("relay: dropped at the admin's request", "id", e.ID, "from", e.From, "to", strings.Join(e.To, ","), "message_id", e.MessageID)
+		q.log().Warn("a spooled message was dropped at the admin's request", "id", e.ID, "from", e.From, "to", strings.Join(e.To, ","), "message_id", e.MessageID)
 		return
 	}
 	log := q.log().With("id", e.ID)
@@ -230,7 +230,7 @@ func (q *Queue) deliver(ctx context.Context, e store.SpoolEntry) {
 	defer q.active.enter(e.To)()
 	to, err := q.reroute(ctx, e, log)
 	if err != nil {
-		log.Error("relay: route spooled message", "err", err)
+		log.Error("a spooled message could not be routed; it waits", "err", err)
 		return
 	}
 	if len(to) == 0 {
@@ -239,7 +239,7 @@ func (q *Queue) deliver(ctx context.Context, e store.SpoolEntry) {
 	e.To = to
 	f, err := q.Store.OpenSpooled(e.ID)
 	if err != nil {
-		log.Error("relay: open spooled message", "err", err)
+		log.Error("a spooled message could not be opened; it waits", "err", err)
 		return
 	}
 	defer f.Close()
@@ -248,7 +248,7 @@ func (q *Queue) deliver(ctx context.Context, e store.SpoolEntry) {
 		to, inDoubt = q.undelivered(ctx, e, f, log)
 		if len(to) == 0 {
 			if err := q.Store.Dequeue(ctx, e.ID); err != nil {
-				log.Error("relay: dequeue", "err", err)
+				log.Error("a delivered message could not be taken off the spool: it may be sent again", "err", err)
 				return
 			}
 			q.observe(e, labels.SMTPDelivered, len(e.To))
@@ -257,12 +257,12 @@ func (q *Queue) deliver(ctx context.Context, e store.SpoolEntry) {
 		}
 	}
 	if err := q.Store.MarkInFlight(e.ID); err != nil {
-		log.Warn("relay: mark in flight; a crash during this attempt may send the message twice", "err", err)
+		log.Warn("a spooled message could not be marked in flight: a crash during this attempt may send it twice", "err", err)
 	}
 	d := q.Legacy.Deliver(ctx, e.From, to, io.NewSectionReader(f, 0, 1<<62))
 	var failures []Failure
 	for rcpt, se := range d.Refused {
-		log.Warn("relay: the legacy server refused a recipient", "rcpt", rcpt, "err", se)
+		log.Warn("the legacy server refused a recipient of a spooled message; the sender is told", "rcpt", rcpt, "err", se)
 		failures = append(failures, Failure{Recipient: rcpt, Status: statusOf(se), Diagnostic: se.Error()})
 	}
 	lifetime := orDuration(q.Lifetime, 5*24*time.Hour)
@@ -277,17 +277,17 @@ func (q *Queue) deliver(ctx context.Context, e store.SpoolEntry) {
 		// The DSN is spooled before the original leaves: a crash in
 		// between bounces twice at worst, never loses the notice.
 		if err := q.enqueueDSN(ctx, e, failures); err != nil {
-			log.Error("relay: spool a DSN", "err", err)
+			log.Error("a delivery status notification could not be spooled", "err", err)
 			q.Store.Defer(ctx, e.ID, e.To, time.Now().Add(time.Minute), "spooling the DSN failed: "+err.Error())
 			return
 		}
 		q.observe(e, labels.SMTPBounced, len(failures))
-		log.Warn("relay: returned to the sender", "from", e.From, "failed", len(failures), "expired", expired)
+		log.Warn("a spooled message could not be delivered to the legacy server and was returned to its sender", "from", e.From, "failed", len(failures), "expired", expired)
 	}
 	switch {
 	case len(d.Retry) == 0 || expired:
 		if err := q.Store.Dequeue(ctx, e.ID); err != nil {
-			log.Error("relay: dequeue", "err", err)
+			log.Error("a delivered message could not be taken off the spool: it may be sent again", "err", err)
 		}
 		if delivered := len(e.To) - len(failures); delivered > 0 {
 			q.observe(e, labels.SMTPDelivered, delivered)
@@ -299,14 +299,14 @@ func (q *Queue) deliver(ctx context.Context, e store.SpoolEntry) {
 		}
 		wait := min(orDuration(q.RetryMin, time.Minute)<<min(e.Attempts, 20), orDuration(q.RetryMax, 64*time.Minute))
 		if err := q.Store.Defer(ctx, e.ID, d.Retry, time.Now().Add(wait), d.Err.Error()); err != nil {
-			log.Error("relay: defer", "err", err)
+			log.Error("a spooled message could not be rescheduled", "err", err)
 			return
 		}
 		q.observe(e, labels.SMTPRetried, len(d.Retry))
-		log.Warn("relay: deferred", "retry_in", wait, "err", d.Err, "in_doubt", d.Uncertain || inDoubt)
+		log.Warn("the legacy server did not take a spooled message; it will be tried again", "retry_in", wait, "err", d.Err, "in_doubt", d.Uncertain || inDoubt)
 		if !d.Uncertain && !inDoubt {
 			if err := q.Store.ClearInFlight(e.ID); err != nil {
-				log.Warn("relay: clear in-flight mark", "err", err)
+				log.Warn("the in-flight mark of a spooled message could not be cleared", "err", err)
 			}
 		}
 	}

@@ -1,6 +1,7 @@
 package relay
 
 import (
+	"bufio"
 	"context"
 	"errors"
 	"fmt"
@@ -16,6 +17,7 @@ import (
 	"github.com/emersion/go-smtp"
 
 	"mailcapture/labels"
+	"mailcapture/legacyclient"
 	"mailcapture/legacytest"
 	"mailcapture/store"
 )
@@ -49,7 +51,7 @@ func startWith(t *testing.T, opts legacytest.Options, configure ...func(*Backend
 	t.Cleanup(func() { st.Close() })
 	accountIn(t, st, "local@example.org", store.StateCaptured)
 	accountIn(t, st, "moving@example.org", store.StateCutover)
-	legacy := Legacy{Address: d.LMTPAddr, Protocol: "lmtp", Hostname: "mx.example.org", Timeout: 10 * time.Second}
+	legacy := Legacy{Endpoint: legacyclient.Endpoint{Address: d.LMTPAddr, Timeout: 10 * time.Second}, Protocol: "lmtp", Hostname: "mx.example.org"}
 	backend := &Backend{Store: st, Domains: []string{"example.org"}, Legacy: legacy, Hostname: "mx.example.org"}
 	for _, c := range configure {
 		c(backend)
@@ -429,4 +431,67 @@ func sendWith(t *testing.T, addr string, rcpts []string, msg string) error {
 	}
 	io.WriteString(w, msg)
 	return w.Close()
+}
+
+// TestDrainEndsARecipientCheckStuckAtTheLegacyServer: a RCPT whose check
+// waits at a legacy server that accepted the connection and never answers
+// ends once Drain returns (451, the sender retries), not after the
+// legacy timeout.
+func TestDrainEndsARecipientCheckStuckAtTheLegacyServer(t *testing.T) {
+	hang, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer hang.Close()
+	reached := make(chan net.Conn, 1)
+	go func() {
+		c, err := hang.Accept()
+		if err == nil {
+			reached <- c
+		}
+	}()
+	var backend *Backend
+	f := start(t, func(b *Backend) {
+		b.Legacy.Address, b.Legacy.Timeout = hang.Addr().String(), time.Hour
+		backend = b
+	})
+	c, err := net.Dial("tcp", f.addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	c.SetDeadline(time.Now().Add(30 * time.Second))
+	r := bufio.NewReader(c)
+	answer := func() string {
+		t.Helper()
+		var all string
+		for {
+			line, err := r.ReadString('\n')
+			if err != nil {
+				t.Fatalf("after %q: %v", all, err)
+			}
+			all += line
+			if len(line) < 4 || line[3] != '-' {
+				return all
+			}
+		}
+	}
+	answer()
+	for _, cmd := range []string{"EHLO sender.example.net", "MAIL FROM:<a@example.net>"} {
+		io.WriteString(c, cmd+"\r\n")
+		answer()
+	}
+	io.WriteString(c, "RCPT TO:<legacy@example.org>\r\n")
+	select {
+	case lc := <-reached:
+		defer lc.Close()
+	case <-time.After(30 * time.Second):
+		t.Fatal("the recipient check never reached the legacy server")
+	}
+	stopped, cancel := context.WithCancel(context.Background())
+	cancel() // the stop's grace period is over
+	backend.Drain(stopped)
+	if got := answer(); !strings.HasPrefix(got, "451 4.4.1") {
+		t.Fatalf("RCPT during a stop: %q, want 451 4.4.1", got)
+	}
 }

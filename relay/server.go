@@ -13,6 +13,7 @@ import (
 	"os"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/emersion/go-smtp"
@@ -57,6 +58,20 @@ type Backend struct {
 	sessionsMu sync.Mutex
 	sessions   map[*session]struct{}
 	draining   bool
+	connIDs    atomic.Uint64
+
+	// ctx is the parent of every session's calls: it ends when Drain
+	// returns, so a recipient check stuck at a slow legacy server ends
+	// with the server.
+	ctxOnce sync.Once
+	ctx     context.Context
+	cancel  context.CancelFunc
+}
+
+// context is the backend's context, the parent of each session's calls.
+func (b *Backend) context() context.Context {
+	b.ctxOnce.Do(func() { b.ctx, b.cancel = context.WithCancel(context.Background()) })
+	return b.ctx
 }
 
 // cachedCheck is a recent answer of the legacy recipient check: positive
@@ -76,7 +91,9 @@ func (b *Backend) log() *slog.Logger {
 
 // NewSession implements smtp.Backend.
 func (b *Backend) NewSession(c *smtp.Conn) (smtp.Session, error) {
-	s := &session{b: b, conn: c, helo: c.Hostname(), remote: c.Conn().RemoteAddr(), ended: make(chan struct{})}
+	remote := c.Conn().RemoteAddr()
+	s := &session{b: b, conn: c, helo: c.Hostname(), remote: remote, ended: make(chan struct{}),
+		log: b.log().With("conn", fmt.Sprintf("smtp-%d", b.connIDs.Add(1)), "proto", "smtp", "remote", remote.String())}
 	b.sessionsMu.Lock()
 	defer b.sessionsMu.Unlock()
 	if b.sessions == nil {
@@ -84,16 +101,19 @@ func (b *Backend) NewSession(c *smtp.Conn) (smtp.Session, error) {
 	}
 	b.sessions[s] = struct{}{}
 	if b.draining {
-		go s.endWhenIdle(context.Background())
+		go s.endWhenIdle(b.context())
 	}
 	return s, nil
 }
 
 // Drain ends every session between two transactions (the sender gets
 // 421 and retries later); transactions in progress finish first. It
-// returns once all sessions ended or ctx ends. Call it, then the server's
-// Shutdown.
+// returns once all sessions ended or ctx ends; then what a session still
+// waits for (a recipient check at the legacy server, a store write) is
+// cancelled. Call it beside the server's Shutdown.
 func (b *Backend) Drain(ctx context.Context) {
+	b.context()
+	defer b.cancel()
 	b.sessionsMu.Lock()
 	b.draining = true
 	var all []*session
@@ -152,6 +172,7 @@ type session struct {
 	inTx   bool // between MAIL FROM and the end of DATA (or RSET)
 	helo   string
 	remote net.Addr
+	log    *slog.Logger // carries the connection id, protocol and peer
 	from   string
 	route  route
 	rcpts  []recipient
@@ -201,7 +222,7 @@ var (
 // refusal is passed back now (no backscatter later). Recipients of
 // different routes go in separate transactions.
 func (s *session) Rcpt(to string, _ *smtp.RcptOptions) error {
-	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	ctx, cancel := context.WithTimeout(s.b.context(), time.Minute)
 	defer cancel()
 	domain, ok := recipientDomain(to)
 	if !ok || !s.b.hosted(domain) {
@@ -217,14 +238,14 @@ func (s *session) Rcpt(to string, _ *smtp.RcptOptions) error {
 	case err == nil && acct.State == store.StateCutover:
 		rt, r.account = routeHold, acct
 	case err != nil && !errors.Is(err, store.ErrNotFound):
-		s.b.log().Error("smtp: read account", "rcpt", to, "err", err)
+		s.log.Error("the store could not be read to route a recipient; the sender was told to try again", "rcpt", to, "err", err)
 		return errTemporary
 	}
 	if s.route != 0 && s.route != rt {
 		return errMixed
 	}
 	if rt == routeLegacy {
-		if err := s.b.checkLegacy(ctx, to); err != nil {
+		if err := s.b.checkLegacy(ctx, s.log, to); err != nil {
 			if se, ok := err.(*smtp.SMTPError); ok && se.Code >= 500 {
 				s.b.observe(labels.SMTPLegacy, labels.SMTPRejected)
 			}
@@ -261,7 +282,7 @@ func (b *Backend) hosted(domain string) bool {
 	return false
 }
 
-func (b *Backend) checkLegacy(ctx context.Context, rcpt string) error {
+func (b *Backend) checkLegacy(ctx context.Context, log *slog.Logger, rcpt string) error {
 	key := strings.ToLower(rcpt)
 	b.cacheMu.Lock()
 	if c, ok := b.cache[key]; ok && time.Now().Before(c.expires) {
@@ -279,7 +300,7 @@ func (b *Backend) checkLegacy(ctx context.Context, rcpt string) error {
 		b.remember(key, se, time.Minute)
 		return se
 	}
-	b.log().Warn("smtp: legacy recipient check failed", "rcpt", rcpt, "err", err)
+	log.Warn("the legacy server could not be asked whether it takes mail for a recipient; the sender was told to try again", "rcpt", rcpt, "err", err)
 	return errLegacyOff
 }
 
@@ -298,7 +319,7 @@ func (b *Backend) remember(key string, err error, ttl time.Duration) {
 // refused with 554.
 func (s *session) Data(r io.Reader) error {
 	defer s.setInTx(false)
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Minute)
+	ctx, cancel := context.WithTimeout(s.b.context(), 10*time.Minute)
 	defer cancel()
 	if len(s.rcpts) == 0 {
 		return &smtp.SMTPError{Code: 554, EnhancedCode: smtp.EnhancedCode{5, 5, 1}, Message: "no valid recipients"}
@@ -312,7 +333,7 @@ func (s *session) Data(r io.Reader) error {
 	if err == nil && hops >= orInt(s.b.MaxHops, 50) {
 		s.b.observe(routeName, labels.SMTPRejected)
 		s.b.refused(labels.SMTPHops)
-		s.b.log().Warn("smtp: mail loop refused", "from", s.from, "hops", hops)
+		s.log.Warn("a message that has looped (too many Received headers) was refused", "from", s.from, "hops", hops)
 		return &smtp.SMTPError{Code: 554, EnhancedCode: smtp.EnhancedCode{5, 4, 6}, Message: fmt.Sprintf("too many hops (%d Received headers): mail loop", hops)}
 	}
 	body := io.MultiReader(bytes.NewReader(s.received()), bytes.NewReader(header), br)
@@ -337,7 +358,7 @@ func (s *session) Data(r io.Reader) error {
 	}
 	if errors.Is(err, os.ErrDeadlineExceeded) {
 		s.b.observe(routeName, labels.SMTPDeferred)
-		s.b.log().Warn("smtp: DATA took too long; connection closed", "remote", s.remote)
+		s.log.Warn("a sender took too long to send a message; the connection was closed and it will retry")
 		// The rest of the DATA is never read: answer and close here, so
 		// that it is not taken for commands.
 		nc := s.conn.Conn()
@@ -349,7 +370,7 @@ func (s *session) Data(r io.Reader) error {
 	}
 	if err != nil {
 		s.b.observe(routeName, labels.SMTPDeferred)
-		s.b.log().Error("smtp: store message", "err", err)
+		s.log.Error("a message could not be stored; the sender was told to try again", "err", err)
 		return errTemporary
 	}
 	s.b.observe(routeName, labels.SMTPAccepted)
@@ -357,7 +378,7 @@ func (s *session) Data(r io.Reader) error {
 	for _, rc := range s.rcpts {
 		rcpts = append(rcpts, rc.addr)
 	}
-	s.b.log().Info("smtp: message accepted", "route", routeName, "queue_id", queueID, "from", s.from, "to", strings.Join(rcpts, ","), "client", s.remote.String())
+	s.log.Info("smtp: message accepted", "route", routeName, "queue_id", queueID, "from", s.from, "to", strings.Join(rcpts, ","))
 	return nil
 }
 

@@ -341,7 +341,7 @@ func (s *Store) DeleteMailbox(ctx context.Context, id int64) error {
 	}
 	s.watchers.publish(Change{MailboxID: id, Kind: MailboxDeleted, UIDs: uids})
 	if err := s.unlinkQueued(ctx); err != nil {
-		s.log.Error("store: unlink bodies of deleted mailbox", "mailbox", id, "err", err)
+		s.log.Error("the body files of a deleted mailbox could not be removed", "mailbox", id, "err", err)
 	}
 	return nil
 }

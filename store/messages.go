@@ -414,7 +414,7 @@ func (s *Store) afterExpunge(ctx context.Context, mailboxID int64, gone []uint32
 	s.watchers.publish(Change{MailboxID: mailboxID, Kind: MessagesExpunged, UIDs: gone})
 	if err := s.unlinkQueued(ctx); err != nil {
 		// The queue is retried at the next Open; the rows are gone already.
-		s.log.Error("store: unlink expunged bodies", "mailbox", mailboxID, "err", err)
+		s.log.Error("the body files of expunged messages could not be removed", "mailbox", mailboxID, "err", err)
 	}
 }
 

@@ -283,10 +283,10 @@ func (s *Store) Dequeue(ctx context.Context, id int64) error {
 		return fmt.Errorf("dequeue spooled message %d: %w", id, err)
 	}
 	if err := s.unlinkQueued(ctx); err != nil {
-		s.log.Error("store: unlink dequeued message", "id", id, "err", err)
+		s.log.Error("the file of a delivered spooled message could not be removed", "id", id, "err", err)
 	}
 	if err := s.ClearInFlight(id); err != nil {
-		s.log.Error("store: clear the in-flight mark of a dequeued message", "id", id, "err", err)
+		s.log.Error("the in-flight mark of a delivered spooled message could not be cleared", "id", id, "err", err)
 	}
 	return nil
 }
@@ -384,7 +384,7 @@ func (s *Store) DeliverHeld(ctx context.Context, id, mailboxID int64) (uid uint3
 	}
 	if duplicate {
 		if err := s.unlinkQueued(ctx); err != nil {
-			s.log.Error("store: unlink duplicate held message", "id", id, "err", err)
+			s.log.Error("the file of a duplicate held message could not be removed", "id", id, "err", err)
 		}
 		return 0, true, nil
 	}

@@ -351,7 +351,7 @@ func openFile(path string, flags int, perm uint32) (*os.File, error) {
 func (s *Store) removeBlobs(ids []int64) {
 	for _, id := range ids {
 		if err := os.Remove(s.blobPath(id)); err != nil && !errors.Is(err, os.ErrNotExist) {
-			s.log.Error("store: remove uncommitted body", "blob", id, "err", err)
+			s.log.Error("the body file of an uncommitted message could not be removed", "blob", id, "err", err)
 		}
 	}
 }
@@ -434,7 +434,7 @@ func (s *Store) UnpinBodies(ids []int64) {
 		if s.pins.gone[id] {
 			delete(s.pins.gone, id)
 			if err := os.Remove(s.blobPath(id)); err != nil && !errors.Is(err, os.ErrNotExist) {
-				s.log.Error("store: unlink body of a deleted message", "id", id, "err", err)
+				s.log.Error("the body file of a deleted message could not be removed", "id", id, "err", err)
 				continue // the queue row stays: retried at the next Open
 			}
 			s.pins.done[id] = true

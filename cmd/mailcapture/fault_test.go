@@ -198,7 +198,7 @@ func TestLegacyFaultsCostNothing(t *testing.T) {
 		{name: "connection dropped after the data of a relayed message",
 			apply: func(t *testing.T, f *faultFixture) { f.lmtpProxy.LoseReplyAfter([]byte("\r\n.\r\n")) },
 			end:   func(t *testing.T, f *faultFixture) { f.lmtpProxy.LoseReplyAfter(nil) },
-			shows: regexp.MustCompile(`level=WARN msg="relay: deferred".*in_doubt=true`), metric: `mailcapture_smtp_messages_total{result="retried",route="legacy"}`},
+			shows: regexp.MustCompile(`level=WARN msg="the legacy server did not take a spooled message; it will be tried again".*in_doubt=true`), metric: `mailcapture_smtp_messages_total{result="retried",route="legacy"}`},
 		{name: "server hangs",
 			apply: func(t *testing.T, f *faultFixture) { f.imapProxy.SetHanging(true); f.lmtpProxy.SetHanging(true) },
 			end:   func(t *testing.T, f *faultFixture) { f.imapProxy.SetHanging(false); f.lmtpProxy.SetHanging(false) },

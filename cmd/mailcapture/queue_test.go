@@ -64,8 +64,8 @@ func TestQueueCommand(t *testing.T) {
 	environ = append(environ, "MAILCAPTURE_LISTEN__SMTP=127.0.0.1:0", "MAILCAPTURE_LEGACY__SMTP__ADDRESS="+proxy.Addr,
 		"MAILCAPTURE_LEGACY__SMTP__PROTOCOL=lmtp", "MAILCAPTURE_LEGACY__SMTP__TLS=none")
 	srv := startServe(t, path, environ)
-	srv.waitFor(regexp.MustCompile(`msg="relay: deferred"`))
-	srv.waitFor(regexp.MustCompile(`msg="relay: deferred"`))
+	srv.waitFor(regexp.MustCompile(`msg="the legacy server did not take a spooled message; it will be tried again"`))
+	srv.waitFor(regexp.MustCompile(`msg="the legacy server did not take a spooled message; it will be tried again"`))
 
 	rows := spooledRows(t, environ, path)
 	if len(rows) != 2 || rows[0].Attempts != 1 || rows[0].LastError == "" || rows[0].MessageID != "<keep@example.net>" {
@@ -91,7 +91,7 @@ func TestQueueCommand(t *testing.T) {
 	if code, out, errOut := runCLI(t, environ, "queue", "--config", path, "drop", strconv.FormatInt(rows[1].ID, 10), "--yes"); code != 0 {
 		t.Fatalf("queue drop: exit %d %s %s", code, out, errOut)
 	}
-	srv.waitFor(regexp.MustCompile(`msg="relay: dropped at the admin's request"`))
+	srv.waitFor(regexp.MustCompile(`msg="a spooled message was dropped at the admin's request"`))
 	proxy.SetDown(false)
 	if code, out, errOut := runCLI(t, environ, "queue", "--config", path, "retry", "--all"); code != 0 || !strings.HasPrefix(out, "1 messages due now") {
 		t.Fatalf("queue retry: exit %d %s %s", code, out, errOut)

@@ -184,7 +184,7 @@ func serveConfig(ctx context.Context, log *slog.Logger, cfg config.Config, ready
 	defer cancel()
 	for i := len(s.stops) - 1; i >= 0; i-- {
 		if serr := s.stops[i](shutdownCtx); serr != nil && !errors.Is(serr, http.ErrServerClosed) {
-			log.Warn("shutdown", "err", serr)
+			log.Warn("a part did not stop cleanly", "err", serr)
 		}
 	}
 	// Capture jobs stop; the batches they were streaming are committed.
@@ -229,8 +229,14 @@ func (s *server) start(schedCtx context.Context, schedDone chan struct{}) error 
 		router.LegacyCheck = engine.CheckPassword
 		router.Follow = func(ctx context.Context, account, password string) {
 			res, err := engine.Follow(ctx, account, password)
-			if err != nil {
-				log.Warn("follow sync failed", "account", account, "err", err)
+			switch {
+			case err != nil && ctx.Err() != nil:
+				// A stop (or the end of the session it followed) cut it
+				// short: the next login syncs again.
+				log.Debug("follow sync stopped", "account", account, "err", err)
+				return
+			case err != nil:
+				log.Warn("a follow sync of new legacy mail failed; the next login tries again", "account", account, "err", err)
 				return
 			}
 			if res.Added > 0 {
@@ -263,7 +269,7 @@ func (s *server) start(schedCtx context.Context, schedDone chan struct{}) error 
 			ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 			defer cancel()
 			if err := s.st.SetCredential(ctx, account, v.Seal(account, password)); err != nil {
-				log.Warn("vault: keep the password", "account", account, "err", err)
+				log.Warn("the password could not be sealed in the vault", "account", account, "err", err)
 			}
 		}
 		vaultCtx, stopVault := context.WithCancel(schedCtx)
@@ -296,12 +302,9 @@ func (s *server) start(schedCtx context.Context, schedDone chan struct{}) error 
 	// The relay queue (with listen.smtp): mail spooled for the legacy
 	// server. A cut-over waits for what it is handing over.
 	var queue *relay.Queue
-	legacy := relay.Legacy{Address: cfg.Legacy.SMTP.Address, TLS: cfg.Legacy.SMTP.TLS, Protocol: cfg.Legacy.SMTP.Protocol,
-		TLSConfig: engine.IMAP.TLSConfig.Clone(), Timeout: cfg.Legacy.Timeout, Hostname: cfg.Hostname}
+	legacy := relay.Legacy{Endpoint: legacyclient.Configured(cfg.Legacy.SMTP.Address, cfg.Legacy.SMTP.TLS, cfg.Legacy),
+		Protocol: cfg.Legacy.SMTP.Protocol, Hostname: cfg.Hostname}
 	if cfg.Listen.SMTP != "" {
-		if host, _, err := net.SplitHostPort(legacy.Address); err == nil {
-			legacy.TLSConfig.ServerName = host
-		}
 		queue = &relay.Queue{Store: s.st, Legacy: legacy, Lifetime: cfg.SMTP.MessageLifetime, RetryMin: cfg.SMTP.RetryMin, RetryMax: cfg.SMTP.RetryMax,
 			Observer: m.Traffic, Log: log}
 		if cfg.Legacy.IMAP.Address != "" && (inboxSearch.Master != nil || inboxSearch.Passwords != nil) {
@@ -461,7 +464,7 @@ func (s *server) start(schedCtx context.Context, schedDone chan struct{}) error 
 func (s *server) fromVault(ctx context.Context, v *vault.Vault, router *front.Router) {
 	creds, err := s.st.Credentials(ctx)
 	if err != nil {
-		s.log.Warn("vault: read", "err", err)
+		s.log.Warn("the vault could not be read", "err", err)
 		return
 	}
 	for name, sealed := range creds {
