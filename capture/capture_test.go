@@ -21,6 +21,7 @@ import (
 	"mailcapture/legacyclient"
 	"mailcapture/legacytest"
 	"mailcapture/store"
+	"mailcapture/storetest"
 )
 
 var testHash = store.HashParams{Time: 1, MemoryKiB: 8 * 1024, Threads: 1}
@@ -32,11 +33,7 @@ const (
 
 func openStore(t *testing.T) *store.Store {
 	t.Helper()
-	st, err := store.Open(context.Background(), t.TempDir(), store.Options{Hash: testHash})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { st.Close() })
+	st := storetest.Open(t, "")
 	return st
 }
 

@@ -16,6 +16,7 @@ import (
 	"mailcapture/legacyclient"
 	"mailcapture/legacytest"
 	"mailcapture/store"
+	"mailcapture/storetest"
 )
 
 const crashEnv = "MAILCAPTURE_CAPTURE_CRASH"
@@ -105,11 +106,7 @@ func TestCaptureSurvivesSIGKILL(t *testing.T) {
 		cmd.Wait()
 		checkPartialCopy(t, dir, legacy)
 	}
-	st, err := store.Open(context.Background(), dir, store.Options{Hash: testHash})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer st.Close()
+	st := storetest.Open(t, dir)
 	e := &Engine{Store: st, IMAP: legacyclient.Endpoint{Address: d.IMAPAddr, TLS: "none", Timeout: 10 * time.Second}}
 	if _, err := e.Converge(context.Background(), user, password, 5); err != nil {
 		t.Fatal(err)

@@ -3,5 +3,5 @@
 // engine, the per-account state machine, the job scheduler and cut-over.
 //
 // The store it writes to is package store; see ARCHITECTURE.md for how a
-// capture flows and which invariants of DESIGN.md it enforces.
+// capture flows and which invariants of docs/CONTRACT.md it enforces.
 package capture

@@ -9,6 +9,7 @@ import (
 	"mailcapture/legacytest"
 	"mailcapture/scratchfs"
 	"mailcapture/store"
+	"mailcapture/storetest"
 )
 
 // TestCaptureSurvivesDroppedFetch: the legacy connection breaks in the
@@ -80,11 +81,7 @@ func TestCaptureSurvivesFullDisk(t *testing.T) {
 	d := legacytest.Start(t, legacytest.Options{})
 	populate(t, d)
 	dir := scratchfs.MustMount(t, 8)
-	st, err := store.Open(ctx, filepath.Join(dir, "store"), store.Options{Hash: testHash})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer st.Close()
+	st := storetest.Open(t, filepath.Join(dir, "store"))
 	st.CreateAccount(ctx, user, password, store.StateCapturing)
 	// Leave about 600 KB free: less than the mailbox needs.
 	filler := filepath.Join(dir, "filler")

@@ -28,7 +28,7 @@ type Syncer interface {
 }
 
 // Cutover moves a converged account from the legacy server to the store
-// (DESIGN.md, "cutover"): logins wait, proxied IMAP sessions end at a
+// (docs/CONTRACT.md, "cutover"): logins wait, proxied IMAP sessions end at a
 // command boundary, proxied POP3 sessions may finish (then are cut, which
 // rolls back their deletions), relayed mail on its way to the legacy
 // server arrives (later mail is held in the spool), a final sync runs with no client touching

@@ -14,6 +14,7 @@ import (
 	"mailcapture/legacytest"
 	"mailcapture/pop3"
 	"mailcapture/store"
+	"mailcapture/storetest"
 )
 
 const (
@@ -43,11 +44,7 @@ func TestExportServedByDovecot(t *testing.T) {
 				{Name: "Archive/2024/Taxes", Subscribed: true, Messages: msgs[80:90]},
 				{Name: "Trash"},
 			})
-			st, err := store.Open(ctx, t.TempDir(), store.Options{Hash: store.HashParams{Time: 1, MemoryKiB: 8192, Threads: 1}})
-			if err != nil {
-				t.Fatal(err)
-			}
-			defer st.Close()
+			st := storetest.Open(t, "")
 			st.CreateAccount(ctx, user, password, store.StateCapturing)
 			e := &capture.Engine{Store: st, IMAP: legacyclient.Endpoint{Address: source.IMAPAddr, TLS: "none", Timeout: 10 * time.Second},
 				POP3: legacyclient.Endpoint{Address: source.POP3Addr, TLS: "none", Timeout: 10 * time.Second}}

@@ -16,6 +16,7 @@ import (
 	"mailcapture/legacytest"
 	"mailcapture/pop3"
 	"mailcapture/store"
+	"mailcapture/storetest"
 )
 
 // TestPasswordChangedAtLegacy: a user changes the password at the legacy
@@ -47,8 +48,7 @@ func TestPasswordChangedAtLegacy(t *testing.T) {
 		t.Fatalf("first login (legacy route): %v", err)
 	}
 	f.waitCaptured(t, imapUser, password)
-	f.st.Transition(ctx, imapUser, store.StateCapturing, store.StateCutover)
-	f.st.Transition(ctx, imapUser, store.StateCutover, store.StateCaptured)
+	storetest.MarkCaptured(t, f.st, imapUser)
 
 	const newPassword = "changed at the legacy server"
 	f.d.ChangePassword(t, imapUser, newPassword)
@@ -165,8 +165,7 @@ func TestShutdownSaysBye(t *testing.T) {
 	tr.send("b LOGOUT")
 	tr.expect("* BYE")
 	f.waitCaptured(t, imapUser, password)
-	f.st.Transition(ctx, imapUser, store.StateCapturing, store.StateCutover)
-	f.st.Transition(ctx, imapUser, store.StateCutover, store.StateCaptured)
+	storetest.MarkCaptured(t, f.st, imapUser)
 
 	preauth := dialTranscript(t, f.addr)
 	local := dialTranscript(t, f.addr)

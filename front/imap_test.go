@@ -24,6 +24,7 @@ import (
 	"mailcapture/legacyclient"
 	"mailcapture/legacytest"
 	"mailcapture/store"
+	"mailcapture/storetest"
 )
 
 const imapUser = "imap@example.org"
@@ -46,11 +47,7 @@ func startIMAPFront(t *testing.T, trusted func(net.Addr) bool, configure ...func
 		{Name: "Sent", Subscribed: true, Messages: msgs[25:35]},
 		{Name: "Projects/2023", Messages: msgs[35:]},
 	})
-	st, err := store.Open(context.Background(), t.TempDir(), store.Options{Hash: store.HashParams{Time: 1, MemoryKiB: 8192, Threads: 1}})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { st.Close() })
+	st := storetest.Open(t, "")
 	imapEP := legacyclient.Endpoint{Address: d.IMAPAddr, TLS: "none", Timeout: 10 * time.Second}
 	sched := &capture.Scheduler{Engine: &capture.Engine{Store: st, IMAP: imapEP}}
 	ctx, cancel := context.WithCancel(context.Background())
@@ -238,8 +235,7 @@ func TestIMAPFrontAcrossCapture(t *testing.T) {
 	}
 	f.waitCaptured(t, imapUser, password)
 	// The cut-over's end, by hand here.
-	f.st.Transition(ctx, imapUser, store.StateCapturing, store.StateCutover)
-	f.st.Transition(ctx, imapUser, store.StateCutover, store.StateCaptured)
+	storetest.MarkCaptured(t, f.st, imapUser)
 
 	c, err := imapclient.DialInsecure(f.addr, nil)
 	if err != nil {

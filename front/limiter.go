@@ -9,7 +9,7 @@ import (
 
 // LoginLimiter bounds failed logins per client address and per account
 // over a sliding window, so that the proxy cannot be used to guess
-// passwords against the legacy server (DESIGN.md, invariant 7). A refused
+// passwords against the legacy server (docs/CONTRACT.md, invariant 7). A refused
 // attempt never reaches the legacy server nor the password hash.
 type LoginLimiter struct {
 	// PerAddress is the most failures from one address in Window.

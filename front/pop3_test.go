@@ -21,6 +21,7 @@ import (
 	"mailcapture/pop3"
 	"mailcapture/pop3store"
 	"mailcapture/store"
+	"mailcapture/storetest"
 )
 
 const (
@@ -42,11 +43,7 @@ func startPOP3Front(t *testing.T) *pop3Fixture {
 	d := legacytest.Start(t, legacytest.Options{UIDLFormat: "%g"})
 	d.AddUser(t, user, password)
 	d.Populate(t, user, password, []legacytest.Folder{{Name: "INBOX", Messages: legacytest.Generate(50, 12, 20000)}})
-	st, err := store.Open(context.Background(), t.TempDir(), store.Options{Hash: store.HashParams{Time: 1, MemoryKiB: 8192, Threads: 1}})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { st.Close() })
+	st := storetest.Open(t, "")
 	imapEP := legacyclient.Endpoint{Address: d.IMAPAddr, TLS: "none", Timeout: 10 * time.Second}
 	popEP := legacyclient.Endpoint{Address: d.POP3Addr, TLS: "none", Timeout: 10 * time.Second}
 	sched := &capture.Scheduler{Engine: &capture.Engine{Store: st, IMAP: imapEP, POP3: popEP}}
@@ -105,8 +102,7 @@ func TestPOP3FrontFetchmailAcrossCapture(t *testing.T) {
 		t.Fatalf("capture job %+v", st)
 	}
 	// The cut-over's end, done by hand here: from now on the store serves.
-	f.st.Transition(ctx, user, store.StateCapturing, store.StateCutover)
-	f.st.Transition(ctx, user, store.StateCutover, store.StateCaptured)
+	storetest.MarkCaptured(t, f.st, user)
 	if code := fetch(); code != 1 {
 		t.Fatalf("run after the switch: exit %d, want 1 (no new mail)", code)
 	}

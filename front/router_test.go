@@ -10,17 +10,14 @@ import (
 
 	"mailcapture/labels"
 	"mailcapture/store"
+	"mailcapture/storetest"
 )
 
 // TestRouteWaitsDuringCutover: a login for an account in cut-over waits
 // for it to end and then goes to the store.
 func TestRouteWaitsDuringCutover(t *testing.T) {
 	ctx := context.Background()
-	st, err := store.Open(ctx, t.TempDir(), store.Options{Hash: store.HashParams{Time: 1, MemoryKiB: 8192, Threads: 1}})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer st.Close()
+	st := storetest.Open(t, "")
 	st.CreateAccount(ctx, "w@example.org", "pw", store.StateCapturing)
 	st.Transition(ctx, "w@example.org", store.StateCapturing, store.StateCutover)
 	r := &Router{Store: st, CutoverWait: time.Minute}
@@ -63,11 +60,7 @@ func TestRouteWaitsDuringCutover(t *testing.T) {
 // password (changed at the legacy server) costs one check and one hash.
 func TestFirstLoginStormHashesOnce(t *testing.T) {
 	ctx := context.Background()
-	st, err := store.Open(ctx, t.TempDir(), store.Options{Hash: store.HashParams{Time: 1, MemoryKiB: 8192, Threads: 1, Concurrency: 1}})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer st.Close()
+	st := storetest.Open(t, "", store.Options{Hash: store.HashParams{Time: 1, MemoryKiB: 8192, Threads: 1, Concurrency: 1}})
 	r := &Router{Store: st}
 	var wg sync.WaitGroup
 	for range 100 {
@@ -101,11 +94,7 @@ func TestFirstLoginStormHashesOnce(t *testing.T) {
 // server, whose mailbox the final sync must have to itself.
 func TestLoginDuringLongCutoverIsRefused(t *testing.T) {
 	ctx := context.Background()
-	st, err := store.Open(ctx, t.TempDir(), store.Options{Hash: store.HashParams{Time: 1, MemoryKiB: 8192, Threads: 1}})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer st.Close()
+	st := storetest.Open(t, "")
 	st.CreateAccount(ctx, "slow@example.org", "pw", store.StateCapturing)
 	st.Transition(ctx, "slow@example.org", store.StateCapturing, store.StateCutover)
 	r := &Router{Store: st, CutoverWait: 200 * time.Millisecond}

@@ -20,6 +20,7 @@ import (
 	"mailcapture/legacyclient"
 	"mailcapture/legacytest"
 	"mailcapture/store"
+	"mailcapture/storetest"
 )
 
 type fixture struct {
@@ -43,18 +44,13 @@ func captured(t *testing.T, opts legacytest.Options) *fixture {
 		{Name: "Trash", Subscribed: true},
 		{Name: "Work/Projects/2024", Subscribed: true, Messages: msgs[42:60]},
 	})
-	st, err := store.Open(ctx, t.TempDir(), store.Options{Hash: store.HashParams{Time: 1, MemoryKiB: 8192, Threads: 1}})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { st.Close() })
+	st := storetest.Open(t, "")
 	st.CreateAccount(ctx, user, password, store.StateCapturing)
 	e := &capture.Engine{Store: st, IMAP: legacyclient.Endpoint{Address: d.IMAPAddr, TLS: "none", Timeout: 10 * time.Second}}
 	if _, err := e.Converge(ctx, user, password, 5); err != nil {
 		t.Fatal(err)
 	}
-	st.Transition(ctx, user, store.StateCapturing, store.StateCutover)
-	st.Transition(ctx, user, store.StateCutover, store.StateCaptured)
+	storetest.MarkCaptured(t, st, user)
 	return &fixture{d: d, st: st, addr: serveStore(t, st)}
 }
 
@@ -415,11 +411,7 @@ func TestFetchCacheFollowsChanges(t *testing.T) {
 // dropped first; a deleted mailbox's state is never kept.
 func TestIdleMailboxStatesBounded(t *testing.T) {
 	ctx := context.Background()
-	st, err := store.Open(ctx, t.TempDir(), store.Options{Hash: store.HashParams{Time: 1, MemoryKiB: 8192, Threads: 1}})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer st.Close()
+	st := storetest.Open(t, "")
 	acct, _ := st.CreateAccount(ctx, "idle@example.org", "pw", store.StateCaptured)
 	srv := NewServer(st, Options{})
 	var ids []int64

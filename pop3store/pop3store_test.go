@@ -19,6 +19,7 @@ import (
 	"mailcapture/legacytest"
 	"mailcapture/pop3"
 	"mailcapture/store"
+	"mailcapture/storetest"
 )
 
 const (
@@ -46,14 +47,9 @@ type fixture struct {
 func start(t *testing.T) *fixture {
 	t.Helper()
 	ctx := context.Background()
-	st, err := store.Open(ctx, t.TempDir(), store.Options{Hash: store.HashParams{Time: 1, MemoryKiB: 8192, Threads: 1}})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { st.Close() })
+	st := storetest.Open(t, "")
 	acct, _ := st.CreateAccount(ctx, user, password, store.StateCapturing)
-	st.Transition(ctx, user, store.StateCapturing, store.StateCutover)
-	st.Transition(ctx, user, store.StateCutover, store.StateCaptured)
+	storetest.MarkCaptured(t, st, user)
 	inbox, _ := st.CreateMailbox(ctx, acct.ID, store.MailboxSpec{Name: "INBOX", UIDValidity: 42})
 	b := st.NewBatch()
 	for i, m := range messages {
@@ -197,7 +193,8 @@ func TestDroppedSessionDeletesNothing(t *testing.T) {
 }
 
 // TestProtocolErrors: what a confused or hostile client sends gets the
-// protocol's answer, and the session goes on.
+// protocol's answer, and the session goes on; only an unknown command
+// before the login ends it (a peer that does not speak POP3).
 func TestProtocolErrors(t *testing.T) {
 	f := start(t)
 	conn, err := net.Dial("tcp", f.addr)
@@ -217,7 +214,6 @@ func TestProtocolErrors(t *testing.T) {
 	}
 	exchange("STAT", "-ERR")
 	exchange("PASS x", "-ERR send USER first")
-	exchange("FROB", "-ERR")
 	exchange(strings.Repeat("A", 5000), "-ERR line too long")
 	exchange("AUTH CRAM-MD5", "-ERR unsupported mechanism")
 	exchange("AUTH PLAIN !!!", "-ERR [AUTH] malformed")
@@ -230,9 +226,22 @@ func TestProtocolErrors(t *testing.T) {
 	exchange("RETR x", "-ERR no such message")
 	exchange("TOP 1", "-ERR TOP needs")
 	exchange("USER again", "-ERR already logged in")
+	exchange("FROB", "-ERR")
 	exchange("LIST 2", "+OK 2 ")
 	exchange("NOOP", "+OK")
 	exchange("QUIT", "+OK")
+
+	stranger, err := net.Dial("tcp", f.addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer stranger.Close()
+	stranger.SetDeadline(time.Now().Add(10 * time.Second))
+	fmt.Fprintf(stranger, "FROB\r\n")
+	rest, err := io.ReadAll(stranger)
+	if err != nil || !strings.Contains(string(rest), "\r\n-ERR") {
+		t.Fatalf("unknown command before login: %q %v, want -ERR and the end of the session", rest, err)
+	}
 }
 
 // TestPythonPoplib drives the server with Python's poplib.

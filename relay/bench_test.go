@@ -16,6 +16,7 @@ import (
 	"mailcapture/legacytest"
 	"mailcapture/scratchfs"
 	"mailcapture/store"
+	"mailcapture/storetest"
 )
 
 // BenchmarkSMTPAccept measures messages per second accepted and durably
@@ -37,7 +38,7 @@ func BenchmarkSMTPAccept(b *testing.B) {
 		b.Fatal(err)
 	}
 	defer st.Close()
-	accountIn(b, st, "local@example.org", store.StateCaptured)
+	storetest.Account(b, st, "local@example.org", "pw", store.StateCaptured)
 
 	legacy := Legacy{Endpoint: legacyclient.Endpoint{Address: pf.Addr, Timeout: time.Minute}, Protocol: "smtp", Hostname: "mx.example.org"}
 	queue := &Queue{Store: st, Legacy: legacy}

@@ -14,6 +14,7 @@ import (
 	"mailcapture/legacytest"
 	"mailcapture/scratchfs"
 	"mailcapture/store"
+	"mailcapture/storetest"
 )
 
 // TestFullDiskGivesTemporaryError: with the local disk full, a message
@@ -25,12 +26,8 @@ func TestFullDiskGivesTemporaryError(t *testing.T) {
 	d := legacytest.Start(t, legacytest.Options{})
 	d.AddUser(t, "legacy@example.org", "pw")
 	dir := scratchfs.MustMount(t, 8)
-	st, err := store.Open(ctx, filepath.Join(dir, "store"), store.Options{Hash: store.HashParams{Time: 1, MemoryKiB: 8192, Threads: 1}})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer st.Close()
-	a := accountIn(t, st, "local@example.org", store.StateCaptured)
+	st := storetest.Open(t, filepath.Join(dir, "store"))
+	a := storetest.Account(t, st, "local@example.org", "pw", store.StateCaptured)
 	legacy := Legacy{Endpoint: legacyclient.Endpoint{Address: d.LMTPAddr, Timeout: 10 * time.Second}, Protocol: "lmtp", Hostname: "mx.example.org"}
 	srv := smtp.NewServer(&Backend{Store: st, Domains: []string{"example.org"}, Legacy: legacy, Hostname: "mx.example.org"})
 	srv.Domain = "mx.example.org"

@@ -11,7 +11,7 @@ import (
 
 	"mailcapture/legacyclient"
 	"mailcapture/legacytest"
-	"mailcapture/store"
+	"mailcapture/storetest"
 )
 
 // TestRelayThroughPostfix: the legacy side is a real Postfix delivering
@@ -23,11 +23,7 @@ func TestRelayThroughPostfix(t *testing.T) {
 	d := legacytest.Start(t, legacytest.Options{})
 	d.AddUser(t, "legacy@example.org", "pw")
 	pf := legacytest.StartPostfix(t, legacytest.PostfixOptions{LMTPAddr: d.LMTPAddr, Domain: "example.org", Users: []string{"legacy@example.org"}})
-	st, err := store.Open(ctx, t.TempDir(), store.Options{Hash: store.HashParams{Time: 1, MemoryKiB: 8192, Threads: 1}})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { st.Close() })
+	st := storetest.Open(t, "")
 	legacy := Legacy{Endpoint: legacyclient.Endpoint{Address: pf.Addr, Timeout: 10 * time.Second}, Protocol: "smtp", Hostname: "mx.example.org"}
 	srv := smtp.NewServer(&Backend{Store: st, Domains: []string{"example.org"}, Legacy: legacy, Hostname: "mx.example.org"})
 	srv.Domain = "mx.example.org"

@@ -112,7 +112,7 @@ func (d *deliveries) wait(ctx context.Context, rcpt string) error {
 // Quiesce returns once no spooled message for account is on its way to
 // the legacy server. A cut-over calls it after the account has left the
 // capturing state: from then on the queue holds the account's mail in the
-// spool instead (DESIGN.md: inbound mail is held during the cut-over), so
+// spool instead (docs/CONTRACT.md: inbound mail is held during the cut-over), so
 // the final sync sees a legacy mailbox nobody adds to.
 func (q *Queue) Quiesce(ctx context.Context, account string) error {
 	if err := q.active.wait(ctx, account); err != nil {

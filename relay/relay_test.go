@@ -20,6 +20,7 @@ import (
 	"mailcapture/legacyclient"
 	"mailcapture/legacytest"
 	"mailcapture/store"
+	"mailcapture/storetest"
 )
 
 type fixture struct {
@@ -39,18 +40,13 @@ func start(t *testing.T, configure ...func(*Backend)) *fixture {
 // startWith is start with a Dovecot configured by opts.
 func startWith(t *testing.T, opts legacytest.Options, configure ...func(*Backend)) *fixture {
 	t.Helper()
-	ctx := context.Background()
 	d := legacytest.Start(t, opts)
 	for _, u := range []string{"legacy", "local", "moving", "sender"} {
 		d.AddUser(t, u+"@example.org", "pw")
 	}
-	st, err := store.Open(ctx, t.TempDir(), store.Options{Hash: store.HashParams{Time: 1, MemoryKiB: 8192, Threads: 1}})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { st.Close() })
-	accountIn(t, st, "local@example.org", store.StateCaptured)
-	accountIn(t, st, "moving@example.org", store.StateCutover)
+	st := storetest.Open(t, "")
+	storetest.Account(t, st, "local@example.org", "pw", store.StateCaptured)
+	storetest.Account(t, st, "moving@example.org", "pw", store.StateCutover)
 	legacy := Legacy{Endpoint: legacyclient.Endpoint{Address: d.LMTPAddr, Timeout: 10 * time.Second}, Protocol: "lmtp", Hostname: "mx.example.org"}
 	backend := &Backend{Store: st, Domains: []string{"example.org"}, Legacy: legacy, Hostname: "mx.example.org"}
 	for _, c := range configure {
@@ -69,26 +65,6 @@ func startWith(t *testing.T, opts legacytest.Options, configure ...func(*Backend
 	go srv.Serve(ln)
 	t.Cleanup(func() { srv.Close() })
 	return &fixture{d: d, st: st, addr: ln.Addr().String(), queue: &Queue{Store: st, Legacy: legacy}}
-}
-
-// accountIn records an account with an INBOX, moved to state (cutover or
-// captured).
-func accountIn(tb testing.TB, st *store.Store, name string, state store.State) store.Account {
-	tb.Helper()
-	ctx := context.Background()
-	a, err := st.CreateAccount(ctx, name, "pw", store.StateCapturing)
-	if err != nil {
-		tb.Fatal(err)
-	}
-	if _, err := st.CreateMailbox(ctx, a.ID, store.MailboxSpec{Name: "INBOX"}); err != nil {
-		tb.Fatal(err)
-	}
-	st.Transition(ctx, name, store.StateCapturing, store.StateCutover)
-	if state == store.StateCaptured {
-		st.Transition(ctx, name, store.StateCutover, store.StateCaptured)
-	}
-	a.State = state
-	return a
 }
 
 // smtplib sends with Python's smtplib and prints each answer.
@@ -213,7 +189,7 @@ send(["legacy@example.org", "sender@example.org"], "m2@example.net")
 	if out != "RCPT legacy@example.org 250\nDATA 250\nRCPT legacy@example.org 250\nRCPT sender@example.org 250\nDATA 250\n" {
 		t.Fatalf("smtplib said:\n%s", out)
 	}
-	acct := accountIn(t, f.st, "legacy@example.org", store.StateCutover)
+	acct := storetest.Account(t, f.st, "legacy@example.org", "pw", store.StateCutover)
 	f.queue.pass(ctx)
 	if n := len(f.d.Snapshot(t, "legacy@example.org", "pw")["INBOX"].Messages); n != 0 {
 		t.Fatalf("the legacy server got %d messages for an account in cut-over", n)
@@ -242,7 +218,7 @@ send(["legacy@example.org", "sender@example.org"], "m2@example.net")
 	if out != "RCPT sender@example.org 250\nDATA 250\n" {
 		t.Fatalf("smtplib said:\n%s", out)
 	}
-	accountIn(t, f.st, "sender@example.org", store.StateCaptured)
+	storetest.Account(t, f.st, "sender@example.org", "pw", store.StateCaptured)
 	f.queue.pass(ctx)
 	if got := f.localInbox(t, "sender@example.org"); len(got) != 1 || !strings.Contains(got[0], "<m3@example.net>") {
 		t.Fatalf("local INBOX of the captured recipient: %d messages", len(got))
@@ -261,7 +237,7 @@ send(["legacy@example.org", "sender@example.org"], "m2@example.net")
 func TestHeldAfterTheReleaseIsDelivered(t *testing.T) {
 	f := start(t)
 	ctx := context.Background()
-	acct := accountIn(t, f.st, "legacy@example.org", store.StateCutover)
+	acct := storetest.Account(t, f.st, "legacy@example.org", "pw", store.StateCutover)
 	if err := f.st.Transition(ctx, acct.Name, store.StateCutover, store.StateCaptured); err != nil {
 		t.Fatal(err)
 	}
@@ -375,7 +351,7 @@ func TestLocalDeliveryToSeveralIsAtomic(t *testing.T) {
 	ctx := context.Background()
 	var names []string
 	for _, n := range []string{"r1", "r2", "r3"} {
-		names = append(names, accountIn(t, f.st, n+"@example.org", store.StateCaptured).Name)
+		names = append(names, storetest.Account(t, f.st, n+"@example.org", "pw", store.StateCaptured).Name)
 	}
 	acct, _ := f.st.Account(ctx, names[1])
 	inbox, _ := f.st.MailboxByName(ctx, acct.ID, "INBOX")

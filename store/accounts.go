@@ -9,7 +9,7 @@ import (
 	"time"
 )
 
-// State is an account's place in the migration (DESIGN.md, "Account
+// State is an account's place in the migration (docs/CONTRACT.md, "Account
 // states"). An account that has no row is unknown.
 type State string
 

@@ -1,7 +1,7 @@
 // Package vault seals legacy passwords with a key the admin provides
 // (AES-256-GCM), for the opt-in credential vault: captures resume after a
 // restart and captured accounts keep following the legacy server without
-// their users logging in. DESIGN.md, invariant 6: reversible credentials
+// their users logging in. docs/CONTRACT.md, invariant 6: reversible credentials
 // only sealed, only when asked for.
 package vault
 

@@ -1,7 +1,6 @@
 package main
 
 import (
-	"context"
 	"regexp"
 	"testing"
 
@@ -9,6 +8,7 @@ import (
 
 	"mailcapture/legacytest"
 	"mailcapture/store"
+	"mailcapture/storetest"
 )
 
 // seedCapturedAccount records, before serve starts, an account that is
@@ -31,23 +31,9 @@ func seedCapturedAccountFrom(t *testing.T, d *legacytest.Dovecot, dataDir, name,
 
 func seedCapturedAccountWith(t *testing.T, dataDir, name string, inbox store.MailboxSpec) {
 	t.Helper()
-	ctx := context.Background()
-	st, err := store.Open(ctx, dataDir, store.Options{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer st.Close()
-	acct, err := st.CreateAccount(ctx, name, "pw", store.StateCapturing)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if _, err := st.CreateMailbox(ctx, acct.ID, inbox); err != nil {
-		t.Fatal(err)
-	}
-	st.Transition(ctx, name, store.StateCapturing, store.StateCutover)
-	if err := st.Transition(ctx, name, store.StateCutover, store.StateCaptured); err != nil {
-		t.Fatal(err)
-	}
+	st := storetest.Open(t, dataDir)
+	storetest.Account(t, st, name, "pw", store.StateCaptured, inbox)
+	st.Close() // serve opens the store next
 }
 
 // captureByLogin logs the user in over IMAP through serve (which starts

@@ -227,7 +227,7 @@ func TestSMTPSurvivesSIGKILL(t *testing.T) {
 	}
 }
 
-// checkAfterKill checks DESIGN.md's invariants on the state a kill left
+// checkAfterKill checks docs/CONTRACT.md's invariants on the state a kill left
 // behind, before the next start repairs anything: every acknowledged
 // message is in the local INBOX, the legacy INBOX or the relay spool; no
 // message is stored twice, locally or at the legacy server; what the
