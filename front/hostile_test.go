@@ -131,10 +131,10 @@ func TestHostileClientsBeforeLogin(t *testing.T) {
 	}
 }
 
-// fakeLegacyIMAP answers every login with answer (after greeting and
-// CAPABILITY), or with OK once *recovered is set; an empty answer drops
-// the connection at the LOGIN.
-func fakeLegacyIMAP(t *testing.T, answer string, recovered *atomic.Bool) string {
+// fakeLineServer is a fake legacy server on a loopback port: it greets,
+// then gives each line the client sends to answer, which writes the reply
+// and returns false to drop the connection. It stops with the test.
+func fakeLineServer(t *testing.T, greeting string, answer func(w io.Writer, line string) bool) string {
 	t.Helper()
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
@@ -150,28 +150,38 @@ func fakeLegacyIMAP(t *testing.T, answer string, recovered *atomic.Bool) string 
 			go func() {
 				defer c.Close()
 				r := bufio.NewReader(c)
-				io.WriteString(c, "* OK fake legacy ready\r\n")
+				io.WriteString(c, greeting+"\r\n")
 				for {
 					line, err := r.ReadString('\n')
-					if err != nil {
+					if err != nil || !answer(c, strings.TrimSpace(line)) {
 						return
-					}
-					tag, rest, _ := strings.Cut(strings.TrimSpace(line), " ")
-					switch {
-					case strings.HasPrefix(strings.ToUpper(rest), "CAPABILITY"):
-						io.WriteString(c, "* CAPABILITY IMAP4rev1 LITERAL+\r\n"+tag+" OK done\r\n")
-					case recovered.Load():
-						io.WriteString(c, tag+" OK logged in\r\n")
-					case answer == "":
-						return
-					default:
-						io.WriteString(c, tag+" "+answer+"\r\n")
 					}
 				}
 			}()
 		}
 	}()
 	return ln.Addr().String()
+}
+
+// fakeLegacyIMAP answers every login with answer (after greeting and
+// CAPABILITY), or with OK once *recovered is set; an empty answer drops
+// the connection at the LOGIN.
+func fakeLegacyIMAP(t *testing.T, answer string, recovered *atomic.Bool) string {
+	t.Helper()
+	return fakeLineServer(t, "* OK fake legacy ready", func(w io.Writer, line string) bool {
+		tag, rest, _ := strings.Cut(line, " ")
+		switch {
+		case strings.HasPrefix(strings.ToUpper(rest), "CAPABILITY"):
+			io.WriteString(w, "* CAPABILITY IMAP4rev1 LITERAL+\r\n"+tag+" OK done\r\n")
+		case recovered.Load():
+			io.WriteString(w, tag+" OK logged in\r\n")
+		case answer == "":
+			return false
+		default:
+			io.WriteString(w, tag+" "+answer+"\r\n")
+		}
+		return true
+	})
 }
 
 // TestTemporaryLegacyFailureIsNoLockout: when the legacy server cannot

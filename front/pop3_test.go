@@ -1,7 +1,6 @@
 package front
 
 import (
-	"bufio"
 	"context"
 	"errors"
 	"fmt"
@@ -308,40 +307,17 @@ func TestPOP3TemporaryLegacyFailure(t *testing.T) {
 	f := startPOP3Front(t)
 	obs := &countingObserver{}
 	f.backend.Router.Observer = obs
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
-	go func() {
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			go func() {
-				defer c.Close()
-				r := bufio.NewReader(c)
-				io.WriteString(c, "+OK fake\r\n")
-				for {
-					line, err := r.ReadString('\n')
-					if err != nil {
-						return
-					}
-					switch cmd := strings.ToUpper(strings.TrimSpace(line)); {
-					case strings.HasPrefix(cmd, "PASS"):
-						io.WriteString(c, "-ERR [SYS/TEMP] Temporary authentication failure.\r\n")
-						continue
-					case cmd == "CAPA":
-						io.WriteString(c, "+OK\r\nUSER\r\nRESP-CODES\r\n.\r\n")
-						continue
-					}
-					io.WriteString(c, "+OK\r\n")
-				}
-			}()
+	f.backend.Legacy.Address = fakeLineServer(t, "+OK fake", func(w io.Writer, line string) bool {
+		switch cmd := strings.ToUpper(line); {
+		case strings.HasPrefix(cmd, "PASS"):
+			io.WriteString(w, "-ERR [SYS/TEMP] Temporary authentication failure.\r\n")
+		case cmd == "CAPA":
+			io.WriteString(w, "+OK\r\nUSER\r\nRESP-CODES\r\n.\r\n")
+		default:
+			io.WriteString(w, "+OK\r\n")
 		}
-	}()
-	f.backend.Legacy.Address = ln.Addr().String()
+		return true
+	})
 	c, err := pop3.Dial(context.Background(), f.addr, pop3.DialOptions{Timeout: 5 * time.Second})
 	if err != nil {
 		t.Fatal(err)
