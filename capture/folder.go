@@ -287,17 +287,8 @@ func (e *Engine) copyChunk(ctx context.Context, conn *imapConn, com *committer, 
 		seqs.AddNum(msgs[i].seq)
 	}
 	fetch := conn.Fetch(seqs, &imap.FetchOptions{UID: true, BodySection: []*imap.FetchItemBodySection{{Peek: true}}})
-	// After a body failed to read (the connection broke), the client
-	// library must not be asked to drain the answer: its reader goroutine
-	// has moved on. The connection is closed instead.
 	broken := false
-	defer func() {
-		if broken {
-			conn.Close()
-		} else {
-			fetch.Close()
-		}
-	}()
+	defer func() { endFetch(conn, fetch, broken) }()
 	batch := e.Store.NewBatch()
 	defer func() { batch.Abort() }()
 	received := 0
@@ -515,6 +506,18 @@ func (c *committer) wait() (int, int64, error) {
 // abort stops the committer after what is queued (for error paths).
 func (c *committer) abort() {
 	c.wait()
+}
+
+// endFetch releases a FETCH. After a body failed to read (the connection
+// broke), the client library must not be asked to drain the answer: its
+// reader goroutine has moved on, and a second read of the literal would
+// race with it. The connection is closed instead.
+func endFetch(conn *imapConn, fetch *imapclient.FetchCommand, broken bool) {
+	if broken {
+		conn.Close()
+		return
+	}
+	fetch.Close()
 }
 
 func drain(msg *imapclient.FetchMessageData) {

@@ -240,7 +240,12 @@ func fetchHashes(conn *imapConn, msgs []legacyMessage) (map[uint32][32]byte, err
 		bySeq[m.seq] = m.uid
 	}
 	fetch := conn.Fetch(seqs, &imap.FetchOptions{UID: true, BodySection: []*imap.FetchItemBodySection{{Peek: true}}})
-	defer fetch.Close()
+	broken, closed := false, false
+	defer func() {
+		if !closed {
+			endFetch(conn, fetch, broken)
+		}
+	}()
 	out := map[uint32][32]byte{}
 	for msg := fetch.Next(); msg != nil; msg = fetch.Next() {
 		uid, ok := bySeq[msg.SeqNum]
@@ -259,6 +264,7 @@ func fetchHashes(conn *imapConn, msgs []legacyMessage) (map[uint32][32]byte, err
 				}
 				h := sha256.New()
 				if _, err := io.Copy(h, it.Literal); err != nil {
+					broken = true
 					return nil, err
 				}
 				var sum [32]byte
@@ -270,6 +276,7 @@ func fetchHashes(conn *imapConn, msgs []legacyMessage) (map[uint32][32]byte, err
 			return nil, fmt.Errorf("%w: message %d has UID %d, expected %d", errMailboxChanged, msg.SeqNum, gotUID, uid)
 		}
 	}
+	closed = true
 	if err := fetch.Close(); err != nil {
 		return nil, fmt.Errorf("fetch bodies: %w", err)
 	}
