@@ -3,6 +3,7 @@ package capture
 import (
 	"log/slog"
 
+	"mailcapture/addresses"
 	"mailcapture/config"
 	"mailcapture/legacyclient"
 	"mailcapture/store"
@@ -18,6 +19,7 @@ func NewEngine(st *store.Store, cfg config.Config, log *slog.Logger) *Engine {
 		Log:         log,
 		Connections: cfg.Capture.ConnectionsPerAccount,
 		NoCondStore: !cfg.Capture.TrustCondStore,
+		Naming:      addresses.Configured(&cfg),
 	}
 }
 

@@ -12,6 +12,7 @@ import (
 
 	"github.com/emersion/go-imap/v2"
 
+	"mailcapture/addresses"
 	"mailcapture/legacyclient"
 	"mailcapture/store"
 )
@@ -29,6 +30,8 @@ type Engine struct {
 	// Master, if set, logs in to every account as this master user; the
 	// password given to Pass is then not used.
 	Master *legacyclient.MasterLogin
+	// Naming says what name the legacy server is sent for an account.
+	Naming addresses.Naming
 	// OnLatency, if set, receives the duration of each legacy login
 	// (connect, greeting, TLS, authentication): the scheduler watches it.
 	OnLatency func(time.Duration)
@@ -162,7 +165,7 @@ func (e *Engine) Pass(ctx context.Context, account, password string) (PassResult
 // imapPass syncs every folder over IMAP.
 func (e *Engine) imapPass(ctx context.Context, acct store.Account, password string) (PassResult, error) {
 	start := time.Now()
-	conn, err := dialIMAP(ctx, e.IMAP, e.credentials(acct.Name, password))
+	conn, err := dialIMAP(ctx, e.IMAP, e.credentials(acct, password))
 	if err != nil {
 		return PassResult{}, err
 	}
@@ -297,7 +300,7 @@ func (e *Engine) folderWorker(ctx context.Context, w int, conn *imapConn, passwo
 	var res PassResult
 	if w > 0 {
 		var err error
-		if conn, err = dialIMAP(ctx, e.IMAP, e.credentials(plan.acct.Name, password)); err != nil {
+		if conn, err = dialIMAP(ctx, e.IMAP, e.credentials(plan.acct, password)); err != nil {
 			return res, err
 		}
 		defer func() {
@@ -480,7 +483,8 @@ func guessSpecialUse(name, prefix, sep string) []string {
 	return nil
 }
 
-// CheckPassword asks the legacy server whether it accepts user's password
+// CheckPassword asks the legacy server whether it accepts a password for
+// the login name user (the name it is sent, see Naming.LegacyLogin)
 // (over IMAP, or POP3 when the legacy server has no IMAP): nil when it
 // does, an error wrapping legacyclient.ErrBadCredentials when it refuses it, another
 // error when it cannot be asked.

@@ -21,7 +21,7 @@ func (e *Engine) Follow(ctx context.Context, account, password string) (PassResu
 	if err != nil {
 		return res, fmt.Errorf("follow %s: %w", account, err)
 	}
-	conn, err := dialIMAP(ctx, e.IMAP, e.credentials(acct.Name, password))
+	conn, err := dialIMAP(ctx, e.IMAP, e.credentials(acct, password))
 	if err != nil {
 		return res, fmt.Errorf("follow %s: %w", account, err)
 	}
@@ -86,4 +86,45 @@ func (e *Engine) followFolder(ctx context.Context, conn *imapConn, acct store.Ac
 		}
 	}
 	return e.Store.SetLegacyUIDNext(ctx, mbox.ID, uint32(sel.UIDNext))
+}
+
+// LegacyNews counts, per mirrored folder, the legacy messages a follow
+// sync has not copied yet (legacy UIDs from the UIDNEXT last synced on),
+// asking the legacy server with STATUS only: nothing is read or written
+// anywhere. The retirement check uses it.
+func (e *Engine) LegacyNews(ctx context.Context, account, password string) (map[string]uint32, error) {
+	acct, err := e.Store.Account(ctx, account)
+	if err != nil {
+		return nil, fmt.Errorf("legacy news of %s: %w", account, err)
+	}
+	conn, err := dialIMAP(ctx, e.IMAP, e.credentials(acct, password))
+	if err != nil {
+		return nil, fmt.Errorf("legacy news of %s: %w", account, err)
+	}
+	defer conn.Close()
+	folders, _, _, _, err := listFolders(conn)
+	if err != nil {
+		return nil, fmt.Errorf("legacy news of %s: %w", account, conn.classify(ctx, err))
+	}
+	news := map[string]uint32{}
+	for _, f := range folders {
+		if hasAttr(f.attrs, imap.MailboxAttrNoSelect) || hasAttr(f.attrs, imap.MailboxAttrNonExistent) {
+			continue
+		}
+		mbox, err := e.Store.MailboxByName(ctx, acct.ID, f.name)
+		if err != nil {
+			continue // not mirrored: not followed either
+		}
+		st, err := conn.Status(f.name, &imap.StatusOptions{UIDNext: true, UIDValidity: true, NumMessages: true}).Wait()
+		if err != nil {
+			return nil, fmt.Errorf("legacy news of %s: status %q: %w", account, f.name, conn.classify(ctx, err))
+		}
+		from := max(mbox.LegacyUIDNext, 1)
+		if st.UIDValidity != mbox.LegacyUIDValidity || st.NumMessages == nil || *st.NumMessages == 0 || uint32(st.UIDNext) <= from {
+			continue
+		}
+		news[f.name] = uint32(st.UIDNext) - from
+	}
+	conn.Logout().Wait()
+	return news, nil
 }

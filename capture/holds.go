@@ -6,7 +6,9 @@ import (
 
 	"github.com/emersion/go-imap/v2"
 
+	"mailcapture/addresses"
 	"mailcapture/legacyclient"
+	"mailcapture/store"
 )
 
 // InboxSearch looks into accounts' legacy INBOXes (the relay queue asks
@@ -19,21 +21,35 @@ type InboxSearch struct {
 	// Passwords, if set, returns an account's password (the credential
 	// vault); false when it has none.
 	Passwords func(ctx context.Context, account string) (string, bool)
+	// Store and Naming find the account of a recipient address and the
+	// name the legacy server knows it by; without Store the address
+	// without its extension is the login name.
+	Store  *store.Store
+	Naming addresses.Naming
 }
 
-// Holds reports whether account's legacy INBOX holds a message whose
-// header field contains value (IMAP SEARCH HEADER, read-only).
-func (s InboxSearch) Holds(ctx context.Context, account, field, value string) (bool, error) {
+// Holds reports whether the legacy INBOX of the account rcpt is for holds
+// a message whose header field contains value (IMAP SEARCH HEADER,
+// read-only).
+func (s InboxSearch) Holds(ctx context.Context, rcpt, field, value string) (bool, error) {
+	account, login := s.Naming.Base(rcpt), s.Naming.Base(rcpt)
+	if s.Store != nil {
+		if name, err := s.Naming.Account(account); err == nil {
+			if a, err := s.Store.Account(ctx, name); err == nil {
+				account, login = a.Name, s.Naming.LegacyLogin(a.LegacyLogin, a.Name)
+			}
+		}
+	}
 	var cred legacyclient.Credentials
 	switch {
 	case s.Master != nil && s.Master.Username != "":
-		cred = s.Master.ActingFor(account)
+		cred = s.Master.ActingFor(login)
 	case s.Passwords != nil:
 		password, ok := s.Passwords(ctx, account)
 		if !ok {
 			return false, fmt.Errorf("search legacy inbox of %s: no master user and no kept password", account)
 		}
-		cred = legacyclient.User(account, password)
+		cred = legacyclient.User(login, password)
 	default:
 		return false, fmt.Errorf("search legacy inbox of %s: no master user and no credential vault", account)
 	}

@@ -8,16 +8,20 @@ import (
 	"github.com/emersion/go-imap/v2/imapclient"
 
 	"mailcapture/legacyclient"
+	"mailcapture/store"
 )
 
-// credentials returns the login for account: its own password, or the
-// master user when one is configured.
-func (e *Engine) credentials(account, password string) legacyclient.Credentials {
+// credentials returns the login for an account: its own password, or
+// the master user when one is configured, under the name the legacy
+// server knows it by (legacy.login_name; as typed: the name it last
+// accepted).
+func (e *Engine) credentials(acct store.Account, password string) legacyclient.Credentials {
+	name := e.Naming.LegacyLogin(acct.LegacyLogin, acct.Name)
 	m := e.Master
 	if m == nil || m.Username == "" {
-		return legacyclient.User(account, password)
+		return legacyclient.User(name, password)
 	}
-	return m.ActingFor(account)
+	return m.ActingFor(name)
 }
 
 // imapConn is one logged-in connection to the legacy IMAP server.

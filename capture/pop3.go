@@ -26,7 +26,7 @@ type maildrop struct {
 // its maildrop. The caller closes the client; the job's end (ctx) closes
 // it too, which fails the command in progress.
 func (e *Engine) openMaildrop(ctx context.Context, acct store.Account, password string) (*pop3.Client, maildrop, error) {
-	c, err := legacyclient.LoginPOP3(ctx, e.POP3, e.credentials(acct.Name, password))
+	c, err := legacyclient.LoginPOP3(ctx, e.POP3, e.credentials(acct, password))
 	if err != nil {
 		return nil, maildrop{}, err
 	}

@@ -52,7 +52,7 @@ func (e *Engine) Verify(ctx context.Context, account, password string) (Verifica
 		}
 		return v, nil
 	}
-	conn, err := dialIMAP(ctx, e.IMAP, e.credentials(account, password))
+	conn, err := dialIMAP(ctx, e.IMAP, e.credentials(acct, password))
 	if err != nil {
 		return v, fmt.Errorf("verify %s: %w", account, err)
 	}

@@ -24,6 +24,11 @@ type Config struct {
 	// Mode is "capture" (default) or "shadow" (proxy and record logins,
 	// capture nothing).
 	Mode string `koanf:"mode"`
+	// Accounts names the accounts.
+	Accounts Accounts `koanf:"accounts"`
+	// Addresses is the alias table: addresses that reach accounts under
+	// other names.
+	Addresses Addresses `koanf:"addresses"`
 	// Legacy describes the server being migrated away from.
 	Legacy Legacy `koanf:"legacy"`
 	// Listen holds the listener addresses; an empty address disables
@@ -52,6 +57,36 @@ type Config struct {
 	Log Log `koanf:"log"`
 }
 
+// Accounts names the accounts: an account is one legacy mailbox, named by
+// its canonical address.
+type Accounts struct {
+	// DefaultDomain completes a login without a domain ("bob" is the
+	// account bob@<default_domain>). Default: the only entry of domains,
+	// when there is one; with several and none set, such logins are
+	// refused.
+	DefaultDomain string `koanf:"default_domain"`
+}
+
+// DefaultDomain is the domain that completes a bare login, or "" for none.
+func (c *Config) DefaultDomain() string {
+	if c.Accounts.DefaultDomain != "" {
+		return strings.ToLower(c.Accounts.DefaultDomain)
+	}
+	if len(c.Domains) == 1 {
+		return strings.ToLower(c.Domains[0])
+	}
+	return ""
+}
+
+// Addresses is the admin's alias table.
+type Addresses struct {
+	// File is the alias table in Postfix virtual(5) syntax ("alias
+	// target, target..." per line; "@domain target" a catch-all). Read
+	// at start, on SIGHUP and when it changes; a bad line is reported with
+	// its number and the table in force stays. Empty: no aliases.
+	File string `koanf:"file"`
+}
+
 // Legacy describes the legacy server's endpoints.
 type Legacy struct {
 	// IMAP is the legacy IMAP endpoint. Default address empty (no IMAP),
@@ -73,6 +108,11 @@ type Legacy struct {
 	// Master is an optional legacy master user, which lets the relay
 	// queue look into any account's legacy INBOX.
 	Master Master `koanf:"master"`
+	// LoginName is the name a login is sent to the legacy server with:
+	// "as_typed" (default: what the user typed, and for captures the name
+	// the legacy server last accepted), "address" (the account's
+	// canonical address) or "local_part" (the part before the "@").
+	LoginName string `koanf:"login_name"`
 }
 
 // Master is a legacy master user (Dovecot's master users, Cyrus's
@@ -237,6 +277,10 @@ type SMTP struct {
 	// message again (doubling from RetryMin). Defaults 1m and 64m.
 	RetryMin time.Duration `koanf:"retry_min"`
 	RetryMax time.Duration `koanf:"retry_max"`
+	// RecipientDelimiter separates a local part from its extension
+	// ("bob+lists" is bob's); each character is a delimiter, as Postfix's
+	// recipient_delimiter. Default "+"; empty turns extensions off.
+	RecipientDelimiter string `koanf:"recipient_delimiter"`
 }
 
 // PasswordHash holds argon2id parameters (RFC 9106).
@@ -274,6 +318,7 @@ func Default() Config {
 			TLSVerify: true,
 			Timeout:   60 * time.Second,
 			Master:    Master{Style: "separator", Separator: "*"},
+			LoginName: "as_typed",
 		},
 		Capture:         Capture{Workers: 4, ConnectionsPerAccount: 2, RetryMin: 5 * time.Second, RetryMax: 10 * time.Minute, TrustCondStore: true},
 		TrustedNetworks: []string{"127.0.0.0/8", "::1/128"},
@@ -281,7 +326,8 @@ func Default() Config {
 		Limits: Limits{FailedLoginsPerAddress: 20, FailedLoginsPerAccount: 5, FailedLoginWindow: 10 * time.Minute,
 			ConnectionsPerAddress: 50, Connections: 20000, IMAPIdleTimeout: 30 * time.Minute, POP3IdleTimeout: 10 * time.Minute},
 		SMTP: SMTP{MaxMessageBytes: 50 << 20, MaxRecipients: 100, MaxHops: 50, CommandTimeout: 5 * time.Minute,
-			DataTimeout: 10 * time.Minute, MessageLifetime: 120 * time.Hour, RetryMin: time.Minute, RetryMax: 64 * time.Minute},
+			DataTimeout: 10 * time.Minute, MessageLifetime: 120 * time.Hour, RetryMin: time.Minute, RetryMax: 64 * time.Minute,
+			RecipientDelimiter: "+"},
 		Log:             Log{Level: "info", Format: "text"},
 		ShutdownTimeout: 30 * time.Second,
 		Vault:           Vault{FollowInterval: 30 * time.Minute},

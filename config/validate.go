@@ -27,6 +27,26 @@ func (c *Config) Validate() error {
 		}
 	}
 	v.oneOf("mode", c.Mode, "capture", "shadow")
+	if d := c.Accounts.DefaultDomain; d != "" {
+		hosted := false
+		for _, h := range c.Domains {
+			hosted = hosted || strings.EqualFold(h, d)
+		}
+		if !hosted {
+			v.add("accounts.default_domain", fmt.Sprintf("%q is not one of domains", d))
+		}
+	}
+	v.oneOf("legacy.login_name", c.Legacy.LoginName, "as_typed", "address", "local_part")
+	if strings.ContainsFunc(c.SMTP.RecipientDelimiter, func(r rune) bool { return r == '@' || r <= ' ' || r == 0x7f || r == '"' }) {
+		v.add("smtp.recipient_delimiter", fmt.Sprintf("%q: a delimiter cannot be @, a quote, white space or a control character", c.SMTP.RecipientDelimiter))
+	}
+	if f := c.Addresses.File; f != "" {
+		if fh, err := os.Open(f); err != nil {
+			v.add("addresses.file", err.Error())
+		} else {
+			fh.Close()
+		}
+	}
 
 	if c.Legacy.IMAP.Address == "" && c.Legacy.POP3.Address == "" {
 		v.add("legacy.imap.address", "the legacy server needs an IMAP or a POP3 address (legacy.imap.address or legacy.pop3.address)")

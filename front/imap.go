@@ -430,8 +430,8 @@ func (s *session) login(tag, user, pass string) (done, handedOver bool) {
 	ctx, cancel := context.WithTimeout(s.f.loginCtx, time.Minute)
 	defer cancel()
 	out, err := s.f.Router.Login(ctx, Attempt{Protocol: labels.IMAP, User: user, Password: pass, Remote: s.conn.RemoteAddr(), Log: s.log,
-		Legacy: func(ctx context.Context) (io.Closer, error) {
-			sess, err := legacyclient.LoginIMAP(ctx, s.f.Legacy, legacyclient.User(user, pass))
+		Legacy: func(ctx context.Context, login string) (io.Closer, error) {
+			sess, err := legacyclient.LoginIMAP(ctx, s.f.Legacy, legacyclient.User(login, pass))
 			if err != nil {
 				return nil, err
 			}

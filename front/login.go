@@ -7,6 +7,7 @@ import (
 	"io"
 	"log/slog"
 	"net"
+	"strings"
 	"time"
 
 	"mailcapture/labels"
@@ -31,6 +32,10 @@ var (
 	// server is down or answered for now, the store failed). It does not
 	// count as a failed login.
 	ErrUnavailable = errors.New("temporarily unavailable")
+	// ErrRetired: the account was never captured and the legacy server
+	// is retired: there is no mailbox to log in to. It counts toward the
+	// failed-login limits.
+	ErrRetired = errors.New("no mailbox here: the old mail server was retired")
 )
 
 // Attempt is one login for the login policy to decide.
@@ -39,12 +44,15 @@ type Attempt struct {
 	User     string
 	Password string
 	Remote   net.Addr
-	// Legacy logs in at the legacy server with the attempt's credentials
-	// and returns the session the front end will proxy (nil when the
-	// protocol only needs the check). Errors are legacyclient's.
-	Legacy func(ctx context.Context) (io.Closer, error)
+	// Legacy logs in at the legacy server as login (the name the legacy
+	// server is sent, legacy.login_name) with the attempt's password and
+	// returns the session the front end will proxy (nil when the protocol
+	// only needs the check). Errors are legacyclient's.
+	Legacy func(ctx context.Context, login string) (io.Closer, error)
 	// Log is the connection's logger; default the router's.
 	Log *slog.Logger
+
+	account string // the canonical account name of User, once known
 }
 
 // Outcome is where a successful login goes.
@@ -69,17 +77,26 @@ func (r *Router) Login(ctx context.Context, a Attempt) (Outcome, error) {
 	if log == nil {
 		log = r.log()
 	}
-	if !r.allow(a.Remote, a.User) {
+	account, err := r.Naming.Account(a.User)
+	if err != nil {
+		// No account can have this name (no domain and no default one).
+		log.Info("login refused: the name names no account", "user", a.User, "err", err)
+		r.failed(log, a.Remote, a.User)
+		r.done(log, a, labels.Legacy, labels.LoginFailed)
+		return Outcome{}, ErrAuthFailed
+	}
+	a.account = account
+	if !r.allow(a.Remote, account) {
 		r.done(log, a, labels.Legacy, labels.LoginLimited)
 		return Outcome{}, ErrLimited
 	}
-	acct, found, err := r.accountFor(ctx, a.User)
+	acct, found, err := r.accountFor(ctx, account, a.User)
 	switch {
 	case errors.Is(err, ErrMoving):
 		r.done(log, a, labels.Local, labels.LoginMoving)
 		return Outcome{}, ErrMoving
 	case err != nil:
-		log.Error("a login could not be checked: the store could not be read", "account", a.User, "err", err)
+		log.Error("a login could not be checked: the store could not be read", "account", account, "err", err)
 		r.done(log, a, labels.Local, labels.LoginError)
 		return Outcome{}, fmt.Errorf("%w: %v", ErrUnavailable, err)
 	}
@@ -90,11 +107,16 @@ func (r *Router) Login(ctx context.Context, a Attempt) (Outcome, error) {
 }
 
 // accountFor reads the account of a login, waiting while it is in
-// cut-over; found is false for an account mailcapture does not know.
-func (r *Router) accountFor(ctx context.Context, user string) (acct store.Account, found bool, err error) {
+// cut-over; found is false for an account mailcapture does not know. An
+// account recorded under the name as typed (before names were canonical)
+// is found too.
+func (r *Router) accountFor(ctx context.Context, account, typed string) (acct store.Account, found bool, err error) {
 	deadline := time.Now().Add(orDuration(r.CutoverWait, 10*time.Second))
 	for {
-		acct, err = r.Store.Account(ctx, user)
+		acct, err = r.Store.Account(ctx, account)
+		if errors.Is(err, store.ErrNotFound) && !strings.EqualFold(account, typed) {
+			acct, err = r.Store.Account(ctx, typed)
+		}
 		switch {
 		case errors.Is(err, store.ErrNotFound):
 			return acct, false, nil
@@ -104,7 +126,7 @@ func (r *Router) accountFor(ctx context.Context, user string) (acct store.Accoun
 			return acct, true, nil
 		}
 		if time.Now().After(deadline) {
-			return acct, true, fmt.Errorf("login %s: %w", user, ErrMoving)
+			return acct, true, fmt.Errorf("login %s: %w", account, ErrMoving)
 		}
 		select {
 		case <-ctx.Done():
@@ -120,12 +142,12 @@ func (r *Router) localLogin(ctx context.Context, log *slog.Logger, a Attempt, ac
 		var err error
 		ok, err = r.Store.VerifyPassword(ctx, acct.Name, a.Password)
 		if err != nil {
-			log.Error("a login could not be checked: the password hash could not be read", "account", a.User, "err", err)
+			log.Error("a login could not be checked: the password hash could not be read", "account", acct.Name, "err", err)
 			r.done(log, a, labels.Local, labels.LoginError)
 			return Outcome{}, fmt.Errorf("%w: %v", ErrUnavailable, err)
 		}
 		if !ok {
-			ok = r.passwordChanged(ctx, acct.Name, a.Password)
+			ok = r.passwordChanged(ctx, acct.Name, r.Naming.LegacyLogin(a.User, acct.Name), a.Password)
 		}
 	}
 	if !ok {
@@ -141,37 +163,42 @@ func (r *Router) localLogin(ctx context.Context, log *slog.Logger, a Attempt, ac
 }
 
 func (r *Router) legacyLogin(ctx context.Context, log *slog.Logger, a Attempt, acct store.Account, found bool) (Outcome, error) {
+	account := a.account
+	if found {
+		account = acct.Name
+	}
 	if r.retired.Load() {
 		// The legacy server is gone: an account never captured cannot log
 		// in anywhere.
-		r.failed(log, a.Remote, a.User)
+		r.failed(log, a.Remote, account)
 		r.done(log, a, labels.Legacy, labels.LoginFailed)
-		return Outcome{}, ErrAuthFailed
+		return Outcome{}, ErrRetired
 	}
 	if a.Legacy == nil {
 		r.done(log, a, labels.Legacy, labels.LoginUnavailable)
 		return Outcome{}, fmt.Errorf("%w: no legacy server for %s", ErrUnavailable, a.Protocol)
 	}
-	sess, err := a.Legacy(ctx)
+	login := r.Naming.LegacyLogin(a.User, account)
+	sess, err := a.Legacy(ctx, login)
 	switch {
 	case errors.Is(err, legacyclient.ErrBadCredentials):
-		r.failed(log, a.Remote, a.User)
+		r.failed(log, a.Remote, account)
 		r.done(log, a, labels.Legacy, labels.LoginFailed)
 		return Outcome{}, ErrAuthFailed
 	case err != nil:
 		if kind := legacyclient.Kind(err); kind != "" {
 			r.observer().LegacyError(kind)
 		}
-		log.Warn("the legacy server could not check a login; the user was told to try again", "protocol", a.Protocol, "account", a.User, "err", err)
+		log.Warn("the legacy server could not check a login; the user was told to try again", "protocol", a.Protocol, "account", account, "err", err)
 		r.done(log, a, labels.Legacy, labels.LoginUnavailable)
 		return Outcome{}, fmt.Errorf("%w: %w", ErrUnavailable, err)
 	}
 	r.done(log, a, labels.Legacy, labels.LoginOK)
-	r.recordLogin(a.Protocol, a.User)
+	r.recordLogin(a.Protocol, account)
 	if found {
-		r.legacyLoginOK(ctx, &acct, a.User, a.Password)
+		r.legacyLoginOK(ctx, &acct, account, login, a.Password)
 	} else {
-		r.legacyLoginOK(ctx, nil, a.User, a.Password)
+		r.legacyLoginOK(ctx, nil, account, login, a.Password)
 	}
 	return Outcome{Route: labels.Legacy, Session: sess}, nil
 }
@@ -198,5 +225,11 @@ func (r *Router) done(log *slog.Logger, a Attempt, route labels.Route, result la
 		labels.LoginUnavailable: "login refused for now: the legacy server could not check it",
 		labels.LoginError:       "login failed: mailcapture could not check it",
 	}[result]
-	log.Log(context.Background(), level, msg, "protocol", a.Protocol, "route", route, "result", result, "account", a.User, "client", client)
+	attrs := []any{"protocol", a.Protocol, "route", route, "result", result, "account", a.account, "client", client}
+	if a.account == "" {
+		attrs[7] = a.User
+	} else if a.account != a.User {
+		attrs = append(attrs, "user", a.User)
+	}
+	log.Log(context.Background(), level, msg, attrs...)
 }

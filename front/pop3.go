@@ -84,8 +84,8 @@ func (b *POP3Backend) track(account string, d *legacyMaildrop) {
 // server, read message by message.
 func (b *POP3Backend) Login(ctx context.Context, user, password string, remote net.Addr) (pop3.Maildrop, error) {
 	out, err := b.Router.Login(ctx, Attempt{Protocol: labels.POP3, User: user, Password: password, Remote: remote, Log: b.Log,
-		Legacy: func(ctx context.Context) (io.Closer, error) {
-			c, err := legacyclient.LoginPOP3(ctx, b.Legacy, legacyclient.User(user, password))
+		Legacy: func(ctx context.Context, login string) (io.Closer, error) {
+			c, err := legacyclient.LoginPOP3(ctx, b.Legacy, legacyclient.User(login, password))
 			if err != nil {
 				return nil, err
 			}

@@ -18,6 +18,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"mailcapture/addresses"
 	"mailcapture/capture"
 	"mailcapture/labels"
 	"mailcapture/legacyclient"
@@ -34,6 +35,9 @@ type Router struct {
 	// Mode is "capture" (default) or "shadow" (record nothing, capture
 	// nothing: every login goes to the legacy server).
 	Mode string
+	// Naming makes account names of login names and says what the legacy
+	// server is sent.
+	Naming addresses.Naming
 	// CutoverWait bounds how long a login waits for an account in cut-over
 	// (a few seconds). Default 10s.
 	CutoverWait time.Duration
@@ -213,11 +217,11 @@ func (r *Router) rememberPassword(account, password string) {
 // passwordChanged tries a password that failed against a captured
 // account's local hash once at the legacy server; when the legacy server
 // accepts it, the local hash is replaced and true returned.
-func (r *Router) passwordChanged(ctx context.Context, account, password string) bool {
+func (r *Router) passwordChanged(ctx context.Context, account, login, password string) bool {
 	if r.LegacyCheck == nil || password == "" || r.retired.Load() {
 		return false
 	}
-	if err := r.LegacyCheck(ctx, account, password); err != nil {
+	if err := r.LegacyCheck(ctx, login, password); err != nil {
 		if !errors.Is(err, legacyclient.ErrBadCredentials) {
 			r.log().Warn("the legacy server could not check a changed password", "account", account, "err", err)
 		}
@@ -251,6 +255,9 @@ func (r *Router) SetRetired() {
 		r.log().Info("legacy server retired: no more follow syncs or password checks there")
 	}
 }
+
+// Retired tells whether the legacy server is retired (SetRetired).
+func (r *Router) Retired() bool { return r.retired.Load() }
 
 // LocalLoginOK starts a follow sync for the account unless one runs.
 func (r *Router) LocalLoginOK(account, password string) {
@@ -309,7 +316,7 @@ func (r *Router) log() *slog.Logger {
 // account (acct nil) is created in state capturing with the password's
 // hash, a known one gets the newer password's hash, and the capture is
 // (re)submitted with interactive priority.
-func (r *Router) legacyLoginOK(ctx context.Context, acct *store.Account, user, password string) {
+func (r *Router) legacyLoginOK(ctx context.Context, acct *store.Account, user, login, password string) {
 	if r.Mode == "shadow" {
 		r.log().Info("shadow login", "account", user)
 		return
@@ -325,6 +332,12 @@ func (r *Router) legacyLoginOK(ctx context.Context, acct *store.Account, user, p
 			break
 		}
 		acct = nil // another login recorded it meanwhile: read it again
+	}
+	// The name the legacy server accepted is what captures log in with.
+	if acct == nil || acct.LegacyLogin != login {
+		if err := r.Store.SetLegacyLogin(ctx, user, login); err != nil && !errors.Is(err, store.ErrNotFound) {
+			r.log().Error("the legacy login name of an account could not be saved", "account", user, "err", err)
+		}
 	}
 	if r.Scheduler != nil {
 		r.Scheduler.Submit(user, password, true)

@@ -23,7 +23,7 @@ func TestRouteWaitsDuringCutover(t *testing.T) {
 	r := &Router{Store: st, CutoverWait: time.Minute}
 	legacyCalls := 0
 	attempt := func(user string) Attempt {
-		return Attempt{Protocol: labels.IMAP, User: user, Password: "pw", Legacy: func(context.Context) (io.Closer, error) {
+		return Attempt{Protocol: labels.IMAP, User: user, Password: "pw", Legacy: func(context.Context, string) (io.Closer, error) {
 			legacyCalls++
 			return io.NopCloser(nil), nil
 		}}
@@ -67,7 +67,7 @@ func TestFirstLoginStormHashesOnce(t *testing.T) {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			r.legacyLoginOK(ctx, nil, "storm@example.org", "pw")
+			r.legacyLoginOK(ctx, nil, "storm@example.org", "storm@example.org", "pw")
 		}()
 	}
 	wg.Wait()
@@ -79,7 +79,7 @@ func TestFirstLoginStormHashesOnce(t *testing.T) {
 	}
 	before := st.PasswordHashes()
 	for range 10 {
-		r.legacyLoginOK(ctx, nil, "storm@example.org", "new pw")
+		r.legacyLoginOK(ctx, nil, "storm@example.org", "storm@example.org", "new pw")
 	}
 	if n := st.PasswordHashes() - before; n != 2 {
 		t.Fatalf("10 logins with a changed password cost %d hashes, want 2 (one check, one new hash)", n)
@@ -98,7 +98,7 @@ func TestLoginDuringLongCutoverIsRefused(t *testing.T) {
 	st.CreateAccount(ctx, "slow@example.org", "pw", store.StateCapturing)
 	st.Transition(ctx, "slow@example.org", store.StateCapturing, store.StateCutover)
 	r := &Router{Store: st, CutoverWait: 200 * time.Millisecond}
-	a := Attempt{Protocol: labels.IMAP, User: "slow@example.org", Password: "pw", Legacy: func(context.Context) (io.Closer, error) {
+	a := Attempt{Protocol: labels.IMAP, User: "slow@example.org", Password: "pw", Legacy: func(context.Context, string) (io.Closer, error) {
 		t.Fatal("the legacy server was asked during a cut-over")
 		return nil, nil
 	}}

@@ -137,3 +137,20 @@ const (
 
 // LegacyKinds lists every LegacyKind.
 var LegacyKinds = []LegacyKind{LegacyAuth, LegacyTimeout, LegacyConnect, LegacyTLS, LegacyUnavailable, LegacyProtocol}
+
+// RetirementBlocker is a kind of what would break if the legacy server
+// went away now (mailcapture_retirement_blockers).
+type RetirementBlocker string
+
+// The kinds of retirement blockers.
+const (
+	BlockerUncaptured RetirementBlocker = "uncaptured_accounts"  // accounts not captured that still get mail
+	BlockerUnresolved RetirementBlocker = "unresolved_addresses" // relayed addresses that reach no known account
+	BlockerForwards   RetirementBlocker = "forwards"             // aliases forwarding outside the domains
+	BlockerSpooled    RetirementBlocker = "spooled"              // mail waiting for the legacy server
+	BlockerHeld       RetirementBlocker = "held"                 // mail held for cut-overs
+	BlockerLegacyNews RetirementBlocker = "legacy_news"          // captured accounts with legacy mail not followed
+)
+
+// RetirementBlockers lists every RetirementBlocker.
+var RetirementBlockers = []RetirementBlocker{BlockerUncaptured, BlockerUnresolved, BlockerForwards, BlockerSpooled, BlockerHeld, BlockerLegacyNews}

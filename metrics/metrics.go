@@ -15,6 +15,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
 
+	"mailcapture/labels"
 	"mailcapture/status"
 	"mailcapture/store"
 )
@@ -55,6 +56,8 @@ var (
 		"Age of the oldest message in the relay spool; 0 when it is empty.", nil, nil)
 	scrapeErrorDesc = prometheus.NewDesc("mailcapture_status_scrape_error",
 		"1 if reading the store for this scrape failed, else 0.", nil, nil)
+	retirementDesc = prometheus.NewDesc("mailcapture_retirement_blockers",
+		"What would break if the legacy server went away now, by kind (mailcapture retire-legacy --check lists them); all 0 once it is retired, or when nothing would.", []string{"kind"}, nil)
 )
 
 // New builds the registry: Go, process and build-info collectors plus the
@@ -79,7 +82,7 @@ type storeCollector struct {
 
 func (c *storeCollector) Describe(ch chan<- *prometheus.Desc) {
 	for _, d := range []*prometheus.Desc{accountsDesc, messagesRemainingDesc, bytesRemainingDesc,
-		legacyMessagesDesc, legacyBytesDesc, storeMessagesDesc, storeBytesDesc, queueMessagesDesc, queueOldestDesc, scrapeErrorDesc} {
+		legacyMessagesDesc, legacyBytesDesc, storeMessagesDesc, storeBytesDesc, queueMessagesDesc, queueOldestDesc, scrapeErrorDesc, retirementDesc} {
 		ch <- d
 	}
 }
@@ -106,4 +109,11 @@ func (c *storeCollector) Collect(ch chan<- prometheus.Metric) {
 	ch <- prometheus.MustNewConstMetric(storeBytesDesc, prometheus.GaugeValue, float64(r.Stored.Bytes))
 	ch <- prometheus.MustNewConstMetric(queueMessagesDesc, prometheus.GaugeValue, float64(r.Spool.Messages))
 	ch <- prometheus.MustNewConstMetric(queueOldestDesc, prometheus.GaugeValue, r.Spool.OldestAgeSeconds)
+	for _, kind := range labels.RetirementBlockers {
+		var n int64
+		if r.Retirement != nil {
+			n = r.Retirement.Counts[kind]
+		}
+		ch <- prometheus.MustNewConstMetric(retirementDesc, prometheus.GaugeValue, float64(n), string(kind))
+	}
 }

@@ -19,10 +19,11 @@ import (
 
 func fixedReport(ctx context.Context) (status.Report, error) {
 	return status.Report{
-		Accounts: map[store.State]int64{store.StateCapturing: 2, store.StateCaptured: 5},
-		Stored:   status.Progress{Messages: 70, Bytes: 7000},
-		Legacy:   status.Progress{Messages: 100, Bytes: 9000},
-		Spool:    status.Spool{Messages: 3, OldestAgeSeconds: 42},
+		Accounts:   map[store.State]int64{store.StateCapturing: 2, store.StateCaptured: 5},
+		Stored:     status.Progress{Messages: 70, Bytes: 7000},
+		Legacy:     status.Progress{Messages: 100, Bytes: 9000},
+		Spool:      status.Spool{Messages: 3, OldestAgeSeconds: 42},
+		Retirement: &status.Retirement{Counts: map[labels.RetirementBlocker]int64{labels.BlockerUnresolved: 2}},
 	}, nil
 }
 
@@ -58,6 +59,8 @@ func TestEveryDeclaredMetricIsExported(t *testing.T) {
 		"mailcapture_relay_queue_messages 3",
 		"mailcapture_relay_queue_oldest_age_seconds 42",
 		"mailcapture_status_scrape_error 0",
+		`mailcapture_retirement_blockers{kind="unresolved_addresses"} 2`,
+		`mailcapture_retirement_blockers{kind="spooled"} 0`,
 		"go_goroutines", "process_cpu_seconds_total", "go_build_info",
 		"mailcapture_capture_messages_copied_total 12",
 		"mailcapture_capture_bytes_copied_total 3400",

@@ -35,6 +35,12 @@ type Message struct {
 	V        int      `json:"v,omitempty"`
 	Envelope Envelope `json:"env"`
 	Root     Part     `json:"root"`
+	// Trace are the addresses of the delivery trace fields (Delivered-To,
+	// X-Original-To, Envelope-To) at the top of the message, above its
+	// first Received field: what the last MTA and delivery agent added.
+	// Fields further down could have been written by the sender and are
+	// not read. Not kept with the structure.
+	Trace []string `json:"-"`
 }
 
 // Envelope holds the RFC 3501 ENVELOPE fields. Strings are as they stand in
@@ -101,7 +107,7 @@ func Parse(r io.Reader) (*Message, error) {
 		return nil, err
 	}
 	m := Message{V: Version}
-	p := &parser{s: s}
+	p := &parser{s: s, trace: &m.Trace}
 	if err := p.entity(&m.Root, &m.Envelope, nil, 0, false); err != nil {
 		return nil, err
 	}
@@ -111,6 +117,7 @@ func Parse(r io.Reader) (*Message, error) {
 type parser struct {
 	s     *scanner
 	parts int
+	trace *[]string // the top-level header's trace addresses, until read
 }
 
 // entity parses one MIME entity starting at the current line and stops at
@@ -122,7 +129,8 @@ func (p *parser) entity(part *Part, env *Envelope, bounds []string, depth int, i
 	s := p.s
 	p.parts++
 	part.HeaderStart = s.off
-	h := header{}
+	h := header{trace: p.trace}
+	p.trace = nil // only the message's own header
 	for !s.eof {
 		if s.curAtLineStart {
 			if isBlank(s.cur) {
@@ -256,7 +264,18 @@ type header struct {
 	curName string
 	curVal  strings.Builder
 	skip    bool
+	// trace, if set, collects the trace addresses above the first
+	// Received field.
+	trace *[]string
 }
+
+// traceFields name the delivery trace fields MTAs and delivery agents
+// prepend: Postfix (Delivered-To, X-Original-To), Dovecot (Delivered-To),
+// Exim (Envelope-To).
+var traceFields = map[string]bool{"delivered-to": true, "x-original-to": true, "envelope-to": true}
+
+// maxTrace bounds the trace addresses kept.
+const maxTrace = 16
 
 var wanted = map[string]bool{
 	"content-type": true, "content-transfer-encoding": true, "content-id": true,
@@ -281,6 +300,16 @@ func (h *header) addLine(line []byte, atLineStart bool) {
 		return
 	}
 	name := strings.ToLower(strings.TrimSpace(text[:colon]))
+	if h.trace != nil {
+		switch {
+		case name == "received":
+			h.trace = nil
+		case traceFields[name] && len(*h.trace) < maxTrace:
+			if addr := strings.Trim(strings.TrimSpace(text[colon+1:]), "<>"); strings.Contains(addr, "@") && !strings.ContainsAny(addr, " \t,;") {
+				*h.trace = append(*h.trace, addr)
+			}
+		}
+	}
 	h.skip = !wanted[name]
 	if h.fields != nil {
 		if _, seen := h.fields[name]; seen {

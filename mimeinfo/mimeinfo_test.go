@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"errors"
 	"io"
+	"reflect"
 	"strings"
 	"testing"
 	"testing/iotest"
@@ -261,3 +262,23 @@ func TestReadErrorInBodyIsReturned(t *testing.T) {
 }
 
 var errBroken = errors.New("connection broken")
+
+// TestTraceAddresses: the delivery trace fields above the first Received
+// field are read; the same fields lower down (a sender may write them)
+// and in an enclosed message are not.
+func TestTraceAddresses(t *testing.T) {
+	msg := "Return-Path: <a@example.net>\r\nX-Original-To: robert@example.org\r\nDelivered-To: <bob@example.org>\r\n" +
+		"Received: from mx by legacy with ESMTP\r\nDelivered-To: forged@example.org\r\nSubject: hi\r\n" +
+		"Content-Type: message/rfc822\r\n\r\nDelivered-To: inner@example.org\r\nSubject: inner\r\n\r\nbody\r\n"
+	m, err := Parse(strings.NewReader(msg))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if want := []string{"robert@example.org", "bob@example.org"}; !reflect.DeepEqual(m.Trace, want) {
+		t.Fatalf("trace %v, want %v", m.Trace, want)
+	}
+	m, _ = Parse(strings.NewReader("Received: from x\r\nDelivered-To: late@example.org\r\n\r\nbody\r\n"))
+	if len(m.Trace) != 0 {
+		t.Fatalf("trace below the first Received: %v", m.Trace)
+	}
+}

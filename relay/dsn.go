@@ -90,7 +90,7 @@ func (q *Queue) enqueueDSN(ctx context.Context, e store.SpoolEntry, failures []F
 	defer f.Close()
 	dsn := buildDSN(q.hostname(), e, f, failures, time.Now())
 	// A sender whose account is captured gets it in its INBOX here.
-	if acct, err := q.Store.Account(ctx, e.From); err == nil && acct.State == store.StateCaptured {
+	if acct, found, err := q.directory().AccountOf(ctx, e.From); err == nil && found && acct.State == store.StateCaptured {
 		inbox, err := q.Store.MailboxByName(ctx, acct.ID, "INBOX")
 		if err != nil {
 			return err

@@ -2,7 +2,6 @@ package relay
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"io"
 	"log/slog"
@@ -13,6 +12,7 @@ import (
 
 	"github.com/emersion/go-smtp"
 
+	"mailcapture/addresses"
 	"mailcapture/labels"
 	"mailcapture/store"
 )
@@ -24,6 +24,14 @@ import (
 type Queue struct {
 	Store  *store.Store
 	Legacy Legacy
+	// Directory finds the account of each recipient; default: the
+	// store's accounts, no extensions.
+	Directory *addresses.Directory
+	// Retired, if set, tells whether the legacy server is gone: then
+	// spooled mail is not sent there but resolved again, delivered to
+	// the captured accounts it reaches and returned to its sender for the
+	// rest, and no connection is made to the legacy server.
+	Retired func() bool
 	// Lifetime bounds how long a message is retried. Default 5 days.
 	Lifetime time.Duration
 	// Workers is how many messages are handed to the legacy server at
@@ -53,6 +61,32 @@ type Queue struct {
 	wakeOnce sync.Once
 	wake     chan struct{}
 	active   deliveries
+	dirOnce  sync.Once
+	dir      *addresses.Directory
+}
+
+func (q *Queue) directory() *addresses.Directory {
+	q.dirOnce.Do(func() {
+		q.dir = q.Directory
+		if q.dir == nil {
+			q.dir = &addresses.Directory{Store: q.Store}
+		}
+	})
+	return q.dir
+}
+
+// accountKeys are the lower-case account names of rcpts, as Quiesce is
+// asked for them (an address of an unknown account stands for itself).
+func (q *Queue) accountKeys(ctx context.Context, rcpts []string) []string {
+	keys := make([]string, 0, len(rcpts))
+	for _, r := range rcpts {
+		key := q.directory().Naming.Base(r)
+		if acct, found, err := q.directory().AccountOf(ctx, r); err == nil && found {
+			key = acct.Name
+		}
+		keys = append(keys, strings.ToLower(key))
+	}
+	return keys
 }
 
 // deliveries counts, per recipient, the messages being handed to the
@@ -115,7 +149,7 @@ func (d *deliveries) wait(ctx context.Context, rcpt string) error {
 // spool instead (docs/CONTRACT.md: inbound mail is held during the cut-over), so
 // the final sync sees a legacy mailbox nobody adds to.
 func (q *Queue) Quiesce(ctx context.Context, account string) error {
-	if err := q.active.wait(ctx, account); err != nil {
+	if err := q.active.wait(ctx, strings.ToLower(account)); err != nil {
 		return fmt.Errorf("wait for relayed mail to %s: %w", account, err)
 	}
 	return nil
@@ -227,7 +261,7 @@ func (q *Queue) deliver(ctx context.Context, e store.SpoolEntry) {
 	log := q.log().With("id", e.ID)
 	// Counted before the accounts' states are read: a cut-over that
 	// begins after this waits for the attempt to end.
-	defer q.active.enter(e.To)()
+	defer q.active.enter(q.accountKeys(ctx, e.To))()
 	to, err := q.reroute(ctx, e, log)
 	if err != nil {
 		log.Error("a spooled message could not be routed; it waits", "err", err)
@@ -237,6 +271,10 @@ func (q *Queue) deliver(ctx context.Context, e store.SpoolEntry) {
 		return
 	}
 	e.To = to
+	if q.Retired != nil && q.Retired() {
+		q.returnRetired(ctx, e, log)
+		return
+	}
 	f, err := q.Store.OpenSpooled(e.ID)
 	if err != nil {
 		log.Error("a spooled message could not be opened; it waits", "err", err)
@@ -321,12 +359,12 @@ func (q *Queue) reroute(ctx context.Context, e store.SpoolEntry, log *slog.Logge
 	moving := map[int64][]string{}
 	names := map[int64]string{}
 	for _, rcpt := range e.To {
-		acct, err := q.Store.Account(ctx, rcpt)
+		acct, found, err := q.directory().AccountOf(ctx, rcpt)
 		switch {
-		case errors.Is(err, store.ErrNotFound):
-			legacy = append(legacy, rcpt)
 		case err != nil:
 			return nil, err
+		case !found:
+			legacy = append(legacy, rcpt)
 		case acct.State == store.StateCutover || acct.State == store.StateCaptured:
 			moving[acct.ID] = append(moving[acct.ID], rcpt)
 			names[acct.ID] = acct.Name
@@ -355,6 +393,37 @@ func (q *Queue) reroute(ctx context.Context, e store.SpoolEntry, log *slog.Logge
 		}
 	}
 	return legacy, nil
+}
+
+// returnRetired ends a spooled message whose recipients reach no captured
+// account now that the legacy server is gone (those that do were
+// delivered locally by reroute): it goes back to its sender in a DSN
+// saying why, instead of waiting for a server that will not answer.
+func (q *Queue) returnRetired(ctx context.Context, e store.SpoolEntry, log *slog.Logger) {
+	if e.From == "" {
+		// A notice itself (a DSN) gets no notice: it is dropped.
+		if err := q.Store.Dequeue(ctx, e.ID); err != nil {
+			log.Error("a spooled notice could not be taken off the spool", "err", err)
+			return
+		}
+		log.Warn("a delivery status notice for an address with no mailbox here was dropped: the legacy server is retired", "to", strings.Join(e.To, ","))
+		return
+	}
+	failures := make([]Failure, 0, len(e.To))
+	for _, rcpt := range e.To {
+		failures = append(failures, Failure{Recipient: rcpt, Status: "5.1.1",
+			Diagnostic: "the mail server this address was on has been retired, and the address reaches no mailbox here"})
+	}
+	if err := q.enqueueDSN(ctx, e, failures); err != nil {
+		log.Error("a delivery status notification could not be spooled", "err", err)
+		return
+	}
+	if err := q.Store.Dequeue(ctx, e.ID); err != nil {
+		log.Error("a returned message could not be taken off the spool: it may be returned twice", "err", err)
+		return
+	}
+	q.observe(e, labels.SMTPBounced, len(failures))
+	log.Warn("spooled mail for addresses with no mailbox here was returned to its sender: the legacy server is retired", "from", e.From, "to", strings.Join(e.To, ","))
 }
 
 // DeliveryChecker looks into a recipient's legacy mailbox.

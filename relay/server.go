@@ -11,6 +11,7 @@ import (
 	"log/slog"
 	"net"
 	"os"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -18,11 +19,12 @@ import (
 
 	"github.com/emersion/go-smtp"
 
+	"mailcapture/addresses"
 	"mailcapture/labels"
 	"mailcapture/store"
 )
 
-// route is where one transaction's mail goes.
+// route is where one target's copy of a message goes.
 type route int
 
 const (
@@ -36,6 +38,13 @@ const (
 type Backend struct {
 	Store   *store.Store
 	Domains []string
+	// Directory resolves recipients (delimiter, aliases, accounts);
+	// default: the store's accounts under Domains, no aliases.
+	Directory *addresses.Directory
+	// Retired, if set, tells whether the legacy server is gone: then
+	// nothing is relayed or checked there, and a recipient that reaches
+	// no captured account is refused (550 5.1.1).
+	Retired func() bool
 	Legacy  Legacy
 	// Hostname goes into Received headers.
 	Hostname string
@@ -52,8 +61,9 @@ type Backend struct {
 	Spooled func()
 	Log     *slog.Logger
 
-	cacheMu sync.Mutex
-	cache   map[string]cachedCheck
+	cacheMu    sync.Mutex
+	cache      map[string]cachedCheck
+	defaultDir *addresses.Directory
 
 	sessionsMu sync.Mutex
 	sessions   map[*session]struct{}
@@ -159,9 +169,15 @@ func (s *session) endWhenIdle(ctx context.Context) {
 	}
 }
 
-type recipient struct {
-	addr    string
-	account store.Account // for local and held mail
+// target is one copy of the transaction's message: an address with the
+// route its account's state gives it.
+type target struct {
+	route route
+	// address is what the legacy server is sent (legacy route) or what
+	// the held entry records (hold route).
+	address string
+	// account is the target's account (local and hold routes).
+	account store.Account
 }
 
 type session struct {
@@ -174,12 +190,14 @@ type session struct {
 	remote net.Addr
 	log    *slog.Logger // carries the connection id, protocol and peer
 	from   string
-	route  route
-	rcpts  []recipient
+	rcpts  []string // the envelope recipients accepted
+	// targets are where the message goes, each once: one recipient may
+	// reach several (an alias), several may reach one.
+	targets []target
 }
 
 func (s *session) Reset() {
-	s.from, s.route, s.rcpts = "", 0, nil
+	s.from, s.rcpts, s.targets = "", nil, nil
 	s.setInTx(false)
 }
 
@@ -212,48 +230,92 @@ func (s *session) Mail(from string, _ *smtp.MailOptions) error {
 
 var (
 	errNotHosted = &smtp.SMTPError{Code: 554, EnhancedCode: smtp.EnhancedCode{5, 7, 1}, Message: "relay access denied: not a domain of this server"}
-	errMixed     = &smtp.SMTPError{Code: 452, EnhancedCode: smtp.EnhancedCode{4, 5, 3}, Message: "too many recipients this time: send the others in a new transaction"}
+	errNoMailbox = &smtp.SMTPError{Code: 550, EnhancedCode: smtp.EnhancedCode{5, 1, 1}, Message: "no such mailbox here"}
 	errLegacyOff = &smtp.SMTPError{Code: 451, EnhancedCode: smtp.EnhancedCode{4, 4, 1}, Message: "the mailbox server is not reachable, try again later"}
 	errTemporary = &smtp.SMTPError{Code: 451, EnhancedCode: smtp.EnhancedCode{4, 3, 0}, Message: "temporary local problem, try again later"}
+	errAliasLoop = &smtp.SMTPError{Code: 451, EnhancedCode: smtp.EnhancedCode{4, 3, 0}, Message: "this address cannot be resolved now (the alias table loops), try again later"}
 )
 
-// Rcpt routes the recipient at once: not hosted (554), captured (local),
-// in cut-over (held), otherwise checked live at the legacy server, whose
-// refusal is passed back now (no backscatter later). Recipients of
-// different routes go in separate transactions.
+// directory is the recipients' resolver.
+func (b *Backend) directory() *addresses.Directory {
+	if b.Directory != nil {
+		return b.Directory
+	}
+	b.cacheMu.Lock()
+	defer b.cacheMu.Unlock()
+	if b.defaultDir == nil {
+		b.defaultDir = &addresses.Directory{Store: b.Store, Domains: b.Domains}
+	}
+	return b.defaultDir
+}
+
+func (b *Backend) retired() bool { return b.Retired != nil && b.Retired() }
+
+// Rcpt resolves the recipient at once (addresses.Directory: delimiter,
+// aliases, catch-all) and gives each account it reaches its own route: a
+// captured account local delivery, one in cut-over held mail, the others
+// the legacy server, checked there live (its refusal is passed back now:
+// no backscatter later), relayed under the target's own address so that
+// the legacy server does not deliver a second copy to a captured
+// mailbox. After the legacy server's retirement only captured accounts
+// take mail; a recipient that reaches none is refused (550 5.1.1).
 func (s *session) Rcpt(to string, _ *smtp.RcptOptions) error {
 	ctx, cancel := context.WithTimeout(s.b.context(), time.Minute)
 	defer cancel()
-	domain, ok := recipientDomain(to)
-	if !ok || !s.b.hosted(domain) {
+	dir := s.b.directory()
+	if _, ok := recipientDomain(to); !ok || !dir.Hosted(to) {
 		s.b.observe(labels.SMTPNone, labels.SMTPRejected)
 		return errNotHosted
 	}
-	r := recipient{addr: to}
-	rt := routeLegacy
-	acct, err := s.b.Store.Account(ctx, to)
+	res, err := dir.Resolve(ctx, to)
 	switch {
-	case err == nil && acct.State == store.StateCaptured:
-		rt, r.account = routeLocal, acct
-	case err == nil && acct.State == store.StateCutover:
-		rt, r.account = routeHold, acct
-	case err != nil && !errors.Is(err, store.ErrNotFound):
+	case errors.Is(err, addresses.ErrLoop) || errors.Is(err, addresses.ErrTooMany):
+		s.log.Warn("the alias table cannot resolve a recipient: fix addresses.file", "rcpt", to, "err", err)
+		return errAliasLoop
+	case err != nil:
 		s.log.Error("the store could not be read to route a recipient; the sender was told to try again", "rcpt", to, "err", err)
 		return errTemporary
 	}
-	if s.route != 0 && s.route != rt {
-		return errMixed
-	}
-	if rt == routeLegacy {
-		if err := s.b.checkLegacy(ctx, s.log, to); err != nil {
-			if se, ok := err.(*smtp.SMTPError); ok && se.Code >= 500 {
-				s.b.observe(labels.SMTPLegacy, labels.SMTPRejected)
+	retired := s.b.retired()
+	var accepted []target
+	var refusal error
+	for _, t := range res.Targets {
+		switch t.Route(retired) {
+		case addresses.RouteLocal:
+			accepted = append(accepted, target{route: routeLocal, address: t.Address, account: t.Account})
+		case addresses.RouteHold:
+			accepted = append(accepted, target{route: routeHold, address: t.Address, account: t.Account})
+		case addresses.RouteNone:
+			if res.Via == "alias" || res.Via == "catch-all" {
+				s.log.Warn("an alias target has no mailbox here since the legacy server's retirement: fix addresses.file", "rcpt", to, "target", t.Address)
 			}
-			return err
+		default:
+			if err := s.b.checkLegacy(ctx, s.log, t.Address); err != nil {
+				var se *smtp.SMTPError
+				if !errors.As(err, &se) || se.Code < 500 {
+					return err
+				}
+				refusal = err
+				if len(res.Targets) > 1 {
+					s.log.Warn("the legacy server refuses an alias target: fix addresses.file", "rcpt", to, "target", t.Address, "answer", se.Message)
+				}
+				continue
+			}
+			accepted = append(accepted, target{route: routeLegacy, address: t.Address})
 		}
 	}
-	s.route = rt
-	s.rcpts = append(s.rcpts, r)
+	if len(accepted) == 0 {
+		route := labels.SMTPNone
+		if refusal == nil {
+			refusal = errNoMailbox
+		} else {
+			route = labels.SMTPLegacy
+		}
+		s.b.observe(route, labels.SMTPRejected)
+		return refusal
+	}
+	s.rcpts = append(s.rcpts, to)
+	s.targets = append(s.targets, accepted...)
 	return nil
 }
 
@@ -324,14 +386,19 @@ func (s *session) Data(r io.Reader) error {
 	if len(s.rcpts) == 0 {
 		return &smtp.SMTPError{Code: 554, EnhancedCode: smtp.EnhancedCode{5, 5, 1}, Message: "no valid recipients"}
 	}
-	routeName := map[route]labels.SMTPRoute{routeLocal: labels.SMTPLocal, routeHold: labels.SMTPHeld, routeLegacy: labels.SMTPLegacy}[s.route]
+	routes := s.routes()
+	observe := func(result labels.SMTPResult) {
+		for _, r := range routes {
+			s.b.observe(r, result)
+		}
+	}
 	// The whole transfer has DataTimeout (the command's read deadline,
 	// set by go-smtp at the DATA line, would bound it otherwise).
 	s.conn.Conn().SetReadDeadline(time.Now().Add(orDuration(s.b.DataTimeout, 10*time.Minute)))
 	br := bufio.NewReaderSize(r, 32<<10)
 	header, hops, err := readHeader(br)
 	if err == nil && hops >= orInt(s.b.MaxHops, 50) {
-		s.b.observe(routeName, labels.SMTPRejected)
+		observe(labels.SMTPRejected)
 		s.b.refused(labels.SMTPHops)
 		s.log.Warn("a message that has looped (too many Received headers) was refused", "from", s.from, "hops", hops)
 		return &smtp.SMTPError{Code: 554, EnhancedCode: smtp.EnhancedCode{5, 4, 6}, Message: fmt.Sprintf("too many hops (%d Received headers): mail loop", hops)}
@@ -343,21 +410,23 @@ func (s *session) Data(r io.Reader) error {
 		if dests, err = s.destinations(ctx); err == nil {
 			var done []store.Delivered
 			done, err = s.b.Store.Deliver(ctx, s.from, dests, body)
-			if err == nil && s.route == routeLegacy {
-				queueID = done[0].SpoolID
-				if s.b.Spooled != nil {
-					s.b.Spooled()
+			for i, d := range dests {
+				if err == nil && d.Route == store.RouteLegacy {
+					queueID = done[i].SpoolID
+					if s.b.Spooled != nil {
+						s.b.Spooled()
+					}
 				}
 			}
 		}
 	}
 	if errors.Is(err, smtp.ErrDataTooLarge) {
-		s.b.observe(routeName, labels.SMTPRejected)
+		observe(labels.SMTPRejected)
 		s.b.refused(labels.SMTPSize)
 		return smtp.ErrDataTooLarge
 	}
 	if errors.Is(err, os.ErrDeadlineExceeded) {
-		s.b.observe(routeName, labels.SMTPDeferred)
+		observe(labels.SMTPDeferred)
 		s.log.Warn("a sender took too long to send a message; the connection was closed and it will retry")
 		// The rest of the DATA is never read: answer and close here, so
 		// that it is not taken for commands.
@@ -369,16 +438,16 @@ func (s *session) Data(r io.Reader) error {
 		return &smtp.SMTPError{Code: 421, EnhancedCode: smtp.EnhancedCode{4, 4, 2}, Message: "data timeout, try again later"}
 	}
 	if err != nil {
-		s.b.observe(routeName, labels.SMTPDeferred)
+		observe(labels.SMTPDeferred)
 		s.log.Error("a message could not be stored; the sender was told to try again", "err", err)
 		return errTemporary
 	}
-	s.b.observe(routeName, labels.SMTPAccepted)
-	var rcpts []string
-	for _, rc := range s.rcpts {
-		rcpts = append(rcpts, rc.addr)
+	observe(labels.SMTPAccepted)
+	routeNames := make([]string, len(routes))
+	for i, r := range routes {
+		routeNames[i] = string(r)
 	}
-	s.log.Info("smtp: message accepted", "route", routeName, "queue_id", queueID, "from", s.from, "to", strings.Join(rcpts, ","))
+	s.log.Info("smtp: message accepted", "route", strings.Join(routeNames, ","), "queue_id", queueID, "from", s.from, "to", strings.Join(s.rcpts, ","))
 	return nil
 }
 
@@ -443,45 +512,59 @@ func (s *session) received() []byte {
 
 // destinations are where the message goes, all stored in one
 // transaction (store.Deliver): each local account's INBOX once, one
-// spool entry per account held for its cut-over, or one spool entry for
-// the legacy server.
+// spool entry per account held for its cut-over, one spool entry for the
+// legacy server with every address relayed there.
 func (s *session) destinations(ctx context.Context) ([]store.Destination, error) {
-	switch s.route {
-	case routeLocal:
-		var dests []store.Destination
-		seen := map[int64]bool{}
-		for _, rc := range s.rcpts {
-			if seen[rc.account.ID] {
+	var dests []store.Destination
+	inboxes := map[int64]bool{}
+	held := map[int64]int{} // account → index in dests
+	legacy, relayed := -1, map[string]bool{}
+	for _, t := range s.targets {
+		switch t.route {
+		case routeLocal:
+			if inboxes[t.account.ID] {
 				continue
 			}
-			seen[rc.account.ID] = true
-			inbox, err := s.b.Store.MailboxByName(ctx, rc.account.ID, "INBOX")
+			inboxes[t.account.ID] = true
+			inbox, err := s.b.Store.MailboxByName(ctx, t.account.ID, "INBOX")
 			if err != nil {
 				return nil, err
 			}
 			dests = append(dests, store.Destination{MailboxID: inbox.ID})
-		}
-		return dests, nil
-	case routeHold:
-		byAccount := map[int64][]string{}
-		var order []int64
-		for _, rc := range s.rcpts {
-			if _, ok := byAccount[rc.account.ID]; !ok {
-				order = append(order, rc.account.ID)
+		case routeHold:
+			i, ok := held[t.account.ID]
+			if !ok {
+				i = len(dests)
+				held[t.account.ID] = i
+				dests = append(dests, store.Destination{Route: store.RouteHold, AccountID: t.account.ID})
 			}
-			byAccount[rc.account.ID] = append(byAccount[rc.account.ID], rc.addr)
+			if !slices.ContainsFunc(dests[i].To, func(a string) bool { return strings.EqualFold(a, t.address) }) {
+				dests[i].To = append(dests[i].To, t.address)
+			}
+		case routeLegacy:
+			if legacy < 0 {
+				legacy = len(dests)
+				dests = append(dests, store.Destination{Route: store.RouteLegacy})
+			}
+			if k := strings.ToLower(t.address); !relayed[k] {
+				relayed[k] = true
+				dests[legacy].To = append(dests[legacy].To, t.address)
+			}
 		}
-		var dests []store.Destination
-		for _, id := range order {
-			dests = append(dests, store.Destination{Route: store.RouteHold, AccountID: id, To: byAccount[id]})
+	}
+	return dests, nil
+}
+
+// routes are the metric routes of the transaction's targets.
+func (s *session) routes() []labels.SMTPRoute {
+	var out []labels.SMTPRoute
+	for _, t := range s.targets {
+		r := map[route]labels.SMTPRoute{routeLocal: labels.SMTPLocal, routeHold: labels.SMTPHeld, routeLegacy: labels.SMTPLegacy}[t.route]
+		if !slices.Contains(out, r) {
+			out = append(out, r)
 		}
-		return dests, nil
 	}
-	var to []string
-	for _, rc := range s.rcpts {
-		to = append(to, rc.addr)
-	}
-	return []store.Destination{{Route: store.RouteLegacy, To: to}}, nil
+	return out
 }
 
 // CountRefusals wraps the SMTP listener so that the refusals go-smtp makes

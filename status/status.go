@@ -11,6 +11,8 @@ import (
 	"strings"
 	"time"
 
+	"mailcapture/labels"
+	"mailcapture/retirement"
 	"mailcapture/store"
 )
 
@@ -31,6 +33,21 @@ type Report struct {
 	// Problems are the latest warnings and errors logged, newest first
 	// (serve's status page only).
 	Problems []Problem `json:"problems,omitempty"`
+	// Retirement says whether the legacy server is retired and, until it
+	// is, what would break without it (when Options.Retirement is set).
+	Retirement *Retirement `json:"retirement,omitempty"`
+}
+
+// Retirement is the legacy server's retirement as the report shows it.
+type Retirement struct {
+	Retired bool      `json:"retired"`
+	Since   time.Time `json:"since,omitzero"`
+	// Blockers say what would break, one sentence each; Counts how many
+	// of each kind.
+	Blockers []string                           `json:"blockers"`
+	Counts   map[labels.RetirementBlocker]int64 `json:"counts"`
+	// Note says what the check could not look into.
+	Note string `json:"note,omitempty"`
 }
 
 // Progress counts messages and bytes.
@@ -65,6 +82,9 @@ type Account struct {
 type Options struct {
 	// PerAccount adds one line per account.
 	PerAccount bool
+	// Retirement, if set, adds what would break without the legacy
+	// server (retirement.Cache.Report).
+	Retirement func(ctx context.Context) (retirement.Report, error)
 }
 
 // Collect reads the report from the store.
@@ -91,6 +111,11 @@ func Collect(ctx context.Context, st *store.Store, opts Options) (Report, error)
 	if !oldest.IsZero() {
 		r.Spool.OldestAgeSeconds = r.GeneratedAt.Sub(oldest).Seconds()
 	}
+	if opts.Retirement != nil {
+		if r.Retirement, err = retirementOf(ctx, st, opts.Retirement); err != nil {
+			return r, fmt.Errorf("status: %w", err)
+		}
+	}
 	if !opts.PerAccount {
 		return r, nil
 	}
@@ -109,6 +134,29 @@ func Collect(ctx context.Context, st *store.Store, opts Options) (Report, error)
 		})
 	}
 	return r, nil
+}
+
+func retirementOf(ctx context.Context, st *store.Store, check func(context.Context) (retirement.Report, error)) (*Retirement, error) {
+	retired, since, err := st.LegacyRetired(ctx)
+	if err != nil {
+		return nil, err
+	}
+	out := &Retirement{Retired: retired, Since: since, Blockers: []string{}, Counts: map[labels.RetirementBlocker]int64{}}
+	for _, k := range labels.RetirementBlockers {
+		out.Counts[k] = 0
+	}
+	if retired {
+		return out, nil
+	}
+	rep, err := check(ctx)
+	if err != nil {
+		return nil, err
+	}
+	out.Blockers, out.Counts, out.Note = rep.Sentences(), rep.Counts(), rep.LegacyNote
+	if out.Blockers == nil {
+		out.Blockers = []string{}
+	}
+	return out, nil
 }
 
 // Remaining is what is still to copy, as far as the legacy sizes are known.

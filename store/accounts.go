@@ -42,6 +42,9 @@ type Account struct {
 	LastSyncAt       time.Time
 	CapturedAt       time.Time
 	LastError        string
+	// LegacyLogin is the name the legacy server last accepted for the
+	// account ("" until a login there succeeded): captures log in with it.
+	LegacyLogin string
 }
 
 // Progress is how much of an account (or of all accounts) is stored.
@@ -51,13 +54,13 @@ type Progress struct {
 }
 
 const accountColumns = `id, name, state, state_changed_at, created_at, legacy_prefix, legacy_separator,
-	special_use_guessed, legacy_messages, legacy_bytes, capture_started_at, last_sync_at, captured_at, last_error`
+	special_use_guessed, legacy_messages, legacy_bytes, capture_started_at, last_sync_at, captured_at, last_error, legacy_login`
 
 func scanAccount(row interface{ Scan(...any) error }) (Account, error) {
 	var a Account
 	var changed, created, started, synced, captured int64
 	err := row.Scan(&a.ID, &a.Name, &a.State, &changed, &created, &a.LegacyPrefix, &a.LegacySeparator,
-		&a.SpecialUseGuessed, &a.LegacyMessages, &a.LegacyBytes, &started, &synced, &captured, &a.LastError)
+		&a.SpecialUseGuessed, &a.LegacyMessages, &a.LegacyBytes, &started, &synced, &captured, &a.LastError, &a.LegacyLogin)
 	if err != nil {
 		return Account{}, err
 	}
@@ -240,6 +243,12 @@ func (s *Store) Transition(ctx context.Context, name string, from, to State) err
 		return fmt.Errorf("account %s: %s -> %s: %w", name, from, to, err)
 	}
 	return nil
+}
+
+// SetLegacyLogin records the name the legacy server accepted for the
+// account.
+func (s *Store) SetLegacyLogin(ctx context.Context, name, login string) error {
+	return s.updateAccount(ctx, name, "legacy_login = ?", login)
 }
 
 // SetLegacyNamespace records the legacy server's personal namespace prefix,

@@ -62,6 +62,7 @@ type body struct {
 	messageID string
 	date      time.Time // from the Date header; zero if none or unreadable
 	structure []byte
+	trace     []string // the delivery trace addresses at the top of the header
 }
 
 // writeBody streams r into a new body file named by an id from src,
@@ -121,7 +122,7 @@ func fillBody(ctx context.Context, f *os.File, r io.Reader) (body, error) {
 	if err != nil {
 		return body{}, err
 	}
-	b := body{size: w.n, messageID: parsed.Envelope.MessageID, structure: structure}
+	b := body{size: w.n, messageID: parsed.Envelope.MessageID, structure: structure, trace: parsed.Trace}
 	if d, err := mail.ParseDate(parsed.Envelope.Date); err == nil {
 		b.date = d
 	}
@@ -262,6 +263,7 @@ func (s *Store) commitItems(ctx context.Context, items []NewMessage, bodies []bo
 			return err
 		}
 		defer copies.close()
+		inboxes := traceRecorder{}
 		for i, m := range items {
 			bd := bodies[i]
 			out[i].Size, out[i].SHA256 = bd.size, bd.sum
@@ -298,6 +300,11 @@ func (s *Store) commitItems(ctx context.Context, items []NewMessage, bodies []bo
 			out[i].UID = uid
 			copies.stored(m.MailboxID, m.LegacyUID, uid)
 			placed = append(placed, bd.id)
+			if len(bd.trace) > 0 && (m.LegacyUID != 0 || m.POP3UIDL != "") && time.Since(date) < traceWindow {
+				if err := inboxes.record(ctx, tx, m.MailboxID, bd.trace, date); err != nil {
+					return err
+				}
+			}
 			key := changeKey{m.MailboxID, m.origin}
 			if _, ok := changes[key]; !ok {
 				order = append(order, key)
@@ -317,6 +324,28 @@ func (s *Store) commitItems(ctx context.Context, items []NewMessage, bodies []bo
 		s.watchers.publish(addedChange(key.mailbox, changes[key], key.origin))
 	}
 	return out, nil
+}
+
+// traceRecorder records the trace addresses of legacy messages copied
+// into INBOXes, knowing which mailboxes are INBOXes.
+type traceRecorder map[int64]int64 // mailbox → its account, or 0 if not an INBOX
+
+func (r traceRecorder) record(ctx context.Context, tx *sql.Tx, mailboxID int64, trace []string, date time.Time) error {
+	account, ok := r[mailboxID]
+	if !ok {
+		var name string
+		if err := tx.QueryRowContext(ctx, "SELECT account_id, name FROM mailboxes WHERE id = ?", mailboxID).Scan(&account, &name); err != nil {
+			return fmt.Errorf("mailbox %d: %w", mailboxID, err)
+		}
+		if !strings.EqualFold(name, "INBOX") {
+			account = 0
+		}
+		r[mailboxID] = account
+	}
+	if account == 0 {
+		return nil
+	}
+	return recordTrace(ctx, tx, account, trace, date)
 }
 
 // addedChange describes messages added to a mailbox, sorted by UID.

@@ -37,7 +37,8 @@ type Delivered struct {
 // in one transaction. When Deliver returns without error every copy is
 // durable (the SMTP server may answer 250); on error none exists, so a
 // sender's retry delivers exactly one copy to each. Nothing is visible
-// before the commit.
+// before the commit. The recipients of a spool entry for the legacy
+// server are recorded (RelayedSince) in the same transaction.
 func (s *Store) Deliver(ctx context.Context, from string, dests []Destination, r io.Reader) ([]Delivered, error) {
 	if len(dests) == 0 {
 		return nil, errors.New("deliver: no destination")
@@ -111,6 +112,11 @@ func (s *Store) Deliver(ctx context.Context, from string, dests []Destination, r
 				return err
 			}
 			out[i] = Delivered{SpoolID: id}
+			if d.Route == RouteLegacy {
+				if err := recordRelayed(ctx, tx, d.To, now); err != nil {
+					return err
+				}
+			}
 		}
 		return alloc.flush(ctx)
 	})

@@ -155,6 +155,28 @@ UPDATE mailboxes SET recent_uid = uidnext;
 ALTER TABLE accounts ADD COLUMN uidvalidity_last INTEGER NOT NULL DEFAULT 0;
 UPDATE accounts SET uidvalidity_last = coalesce((SELECT max(uidvalidity) FROM mailboxes WHERE account_id = accounts.id), 0);
 `,
+	// 8: the name the legacy server accepted for an account (captures log
+	// in with it); every address mail was relayed to the legacy server
+	// for; the addresses the legacy server's delivery trace headers show
+	// mail reached an account's INBOX under.
+	`
+ALTER TABLE accounts ADD COLUMN legacy_login TEXT NOT NULL DEFAULT '';
+CREATE TABLE relayed_recipients (
+	address  TEXT PRIMARY KEY COLLATE NOCASE,
+	first_at INTEGER NOT NULL,
+	last_at  INTEGER NOT NULL,
+	count    INTEGER NOT NULL
+);
+CREATE INDEX relayed_recipients_last ON relayed_recipients(last_at);
+CREATE TABLE trace_addresses (
+	account_id INTEGER NOT NULL REFERENCES accounts(id) ON DELETE CASCADE,
+	address    TEXT NOT NULL COLLATE NOCASE,
+	first_at   INTEGER NOT NULL,
+	last_at    INTEGER NOT NULL,
+	count      INTEGER NOT NULL,
+	PRIMARY KEY (account_id, address)
+);
+`,
 }
 
 // checkVersion checks that a store opened beside its owner has the schema

@@ -443,3 +443,14 @@ func (s *Store) SpoolStats(ctx context.Context) (count int64, oldest time.Time, 
 	}
 	return count, oldest, nil
 }
+
+// SpoolCounts counts the spool by route: mail for the legacy server, and
+// mail held for cut-overs.
+func (s *Store) SpoolCounts(ctx context.Context) (legacy, held int64, err error) {
+	err = s.read.QueryRowContext(ctx, `SELECT coalesce(sum(route = ?), 0), coalesce(sum(route = ?), 0) FROM spool`,
+		RouteLegacy, RouteHold).Scan(&legacy, &held)
+	if err != nil {
+		return 0, 0, fmt.Errorf("spool counts: %w", err)
+	}
+	return legacy, held, nil
+}

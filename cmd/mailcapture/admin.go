@@ -6,33 +6,57 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"log/slog"
 	"strings"
 	"text/tabwriter"
 	"time"
 
 	"github.com/spf13/pflag"
 
+	"mailcapture/addresses"
+	"mailcapture/capture"
 	"mailcapture/config"
 	"mailcapture/export"
+	"mailcapture/legacyclient"
+	"mailcapture/retirement"
 	"mailcapture/status"
 	"mailcapture/store"
+	"mailcapture/vault"
 )
 
 // openForCommand loads the configuration (positional arguments allowed)
 // and opens the store read-only or for control requests.
 func openForCommand(ctx context.Context, env *environment, fs *pflag.FlagSet, path *string, args []string, control bool) (*store.Store, []string, error) {
+	_, st, rest, err := openWithConfig(ctx, env, fs, path, args, control)
+	return st, rest, err
+}
+
+// openWithConfig is openForCommand that also returns the configuration.
+func openWithConfig(ctx context.Context, env *environment, fs *pflag.FlagSet, path *string, args []string, control bool) (config.Config, *store.Store, []string, error) {
 	if err := parseWithArgs(fs, args); err != nil {
-		return nil, nil, err
+		return config.Config{}, nil, nil, err
 	}
-	cfg, err := config.Load(config.Sources{File: *path, Environ: env.environ, Flags: fs})
+	cfg, err := loadConfig(env, fs, path)
 	if err != nil {
-		return nil, nil, err
+		return config.Config{}, nil, nil, err
 	}
 	st, err := store.Open(ctx, cfg.DataDir, store.Options{ReadOnly: !control, Control: control})
 	if err != nil {
-		return nil, nil, fmt.Errorf("%w (has serve run with this data_dir yet?)", err)
+		return config.Config{}, nil, nil, fmt.Errorf("%w (has serve run with this data_dir yet?)", err)
 	}
-	return st, fs.Args(), nil
+	return cfg, st, fs.Args(), nil
+}
+
+// directoryOf is the recipients' resolver the configuration describes,
+// over st.
+func directoryOf(cfg config.Config, st *store.Store) (*addresses.Directory, error) {
+	dir := &addresses.Directory{Naming: addresses.Configured(&cfg), Domains: cfg.Domains, Store: st}
+	if cfg.Addresses.File != "" {
+		if _, _, err := dir.Load(cfg.Addresses.File); err != nil {
+			return nil, fmt.Errorf("addresses.file: %w", err)
+		}
+	}
+	return dir, nil
 }
 
 // openReadOnly is openForCommand for commands that take no positional
@@ -220,12 +244,17 @@ func runCutover(ctx context.Context, env *environment, args []string) error {
 	return nil
 }
 
+const retireUsage = "--config FILE [--check] [--force] [--yes] [--json]"
+
 func runRetireLegacy(ctx context.Context, env *environment, args []string) error {
-	fs := newFlagSet(env, "retire-legacy", "--config FILE [--yes]",
-		"record that the legacy server is gone: follow syncs and password checks there end (for good)")
+	fs := newFlagSet(env, "retire-legacy", retireUsage,
+		"check what would break without the legacy server (--check), or record that it is gone: nothing is relayed, checked or synced there any more; refused while something would break, unless --force")
 	path := configFlags(fs)
+	check := fs.Bool("check", false, "only report what would break")
+	force := fs.Bool("force", false, "retire even though something would break")
 	yes := fs.Bool("yes", false, "do not ask for confirmation")
-	st, rest, err := openForCommand(ctx, env, fs, path, args, true)
+	asJSON := fs.Bool("json", false, "print the report as JSON")
+	cfg, st, rest, err := openWithConfig(ctx, env, fs, path, args, true)
 	if err != nil {
 		return err
 	}
@@ -239,15 +268,97 @@ func runRetireLegacy(ctx context.Context, env *environment, args []string) error
 		fmt.Fprintf(env.stdout, "the legacy server was retired on %s\n", when(at))
 		return nil
 	}
-	ok, err := confirm(env, *yes, "Retire the legacy server for good (no more follow syncs or password checks there)?")
+	dir, err := directoryOf(cfg, st)
+	if err != nil {
+		return err
+	}
+	look, err := legacyLook(cfg, st)
+	if err != nil {
+		return err
+	}
+	report, err := retirement.Check(ctx, st, dir, time.Now(), look)
+	if err != nil {
+		return err
+	}
+	if *asJSON {
+		if err := writeJSON(env, report); err != nil {
+			return err
+		}
+	} else {
+		printRetirement(env, report)
+	}
+	switch {
+	case *check && report.Clear():
+		return nil
+	case *check:
+		return fmt.Errorf("the legacy server is still needed (see above)")
+	case !report.Clear() && !*force:
+		return fmt.Errorf("retirement refused: something above would break (--force retires anyway)")
+	}
+	ok, err := confirm(env, *yes, "Retire the legacy server for good (nothing is relayed, checked or synced there any more)?")
 	if err != nil || !ok {
 		return err
 	}
 	if err := st.RetireLegacy(ctx, time.Now()); err != nil {
 		return err
 	}
-	fmt.Fprintln(env.stdout, "legacy server retired; serve stops follow syncs within seconds")
+	fmt.Fprintln(env.stdout, "legacy server retired; serve stops using it within seconds")
 	return nil
+}
+
+// legacyLook is how the retirement check looks into captured accounts'
+// legacy mailboxes: with the master user, or with the vault's passwords;
+// nil without either.
+func legacyLook(cfg config.Config, st *store.Store) (retirement.LegacyLook, error) {
+	if cfg.Legacy.IMAP.Address == "" {
+		return nil, nil
+	}
+	engine := capture.NewEngine(st, cfg, slog.New(slog.DiscardHandler))
+	var passwords func(ctx context.Context, account string) (string, bool)
+	switch {
+	case cfg.Legacy.Master.User != "":
+		password, err := cfg.Legacy.Master.Password()
+		if err != nil {
+			return nil, fmt.Errorf("legacy.master.password_file: %w", err)
+		}
+		engine.Master = &legacyclient.MasterLogin{Username: cfg.Legacy.Master.User, Password: password, Style: cfg.Legacy.Master.Style, Separator: cfg.Legacy.Master.Separator}
+		passwords = func(context.Context, string) (string, bool) { return "", true }
+	case cfg.Vault.KeyFile != "":
+		v, err := vault.Load(cfg.Vault.KeyFile)
+		if err != nil {
+			return nil, fmt.Errorf("vault.key_file: %w", err)
+		}
+		passwords = func(ctx context.Context, account string) (string, bool) {
+			creds, err := st.Credentials(ctx)
+			if err != nil || creds[account] == nil {
+				return "", false
+			}
+			password, err := v.Open(account, creds[account])
+			return password, err == nil
+		}
+	default:
+		return nil, nil
+	}
+	return func(ctx context.Context, account string) (map[string]uint32, bool, error) {
+		password, ok := passwords(ctx, account)
+		if !ok {
+			return nil, false, nil
+		}
+		news, err := engine.LegacyNews(ctx, account, password)
+		return news, err == nil, err
+	}, nil
+}
+
+func printRetirement(env *environment, r retirement.Report) {
+	if r.Clear() {
+		fmt.Fprintln(env.stdout, "nothing would break without the legacy server")
+	}
+	for _, line := range r.Sentences() {
+		fmt.Fprintln(env.stdout, line)
+	}
+	if r.LegacyNote != "" {
+		fmt.Fprintf(env.stdout, "note: %s\n", r.LegacyNote)
+	}
 }
 
 func writeJSON(env *environment, v any) error {

@@ -14,6 +14,7 @@ import (
 
 	"github.com/spf13/pflag"
 
+	"mailcapture/addresses"
 	"mailcapture/config"
 	"mailcapture/metrics"
 	"mailcapture/status"
@@ -32,7 +33,24 @@ func parseConfig(env *environment, fs *pflag.FlagSet, path *string, args []strin
 	if err := parse(fs, args); err != nil {
 		return config.Config{}, err
 	}
-	return config.Load(config.Sources{File: *path, Environ: env.environ, Flags: fs})
+	return loadConfig(env, fs, path)
+}
+
+// loadConfig loads the configuration the parsed command line names, with
+// its alias table checked.
+func loadConfig(env *environment, fs *pflag.FlagSet, path *string) (config.Config, error) {
+	cfg, err := config.Load(config.Sources{File: *path, Environ: env.environ, Flags: fs})
+	if err != nil {
+		return cfg, err
+	}
+	// The alias table is part of the configuration: a line it cannot
+	// use is reported like a bad key.
+	if f := cfg.Addresses.File; f != "" {
+		if _, _, err := addresses.LoadFile(f, cfg.DefaultDomain()); err != nil {
+			return config.Config{}, &config.Error{Problems: []config.Problem{{Key: "addresses.file", Message: strings.ReplaceAll(err.Error(), "\n", "\n    ")}}}
+		}
+	}
+	return cfg, nil
 }
 
 func newLogger(c config.Log, env *environment) *slog.Logger {

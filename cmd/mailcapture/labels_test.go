@@ -29,6 +29,7 @@ func declaredLabels() map[string]map[string][]string {
 		"mailcapture_limit_refusals_total": {"limit": asStrings(labels.Limits)},
 		"mailcapture_legacy_errors_total":  {"kind": asStrings(labels.LegacyKinds)},
 		"mailcapture_accounts":             {"state": {string(store.StateCapturing), string(store.StateCutover), string(store.StateCaptured)}},
+		"mailcapture_retirement_blockers":  {"kind": asStrings(labels.RetirementBlockers)},
 	}
 }
 
@@ -48,6 +49,7 @@ func checkDeclaredLabels(t *testing.T, scrape string) {
 		}
 		want, ok := declared[m[1]]
 		if !ok {
+			t.Errorf("%s has labels whose values labels does not declare (add it to declaredLabels)", m[1])
 			continue
 		}
 		for _, lv := range labelRE.FindAllStringSubmatch(m[2], -1) {

@@ -14,6 +14,7 @@ import (
 
 	"github.com/emersion/go-smtp"
 
+	"mailcapture/addresses"
 	"mailcapture/capture"
 	"mailcapture/config"
 	"mailcapture/connlimit"
@@ -26,6 +27,7 @@ import (
 	"mailcapture/pop3"
 	"mailcapture/pop3store"
 	"mailcapture/relay"
+	"mailcapture/retirement"
 	"mailcapture/status"
 	"mailcapture/store"
 	"mailcapture/vault"
@@ -38,24 +40,33 @@ type server struct {
 	st  *store.Store
 	// problems keeps the latest warnings and errors for the status page.
 	problems *status.Problems
-	tls      *tls.Config
-	sched    *capture.Scheduler
-	imap     *front.IMAPFront
-	pop3     *pop3.Server
-	http     *http.Server
-	errc     chan error
-	stops    []func(context.Context) error
+	// aliasReload asks for the alias table to be read again (SIGHUP).
+	aliasReload chan struct{}
+	tls         *tls.Config
+	sched       *capture.Scheduler
+	imap        *front.IMAPFront
+	pop3        *pop3.Server
+	http        *http.Server
+	errc        chan error
+	stops       []func(context.Context) error
 	// addrs are the listeners' addresses, by configuration key.
 	addrs map[string]string
 	// cert is the TLS certificate, replaced by a reload.
-	cert    atomic.Pointer[tls.Certificate]
-	router  *front.Router
-	limiter *front.LoginLimiter
+	cert   atomic.Pointer[tls.Certificate]
+	router *front.Router
+	queue  *relay.Queue // nil without listen.smtp
+	// stopCaptures ends the capture scheduler (the legacy server's
+	// retirement).
+	stopCaptures context.CancelFunc
+	// retirement checks what would break without the legacy server.
+	retirement atomic.Pointer[retirement.Cache]
+	limiter    *front.LoginLimiter
 }
 
 // reload re-reads the configuration and applies what can change while
 // running: the TLS certificate, log.level, limits.failed_logins_* and
-// legacy.retired. Other changes are named as needing a restart.
+// legacy.retired, and the alias table is read again. Other changes are
+// named as needing a restart.
 func (s *server) reload(rl *reloader) {
 	log := s.log
 	next, err := rl.load()
@@ -81,8 +92,15 @@ func (s *server) reload(rl *reloader) {
 	s.limiter.SetLimits(l.FailedLoginsPerAddress, l.FailedLoginsPerAccount, l.FailedLoginWindow)
 	applied = append(applied, "limits.failed_logins_*")
 	if next.Legacy.Retired {
-		s.router.SetRetired()
+		s.retire(context.Background())
 		applied = append(applied, "legacy.retired")
+	}
+	if s.cfg.Addresses.File != "" {
+		select {
+		case s.aliasReload <- struct{}{}:
+		default:
+		}
+		applied = append(applied, "addresses.file")
 	}
 	// What else changed needs a restart.
 	runtime := func(c config.Config) config.Config {
@@ -98,7 +116,7 @@ func (s *server) reload(rl *reloader) {
 }
 
 func runServe(ctx context.Context, env *environment, args []string) error {
-	fs := newFlagSet(env, "serve", "--config FILE", "run mailcapture until SIGINT or SIGTERM; SIGHUP reloads the TLS certificate, log.level, limits.failed_logins_* and legacy.retired")
+	fs := newFlagSet(env, "serve", "--config FILE", "run mailcapture until SIGINT or SIGTERM; SIGHUP reloads the TLS certificate, log.level, limits.failed_logins_*, legacy.retired and the alias table (addresses.file)")
 	path := configFlags(fs)
 	cfg, err := parseConfig(env, fs, path, args)
 	if err != nil {
@@ -141,7 +159,7 @@ func serveConfig(ctx context.Context, log *slog.Logger, cfg config.Config, ready
 	if err := (&cutover.Cutover{Store: st, Log: log}).Recover(ctx); err != nil {
 		return err
 	}
-	s := &server{cfg: cfg, log: log, st: st, problems: problems, errc: make(chan error, 8), addrs: map[string]string{}}
+	s := &server{cfg: cfg, log: log, st: st, problems: problems, errc: make(chan error, 8), addrs: map[string]string{}, aliasReload: make(chan struct{}, 1)}
 	if cfg.TLS.Cert != "" {
 		cert, err := tls.LoadX509KeyPair(cfg.TLS.Cert, cfg.TLS.Key)
 		if err != nil {
@@ -204,14 +222,45 @@ func serveConfig(ctx context.Context, log *slog.Logger, cfg config.Config, ready
 // start opens every configured listener and starts the capture scheduler.
 func (s *server) start(schedCtx context.Context, schedDone chan struct{}) error {
 	cfg, log := s.cfg, s.log
-	m := metrics.New(func(ctx context.Context) (status.Report, error) { return status.Collect(ctx, s.st, status.Options{}) }, log)
+	m := metrics.New(func(ctx context.Context) (status.Report, error) {
+		return status.Collect(ctx, s.st, status.Options{Retirement: s.retirementReport})
+	}, log)
 	engine := capture.NewEngine(s.st, cfg, log)
 	engine.Observer = m.Capture
 	s.sched = capture.NewScheduler(engine, cfg, log)
 	lim := cfg.Limits
 	s.limiter = &front.LoginLimiter{PerAddress: lim.FailedLoginsPerAddress, PerAccount: lim.FailedLoginsPerAccount, Window: lim.FailedLoginWindow}
-	router := &front.Router{Store: s.st, Mode: cfg.Mode, Log: log, Observer: m.Traffic, Limiter: s.limiter}
+	router := &front.Router{Store: s.st, Mode: cfg.Mode, Naming: engine.Naming, Log: log, Observer: m.Traffic, Limiter: s.limiter}
 	s.router = router
+	// The recipients' resolver: naming rules, the alias table, accounts.
+	dir := &addresses.Directory{Naming: engine.Naming, Domains: cfg.Domains, Store: s.st}
+	// What would break without the legacy server, for the status page
+	// and the metrics (the legacy mailboxes are looked into only by
+	// `mailcapture retire-legacy`).
+	s.retirement.Store(&retirement.Cache{TTL: time.Minute, Check: func(ctx context.Context) (retirement.Report, error) {
+		return retirement.Check(ctx, s.st, dir, time.Now(), nil)
+	}})
+	if path := cfg.Addresses.File; path != "" {
+		n, warnings, err := dir.Load(path)
+		if err != nil {
+			return fmt.Errorf("addresses.file: %w", err)
+		}
+		for _, w := range warnings {
+			log.Warn("addresses.file: a line was ignored", "file", path, "line", w.Line, "problem", w.Msg)
+		}
+		log.Info("alias table loaded", "file", path, "entries", n)
+		watchCtx, stopWatch := context.WithCancel(schedCtx)
+		watchDone := make(chan struct{})
+		go func() {
+			defer close(watchDone)
+			dir.Watch(watchCtx, path, 2*time.Second, s.aliasReload, log)
+		}()
+		s.stops = append(s.stops, func(context.Context) error {
+			stopWatch()
+			<-watchDone
+			return nil
+		})
+	}
 	conns := &connlimit.Limiter{PerAddress: lim.ConnectionsPerAddress, Total: lim.Connections, Refused: m.Traffic.Refused}
 	if cfg.Mode != "shadow" {
 		router.Scheduler = s.sched
@@ -244,7 +293,7 @@ func (s *server) start(schedCtx context.Context, schedDone chan struct{}) error 
 			}
 		}
 	}
-	inboxSearch := capture.InboxSearch{Endpoint: engine.IMAP}
+	inboxSearch := capture.InboxSearch{Endpoint: engine.IMAP, Store: s.st, Naming: engine.Naming}
 	if m := cfg.Legacy.Master; m.User != "" {
 		password, err := m.Password()
 		if err != nil {
@@ -305,7 +354,7 @@ func (s *server) start(schedCtx context.Context, schedDone chan struct{}) error 
 	legacy := relay.Legacy{Endpoint: legacyclient.Configured(cfg.Legacy.SMTP.Address, cfg.Legacy.SMTP.TLS, cfg.Legacy),
 		Protocol: cfg.Legacy.SMTP.Protocol, Hostname: cfg.Hostname}
 	if cfg.Listen.SMTP != "" {
-		queue = &relay.Queue{Store: s.st, Legacy: legacy, Lifetime: cfg.SMTP.MessageLifetime, RetryMin: cfg.SMTP.RetryMin, RetryMax: cfg.SMTP.RetryMax,
+		queue = &relay.Queue{Store: s.st, Legacy: legacy, Directory: dir, Retired: router.Retired, Lifetime: cfg.SMTP.MessageLifetime, RetryMin: cfg.SMTP.RetryMin, RetryMax: cfg.SMTP.RetryMax,
 			Observer: m.Traffic, Log: log}
 		if cfg.Legacy.IMAP.Address != "" && (inboxSearch.Master != nil || inboxSearch.Passwords != nil) {
 			queue.Checker = inboxSearch
@@ -326,9 +375,7 @@ func (s *server) start(schedCtx context.Context, schedDone chan struct{}) error 
 			cut.Run(ctx, account, password)
 		}
 	}
-	if cfg.Legacy.Retired {
-		router.SetRetired()
-	}
+	s.queue = queue
 	// Requests from the admin commands (cutover, retire-legacy), written
 	// to the store beside this process, are carried out here.
 	adminCtx, stopAdmin := context.WithCancel(schedCtx)
@@ -349,10 +396,15 @@ func (s *server) start(schedCtx context.Context, schedDone chan struct{}) error 
 		<-adminDone
 		return nil
 	})
+	captureCtx, stopCaptures := context.WithCancel(schedCtx)
+	s.stopCaptures = stopCaptures
 	go func() {
-		s.sched.Run(schedCtx)
+		s.sched.Run(captureCtx)
 		close(schedDone)
 	}()
+	if cfg.Legacy.Retired {
+		s.retire(schedCtx)
+	}
 	const (
 		imapRefusal = "* BYE [UNAVAILABLE] too many connections, try again later\r\n"
 		pop3Refusal = "-ERR [SYS/TEMP] too many connections, try again later\r\n"
@@ -395,7 +447,7 @@ func (s *server) start(schedCtx context.Context, schedDone chan struct{}) error 
 		s.stops = append(s.stops, s.pop3.Shutdown)
 	}
 	if cfg.Listen.SMTP != "" {
-		backend := &relay.Backend{Store: s.st, Domains: cfg.Domains, Legacy: legacy, Hostname: cfg.Hostname,
+		backend := &relay.Backend{Store: s.st, Domains: cfg.Domains, Directory: dir, Retired: router.Retired, Legacy: legacy, Hostname: cfg.Hostname,
 			MaxHops: cfg.SMTP.MaxHops, DataTimeout: cfg.SMTP.DataTimeout, Observer: m.Traffic, Spooled: queue.Wake, Log: log}
 		srv := smtp.NewServer(backend)
 		srv.Domain = cfg.Hostname
@@ -437,7 +489,7 @@ func (s *server) start(schedCtx context.Context, schedDone chan struct{}) error 
 			return fmt.Errorf("listen.http %s: %w", cfg.Listen.HTTP, err)
 		}
 		detail := func(ctx context.Context) (status.Report, error) {
-			r, err := status.Collect(ctx, s.st, status.Options{PerAccount: true})
+			r, err := status.Collect(ctx, s.st, status.Options{PerAccount: true, Retirement: s.retirementReport})
 			r.Problems = s.problems.Recent()
 			return r, err
 		}
@@ -462,6 +514,9 @@ func (s *server) start(schedCtx context.Context, schedDone chan struct{}) error 
 // captured are (re)submitted, captured accounts are followed (until the
 // legacy server is retired).
 func (s *server) fromVault(ctx context.Context, v *vault.Vault, router *front.Router) {
+	if router.Retired() {
+		return
+	}
 	creds, err := s.st.Credentials(ctx)
 	if err != nil {
 		s.log.Warn("the vault could not be read", "err", err)
@@ -493,7 +548,7 @@ func (s *server) fromVault(ctx context.Context, v *vault.Vault, router *front.Ro
 // `mailcapture retire-legacy` asked for.
 func (s *server) adminRequests(ctx context.Context, router *front.Router, cut *cutover.Cutover) {
 	if retired, _, err := s.st.LegacyRetired(ctx); err == nil && retired {
-		router.SetRetired()
+		s.retire(ctx)
 	}
 	if cut == nil {
 		names, _ := s.st.CutoverRequests(ctx)
@@ -507,6 +562,38 @@ func (s *server) adminRequests(ctx context.Context, router *front.Router, cut *c
 		password, _ := s.sched.Password(account)
 		return password
 	})
+}
+
+// retirementReport is what would break without the legacy server, for
+// the status report.
+func (s *server) retirementReport(ctx context.Context) (retirement.Report, error) {
+	c := s.retirement.Load()
+	if c == nil {
+		return retirement.Report{}, nil
+	}
+	return c.Report(ctx)
+}
+
+// retire puts the legacy server's retirement in force (once): logins,
+// follow syncs and the SMTP front end stop using it, and the mail spooled
+// for it is resolved again at once instead of waiting for its next try.
+func (s *server) retire(ctx context.Context) {
+	if s.router.Retired() {
+		return
+	}
+	s.router.SetRetired()
+	if s.stopCaptures != nil {
+		s.stopCaptures() // no capture reads the legacy server any more
+	}
+	if s.queue == nil {
+		return
+	}
+	if n, err := s.st.RequestRetry(ctx, nil); err != nil {
+		s.log.Error("the spool could not be made due after the retirement; it is resolved again at its next tries", "err", err)
+	} else if n > 0 {
+		s.log.Info("mail spooled for the retired legacy server is resolved again now", "messages", n)
+	}
+	s.queue.Wake()
 }
 
 // trustedNetworks returns whether an address is in one of the networks
