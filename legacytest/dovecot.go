@@ -55,6 +55,20 @@ type Options struct {
 	// same filesystem as the store they compare); default the system's
 	// temporary directory.
 	Dir string
+	// DefaultRealm is Dovecot's auth_default_realm: a login without a
+	// domain is taken as user@DefaultRealm (add users with their full
+	// address). Default none: users log in exactly as added.
+	DefaultRealm string
+	// RecipientDelimiter is Dovecot's recipient_delimiter (LMTP takes
+	// bob+lists@ for bob@). Default none.
+	RecipientDelimiter string
+}
+
+// MaildirDelivery is where an MTA delivering straight into the users'
+// Maildirs (Postfix's virtual(8)) puts mail: user's Maildir is
+// base/<user>/Maildir/, owned by uid and gid.
+func (d *Dovecot) MaildirDelivery() (base string, uid, gid int) {
+	return filepath.Join(d.Dir, "home"), d.mailUID, d.mailGID
 }
 
 // Dovecot is a running private Dovecot.
@@ -204,6 +218,10 @@ passdb {
 	if uidlFormat == "" {
 		uidlFormat = "%08Xu%08Xv"
 	}
+	realm := ""
+	if d.Options.DefaultRealm != "" {
+		realm = "auth_default_realm = " + d.Options.DefaultRealm
+	}
 	fsync := "never"
 	if d.Options.Fsync {
 		fsync = "optimized"
@@ -225,7 +243,8 @@ mail_fsync = %[2]s
 mail_location = maildir:~/Maildir
 pop3_uidl_format = %[11]s
 lmtp_save_to_detail_mailbox = no
-recipient_delimiter =
+recipient_delimiter = %[17]s
+%[18]s
 login_greeting = Legacy Dovecot ready.
 auth_failure_delay = 0
 mail_max_userip_connections = 200
@@ -274,7 +293,7 @@ service lmtp {
 service imap {
   process_limit = 512
 }
-%[16]s`, d.Dir, fsync, d.mailUID, d.mailGID, d.Options.Separator, d.Options.Prefix, specialUse, ports[0], ports[1], ports[2], uidlFormat, master, ssl, imapsPort, pop3sPort, many)
+%[16]s`, d.Dir, fsync, d.mailUID, d.mailGID, d.Options.Separator, d.Options.Prefix, specialUse, ports[0], ports[1], ports[2], uidlFormat, master, ssl, imapsPort, pop3sPort, many, d.Options.RecipientDelimiter, realm)
 	if err := os.WriteFile(d.configPath(), []byte(conf), 0o644); err != nil {
 		return err
 	}

@@ -27,6 +27,14 @@ type PostfixOptions struct {
 	// Dir, if set, holds Postfix's queue and configuration (for example on
 	// a scratch filesystem); default a test temporary directory.
 	Dir string
+	// Aliases, if set, is a virtual_alias_maps table (Postfix virtual(5)
+	// syntax) applied before delivery.
+	Aliases string
+	// Maildirs, if set, makes Postfix deliver with its own virtual(8)
+	// agent straight into the users' Maildirs (Dovecot.MaildirDelivery)
+	// instead of over LMTP: it adds Delivered-To and X-Original-To, as
+	// such installations have them.
+	Maildirs *Dovecot
 }
 
 // Postfix is a running private Postfix: the legacy domain's MTA in front
@@ -93,14 +101,24 @@ mydestination =
 mynetworks = 127.0.0.0/8
 virtual_mailbox_domains = %[2]s
 virtual_mailbox_maps = texthash:%[1]s/vmailbox
-virtual_transport = lmtp:inet:%[3]s
+virtual_transport = %[3]s
+virtual_alias_maps = texthash:%[1]s/virtual
 smtpd_recipient_restrictions = permit_mynetworks, reject_unauth_destination
 maillog_file_prefixes = %[1]s
 maillog_file = %[1]s/maillog
-`, dir, opts.Domain, opts.LMTPAddr)
+`, dir, opts.Domain, "lmtp:inet:"+opts.LMTPAddr)
 	var users strings.Builder
 	for _, u := range opts.Users {
 		fmt.Fprintf(&users, "%s ok\n", u)
+	}
+	if d := opts.Maildirs; d != nil {
+		base, uid, gid := d.MaildirDelivery()
+		main = strings.Replace(main, "virtual_transport = lmtp:inet:"+opts.LMTPAddr, "virtual_transport = virtual", 1)
+		main += fmt.Sprintf("virtual_mailbox_base = %s\nvirtual_uid_maps = static:%d\nvirtual_gid_maps = static:%d\nvirtual_minimum_uid = 1\n", base, uid, gid)
+		users.Reset()
+		for _, u := range opts.Users {
+			fmt.Fprintf(&users, "%s %s/Maildir/\n", u, u)
+		}
 	}
 	master, err := os.ReadFile("/etc/postfix/master.cf")
 	if err != nil {
@@ -110,7 +128,7 @@ maillog_file = %[1]s/maillog
 	// for one).
 	conf := regexp.MustCompile(`(?m)^smtp(\s+)inet`).ReplaceAllString(string(master), p.Addr+"${1}inet")
 	conf = regexp.MustCompile(`(?m)^(\S+\s+\S+\s+\S+\s+\S+\s+)y(\s)`).ReplaceAllString(conf, "${1}n${2}")
-	for name, body := range map[string]string{"main.cf": main, "master.cf": conf, "vmailbox": users.String()} {
+	for name, body := range map[string]string{"main.cf": main, "master.cf": conf, "vmailbox": users.String(), "virtual": opts.Aliases} {
 		if err := os.WriteFile(filepath.Join(dir, name), []byte(body), 0o644); err != nil {
 			t.Fatal(err)
 		}

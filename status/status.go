@@ -76,6 +76,9 @@ type Account struct {
 	LegacyBytes    int64       `json:"legacy_bytes"`
 	LastSync       time.Time   `json:"last_sync,omitzero"`
 	LastError      string      `json:"last_error,omitempty"`
+	// SameMailboxAs lists the other accounts whose names name the same
+	// mailbox (filled by `mailcapture accounts list`).
+	SameMailboxAs []string `json:"same_mailbox_as,omitempty"`
 }
 
 // Options selects what Collect gathers.

@@ -9,6 +9,7 @@ import (
 	"os"
 	"path/filepath"
 	"runtime"
+	"reflect"
 	"strings"
 	"sync"
 	"syscall"
@@ -785,5 +786,91 @@ func TestDeliverIsAtomic(t *testing.T) {
 	var st syscall.Stat_t
 	if err := syscall.Stat(s.blobPath(first[0].ID), &st); err != nil || st.Nlink != 4 {
 		t.Fatalf("the four copies are %d links of one body (%v)", st.Nlink, err)
+	}
+}
+
+// TestMergeAccounts: two accounts of one legacy mailbox become one, named
+// as asked, with the state of the one further along; no message either
+// held is lost, those both held are kept once, and logins, held mail and
+// subscriptions follow.
+func TestMergeAccounts(t *testing.T) {
+	ctx := context.Background()
+	st, err := Open(ctx, t.TempDir(), Options{Hash: HashParams{Time: 1, MemoryKiB: 8192, Threads: 1}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer st.Close()
+	typed, err := st.CreateAccount(ctx, "bob", "pw", StateCapturing)
+	if err != nil {
+		t.Fatal(err)
+	}
+	full, err := st.CreateAccount(ctx, "bob@example.org", "pw", StateCapturing)
+	if err != nil {
+		t.Fatal(err)
+	}
+	add := func(acct Account, box string, legacyUID uint32, body string) {
+		t.Helper()
+		m, err := st.MailboxByName(ctx, acct.ID, box)
+		if errors.Is(err, ErrNotFound) {
+			m, err = st.CreateMailbox(ctx, acct.ID, MailboxSpec{Name: box, UIDValidity: 7, LegacyUIDValidity: 7})
+		}
+		if err != nil {
+			t.Fatal(err)
+		}
+		b := st.NewBatch()
+		if err := b.Add(ctx, NewMessage{MailboxID: m.ID, UID: legacyUID, LegacyUID: legacyUID}, strings.NewReader(body)); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := b.Commit(ctx); err != nil {
+			t.Fatal(err)
+		}
+	}
+	add(typed, "INBOX", 1, "Subject: one\r\n\r\n1\r\n")
+	add(full, "INBOX", 1, "Subject: one\r\n\r\n1\r\n")
+	add(typed, "INBOX", 2, "Subject: two\r\n\r\n2\r\n")
+	add(full, "INBOX", 3, "Subject: three\r\n\r\n3\r\n")
+	add(typed, "Archive", 1, "Subject: archived\r\n\r\nA\r\n")
+	// The typed account was cut over and got local mail since.
+	st.Transition(ctx, "bob", StateCapturing, StateCutover)
+	st.Transition(ctx, "bob", StateCutover, StateCaptured)
+	inbox, _ := st.MailboxByName(ctx, typed.ID, "INBOX")
+	if _, err := st.Append(ctx, inbox.ID, strings.NewReader("Subject: local\r\n\r\nL\r\n"), nil, time.Now()); err != nil {
+		t.Fatal(err)
+	}
+	st.RecordLogins(ctx, []Login{{Account: "bob", Protocol: "imap", At: time.Now()}, {Account: "bob@example.org", Protocol: "imap", At: time.Now()}})
+
+	res, err := st.MergeAccounts(ctx, "bob", "bob@example.org")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if res.Kept != "bob" || res.Moved != 1 || res.Duplicates != 1 || res.Folders != 0 {
+		t.Fatalf("merge: %+v", res)
+	}
+	if _, err := st.Account(ctx, "bob"); !errors.Is(err, ErrNotFound) {
+		t.Fatalf("the old name is still an account: %v", err)
+	}
+	merged, err := st.Account(ctx, "bob@example.org")
+	if err != nil || merged.ID != typed.ID || merged.State != StateCaptured {
+		t.Fatalf("merged account %+v %v, want the captured one renamed", merged, err)
+	}
+	subjects := map[string][]string{}
+	boxes, _ := st.Mailboxes(ctx, merged.ID)
+	for _, b := range boxes {
+		msgs, _ := st.Messages(ctx, b.ID, AllUIDs)
+		for _, m := range msgs {
+			body, _ := st.ReadBody(m.ID)
+			subjects[b.Name] = append(subjects[b.Name], strings.SplitN(string(body), "\r\n", 2)[0])
+		}
+	}
+	want := map[string][]string{"INBOX": {"Subject: one", "Subject: two", "Subject: local", "Subject: three"}, "Archive": {"Subject: archived"}}
+	if !reflect.DeepEqual(subjects, want) {
+		t.Fatalf("after the merge: %v, want %v", subjects, want)
+	}
+	logins, _ := st.Logins(ctx)
+	if len(logins) != 1 || logins[0].Account != "bob@example.org" || logins[0].Count != 2 {
+		t.Fatalf("logins: %+v", logins)
+	}
+	if ok, _ := st.VerifyPassword(ctx, "bob@example.org", "pw"); !ok {
+		t.Fatal("the kept password hash does not verify")
 	}
 }

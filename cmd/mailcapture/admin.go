@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"sort"
 	"strings"
 	"text/tabwriter"
 	"time"
@@ -91,23 +92,40 @@ func confirm(env *environment, yes bool, question string) (bool, error) {
 	return false, nil
 }
 
-const accountsUsage = "--config FILE (list [--json] | show NAME [--json])"
+const accountsUsage = "--config FILE (list [--json] | show NAME [--json] | merge FROM INTO [--yes])"
 
 func runAccounts(ctx context.Context, env *environment, args []string) error {
-	fs := newFlagSet(env, "accounts", accountsUsage, "list the accounts mailcapture knows, or show one: state, progress, folders, logins")
+	fs := newFlagSet(env, "accounts", accountsUsage,
+		"list the accounts mailcapture knows (flagging two that name one mailbox), show one (state, progress, folders, logins), or merge two that name one mailbox (serve stopped)")
 	path := configFlags(fs)
 	asJSON := fs.Bool("json", false, "print JSON")
-	st, rest, err := openForCommand(ctx, env, fs, path, args, false)
+	yes := fs.Bool("yes", false, "merge without asking")
+	if err := parseWithArgs(fs, args); err != nil {
+		return err
+	}
+	if rest := fs.Args(); len(rest) > 0 && rest[0] == "merge" {
+		if len(rest) != 3 {
+			return usageError("accounts merge: name the account to merge and the one to merge it into")
+		}
+		return mergeAccounts(ctx, env, fs, path, rest[1], rest[2], *yes)
+	}
+	cfg, err := loadConfig(env, fs, path)
 	if err != nil {
 		return err
 	}
+	st, err := store.Open(ctx, cfg.DataDir, store.Options{ReadOnly: true})
+	if err != nil {
+		return fmt.Errorf("%w (has serve run with this data_dir yet?)", err)
+	}
 	defer st.Close()
+	rest := fs.Args()
 	switch {
 	case len(rest) == 1 && rest[0] == "list":
 		r, err := status.Collect(ctx, st, status.Options{PerAccount: true})
 		if err != nil {
 			return err
 		}
+		dups := sameMailbox(addresses.Configured(&cfg), r.AccountList)
 		if *asJSON {
 			rows := r.AccountList
 			if rows == nil {
@@ -124,11 +142,83 @@ func runAccounts(ctx context.Context, env *environment, args []string) error {
 			return err
 		}
 		fmt.Fprintf(env.stdout, "%d accounts\n", len(r.AccountList))
+		for _, group := range dups {
+			fmt.Fprintf(env.stdout, "one mailbox, %d accounts: %s (merge with: mailcapture accounts merge %s %s)\n",
+				len(group), strings.Join(group, ", "), group[0], group[len(group)-1])
+		}
 		return nil
 	case len(rest) == 2 && rest[0] == "show":
 		return showAccount(ctx, env, st, rest[1], *asJSON)
 	}
 	return usageError("accounts: say list, or show NAME")
+}
+
+// sameMailbox finds the accounts whose names name one mailbox (the same
+// canonical address: "bob" and "bob@example.org"), marks them in rows,
+// and returns each group, the canonical name last.
+func sameMailbox(n addresses.Naming, rows []status.Account) [][]string {
+	byCanonical := map[string][]int{}
+	var order []string
+	for i, a := range rows {
+		c, err := n.Account(a.Name)
+		if err != nil {
+			continue
+		}
+		key := strings.ToLower(c)
+		if byCanonical[key] == nil {
+			order = append(order, key)
+		}
+		byCanonical[key] = append(byCanonical[key], i)
+	}
+	var groups [][]string
+	for _, key := range order {
+		idx := byCanonical[key]
+		if len(idx) < 2 {
+			continue
+		}
+		var names []string
+		for _, i := range idx {
+			names = append(names, rows[i].Name)
+		}
+		sort.SliceStable(names, func(i, j int) bool { return !strings.EqualFold(names[i], key) && strings.EqualFold(names[j], key) })
+		for _, i := range idx {
+			for _, other := range names {
+				if other != rows[i].Name {
+					rows[i].SameMailboxAs = append(rows[i].SameMailboxAs, other)
+				}
+			}
+		}
+		groups = append(groups, names)
+	}
+	return groups
+}
+
+// mergeAccounts is `mailcapture accounts merge`: the store is opened for
+// writing, so serve must be stopped.
+func mergeAccounts(ctx context.Context, env *environment, fs *pflag.FlagSet, path *string, from, into string, yes bool) error {
+	cfg, err := loadConfig(env, fs, path)
+	if err != nil {
+		return err
+	}
+	ok, err := confirm(env, yes, fmt.Sprintf("Merge account %s into %s (one mailbox; nothing either holds is lost)?", from, into))
+	if err != nil || !ok {
+		return err
+	}
+	st, err := store.Open(ctx, cfg.DataDir, store.Options{})
+	if errors.Is(err, store.ErrLocked) {
+		return fmt.Errorf("accounts merge needs the store to itself: stop serve first (%w)", err)
+	}
+	if err != nil {
+		return err
+	}
+	defer st.Close()
+	res, err := st.MergeAccounts(ctx, from, into)
+	if err != nil {
+		return err
+	}
+	fmt.Fprintf(env.stdout, "merged %s into %s: kept the state and password of %s; %d messages moved, %d held by both kept once, %d folders moved\n",
+		from, into, res.Kept, res.Moved, res.Duplicates, res.Folders)
+	return nil
 }
 
 // accountDetail is `mailcapture accounts show`.
