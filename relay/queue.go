@@ -262,6 +262,10 @@ func (q *Queue) deliver(ctx context.Context, e store.SpoolEntry) {
 	// Counted before the accounts' states are read: a cut-over that
 	// begins after this waits for the attempt to end.
 	defer q.active.enter(q.accountKeys(ctx, e.To))()
+	if q.Retired != nil && q.Retired() {
+		q.resolveRetired(ctx, e, log)
+		return
+	}
 	to, err := q.reroute(ctx, e, log)
 	if err != nil {
 		log.Error("a spooled message could not be routed; it waits", "err", err)
@@ -271,10 +275,6 @@ func (q *Queue) deliver(ctx context.Context, e store.SpoolEntry) {
 		return
 	}
 	e.To = to
-	if q.Retired != nil && q.Retired() {
-		q.returnRetired(ctx, e, log)
-		return
-	}
 	f, err := q.Store.OpenSpooled(e.ID)
 	if err != nil {
 		log.Error("a spooled message could not be opened; it waits", "err", err)
@@ -395,35 +395,72 @@ func (q *Queue) reroute(ctx context.Context, e store.SpoolEntry, log *slog.Logge
 	return legacy, nil
 }
 
-// returnRetired ends a spooled message whose recipients reach no captured
-// account now that the legacy server is gone (those that do were
-// delivered locally by reroute): it goes back to its sender in a DSN
+// resolveRetired ends a message spooled for the legacy server after its
+// retirement: each recipient is resolved again (aliases too), the message
+// is delivered to the captured accounts they reach (held for those in
+// cut-over) and removed from the spool in one transaction, and the
+// recipients that reach no mailbox here are told to the sender in a DSN
 // saying why, instead of waiting for a server that will not answer.
-func (q *Queue) returnRetired(ctx context.Context, e store.SpoolEntry, log *slog.Logger) {
-	if e.From == "" {
-		// A notice itself (a DSN) gets no notice: it is dropped.
-		if err := q.Store.Dequeue(ctx, e.ID); err != nil {
-			log.Error("a spooled notice could not be taken off the spool", "err", err)
+func (q *Queue) resolveRetired(ctx context.Context, e store.SpoolEntry, log *slog.Logger) {
+	var plan deliveryPlan
+	var failures []Failure
+	for _, rcpt := range e.To {
+		res, err := q.directory().Resolve(ctx, rcpt)
+		if err != nil {
+			log.Error("a spooled message could not be routed; it waits", "rcpt", rcpt, "err", err)
 			return
 		}
-		log.Warn("a delivery status notice for an address with no mailbox here was dropped: the legacy server is retired", "to", strings.Join(e.To, ","))
-		return
+		reached := false
+		for _, t := range res.Targets {
+			switch t.Route(true) {
+			case addresses.RouteLocal:
+				plan.add(target{route: routeLocal, address: t.Address, account: t.Account})
+				reached = true
+			case addresses.RouteHold:
+				plan.add(target{route: routeHold, address: t.Address, account: t.Account})
+				reached = true
+			}
+		}
+		if !reached {
+			failures = append(failures, Failure{Recipient: rcpt, Status: "5.1.1",
+				Diagnostic: "the mail server this address was on has been retired, and the address reaches no mailbox here"})
+		}
 	}
-	failures := make([]Failure, 0, len(e.To))
-	for _, rcpt := range e.To {
-		failures = append(failures, Failure{Recipient: rcpt, Status: "5.1.1",
-			Diagnostic: "the mail server this address was on has been retired, and the address reaches no mailbox here"})
-	}
+	// The DSN is spooled before the original leaves: a crash in between
+	// sends it twice at worst, never loses it.
 	if err := q.enqueueDSN(ctx, e, failures); err != nil {
 		log.Error("a delivery status notification could not be spooled", "err", err)
 		return
 	}
-	if err := q.Store.Dequeue(ctx, e.ID); err != nil {
-		log.Error("a returned message could not be taken off the spool: it may be returned twice", "err", err)
-		return
+	if plan.empty() {
+		if err := q.Store.Dequeue(ctx, e.ID); err != nil {
+			log.Error("a returned message could not be taken off the spool: it may be returned twice", "err", err)
+			return
+		}
+	} else {
+		dests, err := plan.destinations(ctx, q.Store)
+		if err == nil {
+			err = q.Store.DeliverSpooled(ctx, e.ID, dests)
+		}
+		if err != nil {
+			log.Error("a spooled message could not be delivered here after the legacy server's retirement; it waits", "err", err)
+			return
+		}
+		q.observe(e, labels.SMTPRerouted, len(e.To)-len(failures))
+		log.Info("relay: mail spooled for the retired legacy server delivered here", "to", strings.Join(e.To, ","))
 	}
-	q.observe(e, labels.SMTPBounced, len(failures))
-	log.Warn("spooled mail for addresses with no mailbox here was returned to its sender: the legacy server is retired", "from", e.From, "to", strings.Join(e.To, ","))
+	if len(failures) > 0 {
+		q.observe(e, labels.SMTPBounced, len(failures))
+		var to []string
+		for _, f := range failures {
+			to = append(to, f.Recipient)
+		}
+		if e.From == "" {
+			log.Warn("a delivery status notice for an address with no mailbox here was dropped: the legacy server is retired", "to", strings.Join(to, ","))
+		} else {
+			log.Warn("spooled mail for addresses with no mailbox here was returned to its sender: the legacy server is retired", "from", e.From, "to", strings.Join(to, ","))
+		}
+	}
 }
 
 // DeliveryChecker looks into a recipient's legacy mailbox.

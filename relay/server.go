@@ -515,42 +515,60 @@ func (s *session) received() []byte {
 // spool entry per account held for its cut-over, one spool entry for the
 // legacy server with every address relayed there.
 func (s *session) destinations(ctx context.Context) ([]store.Destination, error) {
-	var dests []store.Destination
-	inboxes := map[int64]bool{}
-	held := map[int64]int{} // account → index in dests
-	legacy, relayed := -1, map[string]bool{}
+	var p deliveryPlan
 	for _, t := range s.targets {
-		switch t.route {
-		case routeLocal:
-			if inboxes[t.account.ID] {
-				continue
-			}
-			inboxes[t.account.ID] = true
-			inbox, err := s.b.Store.MailboxByName(ctx, t.account.ID, "INBOX")
-			if err != nil {
-				return nil, err
-			}
-			dests = append(dests, store.Destination{MailboxID: inbox.ID})
-		case routeHold:
-			i, ok := held[t.account.ID]
-			if !ok {
-				i = len(dests)
-				held[t.account.ID] = i
-				dests = append(dests, store.Destination{Route: store.RouteHold, AccountID: t.account.ID})
-			}
-			if !slices.ContainsFunc(dests[i].To, func(a string) bool { return strings.EqualFold(a, t.address) }) {
-				dests[i].To = append(dests[i].To, t.address)
-			}
-		case routeLegacy:
-			if legacy < 0 {
-				legacy = len(dests)
-				dests = append(dests, store.Destination{Route: store.RouteLegacy})
-			}
-			if k := strings.ToLower(t.address); !relayed[k] {
-				relayed[k] = true
-				dests[legacy].To = append(dests[legacy].To, t.address)
-			}
+		p.add(t)
+	}
+	return p.destinations(ctx, s.b.Store)
+}
+
+// deliveryPlan gathers the targets of one message into its destinations.
+type deliveryPlan struct {
+	inboxes []int64            // accounts, each once
+	held    map[int64][]string // account → addresses
+	heldIDs []int64
+	legacy  []string // addresses, each once
+}
+
+func (p *deliveryPlan) add(t target) {
+	switch t.route {
+	case routeLocal:
+		if !slices.Contains(p.inboxes, t.account.ID) {
+			p.inboxes = append(p.inboxes, t.account.ID)
 		}
+	case routeHold:
+		if p.held == nil {
+			p.held = map[int64][]string{}
+		}
+		if _, ok := p.held[t.account.ID]; !ok {
+			p.heldIDs = append(p.heldIDs, t.account.ID)
+		}
+		if !slices.ContainsFunc(p.held[t.account.ID], func(a string) bool { return strings.EqualFold(a, t.address) }) {
+			p.held[t.account.ID] = append(p.held[t.account.ID], t.address)
+		}
+	case routeLegacy:
+		if !slices.ContainsFunc(p.legacy, func(a string) bool { return strings.EqualFold(a, t.address) }) {
+			p.legacy = append(p.legacy, t.address)
+		}
+	}
+}
+
+func (p *deliveryPlan) empty() bool { return len(p.inboxes)+len(p.heldIDs)+len(p.legacy) == 0 }
+
+func (p *deliveryPlan) destinations(ctx context.Context, st *store.Store) ([]store.Destination, error) {
+	var dests []store.Destination
+	for _, id := range p.inboxes {
+		inbox, err := st.MailboxByName(ctx, id, "INBOX")
+		if err != nil {
+			return nil, err
+		}
+		dests = append(dests, store.Destination{MailboxID: inbox.ID})
+	}
+	for _, id := range p.heldIDs {
+		dests = append(dests, store.Destination{Route: store.RouteHold, AccountID: id, To: p.held[id]})
+	}
+	if len(p.legacy) > 0 {
+		dests = append(dests, store.Destination{Route: store.RouteLegacy, To: p.legacy})
 	}
 	return dests, nil
 }

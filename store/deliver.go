@@ -49,25 +49,72 @@ func (s *Store) Deliver(ctx context.Context, from string, dests []Destination, r
 	if err != nil {
 		return nil, fmt.Errorf("deliver: %w", err)
 	}
+	out, err := s.deliverBody(ctx, &ids, from, bd, dests, 0)
+	if err != nil {
+		return nil, fmt.Errorf("deliver: %w", err)
+	}
+	return out, nil
+}
+
+// DeliverSpooled delivers a spooled message to new destinations and
+// removes it from the spool, in one transaction: the relay queue resolves
+// mail spooled for a legacy server that has since been retired. A crash
+// leaves either the spooled message or its deliveries, never both.
+func (s *Store) DeliverSpooled(ctx context.Context, id int64, dests []Destination) error {
+	bd := body{id: id}
+	var from string
+	var sum []byte
+	err := s.read.QueryRowContext(ctx, "SELECT sender, size, sha256, message_id, structure FROM spool WHERE id = ?", id).
+		Scan(&from, &bd.size, &sum, &bd.messageID, &bd.structure)
+	if errors.Is(err, sql.ErrNoRows) {
+		return fmt.Errorf("deliver spooled message %d: %w", id, ErrNotFound)
+	}
+	if err != nil {
+		return fmt.Errorf("deliver spooled message %d: %w", id, err)
+	}
+	copy(bd.sum[:], sum)
+	ids := idSource{alloc: &s.ids}
+	defer ids.release()
+	if _, err := s.deliverBody(ctx, &ids, from, bd, dests, id); err != nil {
+		return fmt.Errorf("deliver spooled message %d: %w", id, err)
+	}
+	if err := s.unlinkQueued(ctx); err != nil {
+		s.log.Error("the file of a delivered spooled message could not be removed", "id", id, "err", err)
+	}
+	return s.ClearInFlight(id)
+}
+
+// deliverBody stores bd (a body file written already) for every
+// destination: the first gets bd's file, the others hard links of it
+// (every one a link when bd is a spooled message's, spooled != 0, which
+// is removed from the spool in the same transaction).
+func (s *Store) deliverBody(ctx context.Context, ids *idSource, from string, bd body, dests []Destination, spooled int64) ([]Delivered, error) {
+	if len(dests) == 0 && spooled == 0 {
+		return nil, errors.New("no destination")
+	}
 	blobs := []int64{bd.id}
+	linked := dests[1:]
+	if spooled != 0 {
+		blobs, linked = nil, dests // the spooled file stays the spool's until the commit
+	}
 	committed := false
 	defer func() {
 		if !committed {
 			s.removeBlobs(blobs)
 		}
 	}()
-	for range dests[1:] {
+	for range linked {
 		id, err := ids.take(ctx)
 		if err != nil {
-			return nil, fmt.Errorf("deliver: %w", err)
+			return nil, err
 		}
 		if err := s.linkBlob(bd.id, id); err != nil {
-			return nil, fmt.Errorf("deliver: %w", err)
+			return nil, err
 		}
 		blobs = append(blobs, id)
 	}
 	if err := s.syncBodies(); err != nil {
-		return nil, fmt.Errorf("deliver: sync bodies: %w", err)
+		return nil, fmt.Errorf("sync bodies: %w", err)
 	}
 	out := make([]Delivered, len(dests))
 	var added []Message
@@ -75,8 +122,16 @@ func (s *Store) Deliver(ctx context.Context, from string, dests []Destination, r
 	date := time.Unix(now.Unix(), 0)
 	_, offset := date.Zone()
 	s.wmu.Lock()
-	err = s.writeTxLocked(ctx, func(tx *sql.Tx) error {
+	err := s.writeTxLocked(ctx, func(tx *sql.Tx) error {
 		alloc := newUIDAllocator(tx)
+		if spooled != 0 {
+			if err := execOne(ctx, tx, "DELETE FROM spool WHERE id = ?", spooled); err != nil {
+				return err
+			}
+			if _, err := tx.ExecContext(ctx, "INSERT INTO unlink_queue (blob_id) VALUES (?)", spooled); err != nil {
+				return err
+			}
+		}
 		added = added[:0]
 		for i, d := range dests {
 			id := blobs[i]
@@ -122,7 +177,7 @@ func (s *Store) Deliver(ctx context.Context, from string, dests []Destination, r
 	})
 	if err != nil {
 		s.wmu.Unlock()
-		return nil, fmt.Errorf("deliver: %w", err)
+		return nil, err
 	}
 	committed = true
 	byMailbox := map[int64][]Message{}
