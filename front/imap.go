@@ -438,6 +438,9 @@ func (s *session) login(tag, user, pass string) (done, handedOver bool) {
 			return sess, nil
 		}})
 	switch {
+	case errors.Is(err, ErrRetired):
+		s.write("%s NO [AUTHENTICATIONFAILED] no mailbox here: the old mail server was retired", tag)
+		return false, false
 	case errors.Is(err, ErrAuthFailed):
 		s.write("%s NO [AUTHENTICATIONFAILED] authentication failed", tag)
 		return false, false
@@ -451,7 +454,7 @@ func (s *session) login(tag, user, pass string) (done, handedOver bool) {
 		s.write("%s NO [UNAVAILABLE] temporary failure, try again later", tag)
 		return false, false
 	}
-	log := s.log.With("account", user)
+	log := s.log.With("account", out.Name)
 	obs := s.f.Router.observer()
 	if out.Route == labels.Local {
 		s.write("%s OK [CAPABILITY %s] logged in", tag, imapstore.Capabilities())
@@ -460,7 +463,7 @@ func (s *session) login(tag, user, pass string) (done, handedOver bool) {
 		s.f.mu.Lock()
 		delete(s.f.conns, s.conn) // the local server ends it at shutdown
 		s.f.mu.Unlock()
-		s.f.Local.Serve(s.f.ctx, s.conn, s.r, out.Account, log.With("account", out.Account.Name))
+		s.f.Local.Serve(s.f.ctx, s.conn, s.r, out.Account, log)
 		return true, true
 	}
 	legacy := out.Session.(*legacyclient.IMAPSession)
@@ -473,7 +476,7 @@ func (s *session) login(tag, user, pass string) (done, handedOver bool) {
 	}
 	obs.SessionStarted(labels.IMAP, labels.Legacy)
 	defer obs.SessionEnded(labels.IMAP, labels.Legacy)
-	p := newProxiedIMAP(user, s.conn, s.r, legacy, orDuration(s.f.IdleTimeout, 30*time.Minute), orDuration(s.f.WriteTimeout, time.Minute))
+	p := newProxiedIMAP(out.Name, s.conn, s.r, legacy, orDuration(s.f.IdleTimeout, 30*time.Minute), orDuration(s.f.WriteTimeout, time.Minute))
 	s.f.proxied.add(p)
 	s.f.mu.Lock()
 	delete(s.f.conns, s.conn) // ended by p.end at shutdown, at a command boundary

@@ -58,6 +58,8 @@ type Attempt struct {
 // Outcome is where a successful login goes.
 type Outcome struct {
 	Route labels.Route
+	// Name is the canonical name of the account logged in to.
+	Name string
 	// Account is the account served locally (Local route).
 	Account store.Account
 	// Session is what Attempt.Legacy opened (Legacy route): the front end
@@ -159,7 +161,7 @@ func (r *Router) localLogin(ctx context.Context, log *slog.Logger, a Attempt, ac
 	r.done(log, a, labels.Local, labels.LoginOK)
 	r.recordLogin(a.Protocol, acct.Name)
 	r.LocalLoginOK(acct.Name, a.Password)
-	return Outcome{Route: labels.Local, Account: acct}, nil
+	return Outcome{Route: labels.Local, Name: acct.Name, Account: acct}, nil
 }
 
 func (r *Router) legacyLogin(ctx context.Context, log *slog.Logger, a Attempt, acct store.Account, found bool) (Outcome, error) {
@@ -200,7 +202,7 @@ func (r *Router) legacyLogin(ctx context.Context, log *slog.Logger, a Attempt, a
 	} else {
 		r.legacyLoginOK(ctx, nil, account, login, a.Password)
 	}
-	return Outcome{Route: labels.Legacy, Session: sess}, nil
+	return Outcome{Route: labels.Legacy, Name: account, Session: sess}, nil
 }
 
 // done counts and logs a login's outcome: one line per login, never a

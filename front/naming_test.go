@@ -2,6 +2,7 @@ package front
 
 import (
 	"context"
+	"fmt"
 	"net"
 	"strings"
 	"testing"
@@ -11,6 +12,7 @@ import (
 
 	"mailcapture/addresses"
 	"mailcapture/capture"
+	"mailcapture/cutover"
 	"mailcapture/imapstore"
 	"mailcapture/legacyclient"
 	"mailcapture/legacytest"
@@ -105,7 +107,21 @@ func TestLoginFormsAreOneAccount(t *testing.T) {
 			if js, _ := sched.Status("bob@example.org"); js.State != capture.JobReady {
 				t.Fatalf("capture of bob@example.org (legacy login %q): %+v", accounts[0].LegacyLogin, js)
 			}
-			storetest.MarkCaptured(t, st, "bob@example.org")
+			// A session logged in under another form of the name is the
+			// account's too: the cut-over ends it.
+			idler := dialTranscript(t, ln.Addr().String())
+			idler.send(fmt.Sprintf("a LOGIN %q %q", c.logins[len(c.logins)-1], pass))
+			idler.expect("a OK")
+			idler.send("b SELECT INBOX")
+			for !strings.HasPrefix(idler.expect(""), "b OK") {
+			}
+			idler.send("c IDLE")
+			idler.expect("+ ")
+			cut := &cutover.Cutover{Store: st, Sync: sched.Engine, IMAP: front}
+			if err := cut.Run(ctx, "bob@example.org", pass); err != nil {
+				t.Fatal(err)
+			}
+			idler.expect("* BYE")
 			for _, form := range append(c.logins, "bob") {
 				if n, err := login(form); err != nil || n != 6 {
 					t.Fatalf("local login as %q: %d messages, %v", form, n, err)

@@ -97,7 +97,7 @@ func (b *POP3Backend) Login(ctx context.Context, user, password string, remote n
 			return legacyDrop{drop}, nil
 		}})
 	switch {
-	case errors.Is(err, ErrAuthFailed):
+	case errors.Is(err, ErrAuthFailed), errors.Is(err, ErrRetired):
 		return nil, pop3.ErrAuthFailed
 	case errors.Is(err, pop3.ErrInUse):
 		return nil, pop3.ErrInUse
@@ -114,7 +114,7 @@ func (b *POP3Backend) Login(ctx context.Context, user, password string, remote n
 		return &observedMaildrop{Maildrop: drop, ended: func() { obs.SessionEnded(labels.POP3, labels.Local) }}, nil
 	}
 	drop := out.Session.(legacyDrop).legacyMaildrop
-	b.track(user, drop)
+	b.track(out.Name, drop)
 	obs.SessionStarted(labels.POP3, labels.Legacy)
 	return &observedMaildrop{Maildrop: drop, ended: func() { obs.SessionEnded(labels.POP3, labels.Legacy) }}, nil
 }

@@ -35,6 +35,9 @@ type PostfixOptions struct {
 	// instead of over LMTP: it adds Delivered-To and X-Original-To, as
 	// such installations have them.
 	Maildirs *Dovecot
+	// RecipientDelimiter is Postfix's recipient_delimiter (bob+lists@ is
+	// bob's). Default none.
+	RecipientDelimiter string
 }
 
 // Postfix is a running private Postfix: the legacy domain's MTA in front
@@ -103,10 +106,11 @@ virtual_mailbox_domains = %[2]s
 virtual_mailbox_maps = texthash:%[1]s/vmailbox
 virtual_transport = %[3]s
 virtual_alias_maps = texthash:%[1]s/virtual
+recipient_delimiter = %[4]s
 smtpd_recipient_restrictions = permit_mynetworks, reject_unauth_destination
 maillog_file_prefixes = %[1]s
 maillog_file = %[1]s/maillog
-`, dir, opts.Domain, "lmtp:inet:"+opts.LMTPAddr)
+`, dir, opts.Domain, "lmtp:inet:"+opts.LMTPAddr, opts.RecipientDelimiter)
 	var users strings.Builder
 	for _, u := range opts.Users {
 		fmt.Fprintf(&users, "%s ok\n", u)
@@ -169,6 +173,9 @@ func (p *Postfix) Queued() int {
 }
 
 // stop stops Postfix and waits (bounded) for its master to exit.
+// Stop stops Postfix now (it is stopped at the test's end anyway).
+func (p *Postfix) Stop() { p.stop() }
+
 func (p *Postfix) stop() {
 	raw, _ := os.ReadFile(filepath.Join(p.Dir, "spool", "pid", "master.pid"))
 	pid, _ := strconv.Atoi(strings.TrimSpace(string(raw)))
