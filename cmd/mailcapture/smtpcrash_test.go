@@ -46,9 +46,9 @@ func TestMain(m *testing.M) {
 }
 
 // loadSenders is a Python script: parallel smtplib senders of 10 KB
-// messages, alternately to a legacy-route and a local-route recipient,
-// printing "OK recipient message-id" for each 250, until the server goes
-// away.
+// messages, in turn to a legacy-route recipient, a local-route one, and
+// an alias of both (one message, two routes), printing "OK recipient
+// message-id" for each 250, until the server goes away.
 const loadSenders = `
 import smtplib, sys, threading
 host, port, prefix, senders = sys.argv[1], int(sys.argv[2]), sys.argv[3], int(sys.argv[4])
@@ -61,7 +61,7 @@ def send(w):
     try:
         s = smtplib.SMTP(host, port, timeout=20)
         while True:
-            to = "legacy@example.org" if i % 2 == 0 else "local@example.org"
+            to = ["legacy@example.org", "local@example.org", "both@example.org"][i % 3]
             mid = "%s-%d-%d@load.example.net" % (prefix, w, i)
             s.sendmail("sender@example.net", [to], "Message-ID: <%s>\r\nSubject: load\r\n\r\n%s" % (mid, ("x" * 76 + "\r\n") * 130))
             say("OK", to, mid)
@@ -73,8 +73,22 @@ for t in threads: t.start()
 for t in threads: t.join()
 `
 
+// bothAlias is the alias table of TestSMTPSurvivesSIGKILL: one address
+// whose mail goes to the local account and to the legacy server at once.
+const bothAlias = "both@example.org  legacy@example.org, local@example.org\n"
+
+// copiesOf is how many copies a message to rcpt makes: one, or one per
+// target of the alias.
+func copiesOf(rcpt string) int {
+	if rcpt == "both@example.org" {
+		return 2
+	}
+	return 1
+}
+
 // TestSMTPSurvivesSIGKILL kills serve with SIGKILL at random points under
-// mixed load, many times in a row: ten senders deliver to both routes
+// mixed load, many times in a row: ten senders deliver to both routes,
+// and to an alias whose targets take one route each,
 // while a user's login starts (or resumes) the capture of a 500-message
 // account, which is cut over in some round. After each kill, before the
 // next start, checkAfterKill checks the invariants on what the kill left.
@@ -98,9 +112,14 @@ func TestSMTPSurvivesSIGKILL(t *testing.T) {
 	if err := os.WriteFile(masterPW, []byte("master pw\n"), 0o600); err != nil {
 		t.Fatal(err)
 	}
+	aliases := filepath.Join(t.TempDir(), "virtual")
+	if err := os.WriteFile(aliases, []byte(bothAlias), 0o600); err != nil {
+		t.Fatal(err)
+	}
 	environ = append(environ, "MAILCAPTURE_LISTEN__IMAP=127.0.0.1:0", "MAILCAPTURE_LISTEN__SMTP=127.0.0.1:0", "MAILCAPTURE_LEGACY__SMTP__ADDRESS="+d.LMTPAddr,
 		"MAILCAPTURE_LEGACY__SMTP__PROTOCOL=lmtp", "MAILCAPTURE_LEGACY__SMTP__TLS=none",
-		"MAILCAPTURE_LEGACY__MASTER__USER=admin", "MAILCAPTURE_LEGACY__MASTER__PASSWORD_FILE="+masterPW, childEnv+"=1")
+		"MAILCAPTURE_LEGACY__MASTER__USER=admin", "MAILCAPTURE_LEGACY__MASTER__PASSWORD_FILE="+masterPW,
+		"MAILCAPTURE_ADDRESSES__FILE="+aliases, childEnv+"=1")
 
 	acked := map[string]string{} // Message-ID -> recipient
 	inDoubt := 0                 // relayed messages a kill left in doubt
@@ -204,7 +223,7 @@ func TestSMTPSurvivesSIGKILL(t *testing.T) {
 	for id, rcpt := range acked {
 		inLocal, inLegacy := found[id], legacyIDs[id]
 		switch {
-		case inLocal+inLegacy == 0:
+		case inLocal+inLegacy == 0, rcpt == "both@example.org" && (inLocal == 0 || inLegacy == 0):
 			lost++
 		case rcpt == "local@example.org" && inLegacy > 0, rcpt == "legacy@example.org" && inLocal > 0:
 			wrongPlace++
@@ -228,8 +247,9 @@ func TestSMTPSurvivesSIGKILL(t *testing.T) {
 }
 
 // checkAfterKill checks docs/CONTRACT.md's invariants on the state a kill left
-// behind, before the next start repairs anything: every acknowledged
-// message is in the local INBOX, the legacy INBOX or the relay spool; no
+// behind, before the next start repairs anything: every copy of every
+// acknowledged message (two for the alias) is in the local INBOX, the
+// legacy INBOX or the relay spool; no
 // message is stored twice, locally or at the legacy server; what the
 // capture has stored so far of the capture account is exact (same
 // UIDVALIDITY, and each stored UID has the legacy message's bytes).
@@ -283,9 +303,9 @@ func checkAfterKill(t *testing.T, round int, d *legacytest.Dovecot, dataDir stri
 			inDoubt++
 		}
 	}
-	for id := range acked {
-		if where[id] == 0 {
-			problems = append(problems, "acknowledged, then lost: "+id)
+	for id, rcpt := range acked {
+		if where[id] < copiesOf(rcpt) {
+			problems = append(problems, fmt.Sprintf("acknowledged for %s, then lost: %s (%d of %d copies found)", rcpt, id, where[id], copiesOf(rcpt)))
 		}
 	}
 	problems = append(problems, partialCopyProblems(t, st, d, captureUser, capturePass)...)
