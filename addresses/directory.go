@@ -138,6 +138,7 @@ func (d *Directory) Load(path string) (entries int, warnings []LineError, err er
 func (d *Directory) Watch(ctx context.Context, path string, interval time.Duration, reload <-chan struct{}, log *slog.Logger) {
 	last := stamp(path)
 	for {
+		trigger := "signal"
 		select {
 		case <-ctx.Done():
 			return
@@ -146,6 +147,7 @@ func (d *Directory) Watch(ctx context.Context, path string, interval time.Durati
 			if now := stamp(path); now == last {
 				continue
 			}
+			trigger = "change"
 		}
 		last = stamp(path)
 		n, warnings, err := d.Load(path)
@@ -156,7 +158,7 @@ func (d *Directory) Watch(ctx context.Context, path string, interval time.Durati
 			log.Error("addresses.file was refused; the alias table in force stays", "file", path, "err", err)
 			continue
 		}
-		log.Info("alias table reloaded", "file", path, "entries", n)
+		log.Info("alias table reloaded", "file", path, "entries", n, "trigger", trigger)
 	}
 }
 

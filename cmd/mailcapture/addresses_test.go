@@ -277,3 +277,117 @@ func TestEveryAddressReachesItsMailbox(t *testing.T) {
 	}
 	srv.stop(t)
 }
+
+// TestAliasTableReload: serve reads addresses.file again when it changes
+// and on SIGHUP; a table with a bad line is refused with its line number
+// and the one in force stays; check-config reports the line under the
+// key addresses.file.
+func TestAliasTableReload(t *testing.T) {
+	dir := t.TempDir()
+	aliases := filepath.Join(dir, "virtual")
+	write := func(body string) {
+		t.Helper()
+		if err := os.WriteFile(aliases, []byte(body), 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+	write("old@example.org local@example.org\n")
+	path, dataDir := writeConfig(t, fmt.Sprintf("addresses: {file: %q}\n", aliases))
+	seedCapturedAccount(t, dataDir, "local@example.org")
+	environ := []string{"MAILCAPTURE_LISTEN__SMTP=127.0.0.1:0", "MAILCAPTURE_LEGACY__SMTP__ADDRESS=127.0.0.1:1",
+		"MAILCAPTURE_LEGACY__SMTP__TLS=none", "MAILCAPTURE_LEGACY__TIMEOUT=2s"}
+	srv := startServe(t, path, environ)
+	smtpAddr := srv.waitFor(regexp.MustCompile(`msg=listening key=listen.smtp addr=(\S+)`))[1]
+	rcpt := func(addr string) string {
+		t.Helper()
+		return sendSMTP(t, smtpAddr, map[string][]string{"probe": {addr}})
+	}
+	if out := rcpt("new@example.org"); !strings.Contains(out, "RCPT new@example.org 451") {
+		t.Fatalf("an address the table lacks (the legacy server unreachable): %s", out)
+	}
+	write("old@example.org local@example.org\nnew@example.org local@example.org\n")
+	srv.waitFor(regexp.MustCompile(`msg="alias table reloaded" file=\S+ entries=2`))
+	if out := rcpt("new@example.org"); !strings.Contains(out, "RCPT new@example.org 250") || !strings.Contains(out, "DATA 250") {
+		t.Fatalf("after the file changed: %s", out)
+	}
+	write("old@example.org local@example.org\nbroken@@example.org local@example.org\n")
+	srv.waitFor(regexp.MustCompile(`level=ERROR msg="addresses.file was refused; the alias table in force stays".*line 2`))
+	if out := rcpt("new@example.org"); !strings.Contains(out, "RCPT new@example.org 250") {
+		t.Fatalf("after a bad table: %s", out)
+	}
+	code, _, errOut := runCLI(t, environ, "check-config", "--config", path)
+	if code == 0 || !strings.Contains(errOut, "addresses.file:") || !strings.Contains(errOut, `line 2: "broken@@example.org" is not an address`) {
+		t.Fatalf("check-config with a bad alias table: exit %d\n%s", code, errOut)
+	}
+	// A change the file's size and time do not show: only SIGHUP reads it.
+	write("old@example.org local@example.org\nnew@example.org local@example.org\nthird@example.org local@example.org\n")
+	srv.waitFor(regexp.MustCompile(`msg="alias table reloaded" file=\S+ entries=3`))
+	if out := rcpt("first@example.org"); !strings.Contains(out, "RCPT first@example.org 451") {
+		t.Fatalf("before the SIGHUP: %s", out)
+	}
+	stamp := mustStat(t, aliases).ModTime()
+	write("old@example.org local@example.org\nnew@example.org local@example.org\nfirst@example.org local@example.org\n")
+	if err := os.Chtimes(aliases, stamp, stamp); err != nil {
+		t.Fatal(err)
+	}
+	srv.reload <- struct{}{}
+	srv.waitFor(regexp.MustCompile(`msg="alias table reloaded" file=\S+ entries=3 trigger=signal`))
+	if out := rcpt("first@example.org"); !strings.Contains(out, "RCPT first@example.org 250") {
+		t.Fatalf("after SIGHUP: %s", out)
+	}
+	srv.stop(t)
+}
+
+func mustStat(t *testing.T, path string) os.FileInfo {
+	t.Helper()
+	fi, err := os.Stat(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return fi
+}
+
+// TestAccountsOfOneMailboxAreMerged: a store from before canonical names
+// holds "bob" and "bob@example.org"; accounts list flags them, accounts
+// merge makes them one (refused while serve runs), and nothing either
+// held is lost.
+func TestAccountsOfOneMailboxAreMerged(t *testing.T) {
+	path, dataDir := writeConfig(t, "")
+	seedCapturedAccount(t, dataDir, "bob")
+	seedCapturedAccount(t, dataDir, "bob@example.org")
+	seedCapturedAccount(t, dataDir, "alice@example.org")
+	ctx := context.Background()
+	st, err := store.Open(ctx, dataDir, store.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for name, body := range map[string]string{"bob": "Message-ID: <typed@example.net>\r\n\r\nx\r\n", "bob@example.org": "Message-ID: <full@example.net>\r\n\r\ny\r\n"} {
+		acct, _ := st.Account(ctx, name)
+		inbox, _ := st.MailboxByName(ctx, acct.ID, "INBOX")
+		if _, err := st.Append(ctx, inbox.ID, strings.NewReader(body), nil, time.Now()); err != nil {
+			t.Fatal(err)
+		}
+	}
+	st.Close()
+	code, out, _ := runCLI(t, nil, "accounts", "--config", path, "list")
+	if code != 0 || !strings.Contains(out, "one mailbox, 2 accounts: bob, bob@example.org (merge with: mailcapture accounts merge bob bob@example.org)") {
+		t.Fatalf("accounts list: exit %d\n%s", code, out)
+	}
+	srv := startServe(t, path, nil)
+	srv.waitFor(regexp.MustCompile(`msg="mailcapture running"`))
+	if code, _, errOut := runCLI(t, nil, "accounts", "--config", path, "merge", "bob", "bob@example.org", "--yes"); code == 0 || !strings.Contains(errOut, "stop serve first") {
+		t.Fatalf("merge while serve runs: exit %d %s", code, errOut)
+	}
+	srv.stop(t)
+	if code, out, errOut := runCLI(t, nil, "accounts", "--config", path, "merge", "bob", "bob@example.org", "--yes"); code != 0 || !strings.Contains(out, "1 messages moved") {
+		t.Fatalf("merge: exit %d %s %s", code, out, errOut)
+	}
+	code, out, _ = runCLI(t, nil, "accounts", "--config", path, "list")
+	if code != 0 || strings.Contains(out, "one mailbox") || !strings.Contains(out, "2 accounts") {
+		t.Fatalf("accounts list after the merge: exit %d\n%s", code, out)
+	}
+	ids := localMessageIDs(t, dataDir, "bob@example.org")
+	if len(ids) != 2 || count(ids, "<typed@example.net>") != 1 || count(ids, "<full@example.net>") != 1 {
+		t.Fatalf("bob's INBOX after the merge: %v", ids)
+	}
+}
