@@ -391,3 +391,45 @@ func TestAccountsOfOneMailboxAreMerged(t *testing.T) {
 		t.Fatalf("bob's INBOX after the merge: %v", ids)
 	}
 }
+
+// TestRetirementCheckLooksIntoLegacyMailboxes: with a legacy master
+// user, retire-legacy --check finds mail that reached a captured
+// account's legacy mailbox after its last follow sync, and lets the
+// retirement go once a login copied it.
+func TestRetirementCheckLooksIntoLegacyMailboxes(t *testing.T) {
+	const user, pass = "late@example.org", "late pass"
+	d := legacytest.Start(t, legacytest.Options{MasterUser: "admin", MasterPassword: "master pw"})
+	d.AddUser(t, user, pass)
+	d.Populate(t, user, pass, []legacytest.Folder{{Name: "INBOX", Messages: legacytest.Generate(41, 3, 2000)}})
+	path, _, environ := bulkConfig(t, d)
+	masterPW := filepath.Join(t.TempDir(), "master.pw")
+	if err := os.WriteFile(masterPW, []byte("master pw\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	environ = append(environ, "MAILCAPTURE_LISTEN__IMAP=127.0.0.1:0", "MAILCAPTURE_LEGACY__MASTER__USER=admin", "MAILCAPTURE_LEGACY__MASTER__PASSWORD_FILE="+masterPW)
+	srv := startServe(t, path, environ)
+	imapAddr := srv.waitFor(regexp.MustCompile(`msg=listening key=listen.imap addr=(\S+)`))[1]
+	captureByLogin(t, srv, imapAddr, user, pass)
+	if code, out, _ := runCLI(t, environ, "retire-legacy", "--config", path, "--check"); code != 0 || !strings.Contains(out, "nothing would break") {
+		t.Fatalf("retire-legacy --check after the capture: exit %d\n%s", code, out)
+	}
+	// Mail reaches the legacy mailbox after the cut-over (an old MX).
+	d.Populate(t, user, pass, []legacytest.Folder{{Name: "INBOX", Messages: legacytest.Generate(42, 1, 2000)}})
+	code, out, _ := runCLI(t, environ, "retire-legacy", "--config", path, "--check")
+	if code == 0 || !strings.Contains(out, "captured account with legacy mail no follow sync copied: late@example.org (INBOX: up to 1)") {
+		t.Fatalf("retire-legacy --check with legacy mail not followed: exit %d\n%s", code, out)
+	}
+	c, err := imapclient.DialInsecure(imapAddr, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := c.Login(user, pass).Wait(); err != nil {
+		t.Fatal(err)
+	}
+	c.Close()
+	srv.waitFor(regexp.MustCompile(`msg="follow sync copied new legacy mail" account=late@example.org messages=1`))
+	if code, out, _ := runCLI(t, environ, "retire-legacy", "--config", path, "--check"); code != 0 || !strings.Contains(out, "nothing would break") {
+		t.Fatalf("retire-legacy --check after the follow sync: exit %d\n%s", code, out)
+	}
+	srv.stop(t)
+}
