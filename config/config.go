@@ -47,6 +47,12 @@ type Config struct {
 	Limits Limits `koanf:"limits"`
 	// SMTP tunes the SMTP front end and the relay queue.
 	SMTP SMTP `koanf:"smtp"`
+	// Submission tunes the submission front end (listen.submission,
+	// listen.submissions).
+	Submission Submission `koanf:"submission"`
+	// Outbound is how mail for other domains leaves once mailcapture
+	// sends it itself.
+	Outbound Outbound `koanf:"outbound"`
 	// Vault is the opt-in credential vault.
 	Vault Vault `koanf:"vault"`
 	// ShutdownTimeout bounds a graceful stop (SIGTERM): sessions end with
@@ -97,6 +103,11 @@ type Legacy struct {
 	POP3 Endpoint `koanf:"pop3"`
 	// SMTP is where mail for accounts not yet captured is relayed.
 	SMTP SMTPEndpoint `koanf:"smtp"`
+	// Submission is the legacy submission server (usually port 587):
+	// users' mail for other domains goes out through it, on their own
+	// authenticated session, until outbound.relay is set or the legacy
+	// server is retired. Default address empty, tls "starttls".
+	Submission Endpoint `koanf:"submission"`
 	// TLSVerify verifies the legacy server's certificates. Default true.
 	TLSVerify bool `koanf:"tls_verify"`
 	// Timeout bounds every single exchange with the legacy server.
@@ -183,6 +194,11 @@ type Listen struct {
 	POP3S string `koanf:"pop3s"`
 	// SMTP is the MX listener (usually :25).
 	SMTP string `koanf:"smtp"`
+	// Submission is mail submission with STARTTLS (usually :587).
+	Submission string `koanf:"submission"`
+	// Submissions is mail submission over implicit TLS (usually :465);
+	// needs tls.cert.
+	Submissions string `koanf:"submissions"`
 	// HTTP serves /metrics, /healthz, /readyz and /status.
 	HTTP string `koanf:"http"`
 }
@@ -283,6 +299,41 @@ type SMTP struct {
 	RecipientDelimiter string `koanf:"recipient_delimiter"`
 }
 
+// Submission tunes what users send.
+type Submission struct {
+	// StartsCapture: a first login over submission records the account
+	// and starts its capture, as an IMAP login does. Default true.
+	StartsCapture bool `koanf:"starts_capture"`
+	// MaxMessagesPerHour bounds what one account may submit in an hour
+	// (a stolen password cannot send a spam run). Default 300.
+	MaxMessagesPerHour int `koanf:"max_messages_per_hour"`
+}
+
+// Outbound is how mail for other domains leaves.
+type Outbound struct {
+	// Relay is the new outbound MTA. Once set (or once the legacy server
+	// is retired), submitted mail for other domains is spooled here and
+	// relayed to it, with retries and DSNs.
+	Relay OutboundRelay `koanf:"relay"`
+}
+
+// OutboundRelay is an outbound MTA.
+type OutboundRelay struct {
+	// Address is host:port. Empty: none.
+	Address string `koanf:"address"`
+	// TLS is "none", "starttls" (default) or "implicit".
+	TLS string `koanf:"tls"`
+	// Username and PasswordFile, if set, authenticate (AUTH PLAIN) at it.
+	Username     string `koanf:"username"`
+	PasswordFile string `koanf:"password_file"`
+}
+
+// Password reads the relay's password from PasswordFile (first line;
+// mode 600).
+func (o OutboundRelay) Password() (string, error) {
+	return Master{PasswordFile: o.PasswordFile}.Password()
+}
+
 // PasswordHash holds argon2id parameters (RFC 9106).
 type PasswordHash struct {
 	// Time is the number of passes. Default 1.
@@ -312,13 +363,14 @@ func Default() Config {
 		DataDir: "./data",
 		Mode:    "capture",
 		Legacy: Legacy{
-			IMAP:      Endpoint{TLS: "starttls"},
-			POP3:      Endpoint{TLS: "starttls"},
-			SMTP:      SMTPEndpoint{TLS: "starttls", Protocol: "smtp"},
-			TLSVerify: true,
-			Timeout:   60 * time.Second,
-			Master:    Master{Style: "separator", Separator: "*"},
-			LoginName: "as_typed",
+			IMAP:       Endpoint{TLS: "starttls"},
+			POP3:       Endpoint{TLS: "starttls"},
+			SMTP:       SMTPEndpoint{TLS: "starttls", Protocol: "smtp"},
+			Submission: Endpoint{TLS: "starttls"},
+			TLSVerify:  true,
+			Timeout:    60 * time.Second,
+			Master:     Master{Style: "separator", Separator: "*"},
+			LoginName:  "as_typed",
 		},
 		Capture:         Capture{Workers: 4, ConnectionsPerAccount: 2, RetryMin: 5 * time.Second, RetryMax: 10 * time.Minute, TrustCondStore: true},
 		TrustedNetworks: []string{"127.0.0.0/8", "::1/128"},
@@ -328,6 +380,8 @@ func Default() Config {
 		SMTP: SMTP{MaxMessageBytes: 50 << 20, MaxRecipients: 100, MaxHops: 50, CommandTimeout: 5 * time.Minute,
 			DataTimeout: 10 * time.Minute, MessageLifetime: 120 * time.Hour, RetryMin: time.Minute, RetryMax: 64 * time.Minute,
 			RecipientDelimiter: "+"},
+		Submission:      Submission{StartsCapture: true, MaxMessagesPerHour: 300},
+		Outbound:        Outbound{Relay: OutboundRelay{TLS: "starttls"}},
 		Log:             Log{Level: "info", Format: "text"},
 		ShutdownTimeout: 30 * time.Second,
 		Vault:           Vault{FollowInterval: 30 * time.Minute},

@@ -169,6 +169,11 @@ func TestBadValues(t *testing.T) {
 		{"idle timeout below the RFC", "listen:\n", "limits: {imap_idle_timeout: 5m}\nlisten:\n", "limits.imap_idle_timeout", "at least 30m"},
 		{"total below per address", "listen:\n", "limits: {connections: 10, connections_per_address: 50}\nlisten:\n", "limits.connections", "at least 50"},
 		{"hop limit zero", "listen:\n", "smtp: {max_hops: 0}\nlisten:\n", "smtp.max_hops", "at least 1"},
+		{"submissions without cert", "listen:\n", "listen:\n  submissions: \"127.0.0.1:2465\"\n", "listen.submissions", "needs a certificate"},
+		{"submission without a way out", "listen:\n", "listen:\n  submission: \"127.0.0.1:2587\"\n", "legacy.submission.address", "legacy.submission.address or outbound.relay.address"},
+		{"relay user without password", "listen:\n", "outbound: {relay: {address: \"127.0.0.1:1587\", username: relay}}\nlisten:\n", "outbound.relay.password_file", "required with outbound.relay.username"},
+		{"relay tls mode", "listen:\n", "outbound: {relay: {address: \"127.0.0.1:1587\", tls: maybe}}\nlisten:\n", "outbound.relay.tls", `"maybe" is not one of`},
+		{"submission rate", "listen:\n", "submission: {max_messages_per_hour: 0}\nlisten:\n", "submission.max_messages_per_hour", "at least 1"},
 		{"trusted network", "listen:\n", "trusted_networks: [10.0.0.0/33]\nlisten:\n", "trusted_networks[0]", "not a CIDR"},
 	}
 	for _, tc := range cases {

@@ -58,8 +58,16 @@ func (c *Config) Validate() error {
 	v.address("legacy.smtp.address", c.Legacy.SMTP.Address, true)
 	v.oneOf("legacy.smtp.tls", c.Legacy.SMTP.TLS, "none", "starttls", "implicit")
 	v.oneOf("legacy.smtp.protocol", c.Legacy.SMTP.Protocol, "smtp", "lmtp")
-	if c.Listen.SMTP != "" && c.Legacy.SMTP.Address == "" {
+	if c.Listen.SMTP != "" && c.Legacy.SMTP.Address == "" && !c.Legacy.Retired {
 		v.add("legacy.smtp.address", "required when listen.smtp is set: mail for accounts not yet captured is relayed there")
+	}
+	if submission := c.Listen.Submission != "" || c.Listen.Submissions != ""; submission {
+		if c.Legacy.SMTP.Address == "" && !c.Legacy.Retired {
+			v.add("legacy.smtp.address", "required when listen.submission is set: users' mail for colleagues not yet captured is relayed there")
+		}
+		if c.Legacy.Submission.Address == "" && c.Outbound.Relay.Address == "" && !c.Legacy.Retired {
+			v.add("legacy.submission.address", "listen.submission needs a way out for mail to other domains: legacy.submission.address or outbound.relay.address")
+		}
 	}
 	if m := c.Legacy.Master; m.User != "" {
 		v.oneOf("legacy.master.style", m.Style, "separator", "sasl")
@@ -81,6 +89,20 @@ func (c *Config) Validate() error {
 	v.address("listen.pop3", c.Listen.POP3, false)
 	v.address("listen.pop3s", c.Listen.POP3S, false)
 	v.address("listen.smtp", c.Listen.SMTP, false)
+	v.address("listen.submission", c.Listen.Submission, false)
+	v.address("listen.submissions", c.Listen.Submissions, false)
+	v.address("legacy.submission.address", c.Legacy.Submission.Address, true)
+	v.oneOf("legacy.submission.tls", c.Legacy.Submission.TLS, "none", "starttls", "implicit")
+	v.address("outbound.relay.address", c.Outbound.Relay.Address, true)
+	v.oneOf("outbound.relay.tls", c.Outbound.Relay.TLS, "none", "starttls", "implicit")
+	if r := c.Outbound.Relay; r.Username != "" {
+		if r.PasswordFile == "" {
+			v.add("outbound.relay.password_file", "required with outbound.relay.username")
+		} else if _, err := r.Password(); err != nil {
+			v.add("outbound.relay.password_file", err.Error())
+		}
+	}
+	v.atLeast("submission.max_messages_per_hour", c.Submission.MaxMessagesPerHour, 1)
 	v.address("listen.http", c.Listen.HTTP, false)
 
 	v.tlsFiles(c.TLS)
@@ -95,6 +117,9 @@ func (c *Config) Validate() error {
 		}
 		if c.Listen.POP3S != "" {
 			v.add("listen.pop3s", "implicit TLS needs a certificate: set tls.cert and tls.key")
+		}
+		if c.Listen.Submissions != "" {
+			v.add("listen.submissions", "implicit TLS needs a certificate: set tls.cert and tls.key")
 		}
 	}
 

@@ -51,6 +51,9 @@ type Attempt struct {
 	Legacy func(ctx context.Context, login string) (io.Closer, error)
 	// Log is the connection's logger; default the router's.
 	Log *slog.Logger
+	// NoCapture: a first login records the account but does not start
+	// its capture (submission.starts_capture off).
+	NoCapture bool
 
 	account string // the canonical account name of User, once known
 }
@@ -197,11 +200,11 @@ func (r *Router) legacyLogin(ctx context.Context, log *slog.Logger, a Attempt, a
 	}
 	r.done(log, a, labels.Legacy, labels.LoginOK)
 	r.recordLogin(a.Protocol, account)
-	if found {
-		r.legacyLoginOK(ctx, &acct, account, login, a.Password)
-	} else {
-		r.legacyLoginOK(ctx, nil, account, login, a.Password)
+	known := &acct
+	if !found {
+		known = nil
 	}
+	r.legacyLoginOK(ctx, known, account, login, a.Password, !a.NoCapture)
 	return Outcome{Route: labels.Legacy, Name: account, Session: sess}, nil
 }
 

@@ -26,6 +26,10 @@ func (nopObserver) SessionEnded(labels.Protocol, labels.Route)              {}
 func (nopObserver) Refused(labels.Limit)                                    {}
 func (nopObserver) LegacyError(labels.LegacyKind)                           {}
 
+// Observed is the router's observer, one that observes nothing when none
+// is set: front ends beside this package (submission) count through it.
+func (r *Router) Observed() Observer { return r.observer() }
+
 func (r *Router) observer() Observer {
 	if r.Observer == nil {
 		return nopObserver{}

@@ -316,7 +316,7 @@ func (r *Router) log() *slog.Logger {
 // account (acct nil) is created in state capturing with the password's
 // hash, a known one gets the newer password's hash, and the capture is
 // (re)submitted with interactive priority.
-func (r *Router) legacyLoginOK(ctx context.Context, acct *store.Account, user, login, password string) {
+func (r *Router) legacyLoginOK(ctx context.Context, acct *store.Account, user, login, password string, capture bool) {
 	if r.Mode == "shadow" {
 		r.log().Info("shadow login", "account", user)
 		return
@@ -339,7 +339,7 @@ func (r *Router) legacyLoginOK(ctx context.Context, acct *store.Account, user, l
 			r.log().Error("the legacy login name of an account could not be saved", "account", user, "err", err)
 		}
 	}
-	if r.Scheduler != nil {
+	if r.Scheduler != nil && capture {
 		r.Scheduler.Submit(user, password, true)
 	}
 }

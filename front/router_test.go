@@ -67,7 +67,7 @@ func TestFirstLoginStormHashesOnce(t *testing.T) {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			r.legacyLoginOK(ctx, nil, "storm@example.org", "storm@example.org", "pw")
+			r.legacyLoginOK(ctx, nil, "storm@example.org", "storm@example.org", "pw", true)
 		}()
 	}
 	wg.Wait()
@@ -79,7 +79,7 @@ func TestFirstLoginStormHashesOnce(t *testing.T) {
 	}
 	before := st.PasswordHashes()
 	for range 10 {
-		r.legacyLoginOK(ctx, nil, "storm@example.org", "storm@example.org", "new pw")
+		r.legacyLoginOK(ctx, nil, "storm@example.org", "storm@example.org", "new pw", true)
 	}
 	if n := st.PasswordHashes() - before; n != 2 {
 		t.Fatalf("10 logins with a changed password cost %d hashes, want 2 (one check, one new hash)", n)

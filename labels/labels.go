@@ -63,12 +63,46 @@ const (
 	SMTPLocal  SMTPRoute = "local"
 	SMTPLegacy SMTPRoute = "legacy"
 	SMTPHeld   SMTPRoute = "held"
+	// SMTPOutbound: submitted mail for other domains, spooled for the
+	// outbound relay.
+	SMTPOutbound SMTPRoute = "outbound"
 	// SMTPNone: not for a hosted domain.
 	SMTPNone SMTPRoute = "none"
 )
 
 // SMTPRoutes lists every SMTPRoute.
-var SMTPRoutes = []SMTPRoute{SMTPLocal, SMTPLegacy, SMTPHeld, SMTPNone}
+var SMTPRoutes = []SMTPRoute{SMTPLocal, SMTPLegacy, SMTPHeld, SMTPOutbound, SMTPNone}
+
+// SubmissionRoute is where a submitted message went.
+type SubmissionRoute string
+
+// The routes of a submitted message.
+const (
+	SubmitLocal  SubmissionRoute = "local"  // into a captured account's INBOX
+	SubmitHeld   SubmissionRoute = "held"   // held for an account in cut-over
+	SubmitLegacy SubmissionRoute = "legacy" // spooled for the legacy server's intake (a hosted account not captured)
+	// SubmitPassthrough: through the legacy submission server, on the
+	// user's own session.
+	SubmitPassthrough SubmissionRoute = "passthrough"
+	SubmitOutbound    SubmissionRoute = "outbound" // spooled for the outbound relay
+	SubmitNone        SubmissionRoute = "none"     // refused before any route
+)
+
+// SubmissionRoutes lists every SubmissionRoute.
+var SubmissionRoutes = []SubmissionRoute{SubmitLocal, SubmitHeld, SubmitLegacy, SubmitPassthrough, SubmitOutbound, SubmitNone}
+
+// SubmissionResult is what became of a submitted message at the front end.
+type SubmissionResult string
+
+// The results of a submission.
+const (
+	SubmitAccepted SubmissionResult = "accepted" // 250 after DATA
+	SubmitRejected SubmissionResult = "rejected" // a 5xx: sender policy, recipient, the legacy server's refusal
+	SubmitDeferred SubmissionResult = "deferred" // a 4xx: the sender tries again
+)
+
+// SubmissionResults lists every SubmissionResult.
+var SubmissionResults = []SubmissionResult{SubmitAccepted, SubmitRejected, SubmitDeferred}
 
 // SMTPResult is what became of an SMTP message.
 type SMTPResult string
@@ -116,11 +150,16 @@ const (
 	SMTPDataTimeout    Limit = "smtp_data_timeout"
 	SMTPCommandTimeout Limit = "smtp_command_timeout"
 	SMTPLineLength     Limit = "smtp_line_length"
+	// SubmissionRate: an account's submissions past
+	// submission.max_messages_per_hour.
+	SubmissionRate Limit = "submission_rate"
+	// SenderPolicy: a submission from an address not the account's.
+	SenderPolicy Limit = "sender_policy"
 )
 
 // Limits lists every Limit.
 var Limits = []Limit{ConnectionsPerAddress, Connections, FailedLogins, Timeout, LineLength, UnknownCommand,
-	SMTPHops, SMTPSize, SMTPDataTimeout, SMTPCommandTimeout, SMTPLineLength}
+	SMTPHops, SMTPSize, SMTPDataTimeout, SMTPCommandTimeout, SMTPLineLength, SubmissionRate, SenderPolicy}
 
 // LegacyKind is the kind of a failed exchange with the legacy server.
 type LegacyKind string

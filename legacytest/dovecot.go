@@ -77,6 +77,9 @@ type Dovecot struct {
 	IMAPAddr string
 	POP3Addr string
 	LMTPAddr string
+	// AuthAddr is Dovecot's authentication service (its auth protocol,
+	// as an MTA's SASL uses it: Postfix's smtpd_sasl_type = dovecot).
+	AuthAddr string
 	// IMAPSAddr and POP3SAddr are the implicit-TLS listeners (TLS only).
 	IMAPSAddr string
 	POP3SAddr string
@@ -133,13 +136,14 @@ func Start(t testing.TB, opts Options) *Dovecot {
 	}
 	var lastErr error
 	for attempt := 0; attempt < 5; attempt++ {
-		ports, err := freePorts(5)
+		ports, err := freePorts(6)
 		if err != nil {
 			t.Fatal(err)
 		}
 		d.IMAPAddr = fmt.Sprintf("127.0.0.1:%d", ports[0])
 		d.POP3Addr = fmt.Sprintf("127.0.0.1:%d", ports[1])
 		d.LMTPAddr = fmt.Sprintf("127.0.0.1:%d", ports[2])
+		d.AuthAddr = fmt.Sprintf("127.0.0.1:%d", ports[5])
 		if opts.TLS {
 			d.IMAPSAddr = fmt.Sprintf("127.0.0.1:%d", ports[3])
 			d.POP3SAddr = fmt.Sprintf("127.0.0.1:%d", ports[4])
@@ -293,7 +297,13 @@ service lmtp {
 service imap {
   process_limit = 512
 }
-%[16]s`, d.Dir, fsync, d.mailUID, d.mailGID, d.Options.Separator, d.Options.Prefix, specialUse, ports[0], ports[1], ports[2], uidlFormat, master, ssl, imapsPort, pop3sPort, many, d.Options.RecipientDelimiter, realm)
+service auth {
+  inet_listener auth-inet {
+    address = 127.0.0.1
+    port = %[19]d
+  }
+}
+%[16]s`, d.Dir, fsync, d.mailUID, d.mailGID, d.Options.Separator, d.Options.Prefix, specialUse, ports[0], ports[1], ports[2], uidlFormat, master, ssl, imapsPort, pop3sPort, many, d.Options.RecipientDelimiter, realm, ports[5])
 	if err := os.WriteFile(d.configPath(), []byte(conf), 0o644); err != nil {
 		return err
 	}

@@ -38,6 +38,21 @@ type PostfixOptions struct {
 	// RecipientDelimiter is Postfix's recipient_delimiter (bob+lists@ is
 	// bob's). Default none.
 	RecipientDelimiter string
+	// Submission, if set, adds a submission listener: STARTTLS required,
+	// SASL through Dovecot's auth service (smtpd_sasl_type = dovecot),
+	// relaying for authenticated users only; mail for other domains
+	// goes to its RelayHost.
+	Submission *PostfixSubmission
+}
+
+// PostfixSubmission is the submission service of a private Postfix.
+type PostfixSubmission struct {
+	// Auth checks the passwords (its AuthAddr) and lends its certificate
+	// (it must have been started with Options.TLS).
+	Auth *Dovecot
+	// RelayHost ("127.0.0.1:port") stands in for the outside world: all
+	// mail for domains other than Domain is relayed there.
+	RelayHost string
 }
 
 // Postfix is a running private Postfix: the legacy domain's MTA in front
@@ -45,6 +60,9 @@ type PostfixOptions struct {
 type Postfix struct {
 	Dir  string
 	Addr string // SMTP listener, 127.0.0.1:port
+	// SubmissionAddr is the submission listener (with
+	// PostfixOptions.Submission).
+	SubmissionAddr string
 }
 
 // StartPostfix starts a Postfix (Debian package postfix) listening on a
@@ -83,11 +101,14 @@ func StartPostfix(t testing.TB, opts PostfixOptions) *Postfix {
 	if err := os.Chown(filepath.Join(dir, "data"), uid, gid); err != nil {
 		t.Fatal(err)
 	}
-	ports, err := freePorts(1)
+	ports, err := freePorts(2)
 	if err != nil {
 		t.Fatal(err)
 	}
 	p := &Postfix{Dir: dir, Addr: fmt.Sprintf("127.0.0.1:%d", ports[0])}
+	if opts.Submission != nil {
+		p.SubmissionAddr = fmt.Sprintf("127.0.0.1:%d", ports[1])
+	}
 	main := fmt.Sprintf(`compatibility_level = 3.6
 queue_directory = %[1]s/spool
 data_directory = %[1]s/data
@@ -132,6 +153,25 @@ maillog_file = %[1]s/maillog
 	// for one).
 	conf := regexp.MustCompile(`(?m)^smtp(\s+)inet`).ReplaceAllString(string(master), p.Addr+"${1}inet")
 	conf = regexp.MustCompile(`(?m)^(\S+\s+\S+\s+\S+\s+\S+\s+)y(\s)`).ReplaceAllString(conf, "${1}n${2}")
+	if sub := opts.Submission; sub != nil {
+		if sub.Auth == nil || sub.Auth.CertPool == nil {
+			t.Fatal("legacytest: Postfix submission needs a Dovecot started with TLS")
+		}
+		main += fmt.Sprintf("relayhost = [%s]:%s\nsmtp_tls_security_level = none\n", strings.Split(sub.RelayHost, ":")[0], strings.Split(sub.RelayHost, ":")[1])
+		conf += fmt.Sprintf(`%s inet n - n - - smtpd
+  -o syslog_name=postfix/submission
+  -o smtpd_tls_security_level=encrypt
+  -o smtpd_tls_cert_file=%[2]s/cert.pem
+  -o smtpd_tls_key_file=%[2]s/key.pem
+  -o smtpd_sasl_auth_enable=yes
+  -o smtpd_sasl_type=dovecot
+  -o smtpd_sasl_path=inet:%[3]s
+  -o smtpd_tls_auth_only=yes
+  -o mynetworks=
+  -o smtpd_relay_restrictions=permit_sasl_authenticated,reject
+  -o smtpd_recipient_restrictions=permit_sasl_authenticated,reject
+`, p.SubmissionAddr, sub.Auth.Dir, sub.Auth.AuthAddr)
+	}
 	for name, body := range map[string]string{"main.cf": main, "master.cf": conf, "vmailbox": users.String(), "virtual": opts.Aliases} {
 		if err := os.WriteFile(filepath.Join(dir, name), []byte(body), 0o644); err != nil {
 			t.Fatal(err)
@@ -142,11 +182,13 @@ maillog_file = %[1]s/maillog
 	}
 	t.Cleanup(p.stop)
 	deadline := time.Now().Add(15 * time.Second)
-	for greets(p.Addr) != nil {
-		if time.Now().After(deadline) {
-			t.Fatalf("legacytest: postfix did not listen on %s within 15s\n%s", p.Addr, p.log())
+	for _, addr := range []string{p.Addr, p.SubmissionAddr} {
+		for addr != "" && greets(addr) != nil {
+			if time.Now().After(deadline) {
+				t.Fatalf("legacytest: postfix did not listen on %s within 15s\n%s", addr, p.log())
+			}
+			time.Sleep(20 * time.Millisecond)
 		}
-		time.Sleep(20 * time.Millisecond)
 	}
 	return p
 }

@@ -14,6 +14,7 @@ type Traffic struct {
 	logins   *prometheus.CounterVec
 	sessions *prometheus.GaugeVec
 	smtp     *prometheus.CounterVec
+	submits  *prometheus.CounterVec
 	refusals *prometheus.CounterVec
 	panics   *prometheus.CounterVec
 	// legacyErrors is shared with Capture.
@@ -29,6 +30,9 @@ func newTraffic(reg prometheus.Registerer, legacyErrors *prometheus.CounterVec) 
 			Help: "Logged-in sessions now, by protocol and route."}, []string{"protocol", "route"}),
 		smtp: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "mailcapture_smtp_messages_total",
 			Help: "SMTP messages by route (local, legacy, held; none: not a hosted domain) and result (accepted, rejected, deferred at the front end; delivered, retried, bounced, resent_unchecked, rerouted (held for a cut-over or delivered locally instead) by the relay queue)."},
+			[]string{"route", "result"}),
+		submits: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "mailcapture_submissions_total",
+			Help: "Messages users submitted, by route (local: a captured colleague's INBOX; held: a colleague in cut-over; legacy: a colleague not captured, through the legacy server's intake; passthrough: other domains, through the legacy submission server on the user's session; outbound: other domains, spooled for the outbound relay; none: refused before any route; a message with recipients on several routes counts on each) and result (accepted, rejected, deferred)."},
 			[]string{"route", "result"}),
 		refusals: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "mailcapture_limit_refusals_total",
 			Help: "Connections, logins, commands and messages refused by a configured limit, by limit."}, []string{"limit"}),
@@ -50,10 +54,15 @@ func newTraffic(reg prometheus.Registerer, legacyErrors *prometheus.CounterVec) 
 			t.smtp.WithLabelValues(string(r), string(res))
 		}
 	}
+	for _, r := range labels.SubmissionRoutes {
+		for _, res := range labels.SubmissionResults {
+			t.submits.WithLabelValues(string(r), string(res))
+		}
+	}
 	for _, l := range labels.Limits {
 		t.refusals.WithLabelValues(string(l))
 	}
-	reg.MustRegister(t.logins, t.sessions, t.smtp, t.refusals, t.panics)
+	reg.MustRegister(t.logins, t.sessions, t.smtp, t.submits, t.refusals, t.panics)
 	return t
 }
 
@@ -75,6 +84,11 @@ func (t *Traffic) SessionEnded(protocol labels.Protocol, route labels.Route) {
 // SMTPMessage counts a message by route and result.
 func (t *Traffic) SMTPMessage(route labels.SMTPRoute, result labels.SMTPResult) {
 	t.smtp.WithLabelValues(string(route), string(result)).Inc()
+}
+
+// Submission counts a submitted message by route and result.
+func (t *Traffic) Submission(route labels.SubmissionRoute, result labels.SubmissionResult) {
+	t.submits.WithLabelValues(string(route), string(result)).Inc()
 }
 
 // Refused counts a refusal by a limit.

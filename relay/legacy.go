@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 
+	"github.com/emersion/go-sasl"
 	"github.com/emersion/go-smtp"
 
 	"mailcapture/legacyclient"
@@ -19,6 +20,9 @@ type Legacy struct {
 	Protocol string
 	// Hostname is sent in EHLO/LHLO.
 	Hostname string
+	// Username and Password, if set, authenticate (AUTH PLAIN) after the
+	// greeting (and TLS): the outbound relay may want it.
+	Username, Password string
 }
 
 // dial connects and greets. The connection is closed when ctx ends (a
@@ -51,6 +55,13 @@ func (l Legacy) dial(ctx context.Context) (*smtp.Client, func() bool, error) {
 		stop()
 		c.Close()
 		return nil, nil, err
+	}
+	if l.Username != "" {
+		if err := c.Auth(sasl.NewPlainClient("", l.Username, l.Password)); err != nil {
+			stop()
+			c.Close()
+			return nil, nil, fmt.Errorf("auth: %w", err)
+		}
 	}
 	return c, stop, nil
 }

@@ -27,6 +27,9 @@ type Queue struct {
 	// Directory finds the account of each recipient; default: the
 	// store's accounts, no extensions.
 	Directory *addresses.Directory
+	// Outbound, if set, is the outbound relay: mail users submitted for
+	// other domains (the outbound spool route) is relayed to it.
+	Outbound *Legacy
 	// Retired, if set, tells whether the legacy server is gone: then
 	// spooled mail is not sent there but resolved again, delivered to
 	// the captured accounts it reaches and returned to its sender for the
@@ -261,6 +264,15 @@ func (q *Queue) deliver(ctx context.Context, e store.SpoolEntry) {
 	log := q.log().With("id", e.ID)
 	// Counted before the accounts' states are read: a cut-over that
 	// begins after this waits for the attempt to end.
+	if e.Route == store.RouteOutbound {
+		if q.Outbound == nil {
+			log.Error("mail submitted for other domains waits: no outbound relay is configured (outbound.relay.address)")
+			q.Store.Defer(ctx, e.ID, e.To, time.Now().Add(orDuration(q.RetryMax, 64*time.Minute)), "no outbound relay is configured")
+			return
+		}
+		q.relay(ctx, e, log, *q.Outbound, nil)
+		return
+	}
 	defer q.active.enter(q.accountKeys(ctx, e.To))()
 	if q.Retired != nil && q.Retired() {
 		q.resolveRetired(ctx, e, log)
@@ -275,16 +287,23 @@ func (q *Queue) deliver(ctx context.Context, e store.SpoolEntry) {
 		return
 	}
 	e.To = to
+	q.relay(ctx, e, log, q.Legacy, q.Checker)
+}
+
+// relay hands a spooled message to the MTA it is for (the legacy server,
+// or the outbound relay), with an in-doubt check through checker (nil:
+// none) after an interrupted attempt.
+func (q *Queue) relay(ctx context.Context, e store.SpoolEntry, log *slog.Logger, to Legacy, checker DeliveryChecker) {
 	f, err := q.Store.OpenSpooled(e.ID)
 	if err != nil {
 		log.Error("a spooled message could not be opened; it waits", "err", err)
 		return
 	}
 	defer f.Close()
-	to, inDoubt := e.To, false
+	rcpts, inDoubt := e.To, false
 	if q.Store.InFlight(e.ID) {
-		to, inDoubt = q.undelivered(ctx, e, f, log)
-		if len(to) == 0 {
+		rcpts, inDoubt = q.undelivered(ctx, e, f, checker, log)
+		if len(rcpts) == 0 {
 			if err := q.Store.Dequeue(ctx, e.ID); err != nil {
 				log.Error("a delivered message could not be taken off the spool: it may be sent again", "err", err)
 				return
@@ -297,7 +316,7 @@ func (q *Queue) deliver(ctx context.Context, e store.SpoolEntry) {
 	if err := q.Store.MarkInFlight(e.ID); err != nil {
 		log.Warn("a spooled message could not be marked in flight: a crash during this attempt may send it twice", "err", err)
 	}
-	d := q.Legacy.Deliver(ctx, e.From, to, io.NewSectionReader(f, 0, 1<<62))
+	d := to.Deliver(ctx, e.From, rcpts, io.NewSectionReader(f, 0, 1<<62))
 	var failures []Failure
 	for rcpt, se := range d.Refused {
 		log.Warn("the legacy server refused a recipient of a spooled message; the sender is told", "rcpt", rcpt, "err", se)
@@ -474,15 +493,15 @@ type DeliveryChecker interface {
 // hold it yet, after an attempt that ended in doubt. inDoubt is true when
 // some recipient could not be checked: it is sent again and may arrive
 // twice.
-func (q *Queue) undelivered(ctx context.Context, e store.SpoolEntry, f io.ReaderAt, log *slog.Logger) (to []string, inDoubt bool) {
+func (q *Queue) undelivered(ctx context.Context, e store.SpoolEntry, f io.ReaderAt, checker DeliveryChecker, log *slog.Logger) (to []string, inDoubt bool) {
 	field, value := traceOf(f, e.MessageID)
-	if q.Checker == nil || value == "" {
-		log.Warn("relay: an earlier attempt may have delivered this message; sending it again unchecked", "checker", q.Checker != nil)
+	if checker == nil || value == "" {
+		log.Warn("relay: an earlier attempt may have delivered this message; sending it again unchecked", "checker", checker != nil)
 		q.observe(e, labels.SMTPResentUnchecked, len(e.To))
 		return e.To, true
 	}
 	for _, rcpt := range e.To {
-		held, err := q.Checker.Holds(ctx, rcpt, field, value)
+		held, err := checker.Holds(ctx, rcpt, field, value)
 		switch {
 		case err != nil:
 			log.Warn("relay: an earlier attempt may have delivered this message; checking the legacy mailbox failed, sending it again", "rcpt", rcpt, "err", err)
@@ -514,7 +533,7 @@ func traceOf(f io.ReaderAt, messageID string) (field, value string) {
 
 // receivedID finds the id of this hop's Received header at the top of a
 // spooled message.
-var receivedID = regexp.MustCompile(`\A(?i:Received:)[^\n]*\n\s+by \S+ \(mailcapture\) with ESMTP id ([a-z0-9]+);`)
+var receivedID = regexp.MustCompile(`\A(?i:Received:)[^\n]*\n\s+by \S+ \(mailcapture\) with ESMTP(?:SA)? id ([a-z0-9]+);`)
 
 // statusOf is the enhanced status code of an SMTP refusal.
 func statusOf(se *smtp.SMTPError) string {

@@ -31,6 +31,7 @@ const (
 	routeLegacy route = iota + 1 // spooled, relayed to the legacy server
 	routeLocal                   // delivered into the store
 	routeHold                    // held in the spool during a cut-over
+	routeOutbound                // submitted for another domain: spooled for the outbound relay
 )
 
 // Backend is the SMTP front end (the domain's new MX). It implements
@@ -251,32 +252,45 @@ func (b *Backend) directory() *addresses.Directory {
 
 func (b *Backend) retired() bool { return b.Retired != nil && b.Retired() }
 
-// Rcpt resolves the recipient at once (addresses.Directory: delimiter,
-// aliases, catch-all) and gives each account it reaches its own route: a
-// captured account local delivery, one in cut-over held mail, the others
-// the legacy server, checked there live (its refusal is passed back now:
-// no backscatter later), relayed under the target's own address so that
-// the legacy server does not deliver a second copy to a captured
-// mailbox. After the legacy server's retirement only captured accounts
-// take mail; a recipient that reaches none is refused (550 5.1.1).
+// Rcpt resolves the recipient at once (route) and gives each account it
+// reaches its own route. Recipients of different routes share a
+// transaction.
 func (s *session) Rcpt(to string, _ *smtp.RcptOptions) error {
 	ctx, cancel := context.WithTimeout(s.b.context(), time.Minute)
 	defer cancel()
-	dir := s.b.directory()
-	if _, ok := recipientDomain(to); !ok || !dir.Hosted(to) {
+	if _, ok := recipientDomain(to); !ok || !s.b.directory().Hosted(to) {
 		s.b.observe(labels.SMTPNone, labels.SMTPRejected)
 		return errNotHosted
 	}
-	res, err := dir.Resolve(ctx, to)
+	accepted, err := s.b.route(ctx, s.log, to)
+	if err != nil {
+		return err
+	}
+	s.rcpts = append(s.rcpts, to)
+	s.targets = append(s.targets, accepted...)
+	return nil
+}
+
+// route resolves a recipient of a hosted domain (addresses.Directory:
+// delimiter, aliases, catch-all) and gives each account it reaches its own
+// route: a captured account local delivery, one in cut-over held mail,
+// the others the legacy server, checked there live (its refusal is passed
+// back now: no backscatter later), relayed under the target's own address
+// so that the legacy server does not deliver a second copy to a captured
+// mailbox. After the legacy server's retirement only captured accounts
+// take mail; a recipient that reaches none is refused (550 5.1.1). The
+// error is the SMTP answer.
+func (b *Backend) route(ctx context.Context, log *slog.Logger, to string) ([]target, error) {
+	res, err := b.directory().Resolve(ctx, to)
 	switch {
 	case errors.Is(err, addresses.ErrLoop) || errors.Is(err, addresses.ErrTooMany):
-		s.log.Warn("the alias table cannot resolve a recipient: fix addresses.file", "rcpt", to, "err", err)
-		return errAliasLoop
+		log.Warn("the alias table cannot resolve a recipient: fix addresses.file", "rcpt", to, "err", err)
+		return nil, errAliasLoop
 	case err != nil:
-		s.log.Error("the store could not be read to route a recipient; the sender was told to try again", "rcpt", to, "err", err)
-		return errTemporary
+		log.Error("the store could not be read to route a recipient; the sender was told to try again", "rcpt", to, "err", err)
+		return nil, errTemporary
 	}
-	retired := s.b.retired()
+	retired := b.retired()
 	var accepted []target
 	var refusal error
 	for _, t := range res.Targets {
@@ -287,17 +301,17 @@ func (s *session) Rcpt(to string, _ *smtp.RcptOptions) error {
 			accepted = append(accepted, target{route: routeHold, address: t.Address, account: t.Account})
 		case addresses.RouteNone:
 			if res.Via == "alias" || res.Via == "catch-all" {
-				s.log.Warn("an alias target has no mailbox here since the legacy server's retirement: fix addresses.file", "rcpt", to, "target", t.Address)
+				log.Warn("an alias target has no mailbox here since the legacy server's retirement: fix addresses.file", "rcpt", to, "target", t.Address)
 			}
 		default:
-			if err := s.b.checkLegacy(ctx, s.log, t.Address); err != nil {
+			if err := b.checkLegacy(ctx, log, t.Address); err != nil {
 				var se *smtp.SMTPError
 				if !errors.As(err, &se) || se.Code < 500 {
-					return err
+					return nil, err
 				}
 				refusal = err
 				if len(res.Targets) > 1 {
-					s.log.Warn("the legacy server refuses an alias target: fix addresses.file", "rcpt", to, "target", t.Address, "answer", se.Message)
+					log.Warn("the legacy server refuses an alias target: fix addresses.file", "rcpt", to, "target", t.Address, "answer", se.Message)
 				}
 				continue
 			}
@@ -311,12 +325,10 @@ func (s *session) Rcpt(to string, _ *smtp.RcptOptions) error {
 		} else {
 			route = labels.SMTPLegacy
 		}
-		s.b.observe(route, labels.SMTPRejected)
-		return refusal
+		b.observe(route, labels.SMTPRejected)
+		return nil, refusal
 	}
-	s.rcpts = append(s.rcpts, to)
-	s.targets = append(s.targets, accepted...)
-	return nil
+	return accepted, nil
 }
 
 // recipientDomain returns the domain of a recipient address: what follows
@@ -501,13 +513,21 @@ func readHeader(r *bufio.Reader) (header []byte, hops int, err error) {
 // received is the Received header this hop adds (RFC 5321 4.4). Its id
 // is random and unique to this message: the relay queue looks for it in
 // the legacy mailbox to learn whether an interrupted delivery went through.
-func (s *session) received() []byte {
-	host := s.b.Hostname
+func (s *session) received() []byte { return s.b.receivedFor(s.helo, s.remote, false) }
+
+// receivedFor is the Received header for a message from helo at remote;
+// authenticated says it was submitted (ESMTPSA, RFC 3848).
+func (b *Backend) receivedFor(helo string, remote net.Addr, authenticated bool) []byte {
+	host := b.Hostname
 	if host == "" {
 		host = "mailcapture"
 	}
-	return []byte(fmt.Sprintf("Received: from %s (%s)\r\n\tby %s (mailcapture) with ESMTP id %s;\r\n\t%s\r\n",
-		s.helo, s.remote, host, strings.ToLower(rand.Text()), time.Now().Format(time.RFC1123Z)))
+	with := "ESMTP"
+	if authenticated {
+		with = "ESMTPSA"
+	}
+	return []byte(fmt.Sprintf("Received: from %s (%s)\r\n\tby %s (mailcapture) with %s id %s;\r\n\t%s\r\n",
+		helo, remote, host, with, strings.ToLower(rand.Text()), time.Now().Format(time.RFC1123Z)))
 }
 
 // destinations are where the message goes, all stored in one
@@ -527,7 +547,8 @@ type deliveryPlan struct {
 	inboxes []int64            // accounts, each once
 	held    map[int64][]string // account → addresses
 	heldIDs []int64
-	legacy  []string // addresses, each once
+	legacy   []string // addresses, each once
+	outbound []string // addresses, each once
 }
 
 func (p *deliveryPlan) add(t target) {
@@ -550,10 +571,16 @@ func (p *deliveryPlan) add(t target) {
 		if !slices.ContainsFunc(p.legacy, func(a string) bool { return strings.EqualFold(a, t.address) }) {
 			p.legacy = append(p.legacy, t.address)
 		}
+	case routeOutbound:
+		if !slices.Contains(p.outbound, t.address) {
+			p.outbound = append(p.outbound, t.address)
+		}
 	}
 }
 
-func (p *deliveryPlan) empty() bool { return len(p.inboxes)+len(p.heldIDs)+len(p.legacy) == 0 }
+func (p *deliveryPlan) empty() bool {
+	return len(p.inboxes)+len(p.heldIDs)+len(p.legacy)+len(p.outbound) == 0
+}
 
 func (p *deliveryPlan) destinations(ctx context.Context, st *store.Store) ([]store.Destination, error) {
 	var dests []store.Destination
@@ -569,6 +596,9 @@ func (p *deliveryPlan) destinations(ctx context.Context, st *store.Store) ([]sto
 	}
 	if len(p.legacy) > 0 {
 		dests = append(dests, store.Destination{Route: store.RouteLegacy, To: p.legacy})
+	}
+	if len(p.outbound) > 0 {
+		dests = append(dests, store.Destination{Route: store.RouteOutbound, To: p.outbound})
 	}
 	return dests, nil
 }

@@ -177,6 +177,32 @@ CREATE TABLE trace_addresses (
 	PRIMARY KEY (account_id, address)
 );
 `,
+	// 9: a third spool route, mail users submitted for other domains,
+	// relayed to the outbound MTA (SQLite cannot change a CHECK: the
+	// table is made again).
+	`
+CREATE TABLE spool_v9 (
+	id              INTEGER PRIMARY KEY,
+	route           TEXT NOT NULL CHECK (route IN ('legacy', 'hold', 'outbound')),
+	account_id      INTEGER REFERENCES accounts(id),
+	sender          TEXT NOT NULL,
+	recipients      TEXT NOT NULL,
+	size            INTEGER NOT NULL,
+	sha256          BLOB NOT NULL,
+	message_id      TEXT NOT NULL DEFAULT '',
+	structure       BLOB NOT NULL,
+	received_at     INTEGER NOT NULL,
+	attempts        INTEGER NOT NULL DEFAULT 0,
+	next_attempt_at INTEGER NOT NULL,
+	last_error      TEXT NOT NULL DEFAULT '',
+	drop_requested  INTEGER NOT NULL DEFAULT 0
+);
+INSERT INTO spool_v9 (id, route, account_id, sender, recipients, size, sha256, message_id, structure, received_at, attempts, next_attempt_at, last_error, drop_requested)
+	SELECT id, route, account_id, sender, recipients, size, sha256, message_id, structure, received_at, attempts, next_attempt_at, last_error, drop_requested FROM spool;
+DROP TABLE spool;
+ALTER TABLE spool_v9 RENAME TO spool;
+CREATE INDEX spool_due ON spool (route, next_attempt_at);
+`,
 }
 
 // checkVersion checks that a store opened beside its owner has the schema

@@ -24,6 +24,9 @@ const (
 	// RouteHold messages wait for their account's cut-over to end, then
 	// are delivered locally.
 	RouteHold SpoolRoute = "hold"
+	// RouteOutbound messages were submitted by users for other domains;
+	// they are relayed to the outbound MTA.
+	RouteOutbound SpoolRoute = "outbound"
 )
 
 // SpoolEntry is one spooled message.
@@ -77,10 +80,10 @@ func (s *Store) Enqueue(ctx context.Context, route SpoolRoute, accountID int64, 
 	return s.SpoolEntryByID(ctx, done[0].SpoolID)
 }
 
-// DueSpool returns up to limit legacy-route messages whose next attempt is
-// due at now, oldest first.
+// DueSpool returns up to limit messages to relay (legacy and outbound
+// routes) whose next attempt is due at now, oldest first.
 func (s *Store) DueSpool(ctx context.Context, now time.Time, limit int) ([]SpoolEntry, error) {
-	return s.spoolQuery(ctx, "WHERE route = 'legacy' AND next_attempt_at <= ? ORDER BY next_attempt_at, id LIMIT ?", now.Unix(), limit)
+	return s.spoolQuery(ctx, "WHERE route IN ('legacy', 'outbound') AND next_attempt_at <= ? ORDER BY next_attempt_at, id LIMIT ?", now.Unix(), limit)
 }
 
 // Held returns the messages held for an account during its cut-over,
@@ -123,20 +126,20 @@ func (s *Store) Spooled(ctx context.Context) ([]SpoolEntry, error) {
 	return s.spoolQuery(ctx, "ORDER BY received_at, id")
 }
 
-// RequestRetry makes legacy-route messages due now (all of them when ids
+// RequestRetry makes messages to relay due now (all of them when ids
 // is empty) and returns how many it changed.
 func (s *Store) RequestRetry(ctx context.Context, ids []int64) (int64, error) {
-	return s.spoolControl(ctx, "UPDATE spool SET next_attempt_at = ? WHERE route = 'legacy'", ids, time.Now().Unix())
+	return s.spoolControl(ctx, "UPDATE spool SET next_attempt_at = ? WHERE route IN ('legacy', 'outbound')", ids, time.Now().Unix())
 }
 
-// RequestDrop marks legacy-route messages to be dropped (the relay queue
+// RequestDrop marks messages to relay to be dropped (the relay queue
 // removes them at its next pass, or at the next start) and returns how
 // many it marked.
 func (s *Store) RequestDrop(ctx context.Context, ids []int64) (int64, error) {
 	if len(ids) == 0 {
 		return 0, fmt.Errorf("drop: name the messages to drop")
 	}
-	return s.spoolControl(ctx, "UPDATE spool SET drop_requested = 1, next_attempt_at = ? WHERE route = 'legacy'", ids, time.Now().Unix())
+	return s.spoolControl(ctx, "UPDATE spool SET drop_requested = 1, next_attempt_at = ? WHERE route IN ('legacy', 'outbound')", ids, time.Now().Unix())
 }
 
 func (s *Store) spoolControl(ctx context.Context, update string, ids []int64, now int64) (int64, error) {

@@ -30,6 +30,7 @@ func declaredLabels() map[string]map[string][]string {
 		"mailcapture_legacy_errors_total":  {"kind": asStrings(labels.LegacyKinds)},
 		"mailcapture_accounts":             {"state": {string(store.StateCapturing), string(store.StateCutover), string(store.StateCaptured)}},
 		"mailcapture_retirement_blockers":  {"kind": asStrings(labels.RetirementBlockers)},
+		"mailcapture_submissions_total":    {"route": asStrings(labels.SubmissionRoutes), "result": asStrings(labels.SubmissionResults)},
 	}
 }
 

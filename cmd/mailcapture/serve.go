@@ -353,11 +353,23 @@ func (s *server) start(schedCtx context.Context, schedDone chan struct{}) error 
 	var queue *relay.Queue
 	legacy := relay.Legacy{Endpoint: legacyclient.Configured(cfg.Legacy.SMTP.Address, cfg.Legacy.SMTP.TLS, cfg.Legacy),
 		Protocol: cfg.Legacy.SMTP.Protocol, Hostname: cfg.Hostname}
-	if cfg.Listen.SMTP != "" {
+	smtpUsed := cfg.Listen.SMTP != "" || cfg.Listen.Submission != "" || cfg.Listen.Submissions != ""
+	if smtpUsed {
 		queue = &relay.Queue{Store: s.st, Legacy: legacy, Directory: dir, Retired: router.Retired, Lifetime: cfg.SMTP.MessageLifetime, RetryMin: cfg.SMTP.RetryMin, RetryMax: cfg.SMTP.RetryMax,
 			Observer: m.Traffic, Log: log}
 		if cfg.Legacy.IMAP.Address != "" && (inboxSearch.Master != nil || inboxSearch.Passwords != nil) {
 			queue.Checker = inboxSearch
+		}
+		if r := cfg.Outbound.Relay; r.Address != "" {
+			out := relay.Legacy{Endpoint: legacyclient.Configured(r.Address, r.TLS, cfg.Legacy), Protocol: "smtp", Hostname: cfg.Hostname, Username: r.Username}
+			if r.Username != "" {
+				password, err := r.Password()
+				if err != nil {
+					return fmt.Errorf("outbound.relay.password_file: %w", err)
+				}
+				out.Password = password
+			}
+			queue.Outbound = &out
 		}
 	}
 	var cut *cutover.Cutover
@@ -446,29 +458,77 @@ func (s *server) start(schedCtx context.Context, schedDone chan struct{}) error 
 	if pop3Used {
 		s.stops = append(s.stops, s.pop3.Shutdown)
 	}
-	if cfg.Listen.SMTP != "" {
+	if smtpUsed {
 		backend := &relay.Backend{Store: s.st, Domains: cfg.Domains, Directory: dir, Retired: router.Retired, Legacy: legacy, Hostname: cfg.Hostname,
 			MaxHops: cfg.SMTP.MaxHops, DataTimeout: cfg.SMTP.DataTimeout, Observer: m.Traffic, Spooled: queue.Wake, Log: log}
-		srv := smtp.NewServer(backend)
-		srv.Domain = cfg.Hostname
-		srv.TLSConfig = s.tls
-		srv.ReadTimeout, srv.WriteTimeout = cfg.SMTP.CommandTimeout, time.Minute
-		srv.MaxMessageBytes, srv.MaxRecipients = cfg.SMTP.MaxMessageBytes, cfg.SMTP.MaxRecipients
-		srv.EnableSMTPUTF8 = true
-		ln, err := net.Listen("tcp", cfg.Listen.SMTP)
-		if err != nil {
-			return fmt.Errorf("listen.smtp %s: %w", cfg.Listen.SMTP, err)
+		newServer := func(b smtp.Backend) *smtp.Server {
+			srv := smtp.NewServer(b)
+			srv.Domain = cfg.Hostname
+			srv.TLSConfig = s.tls
+			srv.ReadTimeout, srv.WriteTimeout = cfg.SMTP.CommandTimeout, time.Minute
+			srv.MaxMessageBytes, srv.MaxRecipients = cfg.SMTP.MaxMessageBytes, cfg.SMTP.MaxRecipients
+			srv.EnableSMTPUTF8 = true
+			return srv
 		}
-		ln = backend.CountRefusals(connlimit.Listen(ln, conns, smtpRefusal))
-		go func() { s.errc <- srv.Serve(ln) }()
-		// Stop: no new connections, transactions in progress finish, idle
-		// sessions get 421.
-		s.stops = append(s.stops, func(ctx context.Context) error {
-			done := make(chan error, 1)
-			go func() { done <- srv.Shutdown(ctx) }()
-			backend.Drain(ctx)
-			return <-done
-		})
+		if cfg.Listen.Submission != "" || cfg.Listen.Submissions != "" {
+			sub := &relay.SubmissionBackend{MX: backend, Router: router,
+				Legacy:        legacyclient.Configured(cfg.Legacy.Submission.Address, cfg.Legacy.Submission.TLS, cfg.Legacy),
+				Outbound:      cfg.Outbound.Relay.Address != "",
+				StartsCapture: cfg.Submission.StartsCapture && cfg.Mode != "shadow", MaxPerHour: cfg.Submission.MaxMessagesPerHour,
+				Trusted: trusted, Observer: m.Traffic, Log: log}
+			if !cfg.Legacy.Retired {
+				sub.CheckPassword = engine.CheckPassword
+			}
+			srv := newServer(sub)
+			// AUTH is offered per session: after TLS, or to trusted networks.
+			srv.AllowInsecureAuth = true
+			for _, l := range []struct {
+				key, addr string
+				implicit  bool
+			}{{"listen.submission", cfg.Listen.Submission, false}, {"listen.submissions", cfg.Listen.Submissions, true}} {
+				if l.addr == "" {
+					continue
+				}
+				ln, err := net.Listen("tcp", l.addr)
+				if err != nil {
+					return fmt.Errorf("%s %s: %w", l.key, l.addr, err)
+				}
+				ln = backend.CountRefusals(connlimit.Listen(ln, conns, smtpRefusal))
+				if l.implicit {
+					ln = tls.NewListener(ln, s.tls)
+				}
+				go func() { s.errc <- srv.Serve(ln) }()
+				s.addrs[l.key] = ln.Addr().String()
+				log.Info("listening", "key", l.key, "addr", ln.Addr().String())
+			}
+			s.stops = append(s.stops, func(ctx context.Context) error {
+				if err := srv.Shutdown(ctx); err != nil {
+					return srv.Close()
+				}
+				return nil
+			})
+		}
+		// The MX listener opens last: its address in the log says every
+		// listener is up.
+		if cfg.Listen.SMTP != "" {
+			srv := newServer(backend)
+			ln, err := net.Listen("tcp", cfg.Listen.SMTP)
+			if err != nil {
+				return fmt.Errorf("listen.smtp %s: %w", cfg.Listen.SMTP, err)
+			}
+			ln = backend.CountRefusals(connlimit.Listen(ln, conns, smtpRefusal))
+			go func() { s.errc <- srv.Serve(ln) }()
+			// Stop: no new connections, transactions in progress finish,
+			// idle sessions get 421.
+			s.stops = append(s.stops, func(ctx context.Context) error {
+				done := make(chan error, 1)
+				go func() { done <- srv.Shutdown(ctx) }()
+				backend.Drain(ctx)
+				return <-done
+			})
+			s.addrs["listen.smtp"] = ln.Addr().String()
+			log.Info("listening", "key", "listen.smtp", "addr", ln.Addr().String())
+		}
 		queueCtx, stopQueue := context.WithCancel(context.WithoutCancel(schedCtx))
 		queueDone := make(chan struct{})
 		go func() {
@@ -480,8 +540,6 @@ func (s *server) start(schedCtx context.Context, schedDone chan struct{}) error 
 			<-queueDone
 			return nil
 		})
-		s.addrs["listen.smtp"] = ln.Addr().String()
-		log.Info("listening", "key", "listen.smtp", "addr", ln.Addr().String())
 	}
 	if cfg.Listen.HTTP != "" {
 		ln, err := net.Listen("tcp", cfg.Listen.HTTP)
