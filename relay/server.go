@@ -28,10 +28,10 @@ import (
 type route int
 
 const (
-	routeLegacy route = iota + 1 // spooled, relayed to the legacy server
-	routeLocal                   // delivered into the store
-	routeHold                    // held in the spool during a cut-over
-	routeOutbound                // submitted for another domain: spooled for the outbound relay
+	routeLegacy   route = iota + 1 // spooled, relayed to the legacy server
+	routeLocal                     // delivered into the store
+	routeHold                      // held in the spool during a cut-over
+	routeOutbound                  // submitted for another domain: spooled for the outbound relay
 )
 
 // Backend is the SMTP front end (the domain's new MX). It implements
@@ -544,9 +544,9 @@ func (s *session) destinations(ctx context.Context) ([]store.Destination, error)
 
 // deliveryPlan gathers the targets of one message into its destinations.
 type deliveryPlan struct {
-	inboxes []int64            // accounts, each once
-	held    map[int64][]string // account → addresses
-	heldIDs []int64
+	inboxes  []int64            // accounts, each once
+	held     map[int64][]string // account → addresses
+	heldIDs  []int64
 	legacy   []string // addresses, each once
 	outbound []string // addresses, each once
 }
