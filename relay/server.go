@@ -67,7 +67,7 @@ type Backend struct {
 	defaultDir *addresses.Directory
 
 	sessionsMu sync.Mutex
-	sessions   map[*session]struct{}
+	sessions   map[*drainable]struct{}
 	draining   bool
 	connIDs    atomic.Uint64
 
@@ -103,18 +103,31 @@ func (b *Backend) log() *slog.Logger {
 // NewSession implements smtp.Backend.
 func (b *Backend) NewSession(c *smtp.Conn) (smtp.Session, error) {
 	remote := c.Conn().RemoteAddr()
-	s := &session{b: b, conn: c, helo: c.Hostname(), remote: remote, ended: make(chan struct{}),
+	s := &session{b: b, drainable: drainable{conn: c, ended: make(chan struct{})}, helo: c.Hostname(), remote: remote,
 		log: b.log().With("conn", fmt.Sprintf("smtp-%d", b.connIDs.Add(1)), "proto", "smtp", "remote", remote.String())}
+	b.register(&s.drainable)
+	return s, nil
+}
+
+// register makes Drain end a session (of the MX or of submission).
+func (b *Backend) register(d *drainable) {
 	b.sessionsMu.Lock()
 	defer b.sessionsMu.Unlock()
 	if b.sessions == nil {
-		b.sessions = map[*session]struct{}{}
+		b.sessions = map[*drainable]struct{}{}
 	}
-	b.sessions[s] = struct{}{}
+	b.sessions[d] = struct{}{}
 	if b.draining {
-		go s.endWhenIdle(b.context())
+		go d.endWhenIdle(b.context())
 	}
-	return s, nil
+}
+
+// unregister is called at a registered session's Logout.
+func (b *Backend) unregister(d *drainable) {
+	b.sessionsMu.Lock()
+	delete(b.sessions, d)
+	b.sessionsMu.Unlock()
+	close(d.ended)
 }
 
 // Drain ends every session between two transactions (the sender gets
@@ -127,7 +140,7 @@ func (b *Backend) Drain(ctx context.Context) {
 	defer b.cancel()
 	b.sessionsMu.Lock()
 	b.draining = true
-	var all []*session
+	var all []*drainable
 	for s := range b.sessions {
 		all = append(all, s)
 	}
@@ -149,11 +162,26 @@ func (b *Backend) isDraining() bool {
 	return b.draining
 }
 
+// drainable is what Drain needs of a session: its connection, whether a
+// transaction is in progress, and its end.
+type drainable struct {
+	conn  *smtp.Conn
+	ended chan struct{} // closed at Logout
+	txMu  sync.Mutex
+	inTx  bool // between MAIL FROM and the end of DATA (or RSET)
+}
+
+func (s *drainable) setInTx(v bool) {
+	s.txMu.Lock()
+	s.inTx = v
+	s.txMu.Unlock()
+}
+
 // endWhenIdle makes the session's wait for its next command time out
 // (go-smtp answers 421 and closes) once no transaction is in progress.
 // go-smtp sets its own deadline before each command, so this repeats
 // until the session has ended.
-func (s *session) endWhenIdle(ctx context.Context) {
+func (s *drainable) endWhenIdle(ctx context.Context) {
 	for {
 		s.txMu.Lock()
 		if !s.inTx {
@@ -182,11 +210,8 @@ type target struct {
 }
 
 type session struct {
-	b      *Backend
-	conn   *smtp.Conn
-	ended  chan struct{} // closed at Logout
-	txMu   sync.Mutex
-	inTx   bool // between MAIL FROM and the end of DATA (or RSET)
+	b *Backend
+	drainable
 	helo   string
 	remote net.Addr
 	log    *slog.Logger // carries the connection id, protocol and peer
@@ -202,17 +227,8 @@ func (s *session) Reset() {
 	s.setInTx(false)
 }
 
-func (s *session) setInTx(v bool) {
-	s.txMu.Lock()
-	s.inTx = v
-	s.txMu.Unlock()
-}
-
 func (s *session) Logout() error {
-	s.b.sessionsMu.Lock()
-	delete(s.b.sessions, s)
-	s.b.sessionsMu.Unlock()
-	close(s.ended)
+	s.b.unregister(&s.drainable)
 	return nil
 }
 

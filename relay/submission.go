@@ -93,14 +93,17 @@ func (b *SubmissionBackend) refused(limit labels.Limit) {
 // NewSession implements smtp.Backend.
 func (b *SubmissionBackend) NewSession(c *smtp.Conn) (smtp.Session, error) {
 	remote := c.Conn().RemoteAddr()
-	return &submitSession{b: b, conn: c, remote: remote,
-		log: b.log().With("conn", fmt.Sprintf("submission-%d", b.connIDs.Add(1)), "proto", "submission", "remote", remote.String())}, nil
+	s := &submitSession{b: b, drainable: drainable{conn: c, ended: make(chan struct{})}, remote: remote,
+		log: b.log().With("conn", fmt.Sprintf("submission-%d", b.connIDs.Add(1)), "proto", "submission", "remote", remote.String())}
+	// The MX's Drain ends submission sessions too, between transactions.
+	b.MX.register(&s.drainable)
+	return s, nil
 }
 
 // submitSession is one client's session.
 type submitSession struct {
-	b      *SubmissionBackend
-	conn   *smtp.Conn
+	b *SubmissionBackend
+	drainable
 	remote net.Addr
 	log    *slog.Logger
 
@@ -246,6 +249,7 @@ func (s *submitSession) Mail(from string, opts *smtp.MailOptions) error {
 	ctx, cancel := context.WithTimeout(s.b.MX.context(), time.Minute)
 	defer cancel()
 	s.from, s.fromOK = from, s.owns(ctx, from)
+	s.setInTx(true)
 	return nil
 }
 
@@ -374,6 +378,7 @@ func (s *submitSession) dropLegacy() {
 // user gets its answer), is stored here, or both — the legacy server
 // first, so that a refusal there leaves no copy here.
 func (s *submitSession) Data(r io.Reader) error {
+	defer s.setInTx(false)
 	ctx, cancel := context.WithTimeout(s.b.MX.context(), 10*time.Minute)
 	defer cancel()
 	routes := s.routes()
@@ -558,6 +563,7 @@ func (s *submitSession) Reset() {
 		}
 	}
 	s.from, s.fromOK, s.rcpts, s.targets, s.external, s.passMail = "", false, nil, nil, nil, false
+	s.setInTx(false)
 }
 
 // Logout ends the session.
@@ -569,6 +575,7 @@ func (s *submitSession) Logout() error {
 	if s.account != "" {
 		s.b.Router.Observed().SessionEnded(labels.Submission, s.route)
 	}
+	s.b.MX.unregister(&s.drainable)
 	return nil
 }
 

@@ -501,11 +501,14 @@ func (s *server) start(schedCtx context.Context, schedDone chan struct{}) error 
 				s.addrs[l.key] = ln.Addr().String()
 				log.Info("listening", "key", l.key, "addr", ln.Addr().String())
 			}
+			// Stop: no new connections, transactions in progress finish,
+			// idle sessions get 421 (the MX backend's Drain ends both
+			// front ends' sessions).
 			s.stops = append(s.stops, func(ctx context.Context) error {
-				if err := srv.Shutdown(ctx); err != nil {
-					return srv.Close()
-				}
-				return nil
+				done := make(chan error, 1)
+				go func() { done <- srv.Shutdown(ctx) }()
+				backend.Drain(ctx)
+				return <-done
 			})
 		}
 		// The MX listener opens last: its address in the log says every
