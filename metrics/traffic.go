@@ -2,8 +2,10 @@ package metrics
 
 import (
 	"github.com/prometheus/client_golang/prometheus"
+	dto "github.com/prometheus/client_model/go"
 
 	"mailcapture/labels"
+	"mailcapture/status"
 )
 
 // Traffic counts what users and senders do: logins, sessions, SMTP
@@ -89,6 +91,34 @@ func (t *Traffic) SMTPMessage(route labels.SMTPRoute, result labels.SMTPResult) 
 // Submission counts a submitted message by route and result.
 func (t *Traffic) Submission(route labels.SubmissionRoute, result labels.SubmissionResult) {
 	t.submits.WithLabelValues(string(route), string(result)).Inc()
+}
+
+// Submissions reads the submission counters, for the status page.
+func (t *Traffic) Submissions() *status.Submissions {
+	out := &status.Submissions{Accepted: map[labels.SubmissionRoute]int64{}, Rejected: map[labels.SubmissionRoute]int64{},
+		Deferred: map[labels.SubmissionRoute]int64{}, Logins: map[labels.LoginResult]int64{}}
+	for _, r := range labels.SubmissionRoutes {
+		out.Accepted[r] = value(t.submits.WithLabelValues(string(r), string(labels.SubmitAccepted)))
+		out.Rejected[r] = value(t.submits.WithLabelValues(string(r), string(labels.SubmitRejected)))
+		out.Deferred[r] = value(t.submits.WithLabelValues(string(r), string(labels.SubmitDeferred)))
+	}
+	for _, res := range labels.LoginResults {
+		for _, r := range labels.Routes {
+			out.Logins[res] += value(t.logins.WithLabelValues(string(labels.Submission), string(r), string(res)))
+		}
+	}
+	out.RateLimited = value(t.refusals.WithLabelValues(string(labels.SubmissionRate)))
+	out.SenderRefused = value(t.refusals.WithLabelValues(string(labels.SenderPolicy)))
+	return out
+}
+
+// value reads a counter.
+func value(c prometheus.Counter) int64 {
+	var m dto.Metric
+	if c.Write(&m) != nil {
+		return 0
+	}
+	return int64(m.GetCounter().GetValue())
 }
 
 // Refused counts a refusal by a limit.

@@ -36,6 +36,24 @@ type Report struct {
 	// Retirement says whether the legacy server is retired and, until it
 	// is, what would break without it (when Options.Retirement is set).
 	Retirement *Retirement `json:"retirement,omitempty"`
+	// Submissions counts what users sent through listen.submission(s)
+	// since serve started (serve's status page only).
+	Submissions *Submissions `json:"submissions,omitempty"`
+}
+
+// Submissions counts users' submissions since serve started.
+type Submissions struct {
+	// Accepted, Rejected and Deferred count messages by route (a message
+	// with recipients on several routes counts on each).
+	Accepted map[labels.SubmissionRoute]int64 `json:"accepted"`
+	Rejected map[labels.SubmissionRoute]int64 `json:"rejected"`
+	Deferred map[labels.SubmissionRoute]int64 `json:"deferred"`
+	// Logins counts submission logins by result.
+	Logins map[labels.LoginResult]int64 `json:"logins"`
+	// RateLimited and SenderRefused count refusals by the hourly
+	// allowance and by the sender policy.
+	RateLimited   int64 `json:"rate_limited"`
+	SenderRefused int64 `json:"sender_refused"`
 }
 
 // Retirement is the legacy server's retirement as the report shows it.

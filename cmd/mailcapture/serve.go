@@ -552,6 +552,9 @@ func (s *server) start(schedCtx context.Context, schedDone chan struct{}) error 
 		detail := func(ctx context.Context) (status.Report, error) {
 			r, err := status.Collect(ctx, s.st, status.Options{PerAccount: true, Retirement: s.retirementReport})
 			r.Problems = s.problems.Recent()
+			if cfg.Listen.Submission != "" || cfg.Listen.Submissions != "" {
+				r.Submissions = m.Traffic.Submissions()
+			}
 			return r, err
 		}
 		s.http = &http.Server{

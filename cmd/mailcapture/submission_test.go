@@ -2,6 +2,7 @@ package main
 
 import (
 	"bufio"
+	"encoding/json"
 	"fmt"
 	"math/rand/v2"
 	"net"
@@ -12,7 +13,9 @@ import (
 	"syscall"
 	"testing"
 
+	"mailcapture/labels"
 	"mailcapture/legacytest"
+	"mailcapture/status"
 )
 
 // swaks runs swaks and returns its transcript and exit code.
@@ -248,6 +251,14 @@ func TestSubmissionThroughEachRoute(t *testing.T) {
 		t.Logf("metrics:\n%s", grepLines(metrics, "submission"))
 	}
 	checkDeclaredLabels(t, metrics)
+	var report status.Report
+	if err := json.Unmarshal([]byte(scrape(t, "http://"+httpAddr+"/status.json")), &report); err != nil || report.Submissions == nil {
+		t.Fatalf("/status.json: %v %+v", err, report.Submissions)
+	}
+	if s := report.Submissions; s.Accepted[labels.SubmitPassthrough] != 5 || s.Accepted[labels.SubmitLocal] != 1 || s.Logins[labels.LoginFailed] != 2 ||
+		s.RateLimited != 1 || s.SenderRefused != 2 {
+		t.Errorf("the status page's submissions: %+v", s)
+	}
 	srv.stop(t)
 }
 

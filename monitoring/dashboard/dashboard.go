@@ -70,10 +70,13 @@ func JSON() ([]byte, error) {
 			query{"sum(rate(mailcapture_capture_bytes_copied_total[5m]))", "bytes/s"})).
 		WithPanel(series("Logins by route and result", "local: served from the store; legacy: proxied.", "reqps", false,
 			query{"sum by (protocol, route, result) (rate(mailcapture_logins_total[5m]))", "{{protocol}} {{route}} {{result}}"})).
-		WithPanel(series("Active sessions", "Logged-in IMAP and POP3 sessions.", "short", true,
+		WithPanel(series("Active sessions", "Logged-in IMAP, POP3 and submission sessions.", "short", true,
 			query{"sum by (protocol, route) (mailcapture_sessions_active)", "{{protocol}} {{route}}"})).
 		WithPanel(series("SMTP messages by route and result", "Accepted, rejected and deferred at the front end; delivered and bounced by the relay queue.", "reqps", false,
 			query{"sum by (route, result) (rate(mailcapture_smtp_messages_total[5m]))", "{{route}} {{result}}"})).
+		WithPanel(series("Submissions by route and result", "Users' mail sent through listen.submission(s): local, held and legacy are colleagues (by their state), passthrough went out through the legacy submission server on the user's session, outbound was spooled for the outbound relay.", "reqps", false,
+			query{"sum by (route, result) (rate(mailcapture_submissions_total[5m]))", "{{route}} {{result}}"},
+			query{"sum by (limit) (rate(mailcapture_limit_refusals_total{limit=~\"submission_rate|sender_policy\"}[5m]))", "refused: {{limit}}"})).
 		WithPanel(series("Relay queue", "Mail spooled for the legacy server or held during a cut-over, and the age of the oldest.", "short", false,
 			query{"sum(mailcapture_relay_queue_messages)", "messages"},
 			query{"max(mailcapture_relay_queue_oldest_age_seconds)", "oldest (s)"})).
