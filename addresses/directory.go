@@ -183,20 +183,27 @@ const (
 	// RouteLegacy: relayed to the legacy server (accounts not captured,
 	// addresses mailcapture does not know, forwards outside the domains).
 	RouteLegacy Route = "legacy"
+	// RouteOutbound: a forward outside the domains once the legacy
+	// server is retired, sent by the outbound relay.
+	RouteOutbound Route = "outbound"
 	// RouteNone: nowhere (the legacy server is retired and the target
-	// reaches no captured account).
+	// reaches no captured account, nor, without an outbound relay, the
+	// outside world).
 	RouteNone Route = "none"
 )
 
 // Route is where mail for the target goes now: the route of its
 // account's state; once the legacy server is retired, only captured
-// accounts take mail.
-func (t Target) Route(retired bool) Route {
+// accounts take mail, and forwards outside the domains need an outbound
+// relay (outbound says there is one).
+func (t Target) Route(retired, outbound bool) Route {
 	switch {
 	case t.Found && t.Account.State == store.StateCaptured:
 		return RouteLocal
 	case t.Found && t.Account.State == store.StateCutover:
 		return RouteHold
+	case retired && !t.Hosted && outbound:
+		return RouteOutbound
 	case retired:
 		return RouteNone
 	}

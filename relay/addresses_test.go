@@ -10,6 +10,7 @@ import (
 
 	"mailcapture/addresses"
 	"mailcapture/legacyclient"
+	"mailcapture/legacytest"
 	"mailcapture/store"
 	"mailcapture/storetest"
 )
@@ -157,4 +158,86 @@ print("DATA", code)
 	if legacy, held, _ := f.st.SpoolCounts(ctx); legacy != 0 || held != 1 {
 		t.Fatalf("spool: %d for the legacy server, %d held", legacy, held)
 	}
+}
+
+// TestOutboundRelayCarriesForwardsAfterRetirement: with an outbound
+// relay, once the legacy server is retired, an alias that forwards
+// outside the domains still gets its copy out (spooled on the outbound
+// route, relayed to a sink standing in for the outside world), and so
+// does mail spooled for the legacy server before the retirement to a
+// sender elsewhere (a delivery notice); nothing connects to the legacy
+// server.
+func TestOutboundRelayCarriesForwardsAfterRetirement(t *testing.T) {
+	stub, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer stub.Close()
+	var connections atomic.Int32
+	go func() {
+		for {
+			c, err := stub.Accept()
+			if err != nil {
+				return
+			}
+			connections.Add(1)
+			c.Close()
+		}
+	}()
+	sink := legacytest.StartSink(t)
+	stubLegacy := Legacy{Endpoint: legacyclient.Endpoint{Address: stub.Addr().String(), Timeout: 5 * time.Second}, Protocol: "lmtp"}
+	outbound := &Legacy{Endpoint: legacyclient.Endpoint{Address: sink.Addr, Timeout: 5 * time.Second}, Protocol: "smtp", Hostname: "mx.example.org"}
+	retired := func() bool { return true }
+	tbl, _, err := addresses.Parse(strings.NewReader("fwd@example.org local@example.org, someone@elsewhere.example\n"), "example.org")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var dir *addresses.Directory
+	f := start(t, func(b *Backend) {
+		dir = &addresses.Directory{Naming: addresses.Naming{DefaultDomain: "example.org"}, Domains: []string{"example.org"}, Store: b.Store}
+		dir.SetTable(tbl)
+		b.Directory, b.Legacy, b.Retired, b.Outbound = dir, stubLegacy, retired, true
+	})
+	f.queue.Directory, f.queue.Legacy, f.queue.Retired, f.queue.Outbound = dir, stubLegacy, retired, outbound
+	ctx := context.Background()
+	if _, err := f.st.Enqueue(ctx, store.RouteLegacy, 0, store.Envelope{From: "", To: []string{"sender@elsewhere.example"}},
+		strings.NewReader("Message-ID: <notice@example.org>\r\nSubject: notice\r\n\r\nreturned\r\n")); err != nil {
+		t.Fatal(err)
+	}
+	out := f.smtplib(t, `send(["fwd@example.org"], "fwd@example.net")`)
+	if out != "RCPT fwd@example.org 250\nDATA 250\n" {
+		t.Fatalf("smtplib said:\n%s", out)
+	}
+	for range 3 { // the notice is moved to the outbound route, then sent
+		f.queue.pass(ctx)
+	}
+	got := map[string]string{}
+	for _, m := range sink.Wait(t, 2) {
+		got[messageIDOf(string(m.Data))] = strings.Join(m.To, ",")
+	}
+	if got["<fwd@example.net>"] != "someone@elsewhere.example" || got["<notice@example.org>"] != "sender@elsewhere.example" || len(got) != 2 {
+		t.Fatalf("the outside world got %v", got)
+	}
+	if local := f.localInbox(t, "local@example.org"); len(local) != 1 || !strings.Contains(local[0], "<fwd@example.net>") {
+		t.Fatalf("local@'s INBOX holds %d messages, want the forwarded one", len(local))
+	}
+	if n := connections.Load(); n != 0 {
+		t.Fatalf("%d connections to the retired legacy server", n)
+	}
+	if spooled, _ := f.st.Spooled(ctx); len(spooled) != 0 {
+		t.Fatalf("%d messages still spooled", len(spooled))
+	}
+}
+
+// messageIDOf returns a message's Message-ID field.
+func messageIDOf(msg string) string {
+	for _, line := range strings.Split(msg, "\r\n") {
+		if line == "" {
+			break
+		}
+		if k, v, ok := strings.Cut(line, ":"); ok && strings.EqualFold(k, "Message-ID") {
+			return strings.TrimSpace(v)
+		}
+	}
+	return ""
 }

@@ -431,12 +431,15 @@ func (q *Queue) resolveRetired(ctx context.Context, e store.SpoolEntry, log *slo
 		}
 		reached := false
 		for _, t := range res.Targets {
-			switch t.Route(true) {
+			switch t.Route(true, q.Outbound != nil) {
 			case addresses.RouteLocal:
 				plan.add(target{route: routeLocal, address: t.Address, account: t.Account})
 				reached = true
 			case addresses.RouteHold:
 				plan.add(target{route: routeHold, address: t.Address, account: t.Account})
+				reached = true
+			case addresses.RouteOutbound: // a forward or a notice outside the domains
+				plan.add(target{route: routeOutbound, address: t.Address})
 				reached = true
 			}
 		}
@@ -543,13 +546,18 @@ func statusOf(se *smtp.SMTPError) string {
 	return fmt.Sprintf("%d.0.0", se.Code/100)
 }
 
-// observe counts recipients of a relayed message by result.
+// observe counts recipients of a relayed message by route (legacy or
+// outbound) and result.
 func (q *Queue) observe(e store.SpoolEntry, result labels.SMTPResult, n int) {
 	if q.Observer == nil {
 		return
 	}
+	route := labels.SMTPLegacy
+	if e.Route == store.RouteOutbound {
+		route = labels.SMTPOutbound
+	}
 	for range n {
-		q.Observer.SMTPMessage(labels.SMTPLegacy, result)
+		q.Observer.SMTPMessage(route, result)
 	}
 }
 

@@ -46,6 +46,10 @@ type Backend struct {
 	// nothing is relayed or checked there, and a recipient that reaches
 	// no captured account is refused (550 5.1.1).
 	Retired func() bool
+	// Outbound says an outbound relay is configured (Queue.Outbound):
+	// once the legacy server is retired, alias targets outside the
+	// domains are spooled for it rather than dropped.
+	Outbound bool
 	Legacy  Legacy
 	// Hostname goes into Received headers.
 	Hostname string
@@ -310,11 +314,13 @@ func (b *Backend) route(ctx context.Context, log *slog.Logger, to string) ([]tar
 	var accepted []target
 	var refusal error
 	for _, t := range res.Targets {
-		switch t.Route(retired) {
+		switch t.Route(retired, b.Outbound) {
 		case addresses.RouteLocal:
 			accepted = append(accepted, target{route: routeLocal, address: t.Address, account: t.Account})
 		case addresses.RouteHold:
 			accepted = append(accepted, target{route: routeHold, address: t.Address, account: t.Account})
+		case addresses.RouteOutbound:
+			accepted = append(accepted, target{route: routeOutbound, address: t.Address})
 		case addresses.RouteNone:
 			if res.Via == "alias" || res.Via == "catch-all" {
 				log.Warn("an alias target has no mailbox here since the legacy server's retirement: fix addresses.file", "rcpt", to, "target", t.Address)

@@ -128,9 +128,21 @@ func (r Report) Clear() bool {
 // for the account.
 type LegacyLook func(ctx context.Context, account string) (news map[string]uint32, ok bool, err error)
 
-// Check builds the report at now. look may be nil: then the legacy
-// mailboxes are not looked into, and the report says so.
-func Check(ctx context.Context, st *store.Store, dir *addresses.Directory, now time.Time, look LegacyLook) (Report, error) {
+// Options say what a check may use.
+type Options struct {
+	// Now is the check's instant.
+	Now time.Time
+	// Look, if set, looks into captured accounts' legacy mailboxes;
+	// without it they are not, and the report says so.
+	Look LegacyLook
+	// Outbound says an outbound relay is configured: aliases that forward
+	// outside the domains keep working without the legacy server.
+	Outbound bool
+}
+
+// Check builds the report.
+func Check(ctx context.Context, st *store.Store, dir *addresses.Directory, opts Options) (Report, error) {
+	now, look := opts.Now, opts.Look
 	var r Report
 	relayed, err := st.RelayedSince(ctx, now.Add(-Window))
 	if err != nil {
@@ -176,7 +188,7 @@ func Check(ctx context.Context, st *store.Store, dir *addresses.Directory, now t
 	sort.Slice(r.Uncaptured, func(i, j int) bool { return r.Uncaptured[i].Name < r.Uncaptured[j].Name })
 	for _, e := range dir.Table().Entries() {
 		for _, t := range e.Targets {
-			if !dir.Hosted(t) {
+			if !dir.Hosted(t) && !opts.Outbound {
 				r.Forwards = append(r.Forwards, e.Pattern+" → "+t)
 			}
 		}

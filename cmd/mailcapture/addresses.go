@@ -31,7 +31,7 @@ func runAddresses(ctx context.Context, env *environment, args []string) error {
 	case len(rest) == 1 && rest[0] == "list":
 		return listAddresses(env, dir, *asJSON)
 	case len(rest) == 2 && rest[0] == "check":
-		return checkAddress(ctx, env, st, dir, rest[1], *asJSON)
+		return checkAddress(ctx, env, st, dir, rest[1], cfg.Outbound.Relay.Address != "", *asJSON)
 	case len(rest) == 1 && rest[0] == "suggest":
 		return suggestAddresses(ctx, env, st, dir, *asJSON)
 	}
@@ -76,7 +76,7 @@ type targetReport struct {
 	Route   addresses.Route `json:"route"`
 }
 
-func checkAddress(ctx context.Context, env *environment, st *store.Store, dir *addresses.Directory, addr string, asJSON bool) error {
+func checkAddress(ctx context.Context, env *environment, st *store.Store, dir *addresses.Directory, addr string, outbound, asJSON bool) error {
 	retired, _, err := st.LegacyRetired(ctx)
 	if err != nil {
 		return err
@@ -89,7 +89,7 @@ func checkAddress(ctx context.Context, env *environment, st *store.Store, dir *a
 		}
 		c.Via = res.Via
 		for _, t := range res.Targets {
-			r := targetReport{Address: t.Address, Route: t.Route(retired)}
+			r := targetReport{Address: t.Address, Route: t.Route(retired, outbound)}
 			if t.Found {
 				r.Account, r.State = t.Account.Name, t.Account.State
 			}
@@ -127,6 +127,8 @@ func describeRoute(r addresses.Route) string {
 		return "held until its cut-over ends"
 	case addresses.RouteLegacy:
 		return "relayed to the legacy server"
+	case addresses.RouteOutbound:
+		return "sent out by the outbound relay"
 	}
 	return "refused: no mailbox here since the legacy server's retirement"
 }

@@ -366,7 +366,7 @@ func runRetireLegacy(ctx context.Context, env *environment, args []string) error
 	if err != nil {
 		return err
 	}
-	report, err := retirement.Check(ctx, st, dir, time.Now(), look)
+	report, err := retirement.Check(ctx, st, dir, retirement.Options{Now: time.Now(), Look: look, Outbound: cfg.Outbound.Relay.Address != ""})
 	if err != nil {
 		return err
 	}

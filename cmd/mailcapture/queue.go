@@ -80,7 +80,7 @@ func runQueue(ctx context.Context, env *environment, args []string) error {
 		switch {
 		case !ok:
 			return fmt.Errorf("queue drop: no spooled message %d", id)
-		case e.Route != store.RouteLegacy:
+		case e.Route == store.RouteHold:
 			return fmt.Errorf("queue drop: message %d is held for an account in cut-over; it is delivered when the cut-over ends", id)
 		}
 	}

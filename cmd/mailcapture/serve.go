@@ -238,7 +238,7 @@ func (s *server) start(schedCtx context.Context, schedDone chan struct{}) error 
 	// and the metrics (the legacy mailboxes are looked into only by
 	// `mailcapture retire-legacy`).
 	s.retirement.Store(&retirement.Cache{TTL: time.Minute, Check: func(ctx context.Context) (retirement.Report, error) {
-		return retirement.Check(ctx, s.st, dir, time.Now(), nil)
+		return retirement.Check(ctx, s.st, dir, retirement.Options{Now: time.Now(), Outbound: cfg.Outbound.Relay.Address != ""})
 	}})
 	if path := cfg.Addresses.File; path != "" {
 		n, warnings, err := dir.Load(path)
@@ -460,7 +460,8 @@ func (s *server) start(schedCtx context.Context, schedDone chan struct{}) error 
 	}
 	if smtpUsed {
 		backend := &relay.Backend{Store: s.st, Domains: cfg.Domains, Directory: dir, Retired: router.Retired, Legacy: legacy, Hostname: cfg.Hostname,
-			MaxHops: cfg.SMTP.MaxHops, DataTimeout: cfg.SMTP.DataTimeout, Observer: m.Traffic, Spooled: queue.Wake, Log: log}
+			MaxHops: cfg.SMTP.MaxHops, DataTimeout: cfg.SMTP.DataTimeout, Observer: m.Traffic, Spooled: queue.Wake, Log: log,
+			Outbound: queue.Outbound != nil}
 		newServer := func(b smtp.Backend) *smtp.Server {
 			srv := smtp.NewServer(b)
 			srv.Domain = cfg.Hostname
