@@ -50,7 +50,7 @@ type Backend struct {
 	// once the legacy server is retired, alias targets outside the
 	// domains are spooled for it rather than dropped.
 	Outbound bool
-	Legacy  Legacy
+	Legacy   Legacy
 	// Hostname goes into Received headers.
 	Hostname string
 	// MaxHops is the most Received headers a message may carry: more is
