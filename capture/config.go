@@ -16,6 +16,7 @@ func NewEngine(st *store.Store, cfg config.Config, log *slog.Logger) *Engine {
 		Store:       st,
 		IMAP:        legacyclient.Configured(cfg.Legacy.IMAP.Address, cfg.Legacy.IMAP.TLS, cfg.Legacy),
 		POP3:        legacyclient.Configured(cfg.Legacy.POP3.Address, cfg.Legacy.POP3.TLS, cfg.Legacy),
+		ManageSieve: legacyclient.Configured(cfg.Legacy.ManageSieve.Address, cfg.Legacy.ManageSieve.TLS, cfg.Legacy),
 		Log:         log,
 		Connections: cfg.Capture.ConnectionsPerAccount,
 		NoCondStore: !cfg.Capture.TrustCondStore,

@@ -27,6 +27,9 @@ type Engine struct {
 	// POP3 is the legacy POP3 server, if any. With IMAP too, its UIDLs are
 	// mapped onto the messages copied over IMAP.
 	POP3 legacyclient.Endpoint
+	// ManageSieve is the legacy ManageSieve server, if any: each pass
+	// copies the account's Sieve scripts from it.
+	ManageSieve legacyclient.Endpoint
 	// Master, if set, logs in to every account as this master user; the
 	// password given to Pass is then not used.
 	Master *legacyclient.MasterLogin
@@ -136,6 +139,9 @@ func (e *Engine) Pass(ctx context.Context, account, password string) (PassResult
 		}
 	} else {
 		res, err = e.pop3Pass(ctx, acct, password)
+	}
+	if err == nil {
+		err = e.copySieve(ctx, acct, password)
 	}
 	if err != nil && ctx.Err() != nil && !errors.Is(err, ctx.Err()) {
 		err = fmt.Errorf("%w (%v)", ctx.Err(), err)

@@ -108,6 +108,10 @@ type Legacy struct {
 	// authenticated session, until outbound.relay is set or the legacy
 	// server is retired. Default address empty, tls "starttls".
 	Submission Endpoint `koanf:"submission"`
+	// ManageSieve is the legacy ManageSieve server (RFC 5804, usually
+	// port 4190): captures copy each account's Sieve scripts from it.
+	// Empty: none, and no scripts are copied.
+	ManageSieve Endpoint `koanf:"managesieve"`
 	// TLSVerify verifies the legacy server's certificates. Default true.
 	TLSVerify bool `koanf:"tls_verify"`
 	// Timeout bounds every single exchange with the legacy server.
@@ -366,7 +370,7 @@ func Default() Config {
 			IMAP:       Endpoint{TLS: "starttls"},
 			POP3:       Endpoint{TLS: "starttls"},
 			SMTP:       SMTPEndpoint{TLS: "starttls", Protocol: "smtp"},
-			Submission: Endpoint{TLS: "starttls"},
+			Submission: Endpoint{TLS: "starttls"}, ManageSieve: Endpoint{TLS: "starttls"},
 			TLSVerify:  true,
 			Timeout:    60 * time.Second,
 			Master:     Master{Style: "separator", Separator: "*"},

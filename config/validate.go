@@ -93,6 +93,8 @@ func (c *Config) Validate() error {
 	v.address("listen.submissions", c.Listen.Submissions, false)
 	v.address("legacy.submission.address", c.Legacy.Submission.Address, true)
 	v.oneOf("legacy.submission.tls", c.Legacy.Submission.TLS, "none", "starttls", "implicit")
+	v.address("legacy.managesieve.address", c.Legacy.ManageSieve.Address, true)
+	v.oneOf("legacy.managesieve.tls", c.Legacy.ManageSieve.TLS, "none", "starttls", "implicit")
 	v.address("outbound.relay.address", c.Outbound.Relay.Address, true)
 	v.oneOf("outbound.relay.tls", c.Outbound.Relay.TLS, "none", "starttls", "implicit")
 	if r := c.Outbound.Relay; r.Username != "" {

@@ -62,6 +62,14 @@ type Options struct {
 	// RecipientDelimiter is Dovecot's recipient_delimiter (LMTP takes
 	// bob+lists@ for bob@). Default none.
 	RecipientDelimiter string
+	// Sieve turns on Pigeonhole (Debian's dovecot-sieve and
+	// dovecot-managesieved): LMTP deliveries run each user's active
+	// Sieve script, and a ManageSieve listener (ManageSieveAddr) keeps
+	// the scripts; replies and redirects go to SubmissionHost.
+	Sieve bool
+	// SubmissionHost ("127.0.0.1:port") is where Sieve's vacation
+	// replies and redirects are sent (Dovecot's submission_host).
+	SubmissionHost string
 }
 
 // MaildirDelivery is where an MTA delivering straight into the users'
@@ -80,6 +88,8 @@ type Dovecot struct {
 	// AuthAddr is Dovecot's authentication service (its auth protocol,
 	// as an MTA's SASL uses it: Postfix's smtpd_sasl_type = dovecot).
 	AuthAddr string
+	// ManageSieveAddr is the ManageSieve listener (Options.Sieve).
+	ManageSieveAddr string
 	// IMAPSAddr and POP3SAddr are the implicit-TLS listeners (TLS only).
 	IMAPSAddr string
 	POP3SAddr string
@@ -136,7 +146,7 @@ func Start(t testing.TB, opts Options) *Dovecot {
 	}
 	var lastErr error
 	for attempt := 0; attempt < 5; attempt++ {
-		ports, err := freePorts(6)
+		ports, err := freePorts(7)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -144,6 +154,9 @@ func Start(t testing.TB, opts Options) *Dovecot {
 		d.POP3Addr = fmt.Sprintf("127.0.0.1:%d", ports[1])
 		d.LMTPAddr = fmt.Sprintf("127.0.0.1:%d", ports[2])
 		d.AuthAddr = fmt.Sprintf("127.0.0.1:%d", ports[5])
+		if opts.Sieve {
+			d.ManageSieveAddr = fmt.Sprintf("127.0.0.1:%d", ports[6])
+		}
 		if opts.TLS {
 			d.IMAPSAddr = fmt.Sprintf("127.0.0.1:%d", ports[3])
 			d.POP3SAddr = fmt.Sprintf("127.0.0.1:%d", ports[4])
@@ -226,6 +239,25 @@ passdb {
 	if d.Options.DefaultRealm != "" {
 		realm = "auth_default_realm = " + d.Options.DefaultRealm
 	}
+	protocols, sieve := "imap pop3 lmtp", ""
+	if d.Options.Sieve {
+		protocols += " sieve"
+		sieve = fmt.Sprintf(`postmaster_address = postmaster@example.org
+submission_host = %s
+protocol lmtp {
+  mail_plugins = $mail_plugins sieve
+}
+plugin {
+  sieve = file:~/sieve;active=~/.dovecot.sieve
+}
+service managesieve-login {
+  inet_listener sieve {
+    address = 127.0.0.1
+    port = %d
+  }
+}
+`, d.Options.SubmissionHost, ports[6])
+	}
 	fsync := "never"
 	if d.Options.Fsync {
 		fsync = "optimized"
@@ -235,7 +267,7 @@ base_dir = %[1]s/run
 state_dir = %[1]s/state
 log_path = %[1]s/dovecot.log
 info_log_path = %[1]s/dovecot.log
-protocols = imap pop3 lmtp
+protocols = %[20]s
 listen = 127.0.0.1
 %[13]s
 disable_plaintext_auth = no
@@ -303,7 +335,8 @@ service auth {
     port = %[19]d
   }
 }
-%[16]s`, d.Dir, fsync, d.mailUID, d.mailGID, d.Options.Separator, d.Options.Prefix, specialUse, ports[0], ports[1], ports[2], uidlFormat, master, ssl, imapsPort, pop3sPort, many, d.Options.RecipientDelimiter, realm, ports[5])
+%[16]s
+%[21]s`, d.Dir, fsync, d.mailUID, d.mailGID, d.Options.Separator, d.Options.Prefix, specialUse, ports[0], ports[1], ports[2], uidlFormat, master, ssl, imapsPort, pop3sPort, many, d.Options.RecipientDelimiter, realm, ports[5], protocols, sieve)
 	if err := os.WriteFile(d.configPath(), []byte(conf), 0o644); err != nil {
 		return err
 	}
@@ -313,7 +346,11 @@ service auth {
 		return err
 	}
 	// Implicit-TLS ports do not greet in clear.
-	if err := awaitGreetings(cmd, "dovecot", d.IMAPAddr, d.POP3Addr, d.LMTPAddr); err != nil {
+	addrs := []string{d.IMAPAddr, d.POP3Addr, d.LMTPAddr}
+	if d.ManageSieveAddr != "" {
+		addrs = append(addrs, d.ManageSieveAddr)
+	}
+	if err := awaitGreetings(cmd, "dovecot", addrs...); err != nil {
 		return err
 	}
 	d.cmd = cmd
@@ -586,4 +623,30 @@ func (d *Dovecot) makeCertificate() error {
 	d.CertPool = x509.NewCertPool()
 	d.CertPool.AddCert(cert)
 	return nil
+}
+
+// PutSieve stores a Sieve script for a user (Options.Sieve) as
+// ManageSieve would: ~/sieve/NAME.sieve, and, when active, the
+// ~/.dovecot.sieve link to it.
+func (d *Dovecot) PutSieve(t testing.TB, user, name string, script []byte, active bool) {
+	t.Helper()
+	home := filepath.Join(d.Dir, "home", user)
+	dir := filepath.Join(home, "sieve")
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	path := filepath.Join(dir, name+".sieve")
+	if err := os.WriteFile(path, script, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if active {
+		link := filepath.Join(home, ".dovecot.sieve")
+		os.Remove(link)
+		if err := os.Symlink(filepath.Join("sieve", name+".sieve"), link); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for _, p := range []string{home, dir, path, filepath.Join(home, ".dovecot.sieve")} {
+		os.Lchown(p, d.mailUID, d.mailGID)
+	}
 }

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Installs the Debian packages the integration tests run against (a real
-# Dovecot as the legacy server; mbsync, fetchmail, swaks and Python as
+# Dovecot with Pigeonhole as the legacy server; mbsync, fetchmail, swaks and Python as
 # clients; Postfix as the legacy MTA; Cyrus IMAP as a second legacy
 # server), only when missing.
 set -euo pipefail
@@ -9,6 +9,8 @@ command -v dovecot >/dev/null 2>&1 || need+=(dovecot-imapd dovecot-pop3d dovecot
 [ -x /usr/lib/dovecot/imap ] || need+=(dovecot-imapd)
 [ -x /usr/lib/dovecot/pop3 ] || need+=(dovecot-pop3d)
 [ -x /usr/lib/dovecot/lmtp ] || need+=(dovecot-lmtpd)
+[ -e /usr/lib/dovecot/modules/lib90_sieve_plugin.so ] || need+=(dovecot-sieve) # Pigeonhole: the legacy users' Sieve filters
+[ -x /usr/lib/dovecot/managesieve ] || need+=(dovecot-managesieved) # and their ManageSieve service
 command -v mbsync >/dev/null 2>&1 || need+=(isync)
 command -v fetchmail >/dev/null 2>&1 || need+=(fetchmail)
 command -v python3 >/dev/null 2>&1 || need+=(python3)

@@ -203,6 +203,21 @@ DROP TABLE spool;
 ALTER TABLE spool_v9 RENAME TO spool;
 CREATE INDEX spool_due ON spool (route, next_attempt_at);
 `,
+	// 10: each account's Sieve scripts, as the legacy ManageSieve server
+	// kept them (byte-exact) or as the user stores them here; what the
+	// capture found of them; the last error of the active script.
+	`
+CREATE TABLE sieve_scripts (
+	account_id INTEGER NOT NULL REFERENCES accounts(id) ON DELETE CASCADE,
+	name       TEXT NOT NULL,
+	script     BLOB NOT NULL,
+	active     INTEGER NOT NULL DEFAULT 0,
+	updated_at INTEGER NOT NULL,
+	PRIMARY KEY (account_id, name)
+);
+ALTER TABLE accounts ADD COLUMN sieve_source TEXT NOT NULL DEFAULT '';
+ALTER TABLE accounts ADD COLUMN sieve_error TEXT NOT NULL DEFAULT '';
+`,
 }
 
 // checkVersion checks that a store opened beside its owner has the schema

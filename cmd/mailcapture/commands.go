@@ -98,6 +98,7 @@ func printConfig(env *environment, c config.Config) {
 		{"legacy.pop3", fmt.Sprintf("%s (tls %s)", orNone(c.Legacy.POP3.Address), c.Legacy.POP3.TLS)},
 		{"legacy.smtp", fmt.Sprintf("%s (%s, tls %s)", orNone(c.Legacy.SMTP.Address), c.Legacy.SMTP.Protocol, c.Legacy.SMTP.TLS)},
 		{"legacy.submission", fmt.Sprintf("%s (tls %s)", orNone(c.Legacy.Submission.Address), c.Legacy.Submission.TLS)},
+		{"legacy.managesieve", fmt.Sprintf("%s (tls %s)", orNone(c.Legacy.ManageSieve.Address), c.Legacy.ManageSieve.TLS)},
 		{"outbound.relay", fmt.Sprintf("%s (tls %s)", orNone(c.Outbound.Relay.Address), c.Outbound.Relay.TLS)},
 		{"legacy.tls_verify", fmt.Sprint(c.Legacy.TLSVerify)}, {"legacy.timeout", c.Legacy.Timeout.String()},
 		{"legacy.retired", fmt.Sprint(c.Legacy.Retired)},

@@ -1,0 +1,122 @@
+package store
+
+import (
+	"context"
+	"database/sql"
+	"errors"
+	"fmt"
+	"time"
+)
+
+// SieveScript is one of an account's Sieve scripts.
+type SieveScript struct {
+	Name   string
+	Script []byte
+	Active bool
+}
+
+// SieveSource says where an account's scripts came from.
+type SieveSource string
+
+// The sources.
+const (
+	// SieveUnknown: no capture looked yet.
+	SieveUnknown SieveSource = ""
+	// SieveNone: the legacy server offers no ManageSieve; nothing to copy.
+	SieveNone SieveSource = "none"
+	// SieveCopied: copied from the legacy ManageSieve server.
+	SieveCopied SieveSource = "copied"
+)
+
+// SieveScripts returns an account's scripts, by name.
+func (s *Store) SieveScripts(ctx context.Context, accountID int64) ([]SieveScript, error) {
+	rows, err := s.read.QueryContext(ctx, "SELECT name, script, active FROM sieve_scripts WHERE account_id = ? ORDER BY name", accountID)
+	if err != nil {
+		return nil, fmt.Errorf("sieve scripts: %w", err)
+	}
+	defer rows.Close()
+	var out []SieveScript
+	for rows.Next() {
+		var sc SieveScript
+		if err := rows.Scan(&sc.Name, &sc.Script, &sc.Active); err != nil {
+			return nil, fmt.Errorf("sieve scripts: %w", err)
+		}
+		out = append(out, sc)
+	}
+	return out, rows.Err()
+}
+
+// ActiveSieveScript returns an account's active script, or ErrNotFound
+// when none is active.
+func (s *Store) ActiveSieveScript(ctx context.Context, accountID int64) (SieveScript, error) {
+	sc := SieveScript{Active: true}
+	err := s.read.QueryRowContext(ctx, "SELECT name, script FROM sieve_scripts WHERE account_id = ? AND active = 1", accountID).Scan(&sc.Name, &sc.Script)
+	if errors.Is(err, sql.ErrNoRows) {
+		return sc, ErrNotFound
+	}
+	if err != nil {
+		return sc, fmt.Errorf("active sieve script: %w", err)
+	}
+	return sc, nil
+}
+
+// ReplaceSieveScripts makes an account's scripts exactly these (at most
+// one active), with their source, in one transaction: a capture pass
+// copies the legacy server's set whole.
+func (s *Store) ReplaceSieveScripts(ctx context.Context, accountID int64, scripts []SieveScript, source SieveSource) error {
+	active := 0
+	for _, sc := range scripts {
+		if sc.Active {
+			active++
+		}
+	}
+	if active > 1 {
+		return fmt.Errorf("replace sieve scripts: %d active, at most one may be", active)
+	}
+	now := time.Now().Unix()
+	err := s.writeTx(ctx, func(tx *sql.Tx) error {
+		if _, err := tx.ExecContext(ctx, "DELETE FROM sieve_scripts WHERE account_id = ?", accountID); err != nil {
+			return err
+		}
+		for _, sc := range scripts {
+			if _, err := tx.ExecContext(ctx, "INSERT INTO sieve_scripts (account_id, name, script, active, updated_at) VALUES (?, ?, ?, ?, ?)",
+				accountID, sc.Name, sc.Script, sc.Active, now); err != nil {
+				return err
+			}
+		}
+		_, err := tx.ExecContext(ctx, "UPDATE accounts SET sieve_source = ? WHERE id = ?", source, accountID)
+		return err
+	})
+	if err != nil {
+		return fmt.Errorf("replace sieve scripts: %w", err)
+	}
+	return nil
+}
+
+// SieveState returns where an account's scripts came from and the last
+// error of its active script ("" when it last ran fine).
+func (s *Store) SieveState(ctx context.Context, accountID int64) (SieveSource, string, error) {
+	var src SieveSource
+	var lastErr string
+	err := s.read.QueryRowContext(ctx, "SELECT sieve_source, sieve_error FROM accounts WHERE id = ?", accountID).Scan(&src, &lastErr)
+	if errors.Is(err, sql.ErrNoRows) {
+		return "", "", ErrNotFound
+	}
+	if err != nil {
+		return "", "", fmt.Errorf("sieve state: %w", err)
+	}
+	return src, lastErr, nil
+}
+
+// SetSieveError records the last error of an account's active script
+// ("" clears it).
+func (s *Store) SetSieveError(ctx context.Context, accountID int64, msg string) error {
+	err := s.writeTx(ctx, func(tx *sql.Tx) error {
+		_, err := tx.ExecContext(ctx, "UPDATE accounts SET sieve_error = ? WHERE id = ? AND sieve_error != ?", msg, accountID, msg)
+		return err
+	})
+	if err != nil {
+		return fmt.Errorf("set sieve error: %w", err)
+	}
+	return nil
+}
