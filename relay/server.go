@@ -46,6 +46,9 @@ type Backend struct {
 	// nothing is relayed or checked there, and a recipient that reaches
 	// no captured account is refused (550 5.1.1).
 	Retired func() bool
+	// Filters, if set, runs captured accounts' Sieve scripts at local
+	// delivery.
+	Filters *Filters
 	// Outbound says an outbound relay is configured (Queue.Outbound):
 	// once the legacy server is retired, alias targets outside the
 	// domains are spooled for it rather than dropped.
@@ -441,9 +444,8 @@ func (s *session) Data(r io.Reader) error {
 	var queueID int64
 	if err == nil {
 		var dests []store.Destination
-		if dests, err = s.destinations(ctx); err == nil {
-			var done []store.Delivered
-			done, err = s.b.Store.Deliver(ctx, s.from, dests, body)
+		var done []store.Delivered
+		if dests, done, err = s.b.deliver(ctx, s.log, s.from, s.plan(), body); err == nil {
 			for i, d := range dests {
 				if err == nil && d.Route == store.RouteLegacy {
 					queueID = done[i].SpoolID
@@ -556,17 +558,19 @@ func (b *Backend) receivedFor(helo string, remote net.Addr, authenticated bool) 
 // transaction (store.Deliver): each local account's INBOX once, one
 // spool entry per account held for its cut-over, one spool entry for the
 // legacy server with every address relayed there.
-func (s *session) destinations(ctx context.Context) ([]store.Destination, error) {
+func (s *session) plan() *deliveryPlan {
 	var p deliveryPlan
 	for _, t := range s.targets {
 		p.add(t)
 	}
-	return p.destinations(ctx, s.b.Store)
+	return &p
 }
 
 // deliveryPlan gathers the targets of one message into its destinations.
 type deliveryPlan struct {
-	inboxes  []int64            // accounts, each once
+	inboxes  []int64 // accounts, each once
+	accounts map[int64]store.Account
+	rcpt     map[int64]string   // the address that reached each local account
 	held     map[int64][]string // account → addresses
 	heldIDs  []int64
 	legacy   []string // addresses, each once
@@ -578,6 +582,10 @@ func (p *deliveryPlan) add(t target) {
 	case routeLocal:
 		if !slices.Contains(p.inboxes, t.account.ID) {
 			p.inboxes = append(p.inboxes, t.account.ID)
+			if p.accounts == nil {
+				p.accounts, p.rcpt = map[int64]store.Account{}, map[int64]string{}
+			}
+			p.accounts[t.account.ID], p.rcpt[t.account.ID] = t.account, t.address
 		}
 	case routeHold:
 		if p.held == nil {

@@ -478,10 +478,7 @@ func (s *submitSession) store(ctx context.Context, body io.Reader) error {
 	for _, t := range s.targets {
 		p.add(t)
 	}
-	dests, err := p.destinations(ctx, s.b.MX.Store)
-	if err == nil {
-		_, err = s.b.MX.Store.Deliver(ctx, s.from, dests, body)
-	}
+	_, _, err := s.b.MX.deliver(ctx, s.log, s.from, &p, body)
 	if errors.Is(err, smtp.ErrDataTooLarge) {
 		return smtp.ErrDataTooLarge
 	}

@@ -22,6 +22,9 @@ type Destination struct {
 	AccountID int64
 	// To are the spool entry's recipients.
 	To []string
+	// Flags are the message's flags and keywords in MailboxID (a Sieve
+	// script's imap4flags).
+	Flags []string
 }
 
 // Delivered tells where each copy of a delivered message went, in the
@@ -142,12 +145,12 @@ func (s *Store) deliverBody(ctx context.Context, ids *idSource, from string, bd 
 				}
 				if _, err := tx.ExecContext(ctx, `INSERT INTO messages
 					(id, mailbox_id, uid, legacy_uid, internal_date, internal_tz, size, flags, pop3_uidl, sha256, message_id, structure)
-					VALUES (?, ?, ?, NULL, ?, ?, ?, '', NULL, ?, ?, ?)`,
-					id, d.MailboxID, uid, date.Unix(), offset, bd.size, bd.sum[:], bd.messageID, bd.structure); err != nil {
+					VALUES (?, ?, ?, NULL, ?, ?, ?, ?, NULL, ?, ?, ?)`,
+					id, d.MailboxID, uid, date.Unix(), offset, bd.size, formatFlags(d.Flags), bd.sum[:], bd.messageID, bd.structure); err != nil {
 					return err
 				}
 				out[i] = Delivered{UID: uid}
-				added = append(added, Message{ID: id, MailboxID: d.MailboxID, UID: uid, InternalDate: date.In(zoneFor(offset)), Size: bd.size})
+				added = append(added, Message{ID: id, MailboxID: d.MailboxID, UID: uid, InternalDate: date.In(zoneFor(offset)), Size: bd.size, Flags: normalizeFlags(d.Flags)})
 				continue
 			}
 			if len(d.To) == 0 {

@@ -204,8 +204,9 @@ ALTER TABLE spool_v9 RENAME TO spool;
 CREATE INDEX spool_due ON spool (route, next_attempt_at);
 `,
 	// 10: each account's Sieve scripts, as the legacy ManageSieve server
-	// kept them (byte-exact) or as the user stores them here; what the
-	// capture found of them; the last error of the active script.
+	// kept them (byte-exact) or as the user stores them here; who each
+	// vacation reply answered, when; what the capture found of them; the
+	// last error of the active script.
 	`
 CREATE TABLE sieve_scripts (
 	account_id INTEGER NOT NULL REFERENCES accounts(id) ON DELETE CASCADE,
@@ -214,6 +215,13 @@ CREATE TABLE sieve_scripts (
 	active     INTEGER NOT NULL DEFAULT 0,
 	updated_at INTEGER NOT NULL,
 	PRIMARY KEY (account_id, name)
+);
+CREATE TABLE sieve_vacation (
+	account_id INTEGER NOT NULL REFERENCES accounts(id) ON DELETE CASCADE,
+	handle     TEXT NOT NULL,
+	sender     TEXT NOT NULL COLLATE NOCASE,
+	sent_at    INTEGER NOT NULL,
+	PRIMARY KEY (account_id, handle, sender)
 );
 ALTER TABLE accounts ADD COLUMN sieve_source TEXT NOT NULL DEFAULT '';
 ALTER TABLE accounts ADD COLUMN sieve_error TEXT NOT NULL DEFAULT '';

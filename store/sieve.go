@@ -120,3 +120,30 @@ func (s *Store) SetSieveError(ctx context.Context, accountID int64, msg string) 
 	}
 	return nil
 }
+
+// VacationAnswered tells whether the account's vacation reply under
+// handle answered sender after since (RFC 5230 4.2: one reply per sender
+// per period, remembered across restarts).
+func (s *Store) VacationAnswered(ctx context.Context, accountID int64, handle, sender string, since time.Time) (bool, error) {
+	var n int
+	err := s.read.QueryRowContext(ctx, "SELECT count(*) FROM sieve_vacation WHERE account_id = ? AND handle = ? AND sender = ? AND sent_at > ?",
+		accountID, handle, sender, since.Unix()).Scan(&n)
+	if err != nil {
+		return false, fmt.Errorf("vacation answered: %w", err)
+	}
+	return n > 0, nil
+}
+
+// RecordVacation remembers that the reply under handle answered sender
+// at at.
+func (s *Store) RecordVacation(ctx context.Context, accountID int64, handle, sender string, at time.Time) error {
+	err := s.writeTx(ctx, func(tx *sql.Tx) error {
+		_, err := tx.ExecContext(ctx, `INSERT INTO sieve_vacation (account_id, handle, sender, sent_at) VALUES (?, ?, ?, ?)
+			ON CONFLICT (account_id, handle, sender) DO UPDATE SET sent_at = excluded.sent_at`, accountID, handle, sender, at.Unix())
+		return err
+	})
+	if err != nil {
+		return fmt.Errorf("record vacation: %w", err)
+	}
+	return nil
+}

@@ -461,7 +461,8 @@ func (s *server) start(schedCtx context.Context, schedDone chan struct{}) error 
 	if smtpUsed {
 		backend := &relay.Backend{Store: s.st, Domains: cfg.Domains, Directory: dir, Retired: router.Retired, Legacy: legacy, Hostname: cfg.Hostname,
 			MaxHops: cfg.SMTP.MaxHops, DataTimeout: cfg.SMTP.DataTimeout, Observer: m.Traffic, Spooled: queue.Wake, Log: log,
-			Outbound: queue.Outbound != nil}
+			Outbound: queue.Outbound != nil,
+			Filters:  &relay.Filters{Store: s.st, Delimiter: cfg.SMTP.RecipientDelimiter, Hostname: cfg.Hostname, Log: log}}
 		newServer := func(b smtp.Backend) *smtp.Server {
 			srv := smtp.NewServer(b)
 			srv.Domain = cfg.Hostname
