@@ -50,6 +50,8 @@ type Config struct {
 	// Submission tunes the submission front end (listen.submission,
 	// listen.submissions).
 	Submission Submission `koanf:"submission"`
+	// Sieve bounds users' Sieve scripts.
+	Sieve Sieve `koanf:"sieve"`
 	// Outbound is how mail for other domains leaves once mailcapture
 	// sends it itself.
 	Outbound Outbound `koanf:"outbound"`
@@ -203,6 +205,9 @@ type Listen struct {
 	// Submissions is mail submission over implicit TLS (usually :465);
 	// needs tls.cert.
 	Submissions string `koanf:"submissions"`
+	// ManageSieve is where users edit their Sieve scripts (RFC 5804,
+	// usually :4190), with STARTTLS.
+	ManageSieve string `koanf:"managesieve"`
 	// HTTP serves /metrics, /healthz, /readyz and /status.
 	HTTP string `koanf:"http"`
 }
@@ -313,6 +318,15 @@ type Submission struct {
 	MaxMessagesPerHour int `koanf:"max_messages_per_hour"`
 }
 
+// Sieve bounds the Sieve scripts users keep here.
+type Sieve struct {
+	// MaxScripts is how many scripts one account may keep. Default 20.
+	MaxScripts int `koanf:"max_scripts"`
+	// MaxScriptBytes is the largest script (at most 1 MiB). Default
+	// 1048576.
+	MaxScriptBytes int `koanf:"max_script_bytes"`
+}
+
 // Outbound is how mail for other domains leaves.
 type Outbound struct {
 	// Relay is the new outbound MTA. Once set (or once the legacy server
@@ -385,6 +399,7 @@ func Default() Config {
 			DataTimeout: 10 * time.Minute, MessageLifetime: 120 * time.Hour, RetryMin: time.Minute, RetryMax: 64 * time.Minute,
 			RecipientDelimiter: "+"},
 		Submission:      Submission{StartsCapture: true, MaxMessagesPerHour: 300},
+		Sieve:           Sieve{MaxScripts: 20, MaxScriptBytes: 1 << 20},
 		Outbound:        Outbound{Relay: OutboundRelay{TLS: "starttls"}},
 		Log:             Log{Level: "info", Format: "text"},
 		ShutdownTimeout: 30 * time.Second,

@@ -174,6 +174,9 @@ func TestBadValues(t *testing.T) {
 		{"relay user without password", "listen:\n", "outbound: {relay: {address: \"127.0.0.1:1587\", username: relay}}\nlisten:\n", "outbound.relay.password_file", "required with outbound.relay.username"},
 		{"relay tls mode", "listen:\n", "outbound: {relay: {address: \"127.0.0.1:1587\", tls: maybe}}\nlisten:\n", "outbound.relay.tls", `"maybe" is not one of`},
 		{"submission rate", "listen:\n", "submission: {max_messages_per_hour: 0}\nlisten:\n", "submission.max_messages_per_hour", "at least 1"},
+		{"sieve size", "listen:\n", "sieve: {max_script_bytes: 2000000}\nlisten:\n", "sieve.max_script_bytes", "at most 1048576"},
+		{"sieve count", "listen:\n", "sieve: {max_scripts: 0}\nlisten:\n", "sieve.max_scripts", "at least 1"},
+		{"managesieve listener", "listen:\n", "listen:\n  managesieve: \"localhost-4190\"\n", "listen.managesieve", "not host:port"},
 		{"trusted network", "listen:\n", "trusted_networks: [10.0.0.0/33]\nlisten:\n", "trusted_networks[0]", "not a CIDR"},
 	}
 	for _, tc := range cases {

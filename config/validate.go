@@ -105,6 +105,12 @@ func (c *Config) Validate() error {
 		}
 	}
 	v.atLeast("submission.max_messages_per_hour", c.Submission.MaxMessagesPerHour, 1)
+	v.address("listen.managesieve", c.Listen.ManageSieve, false)
+	v.atLeast("sieve.max_scripts", c.Sieve.MaxScripts, 1)
+	v.atLeast("sieve.max_script_bytes", c.Sieve.MaxScriptBytes, 1)
+	if c.Sieve.MaxScriptBytes > 1<<20 {
+		v.add("sieve.max_script_bytes", "at most 1048576 (1 MiB)")
+	}
 	v.address("listen.http", c.Listen.HTTP, false)
 
 	v.tlsFiles(c.TLS)

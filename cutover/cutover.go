@@ -42,6 +42,9 @@ type Cutover struct {
 	// IMAP and POP3 end the proxied sessions (either may be nil).
 	IMAP Proxies
 	POP3 Proxies
+	// Sieve ends the proxied ManageSieve sessions (may be nil): a script
+	// stored through one after the final sync would be lost.
+	Sieve Proxies
 	// IMAPWait bounds the wait for a command boundary. Default 10s.
 	IMAPWait time.Duration
 	// POP3Grace is how long proxied POP3 sessions may go on. Default 30s.
@@ -100,6 +103,9 @@ func (c *Cutover) run(ctx context.Context, account, password string) error {
 		wctx, cancel := context.WithTimeout(ctx, orDuration(c.IMAPWait, 10*time.Second))
 		c.IMAP.EndSessions(wctx, account)
 		cancel()
+	}
+	if c.Sieve != nil {
+		c.Sieve.EndSessions(ctx, account)
 	}
 	if c.POP3 != nil {
 		wctx, cancel := context.WithTimeout(ctx, orDuration(c.POP3Grace, 30*time.Second))

@@ -61,7 +61,7 @@ type IMAPFront struct {
 	conns     map[net.Conn]struct{} // not logged in yet
 	closing   bool
 	wg        sync.WaitGroup
-	proxied   sessions
+	proxied   sessions[*proxiedIMAP]
 }
 
 // EndSessions ends the account's proxied sessions at their next command
@@ -477,11 +477,11 @@ func (s *session) login(tag, user, pass string) (done, handedOver bool) {
 	obs.SessionStarted(labels.IMAP, labels.Legacy)
 	defer obs.SessionEnded(labels.IMAP, labels.Legacy)
 	p := newProxiedIMAP(out.Name, s.conn, s.r, legacy, orDuration(s.f.IdleTimeout, 30*time.Minute), orDuration(s.f.WriteTimeout, time.Minute))
-	s.f.proxied.add(p)
+	s.f.proxied.add(p.account, p)
 	s.f.mu.Lock()
 	delete(s.f.conns, s.conn) // ended by p.end at shutdown, at a command boundary
 	s.f.mu.Unlock()
-	defer s.f.proxied.remove(p)
+	defer s.f.proxied.remove(p.account, p)
 	started := time.Now()
 	end := p.run()
 	attrs := []any{"by", end.by, "duration", time.Since(started).Round(time.Millisecond)}

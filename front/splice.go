@@ -297,35 +297,35 @@ func trailingLiteral(line []byte) (int64, bool) {
 }
 
 // sessions tracks the proxied sessions of each account.
-type sessions struct {
+type sessions[T comparable] struct {
 	mu   sync.Mutex
-	byID map[string]map[*proxiedIMAP]struct{}
+	byID map[string]map[T]struct{}
 }
 
-func (s *sessions) add(p *proxiedIMAP) {
+func (s *sessions[T]) add(account string, p T) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if s.byID == nil {
-		s.byID = map[string]map[*proxiedIMAP]struct{}{}
+		s.byID = map[string]map[T]struct{}{}
 	}
-	key := strings.ToLower(p.account)
+	key := strings.ToLower(account)
 	if s.byID[key] == nil {
-		s.byID[key] = map[*proxiedIMAP]struct{}{}
+		s.byID[key] = map[T]struct{}{}
 	}
 	s.byID[key][p] = struct{}{}
 }
 
-func (s *sessions) remove(p *proxiedIMAP) {
+func (s *sessions[T]) remove(account string, p T) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	delete(s.byID[strings.ToLower(p.account)], p)
+	delete(s.byID[strings.ToLower(account)], p)
 }
 
 // all returns every proxied session.
-func (s *sessions) all() []*proxiedIMAP {
+func (s *sessions[T]) all() []T {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	var out []*proxiedIMAP
+	var out []T
 	for _, set := range s.byID {
 		for p := range set {
 			out = append(out, p)
@@ -334,10 +334,11 @@ func (s *sessions) all() []*proxiedIMAP {
 	return out
 }
 
-func (s *sessions) of(account string) []*proxiedIMAP {
+// of returns the account's proxied sessions.
+func (s *sessions[T]) of(account string) []T {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	var out []*proxiedIMAP
+	var out []T
 	for p := range s.byID[strings.ToLower(account)] {
 		out = append(out, p)
 	}

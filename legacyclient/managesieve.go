@@ -27,9 +27,24 @@ type SieveSession struct {
 }
 
 // ErrSieveRefused is a NO from the ManageSieve server to a command other
-// than the login (the script does not exist, it is invalid, ...). Its
-// text follows it.
+// than the login (the script does not exist, it is invalid, ...); the
+// error is a *SieveRefusal with its response code and text.
 var ErrSieveRefused = errors.New("the ManageSieve server refused")
+
+// SieveRefusal is a ManageSieve NO: its response code (NONEXISTENT,
+// ACTIVE, QUOTA/MAXSIZE, ...) and human-readable text.
+type SieveRefusal struct {
+	Code, Text string
+}
+
+func (e *SieveRefusal) Error() string {
+	if e.Code != "" {
+		return fmt.Sprintf("%v: (%s) %s", ErrSieveRefused, e.Code, e.Text)
+	}
+	return fmt.Sprintf("%v: %s", ErrSieveRefused, e.Text)
+}
+
+func (e *SieveRefusal) Unwrap() error { return ErrSieveRefused }
 
 // LoginManageSieve connects, runs STARTTLS when the endpoint says so,
 // and authenticates with SASL PLAIN. A NO to AUTHENTICATE is
@@ -110,6 +125,47 @@ func (s *SieveSession) GetScript(ctx context.Context, name string) ([]byte, erro
 	return []byte(lines[0][0]), nil
 }
 
+// PutScript stores a script (the server checks it first).
+func (s *SieveSession) PutScript(ctx context.Context, name string, body []byte) error {
+	return s.simple(ctx, "PUTSCRIPT "+quoteSieve(name)+" "+literalSieve(body))
+}
+
+// CheckScript asks the server whether a script is valid.
+func (s *SieveSession) CheckScript(ctx context.Context, body []byte) error {
+	return s.simple(ctx, "CHECKSCRIPT "+literalSieve(body))
+}
+
+// SetActive makes a script the active one ("" deactivates all).
+func (s *SieveSession) SetActive(ctx context.Context, name string) error {
+	return s.simple(ctx, "SETACTIVE "+quoteSieve(name))
+}
+
+// DeleteScript deletes a script.
+func (s *SieveSession) DeleteScript(ctx context.Context, name string) error {
+	return s.simple(ctx, "DELETESCRIPT "+quoteSieve(name))
+}
+
+// RenameScript renames a script.
+func (s *SieveSession) RenameScript(ctx context.Context, from, to string) error {
+	return s.simple(ctx, "RENAMESCRIPT "+quoteSieve(from)+" "+quoteSieve(to))
+}
+
+// HaveSpace asks whether a script of size bytes may be stored as name.
+func (s *SieveSession) HaveSpace(ctx context.Context, name string, size int) error {
+	return s.simple(ctx, fmt.Sprintf("HAVESPACE %s %d", quoteSieve(name), size))
+}
+
+func (s *SieveSession) simple(ctx context.Context, line string) error {
+	defer context.AfterFunc(ctx, func() { s.conn.Close() })()
+	_, err := s.command(line)
+	return s.classify(err)
+}
+
+// literalSieve is a non-synchronizing literal (RFC 5804 4).
+func literalSieve(b []byte) string {
+	return fmt.Sprintf("{%d+}\r\n%s", len(b), b)
+}
+
 // Close logs out and closes the connection.
 func (s *SieveSession) Close() error {
 	s.command("LOGOUT")
@@ -138,7 +194,7 @@ func (s *SieveSession) classify(err error) error {
 	case s.conn.TimedOut():
 		return fmt.Errorf("%w: %v", ErrTimeout, err)
 	case errors.As(err, &no) && no.verb == "NO" && !strings.EqualFold(no.code, "TRYLATER"):
-		return fmt.Errorf("%w: %v", ErrSieveRefused, err)
+		return &SieveRefusal{Code: no.code, Text: no.text}
 	case errors.As(err, &no), errors.Is(err, io.EOF), errors.Is(err, io.ErrUnexpectedEOF):
 		return fmt.Errorf("%w: %w", ErrUnavailable, err)
 	}

@@ -147,3 +147,92 @@ func (s *Store) RecordVacation(ctx context.Context, accountID int64, handle, sen
 	}
 	return nil
 }
+
+// PutSieveScript stores a script under name, replacing one of that name
+// (which keeps its active mark).
+func (s *Store) PutSieveScript(ctx context.Context, accountID int64, name string, script []byte) error {
+	err := s.writeTx(ctx, func(tx *sql.Tx) error {
+		_, err := tx.ExecContext(ctx, `INSERT INTO sieve_scripts (account_id, name, script, active, updated_at) VALUES (?, ?, ?, 0, ?)
+			ON CONFLICT (account_id, name) DO UPDATE SET script = excluded.script, updated_at = excluded.updated_at`,
+			accountID, name, script, time.Now().Unix())
+		return err
+	})
+	if err != nil {
+		return fmt.Errorf("put sieve script %q: %w", name, err)
+	}
+	return nil
+}
+
+// SetActiveSieveScript makes name the active script ("" deactivates
+// every script); ErrNotFound if there is no such script.
+func (s *Store) SetActiveSieveScript(ctx context.Context, accountID int64, name string) error {
+	err := s.writeTx(ctx, func(tx *sql.Tx) error {
+		if name != "" {
+			var n int
+			if err := tx.QueryRowContext(ctx, "SELECT count(*) FROM sieve_scripts WHERE account_id = ? AND name = ?", accountID, name).Scan(&n); err != nil {
+				return err
+			}
+			if n == 0 {
+				return ErrNotFound
+			}
+		}
+		_, err := tx.ExecContext(ctx, "UPDATE sieve_scripts SET active = (name = ?) WHERE account_id = ?", name, accountID)
+		return err
+	})
+	if err != nil {
+		return fmt.Errorf("set active sieve script %q: %w", name, err)
+	}
+	return nil
+}
+
+// DeleteSieveScript removes a script; ErrNotFound if there is none,
+// ErrSieveActive if it is the active one.
+func (s *Store) DeleteSieveScript(ctx context.Context, accountID int64, name string) error {
+	err := s.writeTx(ctx, func(tx *sql.Tx) error {
+		var active bool
+		err := tx.QueryRowContext(ctx, "SELECT active FROM sieve_scripts WHERE account_id = ? AND name = ?", accountID, name).Scan(&active)
+		switch {
+		case errors.Is(err, sql.ErrNoRows):
+			return ErrNotFound
+		case err != nil:
+			return err
+		case active:
+			return ErrSieveActive
+		}
+		_, err = tx.ExecContext(ctx, "DELETE FROM sieve_scripts WHERE account_id = ? AND name = ?", accountID, name)
+		return err
+	})
+	if err != nil {
+		return fmt.Errorf("delete sieve script %q: %w", name, err)
+	}
+	return nil
+}
+
+// RenameSieveScript renames a script (it stays active if it was);
+// ErrNotFound if there is none, ErrExists if the new name is taken.
+func (s *Store) RenameSieveScript(ctx context.Context, accountID int64, from, to string) error {
+	err := s.writeTx(ctx, func(tx *sql.Tx) error {
+		var n int
+		if err := tx.QueryRowContext(ctx, "SELECT count(*) FROM sieve_scripts WHERE account_id = ? AND name = ?", accountID, to).Scan(&n); err != nil {
+			return err
+		}
+		if n > 0 {
+			return ErrExists
+		}
+		res, err := tx.ExecContext(ctx, "UPDATE sieve_scripts SET name = ?, updated_at = ? WHERE account_id = ? AND name = ?", to, time.Now().Unix(), accountID, from)
+		if err != nil {
+			return err
+		}
+		if n, _ := res.RowsAffected(); n == 0 {
+			return ErrNotFound
+		}
+		return nil
+	})
+	if err != nil {
+		return fmt.Errorf("rename sieve script %q: %w", from, err)
+	}
+	return nil
+}
+
+// ErrSieveActive: the active script cannot be deleted.
+var ErrSieveActive = errors.New("the script is active")

@@ -105,7 +105,7 @@ func printConfig(env *environment, c config.Config) {
 		{"listen.imap", orNone(c.Listen.IMAP)}, {"listen.imaps", orNone(c.Listen.IMAPS)},
 		{"listen.pop3", orNone(c.Listen.POP3)}, {"listen.pop3s", orNone(c.Listen.POP3S)},
 		{"listen.smtp", orNone(c.Listen.SMTP)}, {"listen.submission", orNone(c.Listen.Submission)},
-		{"listen.submissions", orNone(c.Listen.Submissions)}, {"listen.http", orNone(c.Listen.HTTP)},
+		{"listen.submissions", orNone(c.Listen.Submissions)}, {"listen.managesieve", orNone(c.Listen.ManageSieve)}, {"listen.http", orNone(c.Listen.HTTP)},
 		{"tls.cert", orNone(c.TLS.Cert)}, {"tls.key", orNone(c.TLS.Key)},
 		{"password_hash", fmt.Sprintf("argon2id t=%d m=%d KiB p=%d", c.PasswordHash.Time, c.PasswordHash.MemoryKiB, c.PasswordHash.Threads)},
 		{"log", fmt.Sprintf("%s, %s", c.Log.Level, c.Log.Format)},

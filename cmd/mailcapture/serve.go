@@ -23,11 +23,13 @@ import (
 	"mailcapture/imapstore"
 	"mailcapture/labels"
 	"mailcapture/legacyclient"
+	"mailcapture/managesieve"
 	"mailcapture/metrics"
 	"mailcapture/pop3"
 	"mailcapture/pop3store"
 	"mailcapture/relay"
 	"mailcapture/retirement"
+	"mailcapture/sieve"
 	"mailcapture/status"
 	"mailcapture/store"
 	"mailcapture/vault"
@@ -231,6 +233,9 @@ func (s *server) start(schedCtx context.Context, schedDone chan struct{}) error 
 	lim := cfg.Limits
 	s.limiter = &front.LoginLimiter{PerAddress: lim.FailedLoginsPerAddress, PerAccount: lim.FailedLoginsPerAccount, Window: lim.FailedLoginWindow}
 	router := &front.Router{Store: s.st, Mode: cfg.Mode, Naming: engine.Naming, Log: log, Observer: m.Traffic, Limiter: s.limiter}
+	sieveBackend := &front.SieveBackend{Router: router, Store: s.st, Delimiter: cfg.SMTP.RecipientDelimiter,
+		Legacy:     legacyclient.Configured(cfg.Legacy.ManageSieve.Address, cfg.Legacy.ManageSieve.TLS, cfg.Legacy),
+		MaxScripts: cfg.Sieve.MaxScripts, MaxScriptBytes: cfg.Sieve.MaxScriptBytes}
 	s.router = router
 	// The recipients' resolver: naming rules, the alias table, accounts.
 	dir := &addresses.Directory{Naming: engine.Naming, Domains: cfg.Domains, Store: s.st}
@@ -375,7 +380,7 @@ func (s *server) start(schedCtx context.Context, schedDone chan struct{}) error 
 	var cut *cutover.Cutover
 	if cfg.Mode != "shadow" {
 		// A converged, verified account is cut over at once.
-		cut = &cutover.Cutover{Store: s.st, Sync: engine, IMAP: s.imap, POP3: pop3Backend, Log: log}
+		cut = &cutover.Cutover{Store: s.st, Sync: engine, IMAP: s.imap, POP3: pop3Backend, Sieve: sieveBackend, Log: log}
 		if queue != nil {
 			cut.Quiesce = queue.Quiesce
 		}
@@ -454,6 +459,19 @@ func (s *server) start(schedCtx context.Context, schedDone chan struct{}) error 
 	}
 	if imapUsed {
 		s.stops = append(s.stops, s.imap.Shutdown)
+	}
+	if addr := cfg.Listen.ManageSieve; addr != "" {
+		ms := &managesieve.Server{Backend: sieveBackend, TLSConfig: s.tls, Trusted: trusted, Extensions: sieve.Extensions(),
+			MaxScriptBytes: cfg.Sieve.MaxScriptBytes, Log: log}
+		ln, err := net.Listen("tcp", addr)
+		if err != nil {
+			return fmt.Errorf("listen.managesieve %s: %w", addr, err)
+		}
+		ln = connlimit.Listen(ln, conns, `BYE (TRYLATER) "too many connections, try again later"`+"\r\n")
+		go func() { s.errc <- ms.Serve(ln) }()
+		s.stops = append(s.stops, ms.Shutdown)
+		s.addrs["listen.managesieve"] = ln.Addr().String()
+		log.Info("listening", "key", "listen.managesieve", "addr", ln.Addr().String())
 	}
 	if pop3Used {
 		s.stops = append(s.stops, s.pop3.Shutdown)
