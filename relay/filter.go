@@ -124,8 +124,32 @@ type filtered struct {
 // redirect is a copy a script sends on; if it cannot go, it stays in the
 // account's INBOX.
 type redirect struct {
-	to    string
-	inbox int64
+	to      string
+	inbox   int64
+	account string
+}
+
+// redirectedHeader marks a copy a script redirected, as Pigeonhole
+// does: a message that comes back with the account's mark is not
+// redirected again.
+const redirectedHeader = "X-Sieve-Redirected-From"
+
+func redirectedBy(hdr textproto.MIMEHeader, account string) bool {
+	for _, v := range hdr.Values(redirectedHeader) {
+		if strings.EqualFold(strings.TrimSpace(v), account) {
+			return true
+		}
+	}
+	return false
+}
+
+// headerSection is a message's header, up to and without the blank
+// line.
+func headerSection(raw []byte) []byte {
+	if i := bytes.Index(raw, []byte("\r\n\r\n")); i >= 0 {
+		return raw[:i+2]
+	}
+	return raw
 }
 
 // apply runs each local account's script on the message (raw: all of
@@ -189,12 +213,16 @@ func (f *Filters) apply(ctx context.Context, log *slog.Logger, p *deliveryPlan, 
 			case strings.EqualFold(r, acct.Name) || strings.EqualFold(r, p.rcpt[id]):
 				failures = append(failures, fmt.Sprintf("redirect to %s: the account's own address; kept in INBOX", r))
 				place(inbox.ID, nil)
+			case redirectedBy(hdr, acct.Name):
+				// Loop guard: this account redirected the message before.
+				failures = append(failures, fmt.Sprintf("redirect to %s: the message was redirected by this account before (a loop); kept in INBOX", r))
+				place(inbox.ID, nil)
 			default:
-				out.redirects = append(out.redirects, redirect{to: r, inbox: inbox.ID})
+				out.redirects = append(out.redirects, redirect{to: r, inbox: inbox.ID, account: acct.Name})
 			}
 		}
 		if o.Reject != "" && from != "" {
-			out.generated = append(out.generated, generated{account: acct.Name, to: from, body: f.rejection(acct.Name, from, hdr, o.Reject)})
+			out.generated = append(out.generated, generated{account: acct.Name, to: from, body: f.rejection(acct.Name, from, hdr, headerSection(raw), o.Reject)})
 		}
 		if v := o.Vacation; v != nil {
 			g, why, err := f.vacation(ctx, acct, p.rcpt[id], from, hdr, v)
@@ -299,12 +327,15 @@ func (f *Filters) vacation(ctx context.Context, acct store.Account, rcpt, from s
 		subject = "Auto: " + decodedSubject(hdr.Get("Subject"))
 	}
 	var b bytes.Buffer
+	if a, err := mail.ParseAddress(replyFrom); err == nil && a.Name == "" {
+		replyFrom = "<" + a.Address + ">"
+	}
 	fmt.Fprintf(&b, "From: %s\r\nTo: <%s>\r\nSubject: %s\r\nDate: %s\r\nMessage-ID: %s\r\n", replyFrom, from, encodeHeader(subject),
 		now.Format(time.RFC1123Z), f.messageID())
 	if id := strings.TrimSpace(hdr.Get("Message-Id")); id != "" {
 		fmt.Fprintf(&b, "In-Reply-To: %s\r\nReferences: %s\r\n", id, strings.TrimSpace(hdr.Get("References")+" "+id))
 	}
-	b.WriteString("Auto-Submitted: auto-replied (vacation)\r\nPrecedence: bulk\r\nMIME-Version: 1.0\r\n")
+	b.WriteString("Auto-Submitted: auto-replied (vacation)\r\nPrecedence: bulk\r\nX-Auto-Response-Suppress: All\r\nMIME-Version: 1.0\r\n")
 	if v.Mime {
 		b.WriteString(strings.ReplaceAll(strings.ReplaceAll(v.Reason, "\r\n", "\n"), "\n", "\r\n"))
 	} else {
@@ -316,20 +347,24 @@ func (f *Filters) vacation(ctx context.Context, acct store.Account, rcpt, from s
 }
 
 // rejection is the notice a reject action sends the sender (RFC 5429
-// 2.1.1: a message disposition notification).
-func (f *Filters) rejection(account, to string, hdr textproto.MIMEHeader, reason string) []byte {
+// 2.1.1: a message disposition notification, from the postmaster of the
+// account's domain, with the rejected message's header).
+func (f *Filters) rejection(account, to string, hdr textproto.MIMEHeader, header []byte, reason string) []byte {
 	boundary := "rejected-" + hex.EncodeToString(random(8))
+	_, domain, _ := strings.Cut(account, "@")
 	var b bytes.Buffer
-	fmt.Fprintf(&b, "From: <%s>\r\nTo: <%s>\r\nSubject: Rejected: %s\r\nDate: %s\r\nMessage-ID: %s\r\n", account, to,
+	fmt.Fprintf(&b, "From: Postmaster <postmaster@%s>\r\nTo: <%s>\r\nSubject: Rejected: %s\r\nDate: %s\r\nMessage-ID: %s\r\n", domain, to,
 		encodeHeader(decodedSubject(hdr.Get("Subject"))), time.Now().Format(time.RFC1123Z), f.messageID())
-	b.WriteString("Auto-Submitted: auto-replied (rejected)\r\nMIME-Version: 1.0\r\n")
+	b.WriteString("Auto-Submitted: auto-replied (rejected)\r\nPrecedence: bulk\r\nMIME-Version: 1.0\r\n")
 	fmt.Fprintf(&b, "Content-Type: multipart/report; report-type=disposition-notification; boundary=%q\r\n\r\n", boundary)
-	fmt.Fprintf(&b, "--%s\r\nContent-Type: text/plain; charset=utf-8\r\n\r\nYour message to <%s> was rejected:\r\n\r\n%s\r\n\r\n", boundary, account, reason)
-	fmt.Fprintf(&b, "--%s\r\nContent-Type: message/disposition-notification\r\n\r\nFinal-Recipient: rfc822; %s\r\n", boundary, account)
+	fmt.Fprintf(&b, "--%s\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Transfer-Encoding: 8bit\r\n\r\nYour message to <%s> was automatically rejected:\r\n%s\r\n", boundary, account, reason)
+	fmt.Fprintf(&b, "--%s\r\nContent-Type: message/disposition-notification\r\n\r\nReporting-UA: %s; mailcapture\r\nFinal-Recipient: rfc822; %s\r\n", boundary, f.Hostname, account)
 	if id := hdr.Get("Message-Id"); id != "" {
 		fmt.Fprintf(&b, "Original-Message-ID: %s\r\n", id)
 	}
-	fmt.Fprintf(&b, "Disposition: automatic-action/MDN-sent-automatically; deleted\r\n\r\n--%s--\r\n", boundary)
+	fmt.Fprintf(&b, "Disposition: automatic-action/MDN-sent-automatically; deleted\r\n\r\n--%s\r\nContent-Type: message/rfc822\r\n\r\n", boundary)
+	b.Write(header)
+	fmt.Fprintf(&b, "\r\n--%s--\r\n", boundary)
 	return b.Bytes()
 }
 
@@ -393,26 +428,33 @@ func (b *Backend) deliver(ctx context.Context, log *slog.Logger, from string, p 
 		return nil, nil, err
 	}
 	dests := append(res.dests, others...)
-	if len(res.redirects) > 0 {
-		var redirected deliveryPlan
-		for _, r := range res.redirects {
-			targets, err := b.routeGenerated(ctx, log, r.to)
-			if err != nil {
-				log.Warn("a Sieve redirect has nowhere to go; the copy stays in INBOX", "to", r.to, "err", err)
-				if !slices.ContainsFunc(dests, func(d store.Destination) bool { return d.MailboxID == r.inbox }) {
-					dests = append(dests, store.Destination{MailboxID: r.inbox})
-				}
-				continue
-			}
-			for _, t := range targets {
-				redirected.add(t)
-			}
+	// Redirected copies carry the account's mark (the loop guard), so
+	// they are bodies of their own, stored before the message: a crash in
+	// between sends a redirect twice at worst, never loses a copy.
+	for _, r := range res.redirects {
+		targets, err := b.routeGenerated(ctx, log, r.to)
+		var p deliveryPlan
+		for _, t := range targets {
+			p.add(t)
 		}
-		more, err := redirected.destinations(ctx, b.Store)
+		var more []store.Destination
+		if err == nil {
+			more, err = p.destinations(ctx, b.Store)
+		}
+		if err == nil {
+			marked := io.MultiReader(strings.NewReader(redirectedHeader+": "+r.account+"\r\n"), bytes.NewReader(raw))
+			_, err = b.Store.Deliver(ctx, from, more, marked)
+		}
 		if err != nil {
-			return nil, nil, err
+			log.Warn("a Sieve redirect could not be sent on; the copy stays in INBOX", "to", r.to, "err", err)
+			if !slices.ContainsFunc(dests, func(d store.Destination) bool { return d.MailboxID == r.inbox }) {
+				dests = append(dests, store.Destination{MailboxID: r.inbox})
+			}
+			continue
 		}
-		dests = append(dests, more...)
+		if len(p.legacy)+len(p.outbound) > 0 && b.Spooled != nil {
+			b.Spooled()
+		}
 	}
 	var done []store.Delivered
 	if len(dests) > 0 {

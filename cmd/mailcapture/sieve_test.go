@@ -22,10 +22,29 @@ import (
 )
 
 // filterScript is the users' Sieve script in TestSieveFiltersAsPigeonhole.
-const filterScript = `require ["fileinto", "imap4flags", "vacation", "envelope", "subaddress", "variables", "copy", "body"];
+const filterScript = `require ["fileinto", "imap4flags", "vacation", "envelope", "subaddress", "variables", "copy", "body", "relational", "comparator-i;ascii-numeric", "reject"];
 # Mailing lists into their folder.
 if header :contains "List-Id" "dev.lists.example.org" {
   fileinto "Lists/dev";
+  stop;
+}
+if address :domain :is "from" "spam.example" {
+  discard;
+  stop;
+}
+if header :contains "Subject" "reject me" {
+  reject "I do not take such mail.";
+  stop;
+}
+if header :value "ge" :comparator "i;ascii-numeric" "X-Spam-Score" "5" {
+  fileinto "Junk";
+  stop;
+}
+if exists "X-Priority" {
+  addflag "\\Flagged";
+}
+if size :over 20K {
+  fileinto "Big";
   stop;
 }
 if header :is "X-Spam-Flag" "YES" {
@@ -48,7 +67,7 @@ vacation :days 1 :subject "Away: ${subject}" "I am away until Monday.";
 // filterCase is one message of the set: its sender, envelope recipient
 // (the user's address, or with "+tag"), and extra header lines.
 type filterCase struct {
-	id, from, tag, extra, body string
+	id, from, tag, extra, body, subject string
 }
 
 var filterCases = []filterCase{
@@ -60,6 +79,11 @@ var filterCases = []filterCase{
 	{id: "spam", from: "eve@example.net", extra: "X-Spam-Flag: YES\r\n"},
 	{id: "redirect", from: "dave@example.net", body: "please redirect-me\r\n"},
 	{id: "daemon", from: "MAILER-DAEMON@example.net"},
+	{id: "discarded", from: "x@spam.example"},
+	{id: "rejected", from: "frank@example.net", subject: "please reject me"},
+	{id: "scored", from: "gina@example.net", extra: "X-Spam-Score: 7\r\n"},
+	{id: "priority", from: "hank@example.net", extra: "X-Priority: 1\r\n"},
+	{id: "big", from: "ida@example.net", body: strings.Repeat("large body line\r\n", 2000)},
 }
 
 func (c filterCase) message(user string) []byte {
@@ -67,7 +91,11 @@ func (c filterCase) message(user string) []byte {
 	if body == "" {
 		body = "hello\r\n"
 	}
-	return fmt.Appendf(nil, "From: <%s>\r\nTo: <%s>\r\nSubject: %s message\r\nMessage-ID: <%s-%s>\r\n%s\r\n%s", c.from, user, c.id, c.id, user, c.extra, body)
+	subject := c.subject
+	if subject == "" {
+		subject = c.id + " message"
+	}
+	return fmt.Appendf(nil, "From: <%s>\r\nTo: <%s>\r\nSubject: %s\r\nMessage-ID: <%s-%s>\r\n%s\r\n%s", c.from, user, subject, c.id, user, c.extra, body)
 }
 
 // landed describes where each message of the set ended up for a user:
@@ -105,15 +133,22 @@ func sentOut(msgs []legacytest.SinkMessage, user string) []string {
 			kind = "reply"
 		}
 		reply := strings.Trim(headerValue(data, "In-Reply-To"), "<>")
-		if kind == "redirect" {
+		switch {
+		case kind == "redirect":
 			reply = strings.Trim(headerValue(data, "Message-ID"), "<>")
+		case reply == "":
+			if m := regexp.MustCompile(`Original-Message-ID: <([^>]*)>`).FindStringSubmatch(data); m != nil {
+				kind, reply = "rejection", m[1]
+			}
 		}
 		reply, ok := strings.CutSuffix(reply, "-"+user)
 		if !ok {
 			continue
 		}
 		auto := strings.Fields(headerValue(data, "Auto-Submitted"))
-		out = append(out, fmt.Sprintf("%s %s to %s: %q %v", kind, reply, strings.Join(m.To, ","), headerValue(data, "Subject"), auto[:min(1, len(auto))]))
+		from := strings.ReplaceAll(headerValue(data, "From"), user, "USER")
+		marks := strings.ReplaceAll(headerValue(data, "X-Sieve-Redirected-From"), user, "USER")
+		out = append(out, fmt.Sprintf("%s %s to %s from %s %s: %q %v", kind, reply, strings.Join(m.To, ","), from, marks, headerValue(data, "Subject"), auto[:min(1, len(auto))]))
 	}
 	slices.Sort(out)
 	return out
@@ -134,7 +169,7 @@ func TestSieveFiltersAsPigeonhole(t *testing.T) {
 	d := legacytest.Start(t, legacytest.Options{TLS: true, Sieve: true, SubmissionHost: legacySink.Addr, RecipientDelimiter: "+"})
 	for _, u := range []string{"vic@example.org", "wes@example.org"} {
 		d.AddUser(t, u, pass)
-		d.Populate(t, u, pass, []legacytest.Folder{{Name: "Lists/dev"}, {Name: "Tagged"}, {Name: "Junk"}})
+		d.Populate(t, u, pass, []legacytest.Folder{{Name: "Lists/dev"}, {Name: "Tagged"}, {Name: "Junk"}, {Name: "Big"}})
 		d.PutSieve(t, u, "rules", []byte(filterScript), true)
 	}
 	send := func(addr string, lmtp bool, user string) {
@@ -163,8 +198,7 @@ func TestSieveFiltersAsPigeonhole(t *testing.T) {
 	// The oracle: Pigeonhole at the legacy server.
 	send(d.LMTPAddr, true, "vic@example.org")
 	legacyLanded := landed(d.Snapshot(t, "vic@example.org", pass), "vic@example.org")
-	t.Logf("Pigeonhole sent %q", sentOut(legacySink.Messages(), "vic@example.org"))
-	legacySent := sentOut(legacySink.Wait(t, 3), "vic@example.org")
+	legacySent := sentOut(legacySink.Wait(t, 5), "vic@example.org")
 
 	// wes is captured (his folders and script) and cut over.
 	certPath, keyPath, _ := writeCertificate(t, t.TempDir())
@@ -182,7 +216,7 @@ func TestSieveFiltersAsPigeonhole(t *testing.T) {
 	smtpAddr := srv.waitFor(regexp.MustCompile(`msg=listening key=listen.smtp addr=(\S+)`))[1]
 	captureByLogin(t, srv, imapAddr, "wes@example.org", pass)
 	send(smtpAddr, false, "wes@example.org")
-	localSent := sentOut(localSink.Wait(t, 3), "wes@example.org")
+	localSent := sentOut(localSink.Wait(t, 5), "wes@example.org")
 	c, err := imapclient.DialInsecure(imapAddr, nil)
 	if err != nil {
 		t.Fatal(err)
@@ -203,8 +237,8 @@ func TestSieveFiltersAsPigeonhole(t *testing.T) {
 	// Nothing more went out for either (Pigeonhole sends during the
 	// LMTP delivery; mailcapture's queue is drained).
 	waitSpool(t, environ, path, 0)
-	if n, m := len(legacySink.Messages()), len(localSink.Messages()); n != 3 || m != 3 {
-		t.Errorf("sent: Pigeonhole %d messages, mailcapture %d, want 3 each", n, m)
+	if n, m := len(legacySink.Messages()), len(localSink.Messages()); n != 5 || m != 5 {
+		t.Errorf("sent: Pigeonhole %d messages, mailcapture %d, want 5 each", n, m)
 	}
 	srv.stop(t)
 }
