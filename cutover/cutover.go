@@ -45,6 +45,9 @@ type Cutover struct {
 	// Sieve ends the proxied ManageSieve sessions (may be nil): a script
 	// stored through one after the final sync would be lost.
 	Sieve Proxies
+	// Place, if set, decides where released held mail goes (the account's
+	// Sieve script); nil: INBOX.
+	Place store.Placer
 	// IMAPWait bounds the wait for a command boundary. Default 10s.
 	IMAPWait time.Duration
 	// POP3Grace is how long proxied POP3 sessions may go on. Default 30s.
@@ -162,7 +165,7 @@ func (c *Cutover) releaseHeld(ctx context.Context, account string) {
 		c.log().Error("held mail could not be delivered at the cut-over; it waits and is delivered later", "account", account, "err", err)
 		return
 	}
-	if n, err := c.Store.ReleaseHeld(ctx, acct.ID); err != nil {
+	if n, err := c.Store.ReleaseHeldPlaced(ctx, acct.ID, c.Place); err != nil {
 		c.log().Error("held mail could not be delivered at the cut-over; it waits and is delivered later", "account", account, "err", err)
 	} else if n > 0 {
 		c.log().Info("held mail delivered", "account", account, "messages", n)
@@ -185,7 +188,7 @@ func (c *Cutover) Recover(ctx context.Context) error {
 	}
 	for _, a := range accounts {
 		if a.State == store.StateCaptured && holding[a.ID] {
-			n, err := c.Store.ReleaseHeld(ctx, a.ID)
+			n, err := c.Store.ReleaseHeldPlaced(ctx, a.ID, c.Place)
 			if err != nil {
 				return fmt.Errorf("deliver the mail held for %s: %w", a.Name, err)
 			}

@@ -428,34 +428,7 @@ func (b *Backend) deliver(ctx context.Context, log *slog.Logger, from string, p 
 		return nil, nil, err
 	}
 	dests := append(res.dests, others...)
-	// Redirected copies carry the account's mark (the loop guard), so
-	// they are bodies of their own, stored before the message: a crash in
-	// between sends a redirect twice at worst, never loses a copy.
-	for _, r := range res.redirects {
-		targets, err := b.routeGenerated(ctx, log, r.to)
-		var p deliveryPlan
-		for _, t := range targets {
-			p.add(t)
-		}
-		var more []store.Destination
-		if err == nil {
-			more, err = p.destinations(ctx, b.Store)
-		}
-		if err == nil {
-			marked := io.MultiReader(strings.NewReader(redirectedHeader+": "+r.account+"\r\n"), bytes.NewReader(raw))
-			_, err = b.Store.Deliver(ctx, from, more, marked)
-		}
-		if err != nil {
-			log.Warn("a Sieve redirect could not be sent on; the copy stays in INBOX", "to", r.to, "err", err)
-			if !slices.ContainsFunc(dests, func(d store.Destination) bool { return d.MailboxID == r.inbox }) {
-				dests = append(dests, store.Destination{MailboxID: r.inbox})
-			}
-			continue
-		}
-		if len(p.legacy)+len(p.outbound) > 0 && b.Spooled != nil {
-			b.Spooled()
-		}
-	}
+	dests = b.sendRedirects(ctx, log, from, res.redirects, raw, dests)
 	var done []store.Delivered
 	if len(dests) > 0 {
 		if done, err = b.Store.Deliver(ctx, from, dests, bytes.NewReader(raw)); err != nil {
@@ -515,4 +488,84 @@ func (b *Backend) routeGenerated(ctx context.Context, log *slog.Logger, to strin
 		return nil, errors.New("no outbound relay is configured and the legacy server is retired")
 	}
 	return b.route(ctx, log, to)
+}
+
+// sendRedirects stores the redirected copies, each marked with its
+// account (the loop guard) and so a body of its own, before the message
+// itself: a crash in between sends a redirect twice at worst, never
+// loses a copy. A redirect that cannot go keeps its copy in the
+// account's INBOX (added to dests).
+func (b *Backend) sendRedirects(ctx context.Context, log *slog.Logger, from string, redirects []redirect, raw []byte, dests []store.Destination) []store.Destination {
+	for _, r := range redirects {
+		targets, err := b.routeGenerated(ctx, log, r.to)
+		var p deliveryPlan
+		for _, t := range targets {
+			p.add(t)
+		}
+		var more []store.Destination
+		if err == nil {
+			more, err = p.destinations(ctx, b.Store)
+		}
+		if err == nil {
+			marked := io.MultiReader(strings.NewReader(redirectedHeader+": "+r.account+"\r\n"), bytes.NewReader(raw))
+			_, err = b.Store.Deliver(ctx, from, more, marked)
+		}
+		if err != nil {
+			log.Warn("a Sieve redirect could not be sent on; the copy stays in INBOX", "to", r.to, "err", err)
+			if !slices.ContainsFunc(dests, func(d store.Destination) bool { return d.MailboxID == r.inbox }) {
+				dests = append(dests, store.Destination{MailboxID: r.inbox})
+			}
+			continue
+		}
+		if len(p.legacy)+len(p.outbound) > 0 && b.Spooled != nil {
+			b.Spooled()
+		}
+	}
+	return dests
+}
+
+// PlaceHeld decides where mail held during an account's cut-over goes
+// once it is released (store.Placer): the account's Sieve script runs on
+// it as on any local delivery.
+func (b *Backend) PlaceHeld(ctx context.Context, e store.SpoolEntry, inbox int64) ([]store.Placement, error) {
+	into := []store.Placement{{MailboxID: inbox}}
+	if b.Filters == nil {
+		return into, nil
+	}
+	acct, err := b.Store.AccountByID(ctx, e.AccountID)
+	if err != nil {
+		return nil, err
+	}
+	p := &deliveryPlan{inboxes: []int64{acct.ID}, accounts: map[int64]store.Account{acct.ID: acct}, rcpt: map[int64]string{acct.ID: acct.Name}}
+	if len(e.To) > 0 {
+		p.rcpt[acct.ID] = e.To[0]
+	}
+	if !b.Filters.active(ctx, p) {
+		return into, nil
+	}
+	f, err := b.Store.OpenSpooled(e.ID)
+	if err != nil {
+		return nil, err
+	}
+	raw, err := io.ReadAll(f)
+	f.Close()
+	if err != nil {
+		return nil, err
+	}
+	log := b.log().With("account", acct.Name)
+	res, err := b.Filters.apply(ctx, log, p, e.From, raw)
+	if err != nil {
+		return nil, err
+	}
+	dests := b.sendRedirects(ctx, log, e.From, res.redirects, raw, res.dests)
+	for _, g := range res.generated {
+		b.sendGenerated(ctx, log, g)
+	}
+	var out []store.Placement
+	for _, d := range dests {
+		if d.MailboxID != 0 {
+			out = append(out, store.Placement{MailboxID: d.MailboxID, Flags: d.Flags})
+		}
+	}
+	return out, nil
 }

@@ -64,3 +64,58 @@ print("DATA", s.data("X-Sieve-Redirected-From: local@example.org\r\nMessage-ID: 
 		t.Fatalf("last error %q", lastErr)
 	}
 }
+
+// TestHeldMailIsFiltered: mail held during a cut-over goes where the
+// account's script says once it is released: filed with its flags, or
+// dropped by a discard.
+func TestHeldMailIsFiltered(t *testing.T) {
+	var mx *Backend
+	f := start(t, func(b *Backend) {
+		b.Filters = &Filters{Store: b.Store, Delimiter: "+"}
+		mx = b
+	})
+	ctx := context.Background()
+	moving, err := f.st.Account(ctx, "moving@example.org")
+	if err != nil {
+		t.Fatal(err)
+	}
+	lists, err := f.st.CreateMailbox(ctx, moving.ID, store.MailboxSpec{Name: "Lists"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	script := `require ["fileinto", "imap4flags"];
+if header :contains "Subject" "drop" { discard; stop; }
+fileinto :flags "\\Flagged" "Lists";`
+	if err := f.st.ReplaceSieveScripts(ctx, moving.ID, []store.SieveScript{{Name: "s", Script: []byte(script), Active: true}}, store.SieveCopied); err != nil {
+		t.Fatal(err)
+	}
+	out := f.smtplib(t, `
+send(["moving@example.org"], "keep@example.net")
+s.mail("a@example.net")
+rcpt("moving@example.org")
+print("DATA", s.data("Message-ID: <gone@example.net>\r\nSubject: drop\r\n\r\nhello\r\n")[0])
+`)
+	if strings.Count(out, "DATA 250") != 2 {
+		t.Fatalf("smtplib said:\n%s", out)
+	}
+	if held, _ := f.st.Held(ctx, moving.ID); len(held) != 2 {
+		t.Fatalf("held: %d, want 2", len(held))
+	}
+	n, err := f.st.ReleaseHeldPlaced(ctx, moving.ID, mx.PlaceHeld)
+	if err != nil || n != 1 {
+		t.Fatalf("release: %d %v, want 1 delivered", n, err)
+	}
+	msgs, err := f.st.Messages(ctx, lists.ID, store.AllUIDs)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(msgs) != 1 || msgs[0].MessageID != "<keep@example.net>" || strings.Join(msgs[0].Flags, " ") != `\Flagged` {
+		t.Fatalf("Lists after the release: %+v", msgs)
+	}
+	if inbox := f.localInbox(t, "moving@example.org"); len(inbox) != 0 {
+		t.Fatalf("INBOX holds %d messages", len(inbox))
+	}
+	if held, _ := f.st.Held(ctx, moving.ID); len(held) != 0 {
+		t.Fatalf("still held: %d", len(held))
+	}
+}

@@ -30,6 +30,9 @@ type Queue struct {
 	// Outbound, if set, is the outbound relay: mail users submitted for
 	// other domains (the outbound spool route) is relayed to it.
 	Outbound *Legacy
+	// Place, if set, decides where held mail it releases goes (the
+	// account's Sieve script); nil: INBOX.
+	Place store.Placer
 	// Retired, if set, tells whether the legacy server is gone: then
 	// spooled mail is not sent there but resolved again, delivered to
 	// the captured accounts it reaches and returned to its sender for the
@@ -241,7 +244,7 @@ func (q *Queue) releaseStranded(ctx context.Context) {
 		return
 	}
 	for _, id := range ids {
-		n, err := q.Store.ReleaseHeld(ctx, id)
+		n, err := q.Store.ReleaseHeldPlaced(ctx, id, q.Place)
 		if err != nil {
 			q.log().Error("held mail of a captured account could not be delivered; it waits", "account_id", id, "err", err)
 			continue
@@ -404,7 +407,7 @@ func (q *Queue) reroute(ctx context.Context, e store.SpoolEntry, log *slog.Logge
 			return nil, err
 		}
 		if acct.State == store.StateCaptured {
-			n, err := q.Store.ReleaseHeld(ctx, id)
+			n, err := q.Store.ReleaseHeldPlaced(ctx, id, q.Place)
 			if err != nil {
 				return nil, err
 			}

@@ -129,6 +129,18 @@ func (s *Store) Account(ctx context.Context, name string) (Account, error) {
 	return a, nil
 }
 
+// AccountByID returns the account with the id.
+func (s *Store) AccountByID(ctx context.Context, id int64) (Account, error) {
+	a, err := scanAccount(s.read.QueryRowContext(ctx, "SELECT "+accountColumns+" FROM accounts WHERE id = ?", id))
+	if errors.Is(err, sql.ErrNoRows) {
+		return Account{}, fmt.Errorf("account %d: %w", id, ErrNotFound)
+	}
+	if err != nil {
+		return Account{}, fmt.Errorf("account %d: %w", id, err)
+	}
+	return a, nil
+}
+
 // Accounts lists every account, by name.
 func (s *Store) Accounts(ctx context.Context) ([]Account, error) {
 	out, err := queryAll(ctx, s.read, scanAccount, "SELECT "+accountColumns+" FROM accounts ORDER BY name")

@@ -333,6 +333,28 @@ func (s *Store) ClearInFlight(id int64) error {
 // Message-ID (brought by the final sync), the held copy is dropped and
 // duplicate is true.
 func (s *Store) DeliverHeld(ctx context.Context, id, mailboxID int64) (uid uint32, duplicate bool, err error) {
+	return s.deliverHeld(ctx, id, mailboxID, nil)
+}
+
+// dropHeld removes a held message a script discarded.
+func (s *Store) dropHeld(ctx context.Context, id int64) error {
+	err := s.writeTx(ctx, func(tx *sql.Tx) error {
+		if _, err := tx.ExecContext(ctx, "DELETE FROM spool WHERE id = ? AND route = 'hold'", id); err != nil {
+			return err
+		}
+		_, err := tx.ExecContext(ctx, "INSERT INTO unlink_queue (blob_id) VALUES (?)", id)
+		return err
+	})
+	if err != nil {
+		return fmt.Errorf("drop held message %d: %w", id, err)
+	}
+	if err := s.unlinkQueued(ctx); err != nil {
+		s.log.Error("the file of a dropped held message could not be removed", "id", id, "err", err)
+	}
+	return nil
+}
+
+func (s *Store) deliverHeld(ctx context.Context, id, mailboxID int64, flags []string) (uid uint32, duplicate bool, err error) {
 	var size int64
 	var date time.Time
 	s.wmu.Lock()
@@ -373,8 +395,8 @@ func (s *Store) DeliverHeld(ctx context.Context, id, mailboxID int64) (uid uint3
 		date = time.Unix(receivedAt, 0).In(zoneFor(offset))
 		if _, err := tx.ExecContext(ctx, `INSERT INTO messages
 			(id, mailbox_id, uid, legacy_uid, internal_date, internal_tz, size, flags, pop3_uidl, sha256, message_id, structure)
-			SELECT id, ?, ?, NULL, received_at, ?, size, '', NULL, sha256, message_id, structure FROM spool WHERE id = ?`,
-			mailboxID, uid, offset, id); err != nil {
+			SELECT id, ?, ?, NULL, received_at, ?, size, ?, NULL, sha256, message_id, structure FROM spool WHERE id = ?`,
+			mailboxID, uid, offset, formatFlags(flags), id); err != nil {
 			return err
 		}
 		if _, err := tx.ExecContext(ctx, "DELETE FROM spool WHERE id = ?", id); err != nil {
@@ -391,7 +413,7 @@ func (s *Store) DeliverHeld(ctx context.Context, id, mailboxID int64) (uid uint3
 		}
 		return 0, true, nil
 	}
-	s.watchers.publish(addedChange(mailboxID, []Message{{ID: id, MailboxID: mailboxID, UID: uid, InternalDate: date, Size: size}}, originOf(ctx)))
+	s.watchers.publish(addedChange(mailboxID, []Message{{ID: id, MailboxID: mailboxID, UID: uid, InternalDate: date, Size: size, Flags: normalizeFlags(flags)}}, originOf(ctx)))
 	return uid, false, nil
 }
 
@@ -399,6 +421,24 @@ func (s *Store) DeliverHeld(ctx context.Context, id, mailboxID int64) (uid uint3
 // the end of its cut-over); messages the final sync already brought (same
 // Message-ID) are dropped.
 func (s *Store) ReleaseHeld(ctx context.Context, accountID int64) (delivered int, err error) {
+	return s.ReleaseHeldPlaced(ctx, accountID, nil)
+}
+
+// Placement is where a released held message goes: a mailbox, with
+// flags.
+type Placement struct {
+	MailboxID int64
+	Flags     []string
+}
+
+// Placer decides where a held message goes (the account's Sieve
+// script): its first placement takes the held message, the others get
+// copies; none drops it. nil places everything in INBOX.
+type Placer func(ctx context.Context, e SpoolEntry, inbox int64) ([]Placement, error)
+
+// ReleaseHeldPlaced is ReleaseHeld with each message's place decided by
+// place.
+func (s *Store) ReleaseHeldPlaced(ctx context.Context, accountID int64, place Placer) (delivered int, err error) {
 	inbox, err := s.MailboxByName(ctx, accountID, "INBOX")
 	if err != nil {
 		return 0, err
@@ -408,7 +448,36 @@ func (s *Store) ReleaseHeld(ctx context.Context, accountID int64) (delivered int
 		return 0, err
 	}
 	for _, h := range held {
-		_, dup, err := s.DeliverHeld(ctx, h.ID, inbox.ID)
+		where := []Placement{{MailboxID: inbox.ID}}
+		if place != nil {
+			if where, err = place(ctx, h, inbox.ID); err != nil {
+				return delivered, err
+			}
+		}
+		if len(where) == 0 {
+			if err := s.dropHeld(ctx, h.ID); err != nil {
+				return delivered, err
+			}
+			continue
+		}
+		if len(where) > 1 {
+			// The extra copies first: a crash in between files one twice
+			// at worst.
+			f, err := s.OpenSpooled(h.ID)
+			if err != nil {
+				return delivered, err
+			}
+			var dests []Destination
+			for _, w := range where[1:] {
+				dests = append(dests, Destination{MailboxID: w.MailboxID, Flags: w.Flags})
+			}
+			_, err = s.Deliver(ctx, h.From, dests, f)
+			f.Close()
+			if err != nil {
+				return delivered, err
+			}
+		}
+		_, dup, err := s.deliverHeld(ctx, h.ID, where[0].MailboxID, where[0].Flags)
 		if errors.Is(err, ErrNotFound) {
 			continue // delivered by a release running beside this one
 		}

@@ -377,10 +377,22 @@ func (s *server) start(schedCtx context.Context, schedDone chan struct{}) error 
 			queue.Outbound = &out
 		}
 	}
+	// The SMTP front end: its routing also places held mail released
+	// after a cut-over (the account's Sieve script).
+	var backend *relay.Backend
+	var place store.Placer
+	if smtpUsed {
+		backend = &relay.Backend{Store: s.st, Domains: cfg.Domains, Directory: dir, Retired: router.Retired, Legacy: legacy, Hostname: cfg.Hostname,
+			MaxHops: cfg.SMTP.MaxHops, DataTimeout: cfg.SMTP.DataTimeout, Observer: m.Traffic, Spooled: queue.Wake, Log: log,
+			Outbound: queue.Outbound != nil,
+			Filters:  &relay.Filters{Store: s.st, Delimiter: cfg.SMTP.RecipientDelimiter, Hostname: cfg.Hostname, Log: log}}
+		place = backend.PlaceHeld
+		queue.Place = place
+	}
 	var cut *cutover.Cutover
 	if cfg.Mode != "shadow" {
 		// A converged, verified account is cut over at once.
-		cut = &cutover.Cutover{Store: s.st, Sync: engine, IMAP: s.imap, POP3: pop3Backend, Sieve: sieveBackend, Log: log}
+		cut = &cutover.Cutover{Store: s.st, Sync: engine, IMAP: s.imap, POP3: pop3Backend, Sieve: sieveBackend, Place: place, Log: log}
 		if queue != nil {
 			cut.Quiesce = queue.Quiesce
 		}
@@ -477,10 +489,6 @@ func (s *server) start(schedCtx context.Context, schedDone chan struct{}) error 
 		s.stops = append(s.stops, s.pop3.Shutdown)
 	}
 	if smtpUsed {
-		backend := &relay.Backend{Store: s.st, Domains: cfg.Domains, Directory: dir, Retired: router.Retired, Legacy: legacy, Hostname: cfg.Hostname,
-			MaxHops: cfg.SMTP.MaxHops, DataTimeout: cfg.SMTP.DataTimeout, Observer: m.Traffic, Spooled: queue.Wake, Log: log,
-			Outbound: queue.Outbound != nil,
-			Filters:  &relay.Filters{Store: s.st, Delimiter: cfg.SMTP.RecipientDelimiter, Hostname: cfg.Hostname, Log: log}}
 		newServer := func(b smtp.Backend) *smtp.Server {
 			srv := smtp.NewServer(b)
 			srv.Domain = cfg.Hostname
