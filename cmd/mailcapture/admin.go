@@ -237,6 +237,16 @@ type accountDetail struct {
 	Legacy            store.Progress   `json:"legacy"`
 	Folders           []folderDetail   `json:"folders"`
 	Logins            map[string]int64 `json:"logins"`
+	Sieve             sieveDetail      `json:"sieve"`
+}
+
+// sieveDetail is an account's Sieve scripts: where they came from, which
+// are kept, the active one, and the last error it met at a delivery.
+type sieveDetail struct {
+	Source    store.SieveSource `json:"source"`
+	Scripts   []string          `json:"scripts"`
+	Active    string            `json:"active,omitempty"`
+	LastError string            `json:"last_error,omitempty"`
 }
 
 type folderDetail struct {
@@ -286,6 +296,20 @@ func showAccount(ctx context.Context, env *environment, st *store.Store, name st
 			d.Logins[l.Protocol] += l.Count
 		}
 	}
+	if d.Sieve.Source, d.Sieve.LastError, err = st.SieveState(ctx, acct.ID); err != nil {
+		return err
+	}
+	scripts, err := st.SieveScripts(ctx, acct.ID)
+	if err != nil {
+		return err
+	}
+	d.Sieve.Scripts = []string{}
+	for _, sc := range scripts {
+		d.Sieve.Scripts = append(d.Sieve.Scripts, sc.Name)
+		if sc.Active {
+			d.Sieve.Active = sc.Name
+		}
+	}
 	if asJSON {
 		return writeJSON(env, d)
 	}
@@ -297,7 +321,22 @@ func showAccount(ctx context.Context, env *environment, st *store.Store, name st
 		fmt.Fprintf(w, "last error:  %s\n", d.LastError)
 	}
 	fmt.Fprintf(w, "namespace:   prefix %q, separator %q (special-use guessed: %v)\n", d.LegacyPrefix, d.LegacySeparator, d.SpecialUseGuessed)
-	fmt.Fprintf(w, "logins:      imap %d, pop3 %d\n", d.Logins["imap"], d.Logins["pop3"])
+	fmt.Fprintf(w, "logins:      imap %d, pop3 %d, submission %d, managesieve %d\n", d.Logins["imap"], d.Logins["pop3"], d.Logins["submission"], d.Logins["managesieve"])
+	switch {
+	case d.Sieve.Source == store.SieveNone:
+		fmt.Fprintln(w, "sieve:       none (the legacy server offered no ManageSieve)")
+	case len(d.Sieve.Scripts) == 0:
+		fmt.Fprintln(w, "sieve:       no scripts")
+	default:
+		active := "none active"
+		if d.Sieve.Active != "" {
+			active = "active: " + d.Sieve.Active
+		}
+		fmt.Fprintf(w, "sieve:       %s (%s)\n", strings.Join(d.Sieve.Scripts, ", "), active)
+	}
+	if d.Sieve.LastError != "" {
+		fmt.Fprintf(w, "sieve error: %s\n", d.Sieve.LastError)
+	}
 	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
 	fmt.Fprintln(tw, "FOLDER\tMESSAGES\tBYTES\tUIDVALIDITY\tUIDNEXT\tSPECIAL-USE\tSUBSCRIBED")
 	for _, f := range d.Folders {

@@ -447,6 +447,9 @@ func TestManageSieveThroughMailcapture(t *testing.T) {
 	if fmt.Sprint(where) != `[Filed [\Flagged]]` {
 		t.Fatalf("the message the active script files landed in %q, want Filed with \\Flagged", where)
 	}
+	if code, out, _ := runCLI(t, environ, "accounts", "--config", path, "show", user); code != 0 || !strings.Contains(out, "sieve:       third (active: third)\n") {
+		t.Fatalf("accounts show: exit %d\n%s", code, out)
+	}
 	srv.stop(t)
 }
 
