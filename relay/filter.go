@@ -37,8 +37,9 @@ type Filters struct {
 	Hostname string
 	Log      *slog.Logger
 
-	mu    sync.Mutex
-	cache map[int64]compiledScript
+	mu      sync.Mutex
+	cache   map[int64]compiledScript
+	lastErr map[int64]string
 }
 
 type compiledScript struct {
@@ -85,18 +86,56 @@ func (f *Filters) script(ctx context.Context, accountID int64) (*sieve.Script, e
 	return compiled, cerr
 }
 
-// active tells whether any local account of the plan has an active
-// script (the message must then be read whole before it is stored).
-func (f *Filters) active(ctx context.Context, p *deliveryPlan) bool {
+// accountScript is an account's active script, or why it cannot run.
+type accountScript struct {
+	script *sieve.Script
+	err    error
+}
+
+// scripts returns the active scripts of the plan's local accounts (none:
+// the message is stored as it comes; some: it is read whole first).
+func (f *Filters) scripts(ctx context.Context, p *deliveryPlan) map[int64]accountScript {
 	if f == nil {
-		return false
+		return nil
 	}
+	var out map[int64]accountScript
 	for _, id := range p.inboxes {
-		if _, err := f.Store.ActiveSieveScript(ctx, id); err == nil {
-			return true
+		s, err := f.script(ctx, id)
+		if s == nil && err == nil {
+			continue
+		}
+		if out == nil {
+			out = map[int64]accountScript{}
+		}
+		out[id] = accountScript{script: s, err: err}
+	}
+	return out
+}
+
+// setError records an account's last script error ("" clears it),
+// writing only when it changes.
+func (f *Filters) setError(ctx context.Context, accountID int64, msg string) {
+	f.mu.Lock()
+	known, ok := f.lastErr[accountID]
+	f.mu.Unlock()
+	if !ok {
+		_, stored, err := f.Store.SieveState(ctx, accountID)
+		if err != nil {
+			return
+		}
+		known = stored
+	}
+	if known != msg {
+		if err := f.Store.SetSieveError(ctx, accountID, msg); err != nil {
+			return
 		}
 	}
-	return false
+	f.mu.Lock()
+	if f.lastErr == nil {
+		f.lastErr = map[int64]string{}
+	}
+	f.lastErr[accountID] = msg
+	f.mu.Unlock()
 }
 
 // generated is a message a script made: a vacation reply or a rejection
@@ -154,7 +193,7 @@ func headerSection(raw []byte) []byte {
 
 // apply runs each local account's script on the message (raw: all of
 // it) and returns where its copies go.
-func (f *Filters) apply(ctx context.Context, log *slog.Logger, p *deliveryPlan, from string, raw []byte) (filtered, error) {
+func (f *Filters) apply(ctx context.Context, log *slog.Logger, p *deliveryPlan, scripts map[int64]accountScript, from string, raw []byte) (filtered, error) {
 	var out filtered
 	hdr, err := textproto.NewReader(bufio.NewReader(bytes.NewReader(raw))).ReadMIMEHeader()
 	if err != nil && len(hdr) == 0 {
@@ -170,11 +209,12 @@ func (f *Filters) apply(ctx context.Context, log *slog.Logger, p *deliveryPlan, 
 			return out, err
 		}
 		acct := p.accounts[id]
-		script, err := f.script(ctx, id)
-		if err == nil && script == nil {
+		as, ok := scripts[id]
+		if !ok {
 			out.dests = append(out.dests, store.Destination{MailboxID: inbox.ID})
 			continue
 		}
+		script, err := as.script, as.err
 		var o sieve.Outcome
 		if err == nil {
 			o, err = script.Run(ctx, sieve.Envelope{From: from, To: p.rcpt[id]}, msg)
@@ -182,11 +222,10 @@ func (f *Filters) apply(ctx context.Context, log *slog.Logger, p *deliveryPlan, 
 		if err != nil {
 			// Never a lost message: INBOX, and the account says why.
 			log.Warn("a Sieve script failed; the message went to INBOX", "account", acct.Name, "err", err)
-			f.Store.SetSieveError(ctx, id, err.Error())
+			f.setError(ctx, id, err.Error())
 			out.dests = append(out.dests, store.Destination{MailboxID: inbox.ID})
 			continue
 		}
-		f.Store.SetSieveError(ctx, id, "")
 		var failures []string
 		placed := map[int64]bool{}
 		place := func(mbox int64, flags []string) {
@@ -235,9 +274,7 @@ func (f *Filters) apply(ctx context.Context, log *slog.Logger, p *deliveryPlan, 
 				log.Debug("no vacation reply", "account", acct.Name, "sender", from, "why", why)
 			}
 		}
-		if len(failures) > 0 {
-			f.Store.SetSieveError(ctx, id, strings.Join(failures, "; "))
-		}
+		f.setError(ctx, id, strings.Join(failures, "; "))
 	}
 	return out, nil
 }
@@ -405,7 +442,8 @@ func encodeHeader(s string) string {
 // copies go (the message is then read whole), their redirects join the
 // same transaction, and their replies follow it.
 func (b *Backend) deliver(ctx context.Context, log *slog.Logger, from string, p *deliveryPlan, body io.Reader) ([]store.Destination, []store.Delivered, error) {
-	if !b.Filters.active(ctx, p) {
+	scripts := b.Filters.scripts(ctx, p)
+	if len(scripts) == 0 {
 		dests, err := p.destinations(ctx, b.Store)
 		if err != nil {
 			return nil, nil, err
@@ -417,7 +455,7 @@ func (b *Backend) deliver(ctx context.Context, log *slog.Logger, from string, p 
 	if err != nil {
 		return nil, nil, err
 	}
-	res, err := b.Filters.apply(ctx, log, p, from, raw)
+	res, err := b.Filters.apply(ctx, log, p, scripts, from, raw)
 	if err != nil {
 		return nil, nil, err
 	}
@@ -540,7 +578,8 @@ func (b *Backend) PlaceHeld(ctx context.Context, e store.SpoolEntry, inbox int64
 	if len(e.To) > 0 {
 		p.rcpt[acct.ID] = e.To[0]
 	}
-	if !b.Filters.active(ctx, p) {
+	scripts := b.Filters.scripts(ctx, p)
+	if len(scripts) == 0 {
 		return into, nil
 	}
 	f, err := b.Store.OpenSpooled(e.ID)
@@ -553,7 +592,7 @@ func (b *Backend) PlaceHeld(ctx context.Context, e store.SpoolEntry, inbox int64
 		return nil, err
 	}
 	log := b.log().With("account", acct.Name)
-	res, err := b.Filters.apply(ctx, log, p, e.From, raw)
+	res, err := b.Filters.apply(ctx, log, p, scripts, e.From, raw)
 	if err != nil {
 		return nil, err
 	}
