@@ -6,6 +6,7 @@ import (
 	"fmt"
 
 	"mailcapture/legacyclient"
+	"mailcapture/sieve"
 	"mailcapture/store"
 )
 
@@ -50,7 +51,18 @@ func (e *Engine) copySieve(ctx context.Context, acct store.Account, password str
 		return err
 	}
 	e.log().Info("sieve scripts copied", "account", acct.Name, "scripts", len(scripts))
-	return nil
+	// A script this interpreter cannot run (an extension it lacks) is
+	// said at once: its deliveries would all go to INBOX.
+	problem := ""
+	for _, sc := range scripts {
+		if sc.Active {
+			if _, err := sieve.Compile(sc.Script, e.Naming.Delimiters); err != nil {
+				problem = fmt.Sprintf("script %q: %v", sc.Name, err)
+				e.log().Warn("an account's active Sieve script cannot run here; its mail will go to INBOX until the script is changed", "account", acct.Name, "err", problem)
+			}
+		}
+	}
+	return e.Store.SetSieveError(ctx, acct.ID, problem)
 }
 
 // sameScripts compares two sets of scripts, both ordered by name.

@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto/tls"
 	"fmt"
+	"strings"
 	"testing"
 	"time"
 
@@ -80,5 +81,33 @@ func TestSieveScriptsCaptured(t *testing.T) {
 	o, _ := st.Account(ctx, other)
 	if src, _, _ := st.SieveState(ctx, o.ID); src != store.SieveNone {
 		t.Fatalf("without ManageSieve: source %q, want none", src)
+	}
+}
+
+// TestSieveScriptTheInterpreterCannotRun: an active script that requires
+// an extension the interpreter lacks is copied as it is, and the
+// account's last Sieve error says so at once.
+func TestSieveScriptTheInterpreterCannotRun(t *testing.T) {
+	ctx := context.Background()
+	d := legacytest.Start(t, legacytest.Options{TLS: true, Sieve: true})
+	populate(t, d)
+	script := []byte("require [\"fileinto\", \"regex\"];\nif header :regex \"Subject\" \"^a+$\" { fileinto \"A\"; }\n")
+	d.PutSieve(t, user, "regex", script, true)
+	st := openStore(t)
+	acct, err := st.CreateAccount(ctx, user, password, store.StateCapturing)
+	if err != nil {
+		t.Fatal(err)
+	}
+	e := newEngine(st, d)
+	e.ManageSieve = legacyclient.Endpoint{Address: d.ManageSieveAddr, TLS: "starttls", TLSConfig: &tls.Config{RootCAs: d.CertPool, ServerName: "127.0.0.1"}, Timeout: 10 * time.Second}
+	if _, err := e.Pass(ctx, user, password); err != nil {
+		t.Fatal(err)
+	}
+	got, err := st.SieveScripts(ctx, acct.ID)
+	if err != nil || len(got) != 1 || string(got[0].Script) != string(script) {
+		t.Fatalf("stored %+v %v", got, err)
+	}
+	if _, lastErr, _ := st.SieveState(ctx, acct.ID); !strings.Contains(lastErr, `script "regex"`) || !strings.Contains(lastErr, "regex") {
+		t.Fatalf("last sieve error %q", lastErr)
 	}
 }
