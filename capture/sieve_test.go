@@ -32,7 +32,7 @@ func TestSieveScriptsCaptured(t *testing.T) {
 		t.Fatal(err)
 	}
 	e := newEngine(st, d)
-	e.ManageSieve = legacyclient.Endpoint{Address: d.ManageSieveAddr, TLS: "starttls", TLSConfig: &tls.Config{RootCAs: d.CertPool, ServerName: "127.0.0.1"}, Timeout: 10 * time.Second}
+	e.ManageSieve = manageSieveOf(d)
 	check := func(want map[string]string, active string) {
 		t.Helper()
 		got, err := st.SieveScripts(ctx, acct.ID)
@@ -99,7 +99,7 @@ func TestSieveScriptTheInterpreterCannotRun(t *testing.T) {
 		t.Fatal(err)
 	}
 	e := newEngine(st, d)
-	e.ManageSieve = legacyclient.Endpoint{Address: d.ManageSieveAddr, TLS: "starttls", TLSConfig: &tls.Config{RootCAs: d.CertPool, ServerName: "127.0.0.1"}, Timeout: 10 * time.Second}
+	e.ManageSieve = manageSieveOf(d)
 	if _, err := e.Pass(ctx, user, password); err != nil {
 		t.Fatal(err)
 	}
@@ -110,4 +110,9 @@ func TestSieveScriptTheInterpreterCannotRun(t *testing.T) {
 	if _, lastErr, _ := st.SieveState(ctx, acct.ID); !strings.Contains(lastErr, `script "regex"`) || !strings.Contains(lastErr, "regex") {
 		t.Fatalf("last sieve error %q", lastErr)
 	}
+}
+
+// manageSieveOf is the endpoint of a Dovecot's ManageSieve, over STARTTLS.
+func manageSieveOf(d *legacytest.Dovecot) legacyclient.Endpoint {
+	return legacyclient.Endpoint{Address: d.ManageSieveAddr, TLS: "starttls", TLSConfig: &tls.Config{RootCAs: d.CertPool, ServerName: "127.0.0.1"}, Timeout: 10 * time.Second}
 }

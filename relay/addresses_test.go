@@ -95,23 +95,8 @@ send(["Robert@example.org", "local@example.org"], "both@example.net")
 // captured accounts it reaches and returned to its sender for the rest,
 // and no connection is made to the legacy server.
 func TestNothingWaitsForARetiredLegacyServer(t *testing.T) {
-	stub, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer stub.Close()
-	var connections atomic.Int32
-	go func() {
-		for {
-			c, err := stub.Accept()
-			if err != nil {
-				return
-			}
-			connections.Add(1)
-			c.Close()
-		}
-	}()
-	stubLegacy := Legacy{Endpoint: legacyclient.Endpoint{Address: stub.Addr().String(), Timeout: 5 * time.Second}, Protocol: "lmtp"}
+	stub, connections := connectionCounter(t)
+	stubLegacy := Legacy{Endpoint: legacyclient.Endpoint{Address: stub, Timeout: 5 * time.Second}, Protocol: "lmtp"}
 	retired := func() bool { return true }
 	var dir *addresses.Directory
 	f := start(t, func(b *Backend) {
@@ -168,24 +153,9 @@ print("DATA", code)
 // sender elsewhere (a delivery notice); nothing connects to the legacy
 // server.
 func TestOutboundRelayCarriesForwardsAfterRetirement(t *testing.T) {
-	stub, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer stub.Close()
-	var connections atomic.Int32
-	go func() {
-		for {
-			c, err := stub.Accept()
-			if err != nil {
-				return
-			}
-			connections.Add(1)
-			c.Close()
-		}
-	}()
+	stub, connections := connectionCounter(t)
 	sink := legacytest.StartSink(t)
-	stubLegacy := Legacy{Endpoint: legacyclient.Endpoint{Address: stub.Addr().String(), Timeout: 5 * time.Second}, Protocol: "lmtp"}
+	stubLegacy := Legacy{Endpoint: legacyclient.Endpoint{Address: stub, Timeout: 5 * time.Second}, Protocol: "lmtp"}
 	outbound := &Legacy{Endpoint: legacyclient.Endpoint{Address: sink.Addr, Timeout: 5 * time.Second}, Protocol: "smtp", Hostname: "mx.example.org"}
 	retired := func() bool { return true }
 	tbl, _, err := addresses.Parse(strings.NewReader("fwd@example.org local@example.org, someone@elsewhere.example\n"), "example.org")
@@ -240,4 +210,27 @@ func messageIDOf(msg string) string {
 		}
 	}
 	return ""
+}
+
+// connectionCounter listens on loopback where a retired legacy server
+// was, and counts the connections made to it (each closed at once).
+func connectionCounter(t *testing.T) (addr string, connections *atomic.Int32) {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { ln.Close() })
+	connections = new(atomic.Int32)
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			connections.Add(1)
+			c.Close()
+		}
+	}()
+	return ln.Addr().String(), connections
 }

@@ -22,12 +22,7 @@ func TestSieveLoopGuardAndFailures(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	put := func(script string) {
-		t.Helper()
-		if err := f.st.ReplaceSieveScripts(ctx, local.ID, []store.SieveScript{{Name: "s", Script: []byte(script), Active: true}}, store.SieveCopied); err != nil {
-			t.Fatal(err)
-		}
-	}
+	put := func(script string) { activeScript(t, f.st, local.ID, script) }
 	put(`redirect "someone@elsewhere.example";`)
 	out := f.smtplib(t, `
 send(["local@example.org"], "first@example.net")
@@ -86,9 +81,7 @@ func TestHeldMailIsFiltered(t *testing.T) {
 	script := `require ["fileinto", "imap4flags"];
 if header :contains "Subject" "drop" { discard; stop; }
 fileinto :flags "\\Flagged" "Lists";`
-	if err := f.st.ReplaceSieveScripts(ctx, moving.ID, []store.SieveScript{{Name: "s", Script: []byte(script), Active: true}}, store.SieveCopied); err != nil {
-		t.Fatal(err)
-	}
+	activeScript(t, f.st, moving.ID, script)
 	out := f.smtplib(t, `
 send(["moving@example.org"], "keep@example.net")
 s.mail("a@example.net")
@@ -117,5 +110,13 @@ print("DATA", s.data("Message-ID: <gone@example.net>\r\nSubject: drop\r\n\r\nhel
 	}
 	if held, _ := f.st.Held(ctx, moving.ID); len(held) != 0 {
 		t.Fatalf("still held: %d", len(held))
+	}
+}
+
+// activeScript gives an account one script, active.
+func activeScript(t *testing.T, st *store.Store, accountID int64, script string) {
+	t.Helper()
+	if err := st.ReplaceSieveScripts(context.Background(), accountID, []store.SieveScript{{Name: "s", Script: []byte(script), Active: true}}, store.SieveCopied); err != nil {
+		t.Fatal(err)
 	}
 }

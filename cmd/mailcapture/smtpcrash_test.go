@@ -135,38 +135,11 @@ func TestSMTPSurvivesSIGKILL(t *testing.T) {
 			}
 		}()
 		host, port, _ := net.SplitHostPort(addrs["listen.smtp"])
-		load := exec.Command("python3", "-c", loadSenders, host, port, fmt.Sprintf("r%d", round), "10")
-		out, err := load.StdoutPipe()
-		if err != nil {
-			t.Fatal(err)
-		}
-		load.Stderr = os.Stderr
-		if err := load.Start(); err != nil {
-			t.Fatal(err)
-		}
-		killAfter := 20 + rng.IntN(120)
-		sc := bufio.NewScanner(out)
-		n, killed := 0, false
-		for sc.Scan() {
-			f := strings.Fields(sc.Text())
-			if f[0] == "STOP" && !killed {
-				t.Logf("round %d: %s", round, sc.Text())
-			}
+		killLoadedChild(t, round, child, 20+rng.IntN(120), func(f []string) {
 			if len(f) == 3 && f[0] == "OK" {
 				acked["<"+f[2]+">"] = f[1]
-				n++
 			}
-			if n >= killAfter && !killed {
-				child.Process.Kill()
-				killed = true
-			}
-		}
-		if err := load.Wait(); err != nil {
-			t.Fatalf("round %d: senders: %v", round, err)
-		}
-		if !killed {
-			t.Fatalf("round %d: the senders stopped before the kill", round)
-		}
+		}, loadSenders, host, port, fmt.Sprintf("r%d", round), "10")
 		child.Wait()
 		inDoubt += checkAfterKill(t, round, d, dataDir, acked)
 	}

@@ -321,35 +321,11 @@ func TestOutboundRelaySurvivesSIGKILL(t *testing.T) {
 	for round := 0; round < rounds; round++ {
 		child, addrs := startChild(t, path, environ)
 		host, port, _ := net.SplitHostPort(addrs["listen.submission"])
-		load := exec.Command("python3", "-c", submitLoad, host, port, fmt.Sprintf("r%d", round), "10")
-		out, err := load.StdoutPipe()
-		if err != nil {
-			t.Fatal(err)
-		}
-		load.Stderr = os.Stderr
-		if err := load.Start(); err != nil {
-			t.Fatal(err)
-		}
-		killAfter := 20 + rng.IntN(100)
-		sc := bufio.NewScanner(out)
-		n, killed := 0, false
-		for sc.Scan() {
-			f := strings.Fields(sc.Text())
+		killLoadedChild(t, round, child, 20+rng.IntN(100), func(f []string) {
 			if len(f) == 3 && f[0] == "OK" {
 				acked["<"+f[1]+">"] = map[string]int{"1": 1, "2": 2}[f[2]]
-				n++
 			}
-			if n >= killAfter && !killed {
-				child.Process.Signal(syscall.SIGKILL)
-				killed = true
-			}
-		}
-		if err := load.Wait(); err != nil {
-			t.Fatalf("round %d: senders: %v", round, err)
-		}
-		if !killed {
-			t.Fatalf("round %d: the senders stopped before the kill", round)
-		}
+		}, submitLoad, host, port, fmt.Sprintf("r%d", round), "10")
 		child.Wait()
 		spooledAtKills += len(spooledRows(t, environ, path))
 	}
@@ -387,5 +363,48 @@ func TestOutboundRelaySurvivesSIGKILL(t *testing.T) {
 		rounds, spooledAtKills, len(acked), len(outside), outsideDup, len(local))
 	if lost > 0 || localDup > 0 {
 		t.Fatalf("after %d kills: %d acknowledged messages lost, %d local duplicates", rounds, lost, localDup)
+	}
+}
+
+// killLoadedChild runs a Python load script (args after the script),
+// hands each line it prints, split in words, to said, and kills child
+// with SIGKILL once killAfter lines began with "OK"; it returns once the
+// load has stopped (because the server went away) and fails the test if
+// the load ended before the kill.
+func killLoadedChild(t *testing.T, round int, child *exec.Cmd, killAfter int, said func(words []string), script string, args ...string) {
+	t.Helper()
+	load := exec.Command("python3", append([]string{"-c", script}, args...)...)
+	out, err := load.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	load.Stderr = os.Stderr
+	if err := load.Start(); err != nil {
+		t.Fatal(err)
+	}
+	sc := bufio.NewScanner(out)
+	n, killed := 0, false
+	for sc.Scan() {
+		f := strings.Fields(sc.Text())
+		if len(f) == 0 {
+			continue
+		}
+		if f[0] == "STOP" && !killed {
+			t.Logf("round %d: %s", round, sc.Text())
+		}
+		said(f)
+		if f[0] == "OK" {
+			n++
+		}
+		if n >= killAfter && !killed {
+			child.Process.Signal(syscall.SIGKILL)
+			killed = true
+		}
+	}
+	if err := load.Wait(); err != nil {
+		t.Fatalf("round %d: senders: %v", round, err)
+	}
+	if !killed {
+		t.Fatalf("round %d: the senders stopped before the kill", round)
 	}
 }
