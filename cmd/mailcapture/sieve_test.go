@@ -53,7 +53,7 @@ if header :is "X-Spam-Flag" "YES" {
 }
 if envelope :detail "to" "tag" {
   addflag "$Tagged";
-  fileinto "Tagged";
+  fileinto "Étiquetés";
 }
 if body :contains "redirect-me" {
   redirect :copy "elsewhere@example.net";
@@ -169,7 +169,7 @@ func TestSieveFiltersAsPigeonhole(t *testing.T) {
 	d := legacytest.Start(t, legacytest.Options{TLS: true, Sieve: true, SubmissionHost: legacySink.Addr, RecipientDelimiter: "+"})
 	for _, u := range []string{"vic@example.org", "wes@example.org"} {
 		d.AddUser(t, u, pass)
-		d.Populate(t, u, pass, []legacytest.Folder{{Name: "Lists/dev"}, {Name: "Tagged"}, {Name: "Junk"}, {Name: "Big"}})
+		d.Populate(t, u, pass, []legacytest.Folder{{Name: "Lists/dev"}, {Name: "Étiquetés"}, {Name: "Junk"}, {Name: "Big"}})
 		d.PutSieve(t, u, "rules", []byte(filterScript), true)
 	}
 	send := func(addr string, lmtp bool, user string) {
