@@ -23,7 +23,7 @@ test: test-deps lint
 ## fuzz: every fuzz target for FUZZTIME each (the committed seed corpora
 ## also run in make test)
 FUZZTIME ?= 30s
-FUZZ_TARGETS = mimeinfo:FuzzParse imapstore:FuzzSession front:FuzzPreauthCommand pop3:FuzzServerSession pop3:FuzzClient relay:FuzzRecipientRouting
+FUZZ_TARGETS = mimeinfo:FuzzParse imapstore:FuzzSession front:FuzzPreauthCommand pop3:FuzzServerSession pop3:FuzzClient relay:FuzzRecipientRouting managesieve:FuzzSession sieve:FuzzCompile
 fuzz:
 	@set -e; for t in $(FUZZ_TARGETS); do \
 	  pkg=$${t%%:*}; name=$${t##*:}; \

@@ -71,7 +71,12 @@ const vacationItem = "vnd.mailcapture.vacation."
 
 // Compile checks a script and prepares it to run. Its error says where
 // the script is wrong, as a user editing it needs.
-func Compile(src []byte, subaddressSep string) (*Script, error) {
+func Compile(src []byte, subaddressSep string) (s *Script, err error) {
+	defer func() {
+		if r := recover(); r != nil {
+			s, err = nil, fmt.Errorf("the script cannot be read: %v", r)
+		}
+	}()
 	if len(src) > MaxScriptBytes {
 		return nil, fmt.Errorf("script of %d bytes: at most %d", len(src), MaxScriptBytes)
 	}
@@ -84,7 +89,7 @@ func Compile(src []byte, subaddressSep string) (*Script, error) {
 	if err != nil {
 		return nil, err
 	}
-	s := &Script{}
+	s = &Script{}
 	if cmds, err = s.rewrite(cmds, false); err != nil {
 		return nil, err
 	}
