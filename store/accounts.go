@@ -295,21 +295,22 @@ func (s *Store) updateAccount(ctx context.Context, name, set string, args ...any
 }
 
 // AccountProgress returns how many messages and bytes are stored for the
-// account.
+// account (kept as messages come and go: one row read).
 func (s *Store) AccountProgress(ctx context.Context, accountID int64) (Progress, error) {
 	var p Progress
-	err := s.read.QueryRowContext(ctx, `SELECT count(*), coalesce(sum(m.size), 0) FROM messages m
-		JOIN mailboxes b ON b.id = m.mailbox_id WHERE b.account_id = ?`, accountID).Scan(&p.Messages, &p.Bytes)
+	err := s.read.QueryRowContext(ctx, `SELECT coalesce(sum(messages), 0), coalesce(sum(bytes), 0) FROM account_totals
+		WHERE account_id = ?`, accountID).Scan(&p.Messages, &p.Bytes)
 	if err != nil {
 		return Progress{}, fmt.Errorf("progress of account %d: %w", accountID, err)
 	}
 	return p, nil
 }
 
-// TotalProgress returns how many messages and bytes are stored, and how
-// many the legacy mailboxes of all accounts held when last measured.
+// TotalProgress returns how many messages and bytes are stored (the
+// accounts' kept totals), and how many the legacy mailboxes of all
+// accounts held when last measured.
 func (s *Store) TotalProgress(ctx context.Context) (stored, legacy Progress, err error) {
-	err = s.read.QueryRowContext(ctx, "SELECT count(*), coalesce(sum(size), 0) FROM messages").Scan(&stored.Messages, &stored.Bytes)
+	err = s.read.QueryRowContext(ctx, "SELECT coalesce(sum(messages), 0), coalesce(sum(bytes), 0) FROM account_totals").Scan(&stored.Messages, &stored.Bytes)
 	if err != nil {
 		return stored, legacy, fmt.Errorf("total progress: %w", err)
 	}

@@ -226,6 +226,43 @@ CREATE TABLE sieve_vacation (
 ALTER TABLE accounts ADD COLUMN sieve_source TEXT NOT NULL DEFAULT '';
 ALTER TABLE accounts ADD COLUMN sieve_error TEXT NOT NULL DEFAULT '';
 `,
+	// 11: each account's stored messages and bytes, kept by triggers as
+	// messages come, go and move, so that the status report and the
+	// metrics cost the same at a million messages as at a thousand.
+	`
+CREATE TABLE account_totals (
+	account_id INTEGER PRIMARY KEY REFERENCES accounts(id) ON DELETE CASCADE,
+	messages   INTEGER NOT NULL DEFAULT 0,
+	bytes      INTEGER NOT NULL DEFAULT 0
+);
+INSERT INTO account_totals (account_id, messages, bytes)
+	SELECT b.account_id, count(*), sum(m.size) FROM messages m JOIN mailboxes b ON b.id = m.mailbox_id GROUP BY b.account_id;
+CREATE TRIGGER account_totals_insert AFTER INSERT ON messages BEGIN
+	INSERT INTO account_totals (account_id, messages, bytes)
+		SELECT account_id, 1, NEW.size FROM mailboxes WHERE id = NEW.mailbox_id
+		ON CONFLICT (account_id) DO UPDATE SET messages = messages + 1, bytes = bytes + excluded.bytes;
+END;
+CREATE TRIGGER account_totals_delete AFTER DELETE ON messages BEGIN
+	UPDATE account_totals SET messages = messages - 1, bytes = bytes - OLD.size
+		WHERE account_id = (SELECT account_id FROM mailboxes WHERE id = OLD.mailbox_id);
+END;
+CREATE TRIGGER account_totals_move AFTER UPDATE OF mailbox_id, size ON messages BEGIN
+	UPDATE account_totals SET messages = messages - 1, bytes = bytes - OLD.size
+		WHERE account_id = (SELECT account_id FROM mailboxes WHERE id = OLD.mailbox_id);
+	INSERT INTO account_totals (account_id, messages, bytes)
+		SELECT account_id, 1, NEW.size FROM mailboxes WHERE id = NEW.mailbox_id
+		ON CONFLICT (account_id) DO UPDATE SET messages = messages + 1, bytes = bytes + excluded.bytes;
+END;
+CREATE TRIGGER account_totals_mailbox_move AFTER UPDATE OF account_id ON mailboxes BEGIN
+	UPDATE account_totals SET
+		messages = messages - (SELECT count(*) FROM messages WHERE mailbox_id = NEW.id),
+		bytes = bytes - (SELECT coalesce(sum(size), 0) FROM messages WHERE mailbox_id = NEW.id)
+		WHERE account_id = OLD.account_id;
+	INSERT INTO account_totals (account_id, messages, bytes)
+		SELECT NEW.account_id, count(*), coalesce(sum(size), 0) FROM messages WHERE mailbox_id = NEW.id
+		ON CONFLICT (account_id) DO UPDATE SET messages = messages + excluded.messages, bytes = bytes + excluded.bytes;
+END;
+`,
 }
 
 // checkVersion checks that a store opened beside its owner has the schema
