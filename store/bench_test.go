@@ -8,6 +8,7 @@ import (
 	"math/rand/v2"
 	"path/filepath"
 	"sort"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -139,4 +140,54 @@ func insertRun(b *testing.B, scratch string, run int, msgs [][]byte, bytesTotal 
 		b.Fatalf("stored %d messages / %d bytes, want %d / %d", p.Messages, p.Bytes, total, bytesTotal)
 	}
 	return secs
+}
+
+// BenchmarkPOP3UIDLMapping measures recording the POP3 UIDLs of a
+// 100,000-message INBOX (what a capture with a legacy POP3 server does
+// after the IMAP copy) against storing those messages, in batches of
+// 1,000, in the same run.
+func BenchmarkPOP3UIDLMapping(b *testing.B) {
+	ctx := context.Background()
+	const n = 100000
+	for i := 0; i < b.N; i++ {
+		s, err := Open(ctx, b.TempDir(), Options{Hash: HashParams{Time: 1, MemoryKiB: 8192, Threads: 1}})
+		if err != nil {
+			b.Fatal(err)
+		}
+		acct, err := s.CreateAccount(ctx, "u@example.org", "pw", StateCapturing)
+		if err != nil {
+			b.Fatal(err)
+		}
+		mb, err := s.CreateMailbox(ctx, acct.ID, MailboxSpec{Name: "INBOX", UIDValidity: 1})
+		if err != nil {
+			b.Fatal(err)
+		}
+		start := time.Now()
+		for uid := 0; uid < n; {
+			batch := s.NewBatch()
+			for range 1000 {
+				uid++
+				if err := batch.Add(ctx, NewMessage{MailboxID: mb.ID, UID: uint32(uid), LegacyUID: uint32(uid), InternalDate: time.Now()},
+					strings.NewReader("Subject: x\r\n\r\nx\r\n")); err != nil {
+					b.Fatal(err)
+				}
+			}
+			if _, err := batch.Commit(ctx); err != nil {
+				b.Fatal(err)
+			}
+		}
+		stored := time.Since(start)
+		uidls := make(map[uint32]string, n)
+		for uid := 1; uid <= n; uid++ {
+			uidls[uint32(uid)] = fmt.Sprintf("%08X%08X", uid, 1)
+		}
+		start = time.Now()
+		if err := s.SetPOP3UIDLs(ctx, mb.ID, uidls); err != nil {
+			b.Fatal(err)
+		}
+		mapped := time.Since(start)
+		fmt.Printf("pop3 uidl bench: %d UIDLs recorded in %.2f s; storing the messages took %.2f s (%.2fx)\n", n, mapped.Seconds(), stored.Seconds(), mapped.Seconds()/stored.Seconds())
+		b.ReportMetric(mapped.Seconds()/stored.Seconds(), "x-store-time")
+		s.Close()
+	}
 }
