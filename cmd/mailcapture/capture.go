@@ -73,11 +73,31 @@ func runCapture(ctx context.Context, env *environment, args []string) error {
 		return err
 	}
 	defer st.Close()
+	// The accounts are recorded at once and their passwords hashed beside
+	// the copy (argon2id is slow on purpose: hashing them all first would
+	// hold back every copy).
+	var fresh []capture.BulkAccount
 	for _, a := range accounts {
-		if _, err := st.CreateAccount(ctx, a.Name, a.Password, store.StateCapturing); err != nil && !errors.Is(err, store.ErrExists) {
+		_, err := st.CreateAccount(ctx, a.Name, "", store.StateCapturing)
+		switch {
+		case err == nil:
+			if a.Password != "" {
+				fresh = append(fresh, a)
+			}
+		case !errors.Is(err, store.ErrExists):
 			return err
 		}
 	}
+	hashed := make(chan error, 1)
+	go func() {
+		for _, a := range fresh {
+			if err := st.SetPassword(context.WithoutCancel(ctx), a.Name, a.Password); err != nil {
+				hashed <- err
+				return
+			}
+		}
+		hashed <- nil
+	}()
 	engine := capture.NewEngine(st, cfg, log)
 	engine.Master = master
 	sched := capture.NewScheduler(engine, cfg, log)
@@ -121,6 +141,9 @@ loop:
 	}
 	stop()
 	<-finished
+	if err := <-hashed; err != nil {
+		return fmt.Errorf("record the accounts' passwords: %w", err)
+	}
 	return p.summary(context.WithoutCancel(ctx), ctx.Err() != nil)
 }
 
