@@ -54,6 +54,10 @@ type Engine struct {
 	// Connections is how many legacy connections one account's pass uses
 	// at most. Default 2.
 	Connections int
+	// ExtraConnectionDelay is how long a pass works on its first
+	// connection before it opens the others for the folders still
+	// waiting (each is a login at the legacy server). Default 100 ms.
+	ExtraConnectionDelay time.Duration
 	// NoCondStore makes every pass compare every folder message by
 	// message, even where the legacy server offers CONDSTORE and reports
 	// the folder unchanged since its last sync.
@@ -281,6 +285,7 @@ func (e *Engine) syncFolders(ctx context.Context, conn *imapConn, password strin
 	}
 	close(queue)
 	workers := min(e.connections(), len(folders))
+	firstDone := make(chan struct{})
 	var mu sync.Mutex
 	var firstErr error
 	var wg sync.WaitGroup
@@ -288,7 +293,10 @@ func (e *Engine) syncFolders(ctx context.Context, conn *imapConn, password strin
 		wg.Add(1)
 		go func(w int) {
 			defer wg.Done()
-			res, err := e.folderWorker(ctx, w, conn, password, plan, queue)
+			if w == 0 {
+				defer close(firstDone)
+			}
+			res, err := e.folderWorker(ctx, w, conn, password, plan, queue, firstDone)
 			mu.Lock()
 			defer mu.Unlock()
 			total.add(res)
@@ -302,9 +310,30 @@ func (e *Engine) syncFolders(ctx context.Context, conn *imapConn, password strin
 	return total, firstErr
 }
 
-func (e *Engine) folderWorker(ctx context.Context, w int, conn *imapConn, password string, plan *passPlan, queue <-chan legacyFolder) (PassResult, error) {
+func (e *Engine) folderWorker(ctx context.Context, w int, conn *imapConn, password string, plan *passPlan, queue <-chan legacyFolder, firstDone <-chan struct{}) (PassResult, error) {
 	var res PassResult
+	var first *legacyFolder
 	if w > 0 {
+		// An extra connection is a login at the legacy server: it is
+		// opened only if folders still wait once the first connection has
+		// had a moment (a delta pass over unchanged folders, or a small
+		// account, is done with one).
+		delay := e.ExtraConnectionDelay
+		if delay <= 0 {
+			delay = 100 * time.Millisecond
+		}
+		select {
+		case <-time.After(delay):
+		case <-firstDone: // the first connection took every folder
+			return res, nil
+		case <-ctx.Done():
+			return res, context.Cause(ctx)
+		}
+		f, ok := <-queue
+		if !ok {
+			return res, nil
+		}
+		first = &f
 		var err error
 		if conn, err = dialIMAP(ctx, e.IMAP, e.credentials(plan.acct, password)); err != nil {
 			return res, err
@@ -314,7 +343,16 @@ func (e *Engine) folderWorker(ctx context.Context, w int, conn *imapConn, passwo
 			conn.Close()
 		}()
 	}
-	for f := range queue {
+	next := func() (legacyFolder, bool) {
+		if first != nil {
+			f := *first
+			first = nil
+			return f, true
+		}
+		f, ok := <-queue
+		return f, ok
+	}
+	for f, ok := next(); ok; f, ok = next() {
 		if err := ctx.Err(); err != nil {
 			return res, context.Cause(ctx)
 		}
