@@ -120,3 +120,28 @@ func activeScript(t *testing.T, st *store.Store, accountID int64, script string)
 		t.Fatal(err)
 	}
 }
+
+// TestRedirectThatCannotGoIsKept: a redirect with no way out (the legacy
+// server retired, no outbound relay) leaves its copy in INBOX; nothing
+// acknowledged is lost.
+func TestRedirectThatCannotGoIsKept(t *testing.T) {
+	f := start(t, func(b *Backend) {
+		b.Retired = func() bool { return true }
+		b.Filters = &Filters{Store: b.Store, Delimiter: "+"}
+	})
+	ctx := context.Background()
+	local, err := f.st.Account(ctx, "local@example.org")
+	if err != nil {
+		t.Fatal(err)
+	}
+	activeScript(t, f.st, local.ID, `redirect "someone@elsewhere.example";`)
+	if out := f.smtplib(t, `send(["local@example.org"], "stays@example.net")`); !strings.Contains(out, "DATA 250") {
+		t.Fatalf("smtplib said:\n%s", out)
+	}
+	if inbox := f.localInbox(t, "local@example.org"); len(inbox) != 1 || !strings.Contains(inbox[0], "<stays@example.net>") {
+		t.Fatalf("INBOX holds %d messages, want the one whose redirect could not go", len(inbox))
+	}
+	if spooled, _ := f.st.Spooled(ctx); len(spooled) != 0 {
+		t.Fatalf("spooled: %+v", spooled)
+	}
+}
