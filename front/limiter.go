@@ -5,6 +5,8 @@ import (
 	"strings"
 	"sync"
 	"time"
+
+	"mailcapture/slidingwindow"
 )
 
 // LoginLimiter bounds failed logins per client address and per account
@@ -20,8 +22,8 @@ type LoginLimiter struct {
 	// Window is the sliding window. Default 10 minutes.
 	Window time.Duration
 
-	mu       sync.Mutex
-	failures map[string][]time.Time
+	mu       sync.Mutex // the limits
+	failures slidingwindow.Counter
 	now      func() time.Time
 }
 
@@ -42,30 +44,13 @@ func keys(addr net.Addr, account string) (addrKey, accountKey string) {
 	return "addr:" + host, "account:" + strings.ToLower(account)
 }
 
-// recent returns the failures of key still in the window (pruning the
-// rest). Called with mu held.
-func (l *LoginLimiter) recent(key string, now time.Time) int {
-	list := l.failures[key]
-	cut := now.Add(-l.window())
-	i := 0
-	for i < len(list) && list[i].Before(cut) {
-		i++
-	}
-	if i == len(list) {
-		delete(l.failures, key)
-		return 0
-	}
-	l.failures[key] = list[i:]
-	return len(list) - i
-}
-
 // Allow tells whether a login for account from addr may be tried.
 func (l *LoginLimiter) Allow(addr net.Addr, account string) bool {
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	now := l.clock()
+	now, w := l.clock(), l.window()
 	a, acct := keys(addr, account)
-	return l.recent(a, now) < orInt(l.PerAddress, 20) && l.recent(acct, now) < orInt(l.PerAccount, 5)
+	return l.failures.Count(a, now, w) < orInt(l.PerAddress, 20) && l.failures.Count(acct, now, w) < orInt(l.PerAccount, 5)
 }
 
 // SetLimits changes the allowances and window (a configuration reload);
@@ -82,17 +67,13 @@ func (l *LoginLimiter) SetLimits(perAddress, perAccount int, window time.Duratio
 func (l *LoginLimiter) Failed(addr net.Addr, account string) (reached string) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	if l.failures == nil {
-		l.failures = map[string][]time.Time{}
-	}
-	now := l.clock()
+	now, w := l.clock(), l.window()
 	a, acct := keys(addr, account)
-	l.failures[a] = append(l.failures[a], now)
-	l.failures[acct] = append(l.failures[acct], now)
+	fromAddr, forAccount := l.failures.Add(a, now, w), l.failures.Add(acct, now, w)
 	switch {
-	case l.recent(a, now) == orInt(l.PerAddress, 20):
+	case fromAddr == orInt(l.PerAddress, 20):
 		return "from " + strings.TrimPrefix(a, "addr:")
-	case l.recent(acct, now) == orInt(l.PerAccount, 5):
+	case forAccount == orInt(l.PerAccount, 5):
 		return "for " + strings.TrimPrefix(acct, "account:")
 	}
 	return ""

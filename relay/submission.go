@@ -12,7 +12,6 @@ import (
 	"net/mail"
 	"os"
 	"strings"
-	"sync"
 	"sync/atomic"
 	"time"
 
@@ -23,6 +22,7 @@ import (
 	"mailcapture/labels"
 	"mailcapture/legacyclient"
 	"mailcapture/mimeinfo"
+	"mailcapture/slidingwindow"
 )
 
 // SubmissionObserver is told about submitted messages and refusals.
@@ -578,43 +578,15 @@ func (s *submitSession) Logout() error {
 
 // rateLimiter counts each account's submissions over the last hour.
 type rateLimiter struct {
-	mu   sync.Mutex
-	sent map[string][]time.Time
-}
-
-func (l *rateLimiter) recent(account string, now time.Time) []time.Time {
-	key := strings.ToLower(account)
-	list := l.sent[key]
-	i := 0
-	for i < len(list) && now.Sub(list[i]) > time.Hour {
-		i++
-	}
-	list = list[i:]
-	if len(list) == 0 {
-		delete(l.sent, key)
-	} else {
-		l.sent[key] = list
-	}
-	return list
+	sent slidingwindow.Counter
 }
 
 func (l *rateLimiter) allow(account string, max int) bool {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	if l.sent == nil {
-		l.sent = map[string][]time.Time{}
-	}
-	return len(l.recent(account, time.Now())) < max
+	return l.sent.Count(strings.ToLower(account), time.Now(), time.Hour) < max
 }
 
 func (l *rateLimiter) add(account string) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	if l.sent == nil {
-		l.sent = map[string][]time.Time{}
-	}
-	now := time.Now()
-	l.sent[strings.ToLower(account)] = append(l.recent(account, now), now)
+	l.sent.Add(strings.ToLower(account), time.Now(), time.Hour)
 }
 
 var _ smtp.AuthSession = (*submitSession)(nil)
