@@ -1,15 +1,10 @@
 package capture
 
 import (
-	"bufio"
 	"context"
 	"fmt"
-	"io"
-	"net"
 	"os/exec"
 	"path/filepath"
-	"strconv"
-	"strings"
 	"syscall"
 	"testing"
 	"time"
@@ -69,7 +64,7 @@ func BenchmarkCapture20k(b *testing.B) {
 			b.Fatal(err)
 		}
 		mbsync := timeIt(b, func() error { return runMbsync(b, filepath.Join(scratch, fmt.Sprintf("mbsync-%d", i)), d) })
-		raw := timeIt(b, func() error { return rawRead(d.IMAPAddr, names) })
+		raw := timeIt(b, func() error { _, err := legacytest.RawRead(d.IMAPAddr, user, password, names); return err })
 		fmt.Printf("capture bench: raw read %.2fs, mbsync %.2fs, mailcapture %.2fs\n", raw.Seconds(), mbsync.Seconds(), capture.Seconds())
 		fmt.Printf("capture bench: mailcapture is %.1fx faster than mbsync (target >= 3x), %.1fx the raw limit (target <= 4x)\n",
 			mbsync.Seconds()/capture.Seconds(), capture.Seconds()/raw.Seconds())
@@ -150,70 +145,6 @@ func runMbsync(b *testing.B, dir string, d *legacytest.Dovecot) error {
 	out, err := exec.Command("mbsync", "-q", "-c", legacytest.MbsyncConfig(b, dir, d.IMAPAddr, user, password), "-a").CombinedOutput()
 	if err != nil {
 		return fmt.Errorf("mbsync: %v\n%s", err, out)
-	}
-	return nil
-}
-
-// rawRead reads every body of every folder over one connection, skipping
-// literals without looking at them: the legacy server's read speed.
-func rawRead(addr string, folders []string) error {
-	c, err := net.Dial("tcp", addr)
-	if err != nil {
-		return err
-	}
-	defer c.Close()
-	r := bufio.NewReaderSize(c, 1<<20)
-	w := bufio.NewWriter(c)
-	tag := 0
-	run := func(cmd string) (int64, error) {
-		tag++
-		t := "r" + strconv.Itoa(tag)
-		fmt.Fprintf(w, "%s %s\r\n", t, cmd)
-		if err := w.Flush(); err != nil {
-			return 0, err
-		}
-		var literalBytes int64
-		for {
-			line, err := r.ReadString('\n')
-			if err != nil {
-				return 0, err
-			}
-			if strings.HasPrefix(line, t+" ") {
-				if !strings.HasPrefix(line, t+" OK") {
-					return 0, fmt.Errorf("%s: %s", cmd, line)
-				}
-				return literalBytes, nil
-			}
-			if i := strings.LastIndexByte(line, '{'); i >= 0 && strings.HasSuffix(line, "}\r\n") {
-				n, err := strconv.ParseInt(line[i+1:len(line)-3], 10, 64)
-				if err == nil {
-					if _, err := io.CopyN(io.Discard, r, n); err != nil {
-						return 0, err
-					}
-					literalBytes += n
-				}
-			}
-		}
-	}
-	if _, err := r.ReadString('\n'); err != nil {
-		return err
-	}
-	if _, err := run(fmt.Sprintf("LOGIN %q %q", user, password)); err != nil {
-		return err
-	}
-	var total int64
-	for _, f := range folders {
-		if _, err := run(fmt.Sprintf("EXAMINE %q", f)); err != nil {
-			return err
-		}
-		n, err := run("UID FETCH 1:* BODY.PEEK[]")
-		if err != nil {
-			return err
-		}
-		total += n
-	}
-	if total == 0 {
-		return fmt.Errorf("raw read got no bytes")
 	}
 	return nil
 }

@@ -131,21 +131,29 @@ var errMailboxChanged = errors.New("legacy folder changed during the pass")
 // connections, INBOX first. Progress is committed batch by batch, so a
 // pass that dies resumes where it stopped.
 func (e *Engine) Pass(ctx context.Context, account, password string) (PassResult, error) {
+	sess := &legacySession{engine: e, password: password}
+	defer sess.close()
+	return e.passOn(ctx, sess, account)
+}
+
+// passOn runs one sync pass over the session's legacy connection.
+func (e *Engine) passOn(ctx context.Context, sess *legacySession, account string) (PassResult, error) {
 	var res PassResult
 	acct, err := e.Store.Account(ctx, account)
 	if err != nil {
 		return res, fmt.Errorf("capture %s: %w", account, err)
 	}
+	sess.acct = acct
 	if e.IMAP.Address != "" {
-		res, err = e.imapPass(ctx, acct, password)
+		res, err = e.imapPass(ctx, sess)
 		if err == nil && e.POP3.Address != "" {
-			err = e.mapUIDLs(ctx, acct, password)
+			err = e.mapUIDLsIfNeeded(ctx, acct, sess.password)
 		}
 	} else {
-		res, err = e.pop3Pass(ctx, acct, password)
+		res, err = e.pop3Pass(ctx, acct, sess.password)
 	}
 	if err == nil {
-		err = e.copySieve(ctx, acct, password)
+		err = e.copySieve(ctx, acct, sess.password)
 	}
 	if err != nil && ctx.Err() != nil && !errors.Is(err, ctx.Err()) {
 		err = fmt.Errorf("%w (%v)", ctx.Err(), err)
@@ -172,22 +180,64 @@ func (e *Engine) Pass(ctx context.Context, account, password string) (PassResult
 	return res, nil
 }
 
-// imapPass syncs every folder over IMAP.
-func (e *Engine) imapPass(ctx context.Context, acct store.Account, password string) (PassResult, error) {
+// legacySession is the legacy IMAP connection that the passes and the
+// verification of one convergence share: each is a login at the legacy
+// server, so one is made for each connection actually used, not one per
+// pass. A connection a command failed on is dropped; the next use logs in
+// again.
+type legacySession struct {
+	engine   *Engine
+	acct     store.Account
+	password string
+	conn     *imapConn
+}
+
+// get returns the session's connection, logging in if it has none.
+func (s *legacySession) get(ctx context.Context) (*imapConn, error) {
+	if s.conn != nil {
+		return s.conn, nil
+	}
 	start := time.Now()
-	conn, err := dialIMAP(ctx, e.IMAP, e.credentials(acct, password))
+	conn, err := dialIMAP(ctx, s.engine.IMAP, s.engine.credentials(s.acct, s.password))
+	if err != nil {
+		return nil, err
+	}
+	if s.engine.OnLatency != nil {
+		s.engine.OnLatency(time.Since(start))
+	}
+	s.conn = conn
+	return conn, nil
+}
+
+// drop closes the connection after a failed command: what state it was
+// left in is not known.
+func (s *legacySession) drop() {
+	if s.conn != nil {
+		s.conn.Close()
+		s.conn = nil
+	}
+}
+
+// close logs out and closes the connection.
+func (s *legacySession) close() {
+	if s.conn != nil {
+		s.conn.Logout().Wait()
+		s.drop()
+	}
+}
+
+// imapPass syncs every folder over IMAP.
+func (e *Engine) imapPass(ctx context.Context, sess *legacySession) (PassResult, error) {
+	conn, err := sess.get(ctx)
 	if err != nil {
 		return PassResult{}, err
 	}
-	if e.OnLatency != nil {
-		e.OnLatency(time.Since(start))
-	}
-	defer conn.Close()
-	res, err := e.pass(ctx, conn, acct, password)
+	res, err := e.pass(ctx, conn, sess.acct, sess.password)
 	if err != nil {
-		return res, conn.classify(ctx, err)
+		err = conn.classify(ctx, err)
+		sess.drop()
+		return res, err
 	}
-	conn.Logout().Wait()
 	return res, nil
 }
 

@@ -6,15 +6,18 @@ import (
 	"testing"
 	"time"
 
+	"mailcapture/legacyclient"
 	"mailcapture/legacytest"
 	"mailcapture/store"
 )
 
-// TestExtraConnectionsOnlyForWaitingFolders: a pass whose first
+// TestExtraConnectionsOnlyForWaitingFolders: a convergence whose first
 // connection takes every folder before the extra connection's delay
-// opens no second one (one legacy login per pass and one for the
-// verification); with folders still waiting at the delay, the second
-// connection is opened and takes some of them.
+// logs in once for all its passes and its verification, and at the
+// legacy POP3 server once, to map the UIDLs of the copied INBOX; a pass
+// with nothing new to map does not log in there. With folders still
+// waiting at the delay, the second connection is opened and takes some of
+// them.
 func TestExtraConnectionsOnlyForWaitingFolders(t *testing.T) {
 	ctx := context.Background()
 	d := legacytest.Start(t, legacytest.Options{})
@@ -28,13 +31,41 @@ func TestExtraConnectionsOnlyForWaitingFolders(t *testing.T) {
 	}
 	e := newEngine(st, d)
 	e.IMAP.Address = proxy.Addr
+	e.POP3 = legacyclient.Endpoint{Address: d.POP3Addr, TLS: "none", Timeout: 10 * time.Second}
 	e.ExtraConnectionDelay = time.Hour // the first connection always finishes first
 	conv, err := e.Converge(ctx, user, password, 5)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if want := len(conv.Passes) + 1; proxy.Accepted() != want {
-		t.Fatalf("%d legacy connections for %d passes and a verification, want %d", proxy.Accepted(), len(conv.Passes), want)
+	if proxy.Accepted() != 1 || len(conv.Passes) < 2 {
+		t.Fatalf("%d legacy IMAP connections for %d passes and a verification, want 1", proxy.Accepted(), len(conv.Passes))
+	}
+	if n := d.Logins(t, "pop3"); n != 1 {
+		t.Fatalf("%d legacy POP3 logins for a convergence, want 1", n)
+	}
+	if _, err := e.Pass(ctx, user, password); err != nil {
+		t.Fatal(err)
+	}
+	if n := d.Logins(t, "pop3"); n != 1 {
+		t.Fatalf("a pass with no new message logged in at the legacy POP3 server (%d logins)", n)
+	}
+	d.Populate(t, user, password, []legacytest.Folder{{Name: "INBOX", Messages: legacytest.Generate(4, 1, 2000)}})
+	if res, err := e.Pass(ctx, user, password); err != nil || res.Added != 1 {
+		t.Fatalf("pass after new mail: %+v, %v", res, err)
+	}
+	if n := d.Logins(t, "pop3"); n != 2 {
+		t.Fatalf("a pass that copied a new INBOX message made %d POP3 logins in all, want 2", n)
+	}
+	acct, err := st.Account(ctx, user)
+	if err != nil {
+		t.Fatal(err)
+	}
+	inbox, err := st.MailboxByName(ctx, acct.ID, "INBOX")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if n, err := st.UnmappedUIDLs(ctx, inbox.ID); err != nil || n != 0 {
+		t.Fatalf("%d INBOX messages left without their legacy UIDL (%v)", n, err)
 	}
 
 	// Ten folders, no delay: the second connection takes its share.

@@ -159,6 +159,23 @@ func (e *Engine) pop3Pass(ctx context.Context, acct store.Account, password stri
 	return res, nil
 }
 
+// mapUIDLsIfNeeded maps the UIDLs of the legacy POP3 server when the
+// IMAP-copied INBOX holds a message without one (a login at the legacy
+// POP3 server only when there is something to map).
+func (e *Engine) mapUIDLsIfNeeded(ctx context.Context, acct store.Account, password string) error {
+	inbox, err := e.Store.MailboxByName(ctx, acct.ID, "INBOX")
+	if errors.Is(err, store.ErrNotFound) {
+		return nil
+	}
+	if err != nil {
+		return err
+	}
+	if n, err := e.Store.UnmappedUIDLs(ctx, inbox.ID); err != nil || n == 0 {
+		return err
+	}
+	return e.mapUIDLs(ctx, acct, password)
+}
+
 // mapUIDLs gives the messages of the IMAP-copied INBOX the UIDLs the legacy
 // POP3 server shows for them, so POP3 clients that leave mail on the server
 // download nothing again. A UIDL an earlier pass mapped stays with its

@@ -41,26 +41,34 @@ func (v *Verification) mismatch(format string, args ...any) {
 // whose size or hash disagree are removed, so the next pass copies them
 // again; a verification that found mismatches never lets a cut-over start.
 func (e *Engine) Verify(ctx context.Context, account, password string) (Verification, error) {
+	sess := &legacySession{engine: e, password: password}
+	defer sess.close()
+	return e.verifyOn(ctx, sess, account)
+}
+
+// verifyOn runs Verify over the session's legacy connection.
+func (e *Engine) verifyOn(ctx context.Context, sess *legacySession, account string) (Verification, error) {
 	var v Verification
 	acct, err := e.Store.Account(ctx, account)
 	if err != nil {
 		return v, fmt.Errorf("verify %s: %w", account, err)
 	}
+	sess.acct = acct
 	if e.IMAP.Address == "" {
-		if err := e.verifyPOP3(ctx, acct, password, &v); err != nil {
+		if err := e.verifyPOP3(ctx, acct, sess.password, &v); err != nil {
 			return v, fmt.Errorf("verify %s: %w", account, err)
 		}
 		return v, nil
 	}
-	conn, err := dialIMAP(ctx, e.IMAP, e.credentials(acct, password))
+	conn, err := sess.get(ctx)
 	if err != nil {
 		return v, fmt.Errorf("verify %s: %w", account, err)
 	}
-	defer conn.Close()
 	if err := e.verify(ctx, conn, acct, &v); err != nil {
-		return v, fmt.Errorf("verify %s: %w", account, conn.classify(ctx, err))
+		err = conn.classify(ctx, err)
+		sess.drop()
+		return v, fmt.Errorf("verify %s: %w", account, err)
 	}
-	conn.Logout().Wait()
 	return v, nil
 }
 
@@ -302,8 +310,10 @@ var ErrNotConverged = errors.New("not converged")
 // be an exact copy: the account is then ready for cut-over.
 func (e *Engine) Converge(ctx context.Context, account, password string, maxPasses int) (Convergence, error) {
 	var c Convergence
+	sess := &legacySession{engine: e, password: password}
+	defer sess.close()
 	for len(c.Passes) < maxPasses {
-		res, err := e.Pass(ctx, account, password)
+		res, err := e.passOn(ctx, sess, account)
 		if err != nil {
 			return c, err
 		}
@@ -311,7 +321,7 @@ func (e *Engine) Converge(ctx context.Context, account, password string, maxPass
 		if res.Changed() {
 			continue
 		}
-		v, err := e.Verify(ctx, account, password)
+		v, err := e.verifyOn(ctx, sess, account)
 		if errors.Is(err, errMailboxChanged) {
 			continue
 		}

@@ -5,6 +5,7 @@
 package legacytest
 
 import (
+	"bytes"
 	"crypto/ecdsa"
 	"crypto/elliptic"
 	"crypto/rand"
@@ -649,4 +650,15 @@ func (d *Dovecot) PutSieve(t testing.TB, user, name string, script []byte, activ
 	for _, p := range []string{home, dir, path, filepath.Join(home, ".dovecot.sieve")} {
 		os.Lchown(p, d.mailUID, d.mailGID)
 	}
+}
+
+// Logins counts the successful logins Dovecot has logged so far for a
+// protocol ("imap", "pop3", "managesieve").
+func (d *Dovecot) Logins(t testing.TB, protocol string) int {
+	t.Helper()
+	log, err := os.ReadFile(filepath.Join(d.Dir, "dovecot.log"))
+	if err != nil {
+		t.Fatalf("read the Dovecot log: %v", err)
+	}
+	return bytes.Count(log, []byte(protocol+"-login: Info: Login: "))
 }

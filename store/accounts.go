@@ -45,6 +45,9 @@ type Account struct {
 	// LegacyLogin is the name the legacy server last accepted for the
 	// account ("" until a login there succeeded): captures log in with it.
 	LegacyLogin string
+	// HasPassword tells whether a password hash is stored (an account
+	// captured with a master user has none until its user logs in).
+	HasPassword bool
 }
 
 // Progress is how much of an account (or of all accounts) is stored.
@@ -54,13 +57,14 @@ type Progress struct {
 }
 
 const accountColumns = `id, name, state, state_changed_at, created_at, legacy_prefix, legacy_separator,
-	special_use_guessed, legacy_messages, legacy_bytes, capture_started_at, last_sync_at, captured_at, last_error, legacy_login`
+	special_use_guessed, legacy_messages, legacy_bytes, capture_started_at, last_sync_at, captured_at, last_error, legacy_login,
+	password_hash != ''`
 
 func scanAccount(row interface{ Scan(...any) error }) (Account, error) {
 	var a Account
 	var changed, created, started, synced, captured int64
 	err := row.Scan(&a.ID, &a.Name, &a.State, &changed, &created, &a.LegacyPrefix, &a.LegacySeparator,
-		&a.SpecialUseGuessed, &a.LegacyMessages, &a.LegacyBytes, &started, &synced, &captured, &a.LastError, &a.LegacyLogin)
+		&a.SpecialUseGuessed, &a.LegacyMessages, &a.LegacyBytes, &started, &synced, &captured, &a.LastError, &a.LegacyLogin, &a.HasPassword)
 	if err != nil {
 		return Account{}, err
 	}

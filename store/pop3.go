@@ -91,3 +91,16 @@ func (s *Store) SetPOP3UIDLs(ctx context.Context, mailboxID int64, uidls map[uin
 	}
 	return nil
 }
+
+// UnmappedUIDLs counts the messages of a mailbox copied from the legacy
+// server (they have a legacy UID) that have no legacy POP3 UIDL recorded
+// yet: while there are none, the legacy POP3 server need not be asked.
+func (s *Store) UnmappedUIDLs(ctx context.Context, mailboxID int64) (int, error) {
+	var n int
+	err := s.read.QueryRowContext(ctx,
+		"SELECT count(*) FROM messages WHERE mailbox_id = ? AND legacy_uid IS NOT NULL AND pop3_uidl IS NULL", mailboxID).Scan(&n)
+	if err != nil {
+		return 0, fmt.Errorf("count unmapped UIDLs in mailbox %d: %w", mailboxID, err)
+	}
+	return n, nil
+}

@@ -73,31 +73,23 @@ func runCapture(ctx context.Context, env *environment, args []string) error {
 		return err
 	}
 	defer st.Close()
-	// The accounts are recorded at once and their passwords hashed beside
-	// the copy (argon2id is slow on purpose: hashing them all first would
-	// hold back every copy).
-	var fresh []capture.BulkAccount
+	// The accounts are recorded at once; their passwords are hashed once
+	// the copies are done (argon2id is slow on purpose, and on the same
+	// cores it would slow every copy down). An account left without a
+	// hash by an interrupted run gets it on the next.
+	var unhashed []capture.BulkAccount
 	for _, a := range accounts {
-		_, err := st.CreateAccount(ctx, a.Name, "", store.StateCapturing)
-		switch {
-		case err == nil:
-			if a.Password != "" {
-				fresh = append(fresh, a)
-			}
-		case !errors.Is(err, store.ErrExists):
+		acct, err := st.CreateAccount(ctx, a.Name, "", store.StateCapturing)
+		if errors.Is(err, store.ErrExists) {
+			acct, err = st.Account(ctx, a.Name)
+		}
+		if err != nil {
 			return err
 		}
-	}
-	hashed := make(chan error, 1)
-	go func() {
-		for _, a := range fresh {
-			if err := st.SetPassword(context.WithoutCancel(ctx), a.Name, a.Password); err != nil {
-				hashed <- err
-				return
-			}
+		if a.Password != "" && !acct.HasPassword {
+			unhashed = append(unhashed, a)
 		}
-		hashed <- nil
-	}()
+	}
 	engine := capture.NewEngine(st, cfg, log)
 	engine.Master = master
 	sched := capture.NewScheduler(engine, cfg, log)
@@ -141,10 +133,30 @@ loop:
 	}
 	stop()
 	<-finished
-	if err := <-hashed; err != nil {
-		return fmt.Errorf("record the accounts' passwords: %w", err)
+	if err := hashPasswords(ctx, env, st, unhashed); err != nil {
+		return err
 	}
 	return p.summary(context.WithoutCancel(ctx), ctx.Err() != nil)
+}
+
+// hashPasswords stores the hash of each account's CSV password, unless
+// the run was interrupted (the next run hashes what is left).
+func hashPasswords(ctx context.Context, env *environment, st *store.Store, accounts []capture.BulkAccount) error {
+	if len(accounts) == 0 {
+		return nil
+	}
+	start := time.Now()
+	for i, a := range accounts {
+		if ctx.Err() != nil {
+			fmt.Fprintf(env.stdout, "interrupted: %d of %d passwords hashed, the next run hashes the others\n", i, len(accounts))
+			return nil
+		}
+		if err := st.SetPassword(ctx, a.Name, a.Password); err != nil && ctx.Err() == nil {
+			return fmt.Errorf("record the password of %s: %w", a.Name, err)
+		}
+	}
+	fmt.Fprintf(env.stdout, "passwords of %d accounts hashed in %.1fs\n", len(accounts), time.Since(start).Seconds())
+	return nil
 }
 
 func readAccounts(path string, read func(io.Reader) ([]capture.BulkAccount, error)) ([]capture.BulkAccount, error) {
