@@ -81,13 +81,9 @@ func syncState(sel *imap.SelectData, local store.MailboxStatus) (string, bool) {
 // mbox (read before the sync) holds.
 func (e *Engine) recordFolder(ctx context.Context, mbox store.Mailbox, f legacyFolder, sel *imap.SelectData) error {
 	uidnext := uint32(sel.UIDNext)
-	if strings.Join(mbox.SpecialUse, " ") != strings.Join(f.specialUse, " ") || mbox.Subscribed != f.subscribed || mbox.UIDNext < uidnext {
-		if err := e.Store.UpdateMailbox(ctx, mbox.ID, f.specialUse, f.subscribed, uidnext); err != nil {
-			return err
-		}
-	}
-	if mbox.LegacyUIDNext < uidnext {
-		return e.Store.SetLegacyUIDNext(ctx, mbox.ID, uidnext)
+	if strings.Join(mbox.SpecialUse, " ") != strings.Join(f.specialUse, " ") || mbox.Subscribed != f.subscribed ||
+		mbox.UIDNext < uidnext || mbox.LegacyUIDNext < uidnext {
+		return e.Store.UpdateMailbox(ctx, mbox.ID, f.specialUse, f.subscribed, uidnext)
 	}
 	return nil
 }
@@ -212,7 +208,7 @@ func (e *Engine) localMailbox(ctx context.Context, plan *passPlan, f legacyFolde
 	}
 	m, err := e.Store.CreateMailbox(ctx, acct.ID, store.MailboxSpec{
 		Name: f.name, UIDValidity: uidvalidity, UIDNext: 1, SpecialUse: f.specialUse,
-		Subscribed: f.subscribed, LegacyUIDValidity: uidvalidity,
+		Subscribed: f.subscribed, LegacyUIDValidity: uidvalidity, Mirror: true,
 	})
 	if err != nil {
 		return m, err

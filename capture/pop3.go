@@ -88,7 +88,7 @@ func (e *Engine) pop3Pass(ctx context.Context, acct store.Account, password stri
 	res.Folders = 1
 	inbox, err := e.Store.MailboxByName(ctx, acct.ID, "INBOX")
 	if errors.Is(err, store.ErrNotFound) {
-		inbox, err = e.Store.CreateMailbox(ctx, acct.ID, store.MailboxSpec{Name: "INBOX", Subscribed: true})
+		inbox, err = e.Store.CreateMailbox(ctx, acct.ID, store.MailboxSpec{Name: "INBOX", Subscribed: true, Mirror: true})
 		res.FoldersCreated++
 	}
 	if err != nil {

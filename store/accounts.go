@@ -270,22 +270,37 @@ func (s *Store) SetLegacyLogin(ctx context.Context, name, login string) error {
 // SetLegacyNamespace records the legacy server's personal namespace prefix,
 // hierarchy separator, and whether special-use attributes were guessed.
 func (s *Store) SetLegacyNamespace(ctx context.Context, name, prefix, separator string, specialUseGuessed bool) error {
-	return s.updateAccount(ctx, name, "legacy_prefix = ?, legacy_separator = ?, special_use_guessed = ?",
+	return s.noteAccount(ctx, name, "legacy_prefix = ?, legacy_separator = ?, special_use_guessed = ?",
 		prefix, separator, specialUseGuessed)
 }
 
 // SetLegacySize records the legacy mailbox's size, as last measured.
 func (s *Store) SetLegacySize(ctx context.Context, name string, messages, bytes int64) error {
-	return s.updateAccount(ctx, name, "legacy_messages = ?, legacy_bytes = ?", messages, bytes)
+	return s.noteAccount(ctx, name, "legacy_messages = ?, legacy_bytes = ?", messages, bytes)
 }
 
 // RecordSync records the end of a sync pass: its time and its error (""
 // when it succeeded).
 func (s *Store) RecordSync(ctx context.Context, name string, at time.Time, syncErr string) error {
 	if syncErr != "" {
-		return s.updateAccount(ctx, name, "last_error = ?", syncErr)
+		return s.noteAccount(ctx, name, "last_error = ?", syncErr)
 	}
-	return s.updateAccount(ctx, name, "last_sync_at = ?, last_error = ''", unixOrZero(at))
+	return s.noteAccount(ctx, name, "last_sync_at = ?, last_error = ''", unixOrZero(at))
+}
+
+// noteAccount is updateAccount for what a capture notes about the legacy
+// mailbox as it goes (its namespace, its size, when it was last synced):
+// the commit is not flushed by itself (writeTxRelaxed). A power loss may
+// lose such a note until the next durable commit; the next pass notes it
+// again.
+func (s *Store) noteAccount(ctx context.Context, name, set string, args ...any) error {
+	err := s.writeTxRelaxed(ctx, func(tx *sql.Tx) error {
+		return execOne(ctx, tx, "UPDATE accounts SET "+set+" WHERE name = ?", append(args, name)...)
+	})
+	if err != nil {
+		return fmt.Errorf("update account %s: %w", name, err)
+	}
+	return nil
 }
 
 func (s *Store) updateAccount(ctx context.Context, name, set string, args ...any) error {

@@ -44,6 +44,12 @@ type MailboxSpec struct {
 	SpecialUse        []string
 	Subscribed        bool
 	LegacyUIDValidity uint32
+	// Mirror marks the copy of a legacy folder made by a capture: its
+	// creation is not flushed to disk by itself (writeTxRelaxed). The
+	// first durable commit after it (the folder's first batch) makes it
+	// durable; lost to a power loss before that, the next pass creates
+	// it again.
+	Mirror bool
 }
 
 // MailboxStatus is what STATUS and SELECT report.
@@ -87,7 +93,11 @@ func (s *Store) CreateMailbox(ctx context.Context, accountID int64, spec Mailbox
 	}
 	uidnext := max(spec.UIDNext, 1)
 	var id int64
-	err := s.writeTx(ctx, func(tx *sql.Tx) error {
+	write := s.writeTx
+	if spec.Mirror {
+		write = s.writeTxRelaxed
+	}
+	err := write(ctx, func(tx *sql.Tx) error {
 		uidvalidity, err := takeUIDValidity(ctx, tx, accountID, spec.UIDValidity)
 		if err != nil {
 			return err
@@ -169,15 +179,17 @@ func (s *Store) Mailboxes(ctx context.Context, accountID int64) ([]Mailbox, erro
 	return out, nil
 }
 
-// UpdateMailbox sets the mailbox's special-use attributes and subscription
-// and raises UIDNEXT to at least uidnext (it never lowers it: invariant 4).
-// While the account is being captured, nothing below uidnext is \Recent:
-// the messages were copied, not delivered.
+// UpdateMailbox records what a sync saw of the mailbox's legacy folder:
+// it sets the special-use attributes and subscription, and raises UIDNEXT
+// to at least the legacy uidnext (it never lowers it: invariant 4), and
+// the legacy UIDNEXT reached with it (see SetLegacyUIDNext). While the
+// account is being captured, nothing below uidnext is \Recent: the
+// messages were copied, not delivered.
 func (s *Store) UpdateMailbox(ctx context.Context, id int64, specialUse []string, subscribed bool, uidnext uint32) error {
 	err := s.writeTx(ctx, func(tx *sql.Tx) error {
-		if err := execOne(ctx, tx, `UPDATE mailboxes SET special_use = ?, uidnext = max(uidnext, ?),
+		if err := execOne(ctx, tx, `UPDATE mailboxes SET special_use = ?, uidnext = max(uidnext, ?), legacy_uidnext = max(legacy_uidnext, ?),
 			recent_uid = CASE WHEN (SELECT state FROM accounts WHERE id = account_id) = 'captured' THEN recent_uid ELSE max(recent_uid, ?) END
-			WHERE id = ?`, strings.Join(specialUse, " "), uidnext, uidnext, id); err != nil {
+			WHERE id = ?`, strings.Join(specialUse, " "), uidnext, uidnext, uidnext, id); err != nil {
 			return err
 		}
 		var accountID int64
@@ -226,9 +238,11 @@ func (s *Store) SetLegacyUIDNext(ctx context.Context, id int64, uidnext uint32) 
 }
 
 // SetLegacySyncState records what a finished sync of the mailbox saw (see
-// Mailbox.LegacySyncState).
+// Mailbox.LegacySyncState). The commit is not flushed by itself
+// (writeTxRelaxed): a state lost to a power loss only makes the next pass
+// compare the folder message by message.
 func (s *Store) SetLegacySyncState(ctx context.Context, id int64, state string) error {
-	err := s.writeTx(ctx, func(tx *sql.Tx) error {
+	err := s.writeTxRelaxed(ctx, func(tx *sql.Tx) error {
 		return execOne(ctx, tx, "UPDATE mailboxes SET legacy_state = ? WHERE id = ?", state, id)
 	})
 	if err != nil {

@@ -45,7 +45,10 @@ func UIDL(m Message, uidvalidity uint32) string {
 }
 
 // SetPOP3UIDLs records the legacy UIDL of messages of a mailbox (by UID),
-// so POP3 clients see the UIDLs the legacy server gave them.
+// so POP3 clients see the UIDLs the legacy server gave them. The commit
+// is not flushed by itself (writeTxRelaxed): the cut-over's durable
+// commit comes after it, and UIDLs lost to a power loss before that are
+// mapped again by the next pass.
 func (s *Store) SetPOP3UIDLs(ctx context.Context, mailboxID int64, uidls map[uint32]string) error {
 	if len(uidls) == 0 {
 		return nil
@@ -57,7 +60,7 @@ func (s *Store) SetPOP3UIDLs(ctx context.Context, mailboxID int64, uidls map[uin
 		uids = append(uids, uid)
 	}
 	slices.Sort(uids)
-	err := s.writeTx(ctx, func(tx *sql.Tx) error {
+	err := s.writeTxRelaxed(ctx, func(tx *sql.Tx) error {
 		clear, err := tx.PrepareContext(ctx, "UPDATE messages SET pop3_uidl = NULL WHERE mailbox_id = ? AND uid = ? AND pop3_uidl IS NOT NULL")
 		if err != nil {
 			return err

@@ -62,7 +62,10 @@ func (s *Store) ActiveSieveScript(ctx context.Context, accountID int64) (SieveSc
 
 // ReplaceSieveScripts makes an account's scripts exactly these (at most
 // one active), with their source, in one transaction: a capture pass
-// copies the legacy server's set whole.
+// copies the legacy server's set whole. The commit is not flushed by
+// itself (writeTxRelaxed): the cut-over's durable commit comes after it,
+// and a set lost to a power loss before that is copied again by the next
+// pass.
 func (s *Store) ReplaceSieveScripts(ctx context.Context, accountID int64, scripts []SieveScript, source SieveSource) error {
 	active := 0
 	for _, sc := range scripts {
@@ -74,7 +77,7 @@ func (s *Store) ReplaceSieveScripts(ctx context.Context, accountID int64, script
 		return fmt.Errorf("replace sieve scripts: %d active, at most one may be", active)
 	}
 	now := time.Now().Unix()
-	err := s.writeTx(ctx, func(tx *sql.Tx) error {
+	err := s.writeTxRelaxed(ctx, func(tx *sql.Tx) error {
 		if _, err := tx.ExecContext(ctx, "DELETE FROM sieve_scripts WHERE account_id = ?", accountID); err != nil {
 			return err
 		}
