@@ -120,6 +120,45 @@ func (s *Store) CreateAccount(ctx context.Context, name, password string, state 
 	return s.Account(ctx, name)
 }
 
+// EnsureAccounts records, in one transaction, each of names that is not
+// an account yet, in state and without a password hash (as CreateAccount
+// with an empty password), and returns the accounts of all the names, in
+// their order: a bulk capture records hundreds of accounts with one
+// commit.
+func (s *Store) EnsureAccounts(ctx context.Context, names []string, state State) ([]Account, error) {
+	now := time.Now().Unix()
+	err := s.writeTx(ctx, func(tx *sql.Tx) error {
+		ins, err := tx.PrepareContext(ctx, `INSERT INTO accounts (name, password_hash, state, state_changed_at, created_at, capture_started_at)
+			VALUES (?, '', ?, ?, ?, ?) ON CONFLICT DO NOTHING`)
+		if err != nil {
+			return err
+		}
+		defer ins.Close()
+		for _, name := range names {
+			name = strings.TrimSpace(name)
+			if name == "" {
+				return fmt.Errorf("empty name")
+			}
+			if _, err := ins.ExecContext(ctx, name, state, now, now, now); err != nil {
+				return fmt.Errorf("%s: %w", name, err)
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		return nil, fmt.Errorf("create accounts: %w", err)
+	}
+	out := make([]Account, 0, len(names))
+	for _, name := range names {
+		a, err := s.Account(ctx, strings.TrimSpace(name))
+		if err != nil {
+			return nil, err
+		}
+		out = append(out, a)
+	}
+	return out, nil
+}
+
 // Account returns the account called name (case-insensitive), or
 // ErrNotFound.
 func (s *Store) Account(ctx context.Context, name string) (Account, error) {

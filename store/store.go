@@ -67,6 +67,8 @@ type Store struct {
 	write   *sql.DB // the one writer connection
 	lock    *os.File
 	dataDir *os.File // kept open for syncfs
+	// bodySyncs shares each syncfs among the writers waiting for one.
+	bodySyncs groupSync
 	// hashing holds a token per password hash being computed: a login
 	// storm waits instead of costing memory without bound.
 	hashing chan struct{}
@@ -522,7 +524,7 @@ func (s *Store) blobReferenced(ctx context.Context, id int64) (bool, error) {
 // syncBodies makes every body written so far durable, with their directory
 // entries: one syncfs for a whole batch instead of one fsync per file.
 func (s *Store) syncBodies() error {
-	return unix.Syncfs(int(s.dataDir.Fd()))
+	return s.bodySyncs.do(func() error { return unix.Syncfs(int(s.dataDir.Fd())) })
 }
 
 // idAllocator hands out blob ids from ranges reserved durably in the

@@ -874,3 +874,33 @@ func TestMergeAccounts(t *testing.T) {
 		t.Fatal("the kept password hash does not verify")
 	}
 }
+
+// TestEnsureAccounts: one call records the names not yet accounts, without
+// a hash, and leaves an existing account (any spelling) as it was.
+func TestEnsureAccounts(t *testing.T) {
+	ctx := context.Background()
+	s := openTest(t, t.TempDir())
+	if _, err := s.CreateAccount(ctx, "ann@example.org", "correct horse", StateCaptured); err != nil {
+		t.Fatal(err)
+	}
+	got, err := s.EnsureAccounts(ctx, []string{"bob@example.org", "ANN@example.org", " cat@example.org"}, StateCapturing)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var summary []string
+	for _, a := range got {
+		summary = append(summary, fmt.Sprintf("%s %s %v", a.Name, a.State, a.HasPassword))
+	}
+	if want := "[bob@example.org capturing false ann@example.org captured true cat@example.org capturing false]"; fmt.Sprint(summary) != want {
+		t.Fatalf("accounts %v, want %s", summary, want)
+	}
+	if ok, _ := s.VerifyPassword(ctx, "ann@example.org", "correct horse"); !ok {
+		t.Fatal("the existing account lost its password")
+	}
+	if _, err := s.EnsureAccounts(ctx, []string{"dan@example.org", " "}, StateCapturing); err == nil {
+		t.Fatal("an empty name was accepted")
+	}
+	if _, err := s.Account(ctx, "dan@example.org"); !errors.Is(err, ErrNotFound) {
+		t.Fatalf("a refused call recorded an account: %v", err)
+	}
+}

@@ -77,16 +77,17 @@ func runCapture(ctx context.Context, env *environment, args []string) error {
 	// the copies are done (argon2id is slow on purpose, and on the same
 	// cores it would slow every copy down). An account left without a
 	// hash by an interrupted run gets it on the next.
+	names := make([]string, len(accounts))
+	for i, a := range accounts {
+		names[i] = a.Name
+	}
+	recorded, err := st.EnsureAccounts(ctx, names, store.StateCapturing)
+	if err != nil {
+		return err
+	}
 	var unhashed []capture.BulkAccount
-	for _, a := range accounts {
-		acct, err := st.CreateAccount(ctx, a.Name, "", store.StateCapturing)
-		if errors.Is(err, store.ErrExists) {
-			acct, err = st.Account(ctx, a.Name)
-		}
-		if err != nil {
-			return err
-		}
-		if a.Password != "" && !acct.HasPassword {
+	for i, a := range accounts {
+		if a.Password != "" && !recorded[i].HasPassword {
 			unhashed = append(unhashed, a)
 		}
 	}
