@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"mailcapture/legacyclient"
+	"mailcapture/loadgauge"
 	"mailcapture/store"
 )
 
@@ -18,7 +19,9 @@ import (
 //   - one job per account at a time (a second Submit joins the first);
 //   - at most Workers jobs at once, fewer while the legacy server suffers:
 //     each legacy error halves the limit, each login much slower than the
-//     fastest seen lowers it by one, each success raises it by one;
+//     fastest seen lowers it by one, each success raises it by one. A
+//     login is held against the legacy server only when the local
+//     machine's own load does not explain it (see Local);
 //   - accounts whose user is logged in now (interactive) go before bulk
 //     work, older submissions first;
 //   - legacy errors are retried with exponential backoff, and a retried job
@@ -50,6 +53,13 @@ type Scheduler struct {
 	// OnStopped is called when a job gives up for good (bad credentials).
 	OnStopped func(account string, err error)
 	Log       *slog.Logger
+	// Local tells how busy the local machine is (the share of recent
+	// time in which its tasks waited for a CPU or the disk). Default the
+	// machine's pressure stall information (loadgauge.New).
+	Local LocalLoad
+	// SlowLoginFloor is the login time under which no login counts as
+	// slow, however fast the fastest was. Default 250 ms.
+	SlowLoginFloor time.Duration
 
 	mu      sync.Mutex
 	jobs    map[string]*job
@@ -64,30 +74,91 @@ type Scheduler struct {
 	onStart func(account string)
 	// fastest is the quickest legacy login seen, slowly forgotten.
 	fastest time.Duration
+	// slowLegacy and slowLocal count the slow logins held against the
+	// legacy server and those the local load explained.
+	slowLegacy, slowLocal int
+	// onLimit, if set, sees every change of the limit (tests).
+	onLimit func(limit int)
+}
+
+// LocalLoad tells how busy the local machine is: Stall is the share of
+// recent time (0 to 1) in which its tasks waited for a CPU or the disk.
+type LocalLoad interface {
+	Stall() float64
 }
 
 // Logins slower than slowFactor times the fastest one seen (and slower
-// than slowFloor) mean the legacy server is struggling.
+// than the floor) mean the legacy server is struggling, unless the local
+// machine's load explains them.
 const (
-	slowFactor = 4
-	slowFloor  = 250 * time.Millisecond
+	slowFactor       = 4
+	defaultSlowFloor = 250 * time.Millisecond
+	// maxStall bounds the slowdown credited to local load (1/(1-0.9):
+	// tenfold), so that a legacy server that really slows down is still
+	// noticed on a saturated machine (at 40 times its fastest login).
+	maxStall = 0.9
 )
 
 // observeLatency takes the duration of a legacy login and lowers the
-// concurrency limit when the legacy server answers much slower than it can.
+// concurrency limit when the legacy server answers much slower than it
+// can. A local machine whose tasks wait for a CPU or the disk for a share
+// s of the time runs everything about 1/(1-s) times slower, the login's
+// own side of it too (and the legacy server's, where it runs on the same
+// machine): the fastest login seen is scaled by that before it is
+// compared, so a busy local machine does not make the scheduler back off
+// from a legacy server that answers as fast as ever.
 func (s *Scheduler) observeLatency(d time.Duration) {
 	s.mu.Lock()
-	defer s.mu.Unlock()
 	s.init()
+	local := s.Local
+	s.mu.Unlock()
+	stall := min(max(local.Stall(), 0), maxStall)
+	s.mu.Lock()
+	defer s.mu.Unlock()
 	if s.fastest == 0 || d < s.fastest {
 		s.fastest = d
-	} else {
+	} else if stall < 0.5 {
 		s.fastest += (d - s.fastest) / 64 // forget a fluke fast login over time
 	}
-	if d > slowFloor && d > slowFactor*s.fastest && s.limit > 1 {
-		s.limit--
-		s.log().Warn("legacy server answers slowly; fewer captures at once", "login", d, "fastest", s.fastest, "concurrency_limit", s.limit)
+	floor := s.SlowLoginFloor
+	if floor <= 0 {
+		floor = defaultSlowFloor
 	}
+	if d <= floor || d <= slowFactor*s.fastest {
+		return
+	}
+	expected := time.Duration(float64(slowFactor*s.fastest) / (1 - stall))
+	if d <= expected {
+		s.slowLocal++
+		s.log().Info("legacy login slow, but the local machine is busy: not held against the legacy server",
+			"login", d, "fastest", s.fastest, "local_stall", stall)
+		return
+	}
+	s.slowLegacy++
+	if s.limit > 1 {
+		s.setLimit(s.limit - 1)
+		s.log().Warn("legacy server answers slowly; fewer captures at once", "login", d, "fastest", s.fastest,
+			"local_stall", stall, "concurrency_limit", s.limit)
+	}
+}
+
+// setLimit changes the adaptive limit (s.mu held).
+func (s *Scheduler) setLimit(limit int) {
+	if limit == s.limit {
+		return
+	}
+	s.limit = limit
+	if s.onLimit != nil {
+		s.onLimit(limit)
+	}
+}
+
+// SlowLogins returns how many slow legacy logins were held against the
+// legacy server, and how many the local machine's load explained.
+func (s *Scheduler) SlowLogins() (legacy, local int) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.slowLegacy, s.slowLocal
 }
 
 // JobState is where a job is.
@@ -140,6 +211,9 @@ func (s *Scheduler) init() {
 		s.jobs = map[string]*job{}
 		s.wake = make(chan struct{}, 1)
 		s.limit = s.workers()
+	}
+	if s.Local == nil {
+		s.Local = loadgauge.New()
 	}
 }
 
@@ -226,6 +300,7 @@ func (s *Scheduler) Run(ctx context.Context) {
 	if s.Engine.OnLatency == nil {
 		s.Engine.OnLatency = s.observeLatency
 	}
+
 	var wg sync.WaitGroup
 	defer wg.Wait()
 	timer := time.NewTimer(time.Hour)
@@ -318,7 +393,7 @@ func (s *Scheduler) runJob(ctx context.Context, j *job) {
 	trickle := s.Trickle > 0 && errors.Is(err, ErrNotConverged) && len(conv.Passes) > 0 && conv.Passes[len(conv.Passes)-1].Trickle(s.Trickle)
 	switch {
 	case err == nil || trickle:
-		s.limit = min(s.limit+1, s.workers())
+		s.setLimit(min(s.limit+1, s.workers()))
 		j.state = JobReady
 		if trickle {
 			j.lastErr = nil
@@ -345,7 +420,7 @@ func (s *Scheduler) runJob(ctx context.Context, j *job) {
 	default:
 		// The legacy server suffers or is away: fewer jobs at once, and
 		// this one waits before it resumes.
-		s.limit = max(1, s.limit/2)
+		s.setLimit(max(1, s.limit/2))
 		j.state = JobWaiting
 		j.notBefore = time.Now().Add(s.backoff(j.attempts))
 		log.Warn("capture failed; will resume", "err", err, "retry_at", j.notBefore, "concurrency_limit", s.limit)

@@ -4,13 +4,17 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"os/exec"
+	"runtime"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
 	"mailcapture/legacyclient"
 	"mailcapture/legacytest"
+	"mailcapture/loadgauge"
 	"mailcapture/store"
 )
 
@@ -147,10 +151,31 @@ func TestSchedulerStopsOnBadCredentials(t *testing.T) {
 	}
 }
 
+// fixedLoad is a local machine whose stall share never changes.
+type fixedLoad float64
+
+func (f fixedLoad) Stall() float64 { return float64(f) }
+
 // TestSchedulerSlowsDownOnSlowLogins: logins far slower than the fastest
-// seen lower the concurrency limit; successes raise it again.
+// seen lower the concurrency limit on an idle local machine; the same
+// logins on a machine whose tasks wait for a CPU 90 % of the time do not,
+// while a login slower than that load explains still does.
 func TestSchedulerSlowsDownOnSlowLogins(t *testing.T) {
-	s := &Scheduler{Workers: 4}
+	busy := &Scheduler{Workers: 4, Local: fixedLoad(0.9)}
+	for i := 0; i < 5; i++ {
+		busy.observeLatency(20 * time.Millisecond)
+	}
+	busy.observeLatency(400 * time.Millisecond) // 20x, under the 10x expected of the load times 4
+	busy.observeLatency(700 * time.Millisecond)
+	if legacy, local := busy.SlowLogins(); busy.Limit() != 4 || legacy != 0 || local != 2 {
+		t.Fatalf("busy machine: limit %d, slow logins %d held against the legacy server, %d explained locally; want 4, 0, 2", busy.Limit(), legacy, local)
+	}
+	busy.observeLatency(2 * time.Second) // 100x: more than the load explains
+	if legacy, _ := busy.SlowLogins(); busy.Limit() != 3 || legacy != 1 {
+		t.Fatalf("busy machine, 100x login: limit %d, %d held against the legacy server; want 3, 1", busy.Limit(), legacy)
+	}
+
+	s := &Scheduler{Workers: 4, Local: fixedLoad(0)}
 	for i := 0; i < 5; i++ {
 		s.observeLatency(20 * time.Millisecond)
 	}
@@ -238,5 +263,102 @@ func TestSchedulerTrickleIsReady(t *testing.T) {
 	}
 	if status, ready := run(5); !ready || status.State != JobReady || status.Attempts != 1 {
 		t.Fatalf("with Trickle: ready %v, status %+v; want ready after one attempt", ready, status)
+	}
+}
+
+// TestSchedulerTellsSlowLegacyFromBusyMachine: with a baseline taken on
+// an idle machine, a legacy server made slow on purpose (every answer
+// held back 400 ms by the fault proxy) lowers the concurrency limit; the
+// same legacy server at full speed, while eight CPU hogs load the local
+// machine, makes logins several times slower too, but the scheduler
+// credits that to the local load and keeps its limit.
+func TestSchedulerTellsSlowLegacyFromBusyMachine(t *testing.T) {
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	d := legacytest.Start(t, legacytest.Options{})
+	proxy := legacytest.StartProxy(t, d.IMAPAddr)
+	st := openStore(t)
+	made := 0
+	accounts := func(k int) []string {
+		var names []string
+		for range k {
+			name := fmt.Sprintf("load%d@example.org", made)
+			made++
+			d.AddUser(t, name, "pw")
+			d.Populate(t, name, "pw", []legacytest.Folder{{Name: "INBOX", Messages: legacytest.Generate(uint64(made), 3, 2000)}})
+			st.CreateAccount(ctx, name, "pw", store.StateCapturing)
+			names = append(names, name)
+		}
+		return names
+	}
+	type watched struct {
+		s        *Scheduler
+		minLimit atomic.Int32
+	}
+	start := func() *watched {
+		e := newEngine(st, d)
+		e.IMAP.Address = proxy.Addr
+		w := &watched{s: &Scheduler{Engine: e, Workers: 4, SlowLoginFloor: 20 * time.Millisecond}}
+		w.minLimit.Store(4)
+		w.s.onLimit = func(l int) {
+			if int32(l) < w.minLimit.Load() {
+				w.minLimit.Store(int32(l))
+			}
+		}
+		go w.s.Run(ctx)
+		return w
+	}
+	capture := func(w *watched, names []string) {
+		var dones []<-chan struct{}
+		for _, n := range names {
+			dones = append(dones, w.s.Submit(n, "pw", false))
+		}
+		for i, ch := range dones {
+			waitDone(t, ch, names[i])
+			if st, _ := w.s.Status(names[i]); st.State != JobReady {
+				t.Fatalf("%s: %+v", names[i], st)
+			}
+		}
+	}
+
+	slow := start()
+	capture(slow, accounts(4)) // the baseline
+	proxy.SetDelay(400 * time.Millisecond)
+	capture(slow, accounts(2))
+	proxy.SetDelay(0)
+	if legacy, _ := slow.s.SlowLogins(); legacy == 0 || slow.minLimit.Load() >= 4 {
+		t.Fatalf("slow legacy server: %d slow logins held against it, lowest limit %d; want some, and below 4", legacy, slow.minLimit.Load())
+	}
+
+	busy := start()
+	capture(busy, accounts(4)) // the baseline, idle
+	gauge := loadgauge.New()
+	gauge.Stall()
+	var hogs []*exec.Cmd
+	defer func() {
+		for _, h := range hogs {
+			h.Process.Kill()
+			h.Wait()
+		}
+	}()
+	for range 8 {
+		h := exec.Command("sh", "-c", "while :; do :; done")
+		if err := h.Start(); err != nil {
+			t.Fatal(err)
+		}
+		hogs = append(hogs, h)
+	}
+	deadline := time.Now().Add(20 * time.Second)
+	for gauge.Stall() < 0.5 {
+		if time.Now().After(deadline) {
+			t.Fatalf("eight CPU hogs did not load the machine (stall %.2f)", gauge.Stall())
+		}
+		runtime.Gosched()
+	}
+	capture(busy, accounts(8))
+	legacy, local := busy.s.SlowLogins()
+	if legacy != 0 || local == 0 || busy.minLimit.Load() != 4 {
+		t.Fatalf("busy local machine: %d slow logins held against the legacy server, %d credited to the load, lowest limit %d; want 0, some, 4",
+			legacy, local, busy.minLimit.Load())
 	}
 }
