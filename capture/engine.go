@@ -259,7 +259,10 @@ type legacyFolder struct {
 // name and the local mirrors whose legacy folder is gone (renamed or
 // deleted), keyed by their legacy UIDVALIDITY.
 type passPlan struct {
-	acct    store.Account
+	acct store.Account
+	// uidls, on a first pass with a legacy POP3 server, is its maildrop
+	// for INBOX's copies to take their UIDLs from.
+	uidls   *uidlHint
 	mu      sync.Mutex
 	local   map[string]store.Mailbox
 	orphans map[uint32]store.Mailbox
@@ -281,6 +284,10 @@ func (e *Engine) pass(ctx context.Context, conn *imapConn, acct store.Account, p
 		return res, err
 	}
 	plan := &passPlan{acct: acct, local: map[string]store.Mailbox{}, orphans: map[uint32]store.Mailbox{}}
+	if e.POP3.Address != "" && acct.LastSyncAt.IsZero() {
+		plan.uidls = e.readUIDLHint(ctx, acct, password)
+		defer plan.uidls.wait()
+	}
 	for _, m := range localList {
 		plan.local[m.Name] = m
 	}

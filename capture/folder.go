@@ -21,6 +21,9 @@ type legacyMessage struct {
 	flags []string
 	size  int64
 	date  time.Time
+	// pop3UIDL is the legacy POP3 server's UIDL for the message, when
+	// the maildrop read beside the first pass tells it (see uidlHint).
+	pop3UIDL string
 }
 
 // syncFolder makes one local mailbox equal to its legacy folder: creates
@@ -58,7 +61,11 @@ func (e *Engine) syncFolder(ctx context.Context, conn *imapConn, plan *passPlan,
 			return e.recordFolder(ctx, mbox, f, sel)
 		}
 	}
-	if err := e.compareAndCopy(ctx, conn, mbox, sel, res); err != nil {
+	var hint *uidlHint
+	if f.name == "INBOX" {
+		hint = plan.uidls
+	}
+	if err := e.compareAndCopy(ctx, conn, mbox, sel, hint, res); err != nil {
 		return err
 	}
 	return e.finishFolder(ctx, mbox, f, sel)
@@ -111,7 +118,7 @@ func (e *Engine) finishFolder(ctx context.Context, mbox store.Mailbox, f legacyF
 // compareAndCopy compares the legacy folder's messages with the local
 // mirror's and applies the differences: expunges, flag changes, new
 // messages.
-func (e *Engine) compareAndCopy(ctx context.Context, conn *imapConn, mbox store.Mailbox, sel *imap.SelectData, res *PassResult) error {
+func (e *Engine) compareAndCopy(ctx context.Context, conn *imapConn, mbox store.Mailbox, sel *imap.SelectData, hint *uidlHint, res *PassResult) error {
 	legacy, err := fetchMetadata(conn, sel.NumMessages)
 	if err != nil {
 		return err
@@ -170,6 +177,7 @@ func (e *Engine) compareAndCopy(ctx context.Context, conn *imapConn, mbox store.
 		}
 	}
 	if len(missing) > 0 {
+		hint.apply(ctx, missing, sel.NumMessages)
 		return e.copyMessages(ctx, conn, mbox, missing, false, res)
 	}
 	return nil
@@ -316,7 +324,7 @@ func (e *Engine) copyChunk(ctx context.Context, conn *imapConn, com *committer, 
 				}
 				lit := &literalReader{r: v.Literal, left: v.Literal.Size()}
 				err := batch.Add(ctx, store.NewMessage{MailboxID: mbox.ID, UID: uid, LegacyUID: want.uid,
-					InternalDate: want.date, Flags: want.flags}, lit)
+					InternalDate: want.date, Flags: want.flags, POP3UIDL: want.pop3UIDL}, lit)
 				broken = lit.err != nil && lit.err != io.EOF
 				if err != nil && ctx.Err() != nil {
 					return e.finishCancelled(ctx, com, &batch)

@@ -159,6 +159,65 @@ func (e *Engine) pop3Pass(ctx context.Context, acct store.Account, password stri
 	return res, nil
 }
 
+// uidlHint is the legacy POP3 maildrop, read beside the first pass's IMAP
+// copy of INBOX, so the copies get their UIDLs as they are stored: a
+// 100,000-message INBOX is not rewritten afterwards to record them. What
+// it cannot tell is mapped after the pass (mapUIDLsIfNeeded).
+type uidlHint struct {
+	ready chan struct{}
+	md    maildrop
+	err   error
+}
+
+// readUIDLHint starts reading the account's legacy maildrop.
+func (e *Engine) readUIDLHint(ctx context.Context, acct store.Account, password string) *uidlHint {
+	h := &uidlHint{ready: make(chan struct{})}
+	go func() {
+		defer close(h.ready)
+		c, md, err := e.openMaildrop(ctx, acct, password)
+		if err != nil {
+			h.err = err
+			return
+		}
+		h.md = md
+		c.Quit()
+		c.Close()
+	}()
+	return h
+}
+
+// apply gives each missing message the UIDL at its position in the
+// maildrop, when the maildrop has as many messages as the IMAP folder
+// (count is its SELECT count) and the sizes agree: the order in which
+// the legacy server shows one mailbox to both protocols. A maildrop that
+// could not be read, or differs, leaves them to mapUIDLsIfNeeded.
+func (h *uidlHint) apply(ctx context.Context, missing []legacyMessage, count uint32) {
+	if h == nil {
+		return
+	}
+	select {
+	case <-h.ready:
+	case <-ctx.Done():
+		return
+	}
+	if h.err != nil || len(h.md.uidls) != int(count) {
+		return
+	}
+	for i := range missing {
+		k := int(missing[i].seq) - 1
+		if k >= 0 && k < len(h.md.uidls) && h.md.sizes[k] == missing[i].size {
+			missing[i].pop3UIDL = h.md.uidls[k]
+		}
+	}
+}
+
+// wait waits for the maildrop read to end (it holds a POP3 connection).
+func (h *uidlHint) wait() {
+	if h != nil {
+		<-h.ready
+	}
+}
+
 // mapUIDLsIfNeeded maps the UIDLs of the legacy POP3 server when the
 // IMAP-copied INBOX holds a message without one (a login at the legacy
 // POP3 server only when there is something to map).
