@@ -30,6 +30,7 @@ type local struct {
 	addr string
 	acct store.Account
 	logs *errorLog
+	stop func() // ends every session and closes the store
 }
 
 // errorLog records what the server logs at ERROR: a test fails on any
@@ -86,6 +87,15 @@ func newLocal(t testing.TB, sep string) *local {
 	if _, err := st.CreateMailbox(ctx, acct.ID, store.MailboxSpec{Name: "INBOX", Subscribed: true}); err != nil {
 		t.Fatal(err)
 	}
+	return serveLocal(t, st, acct)
+}
+
+// serveLocal starts a local server over st whose sessions are logged in
+// as acct; it stops (and closes st) when t ends, or when the returned
+// local's stop is called.
+func serveLocal(t testing.TB, st *store.Store, acct store.Account) *local {
+	t.Helper()
+	ctx := context.Background()
 	logs := &errorLog{}
 	srv := NewServer(st, Options{Log: slog.New(logs)})
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
@@ -104,24 +114,28 @@ func newLocal(t testing.TB, sep string) *local {
 			go func() {
 				defer wg.Done()
 				fmt.Fprintf(c, "* PREAUTH [CAPABILITY %s] ready\r\n", Capabilities())
-				a, _ := st.Account(ctx, user)
+				a, _ := st.Account(ctx, acct.Name)
 				srv.Serve(ctx, c, nil, a, slog.New(logs))
 			}()
 		}
 	}()
-	t.Cleanup(func() {
-		ln.Close()
-		sctx, cancel := context.WithTimeout(ctx, 10*time.Second)
-		defer cancel()
-		srv.Shutdown(sctx)
-		wg.Wait()
-		st.Close()
-		logs.mu.Lock()
-		defer logs.mu.Unlock()
-		for _, e := range logs.errors {
-			t.Errorf("server logged an error: %s", e)
-		}
-	})
+	var once sync.Once
+	l.stop = func() {
+		once.Do(func() {
+			ln.Close()
+			sctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+			defer cancel()
+			srv.Shutdown(sctx)
+			wg.Wait()
+			st.Close()
+			logs.mu.Lock()
+			defer logs.mu.Unlock()
+			for _, e := range logs.errors {
+				t.Errorf("server logged an error: %s", e)
+			}
+		})
+	}
+	t.Cleanup(l.stop)
 	return l
 }
 

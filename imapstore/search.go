@@ -1,6 +1,7 @@
 package imapstore
 
 import (
+	"sort"
 	"strconv"
 	"strings"
 	"time"
@@ -44,6 +45,64 @@ type searchKey struct {
 	date  time.Time
 	field string // lower case
 	value string
+	// Set by prepare before a run: set resolved against the mailbox, and
+	// whether the key reads the message itself.
+	resolved imapwire.NumSet
+	content  bool
+}
+
+// prepare readies a key tree for a run over a mailbox of count messages
+// whose last UID is lastUID: sequence and UID sets resolved ("*"), and
+// which keys read the message itself noted, once, not per message.
+func (k *searchKey) prepare(count, lastUID uint32) {
+	switch k.op {
+	case opSeq:
+		k.resolved = k.set.Resolve(count)
+	case opUID:
+		k.resolved = k.set.Resolve(lastUID)
+	}
+	for _, kid := range k.kids {
+		kid.prepare(count, lastUID)
+	}
+	k.content = k.needsContent()
+}
+
+// span returns the positions [first, end) in uids (the view's UIDs, in
+// order) that a prepared key can match at all: all of them, unless the
+// key is, or is an AND with, a sequence or UID set, which bounds them.
+func (k *searchKey) span(uids []uint32) (first, end int) {
+	first, end = 0, len(uids)
+	bound := func(kid *searchKey) {
+		if len(kid.resolved) == 0 {
+			return
+		}
+		lo, hi := kid.resolved[0].Start, kid.resolved[0].Stop
+		for _, rg := range kid.resolved[1:] {
+			lo, hi = min(lo, rg.Start), max(hi, rg.Stop)
+		}
+		switch kid.op {
+		case opSeq:
+			first, end = max(first, int(lo)-1), min(end, int(hi))
+		case opUID:
+			a := sort.Search(len(uids), func(i int) bool { return uids[i] >= lo })
+			b := sort.Search(len(uids), func(i int) bool { return uids[i] > hi })
+			first, end = max(first, a), min(end, b)
+		}
+	}
+	switch k.op {
+	case opSeq, opUID:
+		bound(k)
+	case opAnd:
+		for _, kid := range k.kids {
+			if kid.op == opSeq || kid.op == opUID {
+				bound(kid)
+			}
+		}
+	}
+	if first > end {
+		first = end
+	}
+	return first, end
 }
 
 // needsContent tells whether a key reads the message itself.
@@ -335,17 +394,24 @@ func (s *session) searchKey(depth int) (*searchKey, error) {
 // matches in order.
 func (s *session) runSearch(root *searchKey) ([]target, error) {
 	v := s.sel
-	content := root.needsContent()
+	var lastUID uint32
+	if n := len(v.uids); n > 0 {
+		lastUID = v.uids[n-1]
+	}
+	root.prepare(uint32(len(v.uids)), lastUID)
+	content := root.content
 	var hits []target
 	infos := make([]msgInfo, 0, fetchChunk)
-	for start := 0; start < len(v.uids); start += fetchChunk {
-		uids := v.uids[start:min(len(v.uids), start+fetchChunk)]
+	var m searchMsg
+	first, end := root.span(v.uids)
+	for start := first; start < end; start += fetchChunk {
+		uids := v.uids[start:min(end, start+fetchChunk)]
 		infos = v.infos(uids, infos[:0])
 		for i, mi := range infos {
 			if mi.uid == 0 {
 				continue
 			}
-			m := &searchMsg{s: s, seq: uint32(start + i + 1), info: mi}
+			m = searchMsg{s: s, seq: uint32(start + i + 1), info: mi}
 			ok, err := m.match(root)
 			if content {
 				m.release()

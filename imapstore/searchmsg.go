@@ -38,7 +38,7 @@ func (m *searchMsg) match(k *searchKey) (bool, error) {
 		// Keys that read nothing first: they may decide alone.
 		for pass := 0; pass < 2; pass++ {
 			for _, kid := range k.kids {
-				if kid.needsContent() != (pass == 1) {
+				if kid.content != (pass == 1) {
 					continue
 				}
 				ok, err := m.match(kid)
@@ -60,13 +60,9 @@ func (m *searchMsg) match(k *searchKey) (bool, error) {
 		ok, err := m.match(k.kids[0])
 		return !ok, err
 	case opSeq:
-		return k.set.Resolve(uint32(len(v.uids))).Contains(m.seq), nil
+		return k.resolved.Contains(m.seq), nil
 	case opUID:
-		var last uint32
-		if n := len(v.uids); n > 0 {
-			last = v.uids[n-1]
-		}
-		return k.set.Resolve(last).Contains(m.info.uid), nil
+		return k.resolved.Contains(m.info.uid), nil
 	case opFlag:
 		return hasFlag(m.info.flags, k.flag), nil
 	case opRecent:

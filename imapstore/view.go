@@ -2,6 +2,7 @@ package imapstore
 
 import (
 	"slices"
+	"sort"
 	"strconv"
 )
 
@@ -87,6 +88,11 @@ func (v *view) infos(uids []uint32, into []msgInfo) []msgInfo {
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	j := 0
+	if len(uids) > 0 {
+		// m.msgs is in UID order: start where the first UID would be, so a
+		// walk over a big mailbox in chunks stays linear.
+		j = sort.Search(len(m.msgs), func(i int) bool { return m.msgs[i].uid >= uids[0] })
+	}
 	for _, u := range uids {
 		for j < len(m.msgs) && m.msgs[j].uid < u {
 			j++
