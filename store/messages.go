@@ -134,7 +134,8 @@ func (s *Store) SummariesLocked(ctx context.Context, mailboxID int64, want func(
 }
 
 // LoadMailbox calls fn with a mailbox and what serving it takes of each
-// of its messages (ID, UID, InternalDate, Size, Flags), by UID, read under
+// of its messages (ID, UID, InternalDate, Size, Flags: messages with the
+// same flags share one slice, never to be changed in place), by UID, read under
 // the writer lock: no commit, and so no change hook (OnChange), runs
 // between the reading and fn, so a cache that fn fills and the hook keeps
 // current never misses a change.
@@ -167,14 +168,23 @@ func (s *Store) summaries(ctx context.Context, q queryer, mailboxID int64, range
 	var out []Message
 	var date int64
 	var tz int
-	var flags string
+	var flags []byte
+	// A mailbox has few distinct flag sets: each is parsed once, and the
+	// messages that have it share its slice (the caches these summaries
+	// fill replace a message's flags, never change them in place).
+	parsed := map[string][]string{}
 	for rows.Next() {
 		m := Message{MailboxID: mailboxID}
 		if err := rows.Scan(&m.ID, &m.UID, &date, &tz, &m.Size, &flags); err != nil {
 			return nil, fmt.Errorf("messages of mailbox %d: %w", mailboxID, err)
 		}
 		m.InternalDate = time.Unix(date, 0).In(zoneFor(tz))
-		m.Flags = parseFlags(flags)
+		f, ok := parsed[string(flags)]
+		if !ok {
+			f = parseFlags(string(flags))
+			parsed[string(flags)] = f
+		}
+		m.Flags = f
 		out = append(out, m)
 	}
 	return out, rows.Err()
