@@ -39,7 +39,7 @@ func openStore(t *testing.T) *store.Store {
 
 func newEngine(st *store.Store, d *legacytest.Dovecot) *Engine {
 	return &Engine{Store: st, IMAP: legacyclient.Endpoint{Address: d.IMAPAddr, TLS: "none", Timeout: 10 * time.Second},
-		BatchMessages: 7, FetchChunk: 11, VerifySample: 5}
+		BatchMessages: 7, FetchChunk: 11, MetadataWindow: 13, VerifySample: 5}
 }
 
 // localSnapshot reads the store in the shape of a legacy snapshot.

@@ -48,6 +48,12 @@ type Engine struct {
 	// FetchChunk is how many messages one FETCH of bodies asks for.
 	// Default 2000.
 	FetchChunk int
+	// MetadataWindow is how many messages of a folder a pass compares at
+	// a time (their metadata fetched, their local copies read): memory
+	// stays flat whatever the folder's size. It is rounded up to a
+	// multiple of FetchChunk, so that windows end where FETCHes of bodies
+	// end. Default 5000 (6000 with the default FetchChunk).
+	MetadataWindow int
 	// VerifySample is how many bodies per folder verification re-fetches
 	// and hashes. Default 8.
 	VerifySample int
@@ -71,11 +77,15 @@ type Engine struct {
 	hookMu   sync.Mutex
 }
 
-func (e *Engine) batchMessages() int { return orDefault(e.BatchMessages, 500) }
-func (e *Engine) batchBytes() int64  { return int64(orDefault(int(e.BatchBytes), 32<<20)) }
-func (e *Engine) fetchChunk() int    { return orDefault(e.FetchChunk, 2000) }
-func (e *Engine) verifySample() int  { return orDefault(e.VerifySample, 8) }
-func (e *Engine) connections() int   { return orDefault(e.Connections, 2) }
+func (e *Engine) batchMessages() int  { return orDefault(e.BatchMessages, 500) }
+func (e *Engine) batchBytes() int64   { return int64(orDefault(int(e.BatchBytes), 32<<20)) }
+func (e *Engine) fetchChunk() int     { return orDefault(e.FetchChunk, 2000) }
+func (e *Engine) metadataWindow() int {
+	w, c := orDefault(e.MetadataWindow, 5000), e.fetchChunk()
+	return (w + c - 1) / c * c
+}
+func (e *Engine) verifySample() int   { return orDefault(e.VerifySample, 8) }
+func (e *Engine) connections() int    { return orDefault(e.Connections, 2) }
 func (e *Engine) log() *slog.Logger {
 	if e.Log == nil {
 		return slog.New(slog.DiscardHandler)

@@ -117,25 +117,60 @@ func (e *Engine) finishFolder(ctx context.Context, mbox store.Mailbox, f legacyF
 
 // compareAndCopy compares the legacy folder's messages with the local
 // mirror's and applies the differences: expunges, flag changes, new
-// messages.
-func (e *Engine) compareAndCopy(ctx context.Context, conn *imapConn, mbox store.Mailbox, sel *imap.SelectData, hint *uidlHint, res *PassResult) error {
-	legacy, err := fetchMetadata(conn, sel.NumMessages)
-	if err != nil {
-		return err
+// messages. It walks the folder a window of messages at a time (by
+// sequence number, so by ascending legacy UID), each window against the
+// local copies whose legacy UIDs fall in its span; one committer takes
+// the new messages of every window.
+func (e *Engine) compareAndCopy(ctx context.Context, conn *imapConn, mbox store.Mailbox, sel *imap.SelectData, hint *uidlHint, res *PassResult) (err error) {
+	com := e.newCommitter(context.WithoutCancel(ctx))
+	defer func() {
+		added, addedBytes, cerr := com.wait()
+		res.Added += added
+		res.AddedBytes += addedBytes
+		if err == nil {
+			err = cerr
+		}
+	}()
+	var prevUID uint32 // the highest legacy UID of the windows done
+	window := uint32(e.metadataWindow())
+	for lo := uint32(1); lo <= max(sel.NumMessages, 1); lo += window {
+		hi := min(lo+window-1, sel.NumMessages)
+		var legacy []legacyMessage
+		if sel.NumMessages > 0 {
+			if legacy, err = fetchMetadataRange(conn, lo, hi); err != nil {
+				return err
+			}
+		}
+		// The last window also takes every local copy above it.
+		top := uint32(0xffffffff)
+		if hi < sel.NumMessages {
+			top = legacy[len(legacy)-1].uid
+		}
+		if err := e.compareWindow(ctx, conn, com, mbox, legacy, prevUID+1, top, sel.NumMessages, hint, res); err != nil {
+			return err
+		}
+		if top == 0xffffffff {
+			break
+		}
+		prevUID = top
 	}
+	return nil
+}
+
+// compareWindow applies the differences between legacy messages and the
+// local copies with legacy UIDs from lo to hi.
+func (e *Engine) compareWindow(ctx context.Context, conn *imapConn, com *committer, mbox store.Mailbox, legacy []legacyMessage, lo, hi, count uint32, hint *uidlHint, res *PassResult) error {
 	for _, m := range legacy {
 		res.LegacyMessages++
 		res.LegacyBytes += m.size
 	}
-	stored, err := e.Store.Messages(ctx, mbox.ID, store.AllUIDs)
+	stored, err := e.Store.MessagesByLegacyUID(ctx, mbox.ID, lo, hi)
 	if err != nil {
 		return err
 	}
 	byLegacyUID := make(map[uint32]store.Message, len(stored))
 	for _, m := range stored {
-		if m.LegacyUID != 0 {
-			byLegacyUID[m.LegacyUID] = m
-		}
+		byLegacyUID[m.LegacyUID] = m
 	}
 	inLegacy := make(map[uint32]bool, len(legacy))
 	var missing []legacyMessage
@@ -153,7 +188,7 @@ func (e *Engine) compareAndCopy(ctx context.Context, conn *imapConn, mbox store.
 	}
 	var gone []uint32
 	for _, m := range stored {
-		if m.LegacyUID != 0 && !inLegacy[m.LegacyUID] {
+		if !inLegacy[m.LegacyUID] {
 			gone = append(gone, m.UID)
 		}
 	}
@@ -177,8 +212,8 @@ func (e *Engine) compareAndCopy(ctx context.Context, conn *imapConn, mbox store.
 		}
 	}
 	if len(missing) > 0 {
-		hint.apply(ctx, missing, sel.NumMessages)
-		return e.copyMessages(ctx, conn, mbox, missing, false, res)
+		hint.apply(ctx, missing, count)
+		return e.copyInto(ctx, conn, com, mbox, missing, false)
 	}
 	return nil
 }
@@ -231,8 +266,15 @@ func fetchMetadata(conn *imapConn, count uint32) ([]legacyMessage, error) {
 	if count == 0 {
 		return nil, nil
 	}
+	return fetchMetadataRange(conn, 1, count)
+}
+
+// fetchMetadataRange is fetchMetadata for the messages lo to hi (sequence
+// numbers), which must all be there.
+func fetchMetadataRange(conn *imapConn, lo, hi uint32) ([]legacyMessage, error) {
+	count := hi - lo + 1
 	var all imap.SeqSet
-	all.AddRange(1, 0)
+	all.AddRange(lo, hi)
 	bufs, err := conn.Fetch(all, &imap.FetchOptions{UID: true, Flags: true, RFC822Size: true, InternalDate: true}).Collect()
 	if err != nil {
 		return nil, fmt.Errorf("fetch metadata: %w", err)
@@ -245,7 +287,7 @@ func fetchMetadata(conn *imapConn, count uint32) ([]legacyMessage, error) {
 		out = append(out, legacyMessage{seq: b.SeqNum, uid: uint32(b.UID), flags: normalizeFlags(b.Flags), size: b.RFC822Size, date: b.InternalDate})
 	}
 	if uint32(len(out)) != count {
-		return nil, fmt.Errorf("%w: SELECT said %d messages, FETCH returned %d", errMailboxChanged, count, len(out))
+		return nil, fmt.Errorf("%w: FETCH %d:%d returned %d messages", errMailboxChanged, lo, hi, len(out))
 	}
 	sort.Slice(out, func(i, j int) bool { return out[i].seq < out[j].seq })
 	return out, nil
@@ -271,6 +313,12 @@ func (e *Engine) copyMessages(ctx context.Context, conn *imapConn, mbox store.Ma
 			err = cerr
 		}
 	}()
+	return e.copyInto(ctx, conn, com, mbox, msgs, fresh)
+}
+
+// copyInto fetches the bodies of msgs, a FETCH per chunk, into com's
+// batches.
+func (e *Engine) copyInto(ctx context.Context, conn *imapConn, com *committer, mbox store.Mailbox, msgs []legacyMessage, fresh bool) error {
 	chunk := e.fetchChunk()
 	for lo := 0; lo < len(msgs); lo += chunk {
 		part := msgs[lo:min(lo+chunk, len(msgs))]

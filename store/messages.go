@@ -84,6 +84,17 @@ func rangeSQL(ranges []UIDRange) (string, []any) {
 	return "(" + strings.Join(parts, " OR ") + ")", args
 }
 
+// MessagesByLegacyUID returns the metadata of the messages of a mailbox
+// copied from legacy UIDs lo to hi, by legacy UID.
+func (s *Store) MessagesByLegacyUID(ctx context.Context, mailboxID int64, lo, hi uint32) ([]Message, error) {
+	out, err := queryAll(ctx, s.read, scanMessage, "SELECT "+messageColumns+
+		" FROM messages WHERE mailbox_id = ? AND legacy_uid BETWEEN ? AND ? ORDER BY legacy_uid", mailboxID, lo, hi)
+	if err != nil {
+		return nil, fmt.Errorf("messages of mailbox %d by legacy UID: %w", mailboxID, err)
+	}
+	return out, nil
+}
+
 // Messages returns the metadata of the messages of a mailbox whose UIDs are
 // in ranges, by UID.
 func (s *Store) Messages(ctx context.Context, mailboxID int64, ranges []UIDRange) ([]Message, error) {
