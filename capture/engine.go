@@ -77,15 +77,15 @@ type Engine struct {
 	hookMu   sync.Mutex
 }
 
-func (e *Engine) batchMessages() int  { return orDefault(e.BatchMessages, 500) }
-func (e *Engine) batchBytes() int64   { return int64(orDefault(int(e.BatchBytes), 32<<20)) }
-func (e *Engine) fetchChunk() int     { return orDefault(e.FetchChunk, 2000) }
+func (e *Engine) batchMessages() int { return orDefault(e.BatchMessages, 500) }
+func (e *Engine) batchBytes() int64  { return int64(orDefault(int(e.BatchBytes), 32<<20)) }
+func (e *Engine) fetchChunk() int    { return orDefault(e.FetchChunk, 2000) }
 func (e *Engine) metadataWindow() int {
 	w, c := orDefault(e.MetadataWindow, 5000), e.fetchChunk()
 	return (w + c - 1) / c * c
 }
-func (e *Engine) verifySample() int   { return orDefault(e.VerifySample, 8) }
-func (e *Engine) connections() int    { return orDefault(e.Connections, 2) }
+func (e *Engine) verifySample() int { return orDefault(e.VerifySample, 8) }
+func (e *Engine) connections() int  { return orDefault(e.Connections, 2) }
 func (e *Engine) log() *slog.Logger {
 	if e.Log == nil {
 		return slog.New(slog.DiscardHandler)
