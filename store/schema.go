@@ -263,10 +263,6 @@ CREATE TRIGGER account_totals_mailbox_move AFTER UPDATE OF account_id ON mailbox
 		ON CONFLICT (account_id) DO UPDATE SET messages = messages + excluded.messages, bytes = bytes + excluded.bytes;
 END;
 `,
-	// 12: what opening a mailbox reads of every message (summaries), in
-	// an index of its own: a 100,000-message mailbox is read from a few
-	// megabytes of index, not from every page of the message table.
-	`CREATE INDEX messages_summary ON messages (mailbox_id, uid, id, internal_date, internal_tz, size, flags);`,
 }
 
 // checkVersion checks that a store opened beside its owner has the schema
