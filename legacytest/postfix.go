@@ -101,15 +101,19 @@ func StartPostfix(t testing.TB, opts PostfixOptions) *Postfix {
 	if err := os.Chown(filepath.Join(dir, "data"), uid, gid); err != nil {
 		t.Fatal(err)
 	}
-	ports, err := freePorts(2)
-	if err != nil {
-		t.Fatal(err)
-	}
-	p := &Postfix{Dir: dir, Addr: fmt.Sprintf("127.0.0.1:%d", ports[0])}
-	if opts.Submission != nil {
-		p.SubmissionAddr = fmt.Sprintf("127.0.0.1:%d", ports[1])
-	}
-	main := fmt.Sprintf(`compatibility_level = 3.6
+	// A port found free may be taken by another test before Postfix binds
+	// it: then Postfix is started again on other ports.
+	var p *Postfix
+	for attempt := 0; ; attempt++ {
+		ports, err := freePorts(2)
+		if err != nil {
+			t.Fatal(err)
+		}
+		p = &Postfix{Dir: dir, Addr: fmt.Sprintf("127.0.0.1:%d", ports[0])}
+		if opts.Submission != nil {
+			p.SubmissionAddr = fmt.Sprintf("127.0.0.1:%d", ports[1])
+		}
+		main := fmt.Sprintf(`compatibility_level = 3.6
 queue_directory = %[1]s/spool
 data_directory = %[1]s/data
 command_directory = /usr/sbin
@@ -132,33 +136,33 @@ smtpd_recipient_restrictions = permit_mynetworks, reject_unauth_destination
 maillog_file_prefixes = %[1]s
 maillog_file = %[1]s/maillog
 `, dir, opts.Domain, "lmtp:inet:"+opts.LMTPAddr, opts.RecipientDelimiter)
-	var users strings.Builder
-	for _, u := range opts.Users {
-		fmt.Fprintf(&users, "%s ok\n", u)
-	}
-	if d := opts.Maildirs; d != nil {
-		base, uid, gid := d.MaildirDelivery()
-		main = strings.Replace(main, "virtual_transport = lmtp:inet:"+opts.LMTPAddr, "virtual_transport = virtual", 1)
-		main += fmt.Sprintf("virtual_mailbox_base = %s\nvirtual_uid_maps = static:%d\nvirtual_gid_maps = static:%d\nvirtual_minimum_uid = 1\n", base, uid, gid)
-		users.Reset()
+		var users strings.Builder
 		for _, u := range opts.Users {
-			fmt.Fprintf(&users, "%s %s/Maildir/\n", u, u)
+			fmt.Fprintf(&users, "%s ok\n", u)
 		}
-	}
-	master, err := os.ReadFile("/etc/postfix/master.cf")
-	if err != nil {
-		t.Fatalf("legacytest: %v", err)
-	}
-	// The SMTP listener on our port; no chroot (the queue is not set up
-	// for one).
-	conf := regexp.MustCompile(`(?m)^smtp(\s+)inet`).ReplaceAllString(string(master), p.Addr+"${1}inet")
-	conf = regexp.MustCompile(`(?m)^(\S+\s+\S+\s+\S+\s+\S+\s+)y(\s)`).ReplaceAllString(conf, "${1}n${2}")
-	if sub := opts.Submission; sub != nil {
-		if sub.Auth == nil || sub.Auth.CertPool == nil {
-			t.Fatal("legacytest: Postfix submission needs a Dovecot started with TLS")
+		if d := opts.Maildirs; d != nil {
+			base, uid, gid := d.MaildirDelivery()
+			main = strings.Replace(main, "virtual_transport = lmtp:inet:"+opts.LMTPAddr, "virtual_transport = virtual", 1)
+			main += fmt.Sprintf("virtual_mailbox_base = %s\nvirtual_uid_maps = static:%d\nvirtual_gid_maps = static:%d\nvirtual_minimum_uid = 1\n", base, uid, gid)
+			users.Reset()
+			for _, u := range opts.Users {
+				fmt.Fprintf(&users, "%s %s/Maildir/\n", u, u)
+			}
 		}
-		main += fmt.Sprintf("relayhost = [%s]:%s\nsmtp_tls_security_level = none\n", strings.Split(sub.RelayHost, ":")[0], strings.Split(sub.RelayHost, ":")[1])
-		conf += fmt.Sprintf(`%s inet n - n - - smtpd
+		master, err := os.ReadFile("/etc/postfix/master.cf")
+		if err != nil {
+			t.Fatalf("legacytest: %v", err)
+		}
+		// The SMTP listener on our port; no chroot (the queue is not set up
+		// for one).
+		conf := regexp.MustCompile(`(?m)^smtp(\s+)inet`).ReplaceAllString(string(master), p.Addr+"${1}inet")
+		conf = regexp.MustCompile(`(?m)^(\S+\s+\S+\s+\S+\s+\S+\s+)y(\s)`).ReplaceAllString(conf, "${1}n${2}")
+		if sub := opts.Submission; sub != nil {
+			if sub.Auth == nil || sub.Auth.CertPool == nil {
+				t.Fatal("legacytest: Postfix submission needs a Dovecot started with TLS")
+			}
+			main += fmt.Sprintf("relayhost = [%s]:%s\nsmtp_tls_security_level = none\n", strings.Split(sub.RelayHost, ":")[0], strings.Split(sub.RelayHost, ":")[1])
+			conf += fmt.Sprintf(`%s inet n - n - - smtpd
   -o syslog_name=postfix/submission
   -o smtpd_tls_security_level=encrypt
   -o smtpd_tls_cert_file=%[2]s/cert.pem
@@ -171,13 +175,21 @@ maillog_file = %[1]s/maillog
   -o smtpd_relay_restrictions=permit_sasl_authenticated,reject
   -o smtpd_recipient_restrictions=permit_sasl_authenticated,reject
 `, p.SubmissionAddr, sub.Auth.Dir, sub.Auth.AuthAddr)
-	}
-	for name, body := range map[string]string{"main.cf": main, "master.cf": conf, "vmailbox": users.String(), "virtual": opts.Aliases} {
-		if err := os.WriteFile(filepath.Join(dir, name), []byte(body), 0o644); err != nil {
-			t.Fatal(err)
 		}
-	}
-	if out, err := exec.Command("postfix", "-c", dir, "start").CombinedOutput(); err != nil {
+		for name, body := range map[string]string{"main.cf": main, "master.cf": conf, "vmailbox": users.String(), "virtual": opts.Aliases} {
+			if err := os.WriteFile(filepath.Join(dir, name), []byte(body), 0o644); err != nil {
+				t.Fatal(err)
+			}
+		}
+		out, err := exec.Command("postfix", "-c", dir, "start").CombinedOutput()
+		if err == nil {
+			break
+		}
+		if attempt < 4 && strings.Contains(p.log(), "Address already in use") {
+			p.stop()
+			os.Remove(filepath.Join(dir, "maillog"))
+			continue
+		}
 		t.Fatalf("legacytest: postfix start: %v\n%s\n%s", err, out, p.log())
 	}
 	t.Cleanup(p.stop)
