@@ -5,6 +5,7 @@
 package connlimit
 
 import (
+	"errors"
 	"net"
 	"sync"
 	"time"
@@ -130,4 +131,13 @@ func (c *conn) Close() error {
 	err := c.Conn.Close()
 	c.release()
 	return err
+}
+
+// CloseWrite shuts the writing side of the connection underneath, where
+// it can be (a lingering close needs it).
+func (c *conn) CloseWrite() error {
+	if cw, ok := c.Conn.(interface{ CloseWrite() error }); ok {
+		return cw.CloseWrite()
+	}
+	return errors.ErrUnsupported
 }

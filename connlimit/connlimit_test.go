@@ -118,3 +118,32 @@ func TestAcquireAddresses(t *testing.T) {
 		t.Fatal("slot not released")
 	}
 }
+
+// TestCloseWritePassesThrough: an accepted connection can shut its
+// writing side (the lingering close of a session that says BYE): the
+// client reads the greeting, then EOF, while the server can still read
+// what the client sends.
+func TestCloseWritePassesThrough(t *testing.T) {
+	addr, accepted := serve(t, &Limiter{})
+	c, greeting := dialLine(t, addr)
+	if greeting != "* OK hello\r\n" {
+		t.Fatalf("greeting %q", greeting)
+	}
+	s := <-accepted
+	defer s.Close()
+	cw, ok := s.(interface{ CloseWrite() error })
+	if !ok {
+		t.Fatal("an accepted connection has no CloseWrite")
+	}
+	if err := cw.CloseWrite(); err != nil {
+		t.Fatal(err)
+	}
+	if n, err := c.Read(make([]byte, 16)); n != 0 || err != io.EOF {
+		t.Fatalf("client read after CloseWrite: %d bytes, %v; want EOF", n, err)
+	}
+	c.Write([]byte("a NOOP\r\n"))
+	line, err := bufio.NewReader(s).ReadString('\n')
+	if err != nil || line != "a NOOP\r\n" {
+		t.Fatalf("server read %q, %v after its CloseWrite", line, err)
+	}
+}

@@ -74,10 +74,28 @@ func (p *proxiedIMAP) run() sessionEnd {
 
 func (p *proxiedIMAP) close() {
 	p.endedOnce.Do(func() {
-		p.client.Close()
 		p.legacy.Close()
+		lingerClose(p.client)
 		close(p.ended)
 	})
+}
+
+// lingerTime bounds how long a closing connection's last input is read
+// and dropped.
+const lingerTime = 500 * time.Millisecond
+
+// lingerClose closes a client connection without losing what was last
+// written to it: closing a socket with unread input makes the kernel
+// reset the connection, and a client that had just sent its next command
+// would read the reset instead of the BYE before it. The writing side is
+// shut first, then what the client still sends is read and dropped until
+// it closes its side (at most lingerTime).
+func lingerClose(c net.Conn) {
+	if cw, ok := c.(interface{ CloseWrite() error }); ok && cw.CloseWrite() == nil {
+		c.SetReadDeadline(time.Now().Add(lingerTime))
+		io.Copy(io.Discard, io.LimitReader(c, 1<<20))
+	}
+	c.Close()
 }
 
 // clientToLegacy forwards the client's commands line by line (literals

@@ -262,17 +262,12 @@ func (s *Store) commitItems(ctx context.Context, items []NewMessage, bodies []bo
 		if err != nil {
 			return err
 		}
-		defer copies.close()
 		inboxes := traceRecorder{}
 		for i, m := range items {
 			bd := bodies[i]
 			out[i].Size, out[i].SHA256 = bd.size, bd.sum
 			if m.LegacyUID != 0 || m.POP3UIDL != "" {
-				uid, found, err := copies.find(ctx, m.MailboxID, m.LegacyUID, m.POP3UIDL)
-				if err != nil {
-					return err
-				}
-				if found {
+				if uid, found := copies.find(m.MailboxID, m.LegacyUID, m.POP3UIDL); found {
 					out[i].UID, out[i].Duplicate = uid, true
 					continue
 				}
@@ -298,7 +293,7 @@ func (s *Store) commitItems(ctx context.Context, items []NewMessage, bodies []bo
 				return err
 			}
 			out[i].UID = uid
-			copies.stored(m.MailboxID, m.LegacyUID, uid)
+			copies.stored(m.MailboxID, m.LegacyUID, m.POP3UIDL, uid)
 			placed = append(placed, bd.id)
 			if len(bd.trace) > 0 && (m.LegacyUID != 0 || m.POP3UIDL != "") && time.Since(date) < traceWindow {
 				if err := inboxes.record(ctx, tx, m.MailboxID, bd.trace, date); err != nil {
@@ -374,94 +369,107 @@ func nullUID(uid uint32) any {
 
 // copyFinder finds a message already stored from the same legacy
 // message (by legacy UID, else by POP3 UIDL), so a batch replayed after a
-// crash stores nothing twice. The batch's legacy UIDs are looked up
-// together, a few hundred per query; UIDLs with a statement prepared once
-// per transaction.
+// crash stores nothing twice. The batch's legacy UIDs and UIDLs are looked
+// up together, a few hundred per query.
 type copyFinder struct {
-	tx     *sql.Tx
 	byUID  map[int64]map[uint32]uint32 // mailbox id -> legacy UID -> local UID
-	byUIDL *sql.Stmt
+	byUIDL map[int64]map[string]uint32 // mailbox id -> POP3 UIDL -> local UID
 }
 
-// copyLookupChunk bounds the legacy UIDs one lookup query names.
+// copyLookupChunk bounds the legacy UIDs or UIDLs one lookup query names.
 const copyLookupChunk = 500
 
-// newCopyFinder loads the local copies of the batch's legacy UIDs.
+// newCopyFinder loads the local copies of the batch's legacy UIDs and
+// UIDLs.
 func newCopyFinder(ctx context.Context, tx *sql.Tx, items []NewMessage) (*copyFinder, error) {
-	wanted := map[int64][]any{}
+	uids, uidls := map[int64][]any{}, map[int64][]any{}
 	for _, m := range items {
 		if m.LegacyUID != 0 {
-			wanted[m.MailboxID] = append(wanted[m.MailboxID], m.LegacyUID)
+			uids[m.MailboxID] = append(uids[m.MailboxID], m.LegacyUID)
+		}
+		if m.POP3UIDL != "" {
+			uidls[m.MailboxID] = append(uidls[m.MailboxID], m.POP3UIDL)
 		}
 	}
-	type copyRow struct{ legacyUID, uid uint32 }
-	scan := func(row interface{ Scan(...any) error }) (copyRow, error) {
-		var r copyRow
-		return r, row.Scan(&r.legacyUID, &r.uid)
-	}
-	f := &copyFinder{tx: tx, byUID: map[int64]map[uint32]uint32{}}
-	for mailboxID, uids := range wanted {
+	f := &copyFinder{byUID: map[int64]map[uint32]uint32{}, byUIDL: map[int64]map[string]uint32{}}
+	type uidRow struct{ legacyUID, uid uint32 }
+	for mailboxID, keys := range uids {
+		rows, err := lookupCopies(ctx, tx, "legacy_uid", mailboxID, keys, func(row interface{ Scan(...any) error }) (uidRow, error) {
+			var r uidRow
+			return r, row.Scan(&r.legacyUID, &r.uid)
+		})
+		if err != nil {
+			return nil, err
+		}
 		found := map[uint32]uint32{}
-		for len(uids) > 0 {
-			chunk := uids[:min(len(uids), copyLookupChunk)]
-			uids = uids[len(chunk):]
-			rows, err := queryAll(ctx, tx, scan, "SELECT legacy_uid, uid FROM messages WHERE mailbox_id = ? AND legacy_uid IN (?"+
-				strings.Repeat(", ?", len(chunk)-1)+")", append([]any{mailboxID}, chunk...)...)
-			if err != nil {
-				return nil, err
-			}
-			for _, r := range rows {
-				found[r.legacyUID] = r.uid
-			}
+		for _, r := range rows {
+			found[r.legacyUID] = r.uid
 		}
 		f.byUID[mailboxID] = found
+	}
+	type uidlRow struct {
+		uidl string
+		uid  uint32
+	}
+	for mailboxID, keys := range uidls {
+		rows, err := lookupCopies(ctx, tx, "pop3_uidl", mailboxID, keys, func(row interface{ Scan(...any) error }) (uidlRow, error) {
+			var r uidlRow
+			return r, row.Scan(&r.uidl, &r.uid)
+		})
+		if err != nil {
+			return nil, err
+		}
+		found := map[string]uint32{}
+		for _, r := range rows {
+			found[r.uidl] = r.uid
+		}
+		f.byUIDL[mailboxID] = found
 	}
 	return f, nil
 }
 
-// find returns the local UID of the stored copy, if there is one.
-func (f *copyFinder) find(ctx context.Context, mailboxID int64, legacyUID uint32, uidl string) (uint32, bool, error) {
-	if uid, ok := f.byUID[mailboxID][legacyUID]; ok && legacyUID != 0 {
-		return uid, true, nil
-	}
-	if uidl == "" {
-		return 0, false, nil
-	}
-	if f.byUIDL == nil {
-		stmt, err := f.tx.PrepareContext(ctx, "SELECT uid FROM messages WHERE mailbox_id = ? AND pop3_uidl = ?")
+// lookupCopies reads (column, uid) of the mailbox's messages whose column
+// is one of keys, a chunk of keys per query.
+func lookupCopies[T any](ctx context.Context, tx *sql.Tx, column string, mailboxID int64, keys []any, scan func(interface{ Scan(...any) error }) (T, error)) ([]T, error) {
+	var out []T
+	for len(keys) > 0 {
+		chunk := keys[:min(len(keys), copyLookupChunk)]
+		keys = keys[len(chunk):]
+		rows, err := queryAll(ctx, tx, scan, "SELECT "+column+", uid FROM messages WHERE mailbox_id = ? AND "+column+" IN ("+
+			placeholders(len(chunk))+")", append([]any{mailboxID}, chunk...)...)
 		if err != nil {
-			return 0, false, err
+			return nil, err
 		}
-		f.byUIDL = stmt
+		out = append(out, rows...)
 	}
-	var uid uint32
-	err := f.byUIDL.QueryRowContext(ctx, mailboxID, uidl).Scan(&uid)
-	switch {
-	case err == nil:
-		return uid, true, nil
-	case errors.Is(err, sql.ErrNoRows):
-		return 0, false, nil
-	default:
-		return 0, false, err
+	return out, nil
+}
+
+// find returns the local UID of the stored copy, if there is one.
+func (f *copyFinder) find(mailboxID int64, legacyUID uint32, uidl string) (uint32, bool) {
+	if uid, ok := f.byUID[mailboxID][legacyUID]; ok && legacyUID != 0 {
+		return uid, true
 	}
+	if uid, ok := f.byUIDL[mailboxID][uidl]; ok && uidl != "" {
+		return uid, true
+	}
+	return 0, false
 }
 
 // stored records a copy placed by this transaction, so a later item of the
 // same batch for the same legacy message is found too.
-func (f *copyFinder) stored(mailboxID int64, legacyUID, uid uint32) {
-	if legacyUID == 0 {
-		return
+func (f *copyFinder) stored(mailboxID int64, legacyUID uint32, uidl string, uid uint32) {
+	if legacyUID != 0 {
+		if f.byUID[mailboxID] == nil {
+			f.byUID[mailboxID] = map[uint32]uint32{}
+		}
+		f.byUID[mailboxID][legacyUID] = uid
 	}
-	if f.byUID[mailboxID] == nil {
-		f.byUID[mailboxID] = map[uint32]uint32{}
-	}
-	f.byUID[mailboxID][legacyUID] = uid
-}
-
-// close releases the prepared statement.
-func (f *copyFinder) close() {
-	if f.byUIDL != nil {
-		f.byUIDL.Close()
+	if uidl != "" {
+		if f.byUIDL[mailboxID] == nil {
+			f.byUIDL[mailboxID] = map[string]uint32{}
+		}
+		f.byUIDL[mailboxID][uidl] = uid
 	}
 }
 
