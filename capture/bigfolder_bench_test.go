@@ -19,8 +19,9 @@ import (
 // fresh store, with IMAP alone and with the legacy POP3 server's UIDLs
 // mapped too. It prints the cost per message at both sizes (their ratio:
 // flat is 1.0), the share of the UIDL mapping in the copy time, and the
-// peak heap at both sizes. The reference, measured in the same run: the
-// raw read of each INBOX.
+// peak heap at both sizes. Each kind of capture runs twice, in turn, and
+// the faster counts. The reference, measured in the same run: the raw
+// read of each INBOX.
 func BenchmarkCaptureBigFolder(b *testing.B) {
 	ctx := context.Background()
 	scratch := scratchfs.Mount(b, 8192)
@@ -48,15 +49,24 @@ func BenchmarkCaptureBigFolder(b *testing.B) {
 				b.Fatal(err)
 			}
 			runs[j].raw = time.Since(start)
-			for _, pop3 := range []bool{false, true} {
-				r, err := captureBig(ctx, filepath.Join(scratch, fmt.Sprintf("store-%d-%d-%v", i, n, pop3)), d, name, n, pop3)
+			// Each kind twice, in turn, the faster kept: the disk's drift
+			// between two runs is as large as what is measured.
+			for k := range 4 {
+				pop3 := k%2 == 1
+				r, err := captureBig(ctx, filepath.Join(scratch, fmt.Sprintf("store-%d-%d-%d", i, n, k)), d, name, n, pop3)
 				if err != nil {
 					b.Fatal(err)
 				}
+				if pop3 && (runs[j].withPOP3 == 0 || r.took < runs[j].withPOP3) {
+					runs[j].withPOP3 = r.took
+				}
+				if !pop3 && (runs[j].copy == 0 || r.took < runs[j].copy) {
+					runs[j].copy = r.took
+				}
 				if pop3 {
-					runs[j].withPOP3, runs[j].peakPOP3 = r.took, r.peak
+					runs[j].peakPOP3 = max(runs[j].peakPOP3, r.peak)
 				} else {
-					runs[j].copy, runs[j].peak = r.took, r.peak
+					runs[j].peak = max(runs[j].peak, r.peak)
 				}
 			}
 		}
