@@ -60,9 +60,12 @@ type body struct {
 	size      int64
 	sum       [32]byte
 	messageID string
-	date      time.Time // from the Date header; zero if none or unreadable
-	structure []byte
-	trace     []string // the delivery trace addresses at the top of the header
+	// dateHeader is the Date header as written; it is parsed only for
+	// a message given no internal date (parsing costs more than the rest
+	// of a small message's bookkeeping).
+	dateHeader string
+	structure  []byte
+	trace      []string // the delivery trace addresses at the top of the header
 }
 
 // writeBody streams r into a new body file named by an id from src,
@@ -91,6 +94,14 @@ func (s *Store) writeBody(ctx context.Context, src *idSource, r io.Reader) (body
 	}
 	b.id = id
 	return b, nil
+}
+
+// headerDate is the time of the Date header; zero if none or unreadable.
+func (b body) headerDate() time.Time {
+	if d, err := mail.ParseDate(b.dateHeader); err == nil {
+		return d
+	}
+	return time.Time{}
 }
 
 // sinkBuffers gather a body's bytes on their way to its file: the
@@ -122,10 +133,7 @@ func fillBody(ctx context.Context, f *os.File, r io.Reader) (body, error) {
 	if err != nil {
 		return body{}, err
 	}
-	b := body{size: w.n, messageID: parsed.Envelope.MessageID, structure: structure, trace: parsed.Trace}
-	if d, err := mail.ParseDate(parsed.Envelope.Date); err == nil {
-		b.date = d
-	}
+	b := body{size: w.n, messageID: parsed.Envelope.MessageID, structure: structure, trace: parsed.Trace, dateHeader: parsed.Envelope.Date}
 	w.hash.Sum(b.sum[:0])
 	return b, nil
 }
@@ -278,7 +286,7 @@ func (s *Store) commitItems(ctx context.Context, items []NewMessage, bodies []bo
 			}
 			date := m.InternalDate
 			if date.IsZero() {
-				date = bd.date
+				date = bd.headerDate()
 			}
 			if date.IsZero() {
 				date = time.Now()
