@@ -137,7 +137,11 @@ func (s *session) sync(allowExpunge bool) {
 	for _, u := range ups {
 		switch u.kind {
 		case updAdded:
+			// The store's change hook reads v.uids under m.mu (shows):
+			// the session changes it under m.mu too.
+			m.mu.Lock()
 			v.uids = append(v.uids, u.uids...)
+			m.mu.Unlock()
 			if u.recent && len(u.uids) > 0 {
 				for _, uid := range u.uids {
 					v.recent[uid] = true
@@ -155,7 +159,9 @@ func (s *session) sync(allowExpunge bool) {
 				if seq == 0 {
 					continue
 				}
+				m.mu.Lock()
 				v.uids = slices.Delete(v.uids, int(seq-1), int(seq))
+				m.mu.Unlock()
 				delete(v.recent, uid)
 				s.out = strconv.AppendUint(append(s.out[:0], "* "...), uint64(seq), 10)
 				s.out = append(s.out, " EXPUNGE\r\n"...)
