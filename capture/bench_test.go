@@ -55,7 +55,7 @@ func BenchmarkCapture20k(b *testing.B) {
 	// ext4 (see scratchfs), and nothing is deleted until every timed run
 	// is over.
 	// Each timed part starts with nothing left to write back from the
-	// parts before it (syscall.Sync in timeIt and captureOnce), so none
+	// parts before it (scratchfs.Timed and the sync in captureOnce), so none
 	// pays for another's disk writes.
 	scratch := scratchfs.Mount(b, 4096)
 	for i := 0; i < b.N; i++ {
@@ -63,8 +63,8 @@ func BenchmarkCapture20k(b *testing.B) {
 		if err != nil {
 			b.Fatal(err)
 		}
-		mbsync := timeIt(b, func() error { return runMbsync(b, filepath.Join(scratch, fmt.Sprintf("mbsync-%d", i)), d) })
-		raw := timeIt(b, func() error { _, err := legacytest.RawRead(d.IMAPAddr, user, password, names); return err })
+		mbsync := scratchfs.Timed(b, func() error { return runMbsync(b, filepath.Join(scratch, fmt.Sprintf("mbsync-%d", i)), d) })
+		raw := scratchfs.Timed(b, func() error { _, err := legacytest.RawRead(d.IMAPAddr, user, password, names); return err })
 		fmt.Printf("capture bench: raw read %.2fs, mbsync %.2fs, mailcapture %.2fs\n", raw.Seconds(), mbsync.Seconds(), capture.Seconds())
 		fmt.Printf("capture bench: mailcapture is %.1fx faster than mbsync (target >= 3x), %.1fx the raw limit (target <= 4x)\n",
 			mbsync.Seconds()/capture.Seconds(), capture.Seconds()/raw.Seconds())
@@ -77,16 +77,6 @@ func BenchmarkCapture20k(b *testing.B) {
 		b.ReportMetric(compare.Seconds(), "compare-delta-s")
 		b.ReportMetric(float64(peak)/1e6, "peak-heap-MB")
 	}
-}
-
-// timeIt times fn, after writing back what earlier work left dirty.
-func timeIt(b *testing.B, fn func() error) time.Duration {
-	syscall.Sync()
-	start := time.Now()
-	if err := fn(); err != nil {
-		b.Fatal(err)
-	}
-	return time.Since(start)
 }
 
 // captureOnce runs a full capture into a fresh store (timed from the

@@ -121,16 +121,14 @@ func (e *Engine) finishFolder(ctx context.Context, mbox store.Mailbox, f legacyF
 // sequence number, so by ascending legacy UID), each window against the
 // local copies whose legacy UIDs fall in its span; one committer takes
 // the new messages of every window.
-func (e *Engine) compareAndCopy(ctx context.Context, conn *imapConn, mbox store.Mailbox, sel *imap.SelectData, hint *uidlHint, res *PassResult) (err error) {
-	com := e.newCommitter(context.WithoutCancel(ctx))
-	defer func() {
-		added, addedBytes, cerr := com.wait()
-		res.Added += added
-		res.AddedBytes += addedBytes
-		if err == nil {
-			err = cerr
-		}
-	}()
+func (e *Engine) compareAndCopy(ctx context.Context, conn *imapConn, mbox store.Mailbox, sel *imap.SelectData, hint *uidlHint, res *PassResult) error {
+	return e.withCommitter(ctx, res, func(com *committer) error {
+		return e.compareWindows(ctx, conn, com, mbox, sel, hint, res)
+	})
+}
+
+// compareWindows is compareAndCopy's walk over the windows.
+func (e *Engine) compareWindows(ctx context.Context, conn *imapConn, com *committer, mbox store.Mailbox, sel *imap.SelectData, hint *uidlHint, res *PassResult) (err error) {
 	var prevUID uint32 // the highest legacy UID of the windows done
 	window := uint32(e.metadataWindow())
 	for lo := uint32(1); lo <= max(sel.NumMessages, 1); lo += window {
@@ -298,22 +296,28 @@ func fetchMetadataRange(conn *imapConn, lo, hi uint32) ([]legacyMessage, error) 
 // store batches. The number received is checked against the number asked.
 // Copies keep the legacy UIDs, or get fresh local ones when fresh is set
 // (follow syncs after the cut-over).
-func (e *Engine) copyMessages(ctx context.Context, conn *imapConn, mbox store.Mailbox, msgs []legacyMessage, fresh bool, res *PassResult) (err error) {
-	// Batches commit in the background while the next one streams in,
-	// across chunks: the next FETCH goes out without waiting for the last
-	// batch of the previous one to be durable. Commits are not cancelled:
-	// when ctx ends (shutdown), the messages streamed in whole so far are
-	// still committed. Whatever was committed is counted, error or not.
+func (e *Engine) copyMessages(ctx context.Context, conn *imapConn, mbox store.Mailbox, msgs []legacyMessage, fresh bool, res *PassResult) error {
+	return e.withCommitter(ctx, res, func(com *committer) error {
+		return e.copyInto(ctx, conn, com, mbox, msgs, fresh)
+	})
+}
+
+// withCommitter runs fn with a background committer and waits for it.
+// Batches commit while the next one streams in, across chunks: the next
+// FETCH goes out without waiting for the last batch of the previous one
+// to be durable. Commits are not cancelled: when ctx ends (shutdown),
+// the messages streamed in whole so far are still committed. Whatever was
+// committed is counted in res, error or not; fn's error comes first.
+func (e *Engine) withCommitter(ctx context.Context, res *PassResult, fn func(*committer) error) error {
 	com := e.newCommitter(context.WithoutCancel(ctx))
-	defer func() {
-		added, addedBytes, cerr := com.wait()
-		res.Added += added
-		res.AddedBytes += addedBytes
-		if err == nil {
-			err = cerr
-		}
-	}()
-	return e.copyInto(ctx, conn, com, mbox, msgs, fresh)
+	err := fn(com)
+	added, addedBytes, cerr := com.wait()
+	res.Added += added
+	res.AddedBytes += addedBytes
+	if err == nil {
+		err = cerr
+	}
+	return err
 }
 
 // copyInto fetches the bodies of msgs, a FETCH per chunk, into com's

@@ -11,6 +11,7 @@ import (
 	"path/filepath"
 	"syscall"
 	"testing"
+	"time"
 )
 
 // Mount creates a sizeMB ext4 image, mounts it and returns the mount
@@ -106,4 +107,17 @@ func Fill(tb testing.TB, dir, path string, free int64) {
 			chunk = chunk[:len(chunk)/2]
 		}
 	}
+}
+
+// Timed times fn after writing back what earlier work left dirty (sync),
+// so that a timed part of a benchmark never pays for another's disk
+// writes; fn's error fails tb.
+func Timed(tb testing.TB, fn func() error) time.Duration {
+	tb.Helper()
+	syscall.Sync()
+	start := time.Now()
+	if err := fn(); err != nil {
+		tb.Fatal(err)
+	}
+	return time.Since(start)
 }

@@ -333,17 +333,16 @@ func (s *Store) RecordSync(ctx context.Context, name string, at time.Time, syncE
 // lose such a note until the next durable commit; the next pass notes it
 // again.
 func (s *Store) noteAccount(ctx context.Context, name, set string, args ...any) error {
-	err := s.writeTxRelaxed(ctx, func(tx *sql.Tx) error {
-		return execOne(ctx, tx, "UPDATE accounts SET "+set+" WHERE name = ?", append(args, name)...)
-	})
-	if err != nil {
-		return fmt.Errorf("update account %s: %w", name, err)
-	}
-	return nil
+	return s.setAccount(ctx, s.writeTxRelaxed, name, set, args...)
 }
 
 func (s *Store) updateAccount(ctx context.Context, name, set string, args ...any) error {
-	err := s.writeTx(ctx, func(tx *sql.Tx) error {
+	return s.setAccount(ctx, s.writeTx, name, set, args...)
+}
+
+// setAccount updates one account's columns in a transaction run by write.
+func (s *Store) setAccount(ctx context.Context, write func(context.Context, func(*sql.Tx) error) error, name, set string, args ...any) error {
+	err := write(ctx, func(tx *sql.Tx) error {
 		return execOne(ctx, tx, "UPDATE accounts SET "+set+" WHERE name = ?", append(args, name)...)
 	})
 	if err != nil {

@@ -400,46 +400,36 @@ func newCopyFinder(ctx context.Context, tx *sql.Tx, items []NewMessage) (*copyFi
 		}
 	}
 	f := &copyFinder{byUID: map[int64]map[uint32]uint32{}, byUIDL: map[int64]map[string]uint32{}}
-	type uidRow struct{ legacyUID, uid uint32 }
 	for mailboxID, keys := range uids {
-		rows, err := lookupCopies(ctx, tx, "legacy_uid", mailboxID, keys, func(row interface{ Scan(...any) error }) (uidRow, error) {
-			var r uidRow
-			return r, row.Scan(&r.legacyUID, &r.uid)
-		})
+		found, err := lookupCopies[uint32](ctx, tx, "legacy_uid", mailboxID, keys)
 		if err != nil {
 			return nil, err
-		}
-		found := map[uint32]uint32{}
-		for _, r := range rows {
-			found[r.legacyUID] = r.uid
 		}
 		f.byUID[mailboxID] = found
 	}
-	type uidlRow struct {
-		uidl string
-		uid  uint32
-	}
 	for mailboxID, keys := range uidls {
-		rows, err := lookupCopies(ctx, tx, "pop3_uidl", mailboxID, keys, func(row interface{ Scan(...any) error }) (uidlRow, error) {
-			var r uidlRow
-			return r, row.Scan(&r.uidl, &r.uid)
-		})
+		found, err := lookupCopies[string](ctx, tx, "pop3_uidl", mailboxID, keys)
 		if err != nil {
 			return nil, err
-		}
-		found := map[string]uint32{}
-		for _, r := range rows {
-			found[r.uidl] = r.uid
 		}
 		f.byUIDL[mailboxID] = found
 	}
 	return f, nil
 }
 
-// lookupCopies reads (column, uid) of the mailbox's messages whose column
-// is one of keys, a chunk of keys per query.
-func lookupCopies[T any](ctx context.Context, tx *sql.Tx, column string, mailboxID int64, keys []any, scan func(interface{ Scan(...any) error }) (T, error)) ([]T, error) {
-	var out []T
+// lookupCopies maps each of keys that the mailbox's messages have in
+// column (legacy_uid or pop3_uidl) to the local UID, a chunk of keys per
+// query.
+func lookupCopies[K comparable](ctx context.Context, tx *sql.Tx, column string, mailboxID int64, keys []any) (map[K]uint32, error) {
+	type row struct {
+		key K
+		uid uint32
+	}
+	scan := func(r interface{ Scan(...any) error }) (row, error) {
+		var out row
+		return out, r.Scan(&out.key, &out.uid)
+	}
+	found := map[K]uint32{}
 	for len(keys) > 0 {
 		chunk := keys[:min(len(keys), copyLookupChunk)]
 		keys = keys[len(chunk):]
@@ -448,9 +438,11 @@ func lookupCopies[T any](ctx context.Context, tx *sql.Tx, column string, mailbox
 		if err != nil {
 			return nil, err
 		}
-		out = append(out, rows...)
+		for _, r := range rows {
+			found[r.key] = r.uid
+		}
 	}
-	return out, nil
+	return found, nil
 }
 
 // find returns the local UID of the stored copy, if there is one.

@@ -8,7 +8,6 @@ import (
 	"path/filepath"
 	"strings"
 	"sync"
-	"syscall"
 	"testing"
 	"time"
 
@@ -58,12 +57,12 @@ func BenchmarkBulkCapture200x200(b *testing.B) {
 	}
 	fmt.Printf("bulk bench: %d accounts x %d messages, %.0f MB\n", accounts, perAccount, float64(totalBytes)/1e6)
 	for i := 0; i < b.N; i++ {
-		raw := timePart(b, func() error { return readAll(d, names) })
+		raw := scratchfs.Timed(b, func() error { return readAll(d, names) })
 		var took, hashing [2]time.Duration
 		var logins [2][2]int
 		for j, pop3 := range []bool{false, true} {
 			imap0, pop0 := d.Logins(b, "imap"), d.Logins(b, "pop3")
-			took[j] = timePart(b, func() error {
+			took[j] = scratchfs.Timed(b, func() error {
 				var err error
 				hashing[j], err = bulkCapture(filepath.Join(scratch, fmt.Sprintf("run-%d-%d", i, j)), d, csvPath, pop3)
 				return err
@@ -81,16 +80,6 @@ func BenchmarkBulkCapture200x200(b *testing.B) {
 		b.ReportMetric(took[0].Seconds()/raw.Seconds(), "x-raw-imap")
 		b.ReportMetric(took[1].Seconds()/raw.Seconds(), "x-raw-pop3")
 	}
-}
-
-// timePart times fn, after writing back what earlier parts left dirty.
-func timePart(b *testing.B, fn func() error) time.Duration {
-	syscall.Sync()
-	start := time.Now()
-	if err := fn(); err != nil {
-		b.Fatal(err)
-	}
-	return time.Since(start)
 }
 
 // readAll raw-reads every account's INBOX, 4 accounts at once.
