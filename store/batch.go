@@ -259,12 +259,17 @@ func (s *Store) commitItems(ctx context.Context, items []NewMessage, bodies []bo
 	defer s.wmu.Unlock()
 	err := s.writeTxLocked(ctx, func(tx *sql.Tx) error {
 		ins, err := tx.PrepareContext(ctx, `INSERT INTO messages
-			(id, mailbox_id, uid, legacy_uid, internal_date, internal_tz, size, flags, pop3_uidl, sha256, message_id, structure)
-			VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`)
+			(id, mailbox_id, uid, legacy_uid, internal_date, internal_tz, size, flags, pop3_uidl, sha256, message_id)
+			VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`)
 		if err != nil {
 			return err
 		}
 		defer ins.Close()
+		insStructure, err := tx.PrepareContext(ctx, "INSERT INTO message_structures (id, structure) VALUES (?, ?)")
+		if err != nil {
+			return err
+		}
+		defer insStructure.Close()
 		alloc := newUIDAllocator(tx)
 		copies, err := newCopyFinder(ctx, tx, items)
 		if err != nil {
@@ -293,11 +298,14 @@ func (s *Store) commitItems(ctx context.Context, items []NewMessage, bodies []bo
 			}
 			_, offset := date.Zone()
 			_, err = ins.ExecContext(ctx, bd.id, m.MailboxID, uid, nullUID(m.LegacyUID), date.Unix(), offset, bd.size,
-				formatFlags(m.Flags), nullString(m.POP3UIDL), bd.sum[:], bd.messageID, bd.structure)
+				formatFlags(m.Flags), nullString(m.POP3UIDL), bd.sum[:], bd.messageID)
 			if err != nil {
 				if isUniqueViolation(err) {
 					return fmt.Errorf("UID %d already used in mailbox %d: %w", uid, m.MailboxID, ErrExists)
 				}
+				return err
+			}
+			if _, err := insStructure.ExecContext(ctx, bd.id, bd.structure); err != nil {
 				return err
 			}
 			out[i].UID = uid

@@ -144,9 +144,12 @@ func (s *Store) deliverBody(ctx context.Context, ids *idSource, from string, bd 
 					return err
 				}
 				if _, err := tx.ExecContext(ctx, `INSERT INTO messages
-					(id, mailbox_id, uid, legacy_uid, internal_date, internal_tz, size, flags, pop3_uidl, sha256, message_id, structure)
-					VALUES (?, ?, ?, NULL, ?, ?, ?, ?, NULL, ?, ?, ?)`,
-					id, d.MailboxID, uid, date.Unix(), offset, bd.size, formatFlags(d.Flags), bd.sum[:], bd.messageID, bd.structure); err != nil {
+					(id, mailbox_id, uid, legacy_uid, internal_date, internal_tz, size, flags, pop3_uidl, sha256, message_id)
+					VALUES (?, ?, ?, NULL, ?, ?, ?, ?, NULL, ?, ?)`,
+					id, d.MailboxID, uid, date.Unix(), offset, bd.size, formatFlags(d.Flags), bd.sum[:], bd.messageID); err != nil {
+					return err
+				}
+				if _, err := tx.ExecContext(ctx, "INSERT INTO message_structures (id, structure) VALUES (?, ?)", id, bd.structure); err != nil {
 					return err
 				}
 				out[i] = Delivered{UID: uid}

@@ -3,6 +3,7 @@ package store
 import (
 	"context"
 	"database/sql"
+	"database/sql/driver"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -133,7 +134,7 @@ func (s *Store) SummariesLocked(ctx context.Context, mailboxID int64, want func(
 	var all []Message
 	for len(ranges) > 0 {
 		n := min(len(ranges), 400)
-		msgs, err := s.summaries(ctx, s.write, mailboxID, ranges[:n])
+		msgs, err := s.summaries(ctx, s.write, mailboxID, ranges[:n], nil)
 		if err != nil {
 			return err
 		}
@@ -160,45 +161,53 @@ func (s *Store) LoadMailbox(ctx context.Context, mailboxID int64, fn func(Mailbo
 	if err != nil {
 		return fmt.Errorf("load mailbox %d: %w", mailboxID, err)
 	}
-	msgs, err := s.summaries(ctx, s.write, mailboxID, AllUIDs)
+	msgs, err := s.wholeMailbox(ctx, mailboxID)
 	if err != nil {
-		return err
+		return fmt.Errorf("load mailbox %d: %w", mailboxID, err)
 	}
 	fn(mb, msgs)
 	return nil
 }
 
-func (s *Store) summaries(ctx context.Context, q queryer, mailboxID int64, ranges []UIDRange) ([]Message, error) {
-	where, args := rangeSQL(ranges)
-	rows, err := q.QueryContext(ctx, "SELECT id, uid, internal_date, internal_tz, size, flags FROM messages WHERE mailbox_id = ? AND "+where+" ORDER BY uid",
-		append([]any{mailboxID}, args...)...)
-	if err != nil {
-		return nil, fmt.Errorf("messages of mailbox %d: %w", mailboxID, err)
+// wholeMailbox reads the summaries of every message of a mailbox, by
+// UID, counted first so the slice (large at a hundred thousand messages)
+// is not copied as it grows.
+func (s *Store) wholeMailbox(ctx context.Context, mailboxID int64) ([]Message, error) {
+	var n int
+	if err := s.write.QueryRowContext(ctx, "SELECT count(*) FROM messages WHERE mailbox_id = ?", mailboxID).Scan(&n); err != nil {
+		return nil, err
 	}
-	defer rows.Close()
-	var out []Message
-	var date int64
-	var tz int
-	var flags []byte
+	return s.summaries(ctx, s.write, mailboxID, AllUIDs, make([]Message, 0, n))
+}
+
+// summaries appends to out, by UID, the summaries of the mailbox's
+// messages in ranges: ID, UID, InternalDate, Size and Flags.
+func (s *Store) summaries(ctx context.Context, db *sql.DB, mailboxID int64, ranges []UIDRange, out []Message) ([]Message, error) {
+	where, args := rangeSQL(ranges)
 	// A mailbox has few distinct flag sets: each is parsed once, and the
 	// messages that have it share its slice (the caches these summaries
 	// fill replace a message's flags, never change them in place).
 	parsed := map[string][]string{}
-	for rows.Next() {
-		m := Message{MailboxID: mailboxID}
-		if err := rows.Scan(&m.ID, &m.UID, &date, &tz, &m.Size, &flags); err != nil {
-			return nil, fmt.Errorf("messages of mailbox %d: %w", mailboxID, err)
-		}
-		m.InternalDate = time.Unix(date, 0).In(zoneFor(tz))
-		f, ok := parsed[string(flags)]
-		if !ok {
-			f = parseFlags(string(flags))
-			parsed[string(flags)] = f
-		}
-		m.Flags = f
-		out = append(out, m)
+	err := queryRaw(ctx, db, "SELECT id, uid, internal_date, internal_tz, size, flags FROM messages WHERE mailbox_id = ? AND "+where+" ORDER BY uid",
+		append([]any{mailboxID}, args...), func(v []driver.Value) error {
+			var id, uid, date, tz, size int64
+			flags, ok := rawText(v[5])
+			if !ok || !rawInts(v[:5], &id, &uid, &date, &tz, &size) {
+				return fmt.Errorf("message row %v: unexpected column types", v)
+			}
+			f, seen := parsed[flags]
+			if !seen {
+				f = parseFlags(flags)
+				parsed[flags] = f
+			}
+			out = append(out, Message{ID: id, MailboxID: mailboxID, UID: uint32(uid),
+				InternalDate: time.Unix(date, 0).In(zoneFor(int(tz))), Size: size, Flags: f})
+			return nil
+		})
+	if err != nil {
+		return nil, fmt.Errorf("messages of mailbox %d: %w", mailboxID, err)
 	}
-	return out, rows.Err()
+	return out, nil
 }
 
 // UIDs returns the mailbox's UIDs in ascending order: sequence number n is
@@ -229,7 +238,7 @@ func queryUIDs(ctx context.Context, q queryer, query string, args ...any) ([]uin
 // its body is pinned (PinBodies) is parsed from its body.
 func (s *Store) Structure(ctx context.Context, messageID int64) (*mimeinfo.Message, error) {
 	var raw []byte
-	err := s.read.QueryRowContext(ctx, "SELECT structure FROM messages WHERE id = ?", messageID).Scan(&raw)
+	err := s.read.QueryRowContext(ctx, "SELECT structure FROM message_structures WHERE id = ?", messageID).Scan(&raw)
 	if errors.Is(err, sql.ErrNoRows) {
 		m, perr := s.parseBody(messageID)
 		if perr != nil {
@@ -514,9 +523,13 @@ func (s *Store) copyOrMove(ctx context.Context, src int64, uids []uint32, dst in
 				return err
 			}
 			_, err = tx.ExecContext(ctx, `INSERT INTO messages
-				(id, mailbox_id, uid, legacy_uid, internal_date, internal_tz, size, flags, pop3_uidl, sha256, message_id, structure)
-				SELECT ?, ?, ?, NULL, internal_date, internal_tz, size, flags, NULL, sha256, message_id, structure
+				(id, mailbox_id, uid, legacy_uid, internal_date, internal_tz, size, flags, pop3_uidl, sha256, message_id)
+				SELECT ?, ?, ?, NULL, internal_date, internal_tz, size, flags, NULL, sha256, message_id
 				FROM messages WHERE id = ?`, newIDs[i], dst, uid, m.ID)
+			if err != nil {
+				return err
+			}
+			_, err = tx.ExecContext(ctx, "INSERT INTO message_structures (id, structure) SELECT ?, structure FROM message_structures WHERE id = ?", newIDs[i], m.ID)
 			if err != nil {
 				return err
 			}

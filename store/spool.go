@@ -394,9 +394,12 @@ func (s *Store) deliverHeld(ctx context.Context, id, mailboxID int64, flags []st
 		}
 		date = time.Unix(receivedAt, 0).In(zoneFor(offset))
 		if _, err := tx.ExecContext(ctx, `INSERT INTO messages
-			(id, mailbox_id, uid, legacy_uid, internal_date, internal_tz, size, flags, pop3_uidl, sha256, message_id, structure)
-			SELECT id, ?, ?, NULL, received_at, ?, size, ?, NULL, sha256, message_id, structure FROM spool WHERE id = ?`,
+			(id, mailbox_id, uid, legacy_uid, internal_date, internal_tz, size, flags, pop3_uidl, sha256, message_id)
+			SELECT id, ?, ?, NULL, received_at, ?, size, ?, NULL, sha256, message_id FROM spool WHERE id = ?`,
 			mailboxID, uid, offset, formatFlags(flags), id); err != nil {
+			return err
+		}
+		if _, err := tx.ExecContext(ctx, "INSERT INTO message_structures (id, structure) SELECT id, structure FROM spool WHERE id = ?", id); err != nil {
 			return err
 		}
 		if _, err := tx.ExecContext(ctx, "DELETE FROM spool WHERE id = ?", id); err != nil {

@@ -288,7 +288,7 @@ func (s *Store) writeTxSync(ctx context.Context, durable bool, fn func(tx *sql.T
 	}
 	for id, js := range s.restructured.take() {
 		// Derived data: a failure here only means it is parsed again.
-		if _, err := tx.ExecContext(ctx, "UPDATE messages SET structure = ? WHERE id = ?", js, id); err != nil {
+		if _, err := tx.ExecContext(ctx, "UPDATE message_structures SET structure = ? WHERE id = ?", js, id); err != nil {
 			break
 		}
 	}

@@ -480,6 +480,57 @@ func TestMigrationRefusesNewerSchema(t *testing.T) {
 	}
 }
 
+// TestMigrationMovesStructuresOut opens a store of schema 11, where each
+// message row held its cached MIME structure, and checks that migration
+// 12 keeps every structure, readable by its message, and that an expunge
+// removes the structure with its message.
+func TestMigrationMovesStructuresOut(t *testing.T) {
+	ctx := context.Background()
+	dir := t.TempDir()
+	s := openTest(t, dir)
+	_, inbox := newAccountWithInbox(t, s, "m@example.org")
+	for i := 1; i <= 3; i++ {
+		if _, err := s.Append(ctx, inbox.ID, bytes.NewReader(testMessage(i)), nil, time.Time{}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// Back to schema 11: the structures in the message rows.
+	for _, q := range []string{
+		"DROP TRIGGER message_structures_delete",
+		"ALTER TABLE messages ADD COLUMN structure BLOB NOT NULL DEFAULT x''",
+		"UPDATE messages SET structure = (SELECT structure FROM message_structures WHERE id = messages.id)",
+		"DROP TABLE message_structures",
+		"PRAGMA user_version = 11",
+	} {
+		if _, err := s.write.Exec(q); err != nil {
+			t.Fatalf("%s: %v", q, err)
+		}
+	}
+	s.Close()
+	s = openTest(t, dir)
+	msgs := mustMessages(t, s, inbox.ID)
+	if len(msgs) != 3 {
+		t.Fatalf("%d messages after the migration", len(msgs))
+	}
+	for i, m := range msgs {
+		st, err := s.Structure(ctx, m.ID)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if want := fmt.Sprintf("message %d", i+1); st.Envelope.Subject != want {
+			t.Fatalf("message %d: subject %q after the migration, want %q", m.UID, st.Envelope.Subject, want)
+		}
+	}
+	if _, err := s.Expunge(ctx, inbox.ID, []uint32{msgs[0].UID}); err != nil {
+		t.Fatal(err)
+	}
+	var left int
+	if err := s.read.QueryRow("SELECT count(*) FROM message_structures").Scan(&left); err != nil || left != 2 {
+		t.Fatalf("%d structures left after expunging 1 of 3 (%v)", left, err)
+	}
+	assertNoStrayFiles(t, s)
+}
+
 func TestPasswordHashFormat(t *testing.T) {
 	h, err := HashPassword("pw", DefaultHashParams())
 	if err != nil {
@@ -526,6 +577,14 @@ func assertNoStrayFiles(t *testing.T, s *Store) {
 		if !files[id] {
 			t.Errorf("row %d has no body file", id)
 		}
+	}
+	// Every message has its cached structure, and no structure outlives
+	// its message.
+	var unmatched int
+	err = s.read.QueryRow(`SELECT (SELECT count(*) FROM messages WHERE id NOT IN (SELECT id FROM message_structures)) +
+		(SELECT count(*) FROM message_structures WHERE id NOT IN (SELECT id FROM messages))`).Scan(&unmatched)
+	if err != nil || unmatched != 0 {
+		t.Errorf("%d messages and structures without each other (%v)", unmatched, err)
 	}
 }
 
