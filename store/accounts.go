@@ -351,6 +351,28 @@ func (s *Store) setAccount(ctx context.Context, write func(context.Context, func
 	return nil
 }
 
+// EveryAccountProgress returns, by account id, how many messages and
+// bytes are stored for each account that has any (the kept totals: one
+// row read an account, in one query).
+func (s *Store) EveryAccountProgress(ctx context.Context) (map[int64]Progress, error) {
+	type row struct {
+		id int64
+		p  Progress
+	}
+	rows, err := queryAll(ctx, s.read, func(r interface{ Scan(...any) error }) (row, error) {
+		var out row
+		return out, r.Scan(&out.id, &out.p.Messages, &out.p.Bytes)
+	}, "SELECT account_id, messages, bytes FROM account_totals")
+	if err != nil {
+		return nil, fmt.Errorf("progress of the accounts: %w", err)
+	}
+	out := make(map[int64]Progress, len(rows))
+	for _, r := range rows {
+		out[r.id] = r.p
+	}
+	return out, nil
+}
+
 // AccountProgress returns how many messages and bytes are stored for the
 // account (kept as messages come and go: one row read).
 func (s *Store) AccountProgress(ctx context.Context, accountID int64) (Progress, error) {

@@ -217,15 +217,21 @@ type accountLine struct {
 func (p *progressView) collect(ctx context.Context) ([]accountLine, int64, int64) {
 	var out []accountLine
 	var copied, total int64
+	// Two queries a redraw, whatever the number of accounts.
+	stored := map[string]store.Account{}
+	if accts, err := p.st.Accounts(ctx); err == nil {
+		for _, a := range accts {
+			stored[strings.ToLower(a.Name)] = a // names are case-insensitive
+		}
+	}
+	progress, _ := p.st.EveryAccountProgress(ctx)
 	for _, a := range p.accounts {
 		l := accountLine{name: a.Name}
 		if s, ok := p.sched.Status(a.Name); ok {
 			l.state, l.err = s.State, s.LastError
 		}
-		if acct, err := p.st.Account(ctx, a.Name); err == nil {
-			if pr, err := p.st.AccountProgress(ctx, acct.ID); err == nil {
-				l.copied = pr.Messages
-			}
+		if acct, ok := stored[strings.ToLower(a.Name)]; ok {
+			l.copied = progress[acct.ID].Messages
 			l.total = max(acct.LegacyMessages, l.copied)
 		}
 		copied += l.copied
