@@ -402,16 +402,18 @@ func (s *session) runSearch(root *searchKey) ([]target, error) {
 	content := root.content
 	var hits []target
 	infos := make([]msgInfo, 0, fetchChunk)
-	var m searchMsg
+	m := searchMsg{s: s}
 	first, end := root.span(v.uids)
 	for start := first; start < end; start += fetchChunk {
 		uids := v.uids[start:min(end, start+fetchChunk)]
 		infos = v.infos(uids, infos[:0])
-		for i, mi := range infos {
-			if mi.uid == 0 {
+		for i := range infos {
+			if infos[i].uid == 0 {
 				continue
 			}
-			m = searchMsg{s: s, seq: uint32(start + i + 1), info: mi}
+			// One searchMsg for the whole walk: only what a content key
+			// read is reset between messages.
+			m.seq, m.info = uint32(start+i+1), infos[i]
 			ok, err := m.match(root)
 			if content {
 				m.release()
@@ -420,7 +422,7 @@ func (s *session) runSearch(root *searchKey) ([]target, error) {
 				return nil, err
 			}
 			if ok {
-				hits = append(hits, target{seq: m.seq, uid: mi.uid})
+				hits = append(hits, target{seq: m.seq, uid: m.info.uid})
 			}
 		}
 	}

@@ -27,7 +27,9 @@ type searchMsg struct {
 	body       string // text of the body, decoded, lower case
 }
 
-func (m *searchMsg) release() { m.header, m.fields, m.body = nil, nil, "" }
+func (m *searchMsg) release() {
+	m.headerRead, m.header, m.fields, m.bodyRead, m.body = false, nil, nil, false, ""
+}
 
 func (m *searchMsg) match(k *searchKey) (bool, error) {
 	v := m.s.sel
