@@ -399,6 +399,9 @@ func (s *session) runSearch(root *searchKey) ([]target, error) {
 		lastUID = v.uids[n-1]
 	}
 	root.prepare(uint32(len(v.uids)), lastUID)
+	if len(root.kids) == 1 {
+		root = root.kids[0] // the usual search: one key
+	}
 	content := root.content
 	var hits []target
 	infos := make([]msgInfo, 0, fetchChunk)
@@ -413,7 +416,7 @@ func (s *session) runSearch(root *searchKey) ([]target, error) {
 			}
 			// One searchMsg for the whole walk: only what a content key
 			// read is reset between messages.
-			m.seq, m.info = uint32(start+i+1), infos[i]
+			m.seq, m.info = uint32(start+i+1), &infos[i]
 			ok, err := m.match(root)
 			if content {
 				m.release()

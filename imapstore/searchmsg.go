@@ -18,7 +18,7 @@ import (
 type searchMsg struct {
 	s    *session
 	seq  uint32
-	info msgInfo
+	info *msgInfo // in the walk's chunk
 
 	headerRead bool
 	header     []byte              // the raw header section
