@@ -38,6 +38,12 @@ type proxiedIMAP struct {
 	boundary  chan struct{} // signalled when nothing is in flight
 	ended     chan struct{}
 	endedOnce sync.Once
+
+	// deadlineMu orders the idle clock's read deadlines before the
+	// closing one: once closing is set, nothing moves the deadline
+	// again, so the lingering close ends within lingerTime.
+	deadlineMu sync.Mutex
+	closing    bool
 }
 
 func newProxiedIMAP(account string, client net.Conn, r *bufio.Reader, legacy *legacyclient.IMAPSession, idle, writeTimeout time.Duration) *proxiedIMAP {
@@ -75,6 +81,9 @@ func (p *proxiedIMAP) run() sessionEnd {
 func (p *proxiedIMAP) close() {
 	p.endedOnce.Do(func() {
 		p.legacy.Close()
+		p.deadlineMu.Lock()
+		p.closing = true
+		p.deadlineMu.Unlock()
 		lingerClose(p.client)
 		close(p.ended)
 	})
@@ -154,9 +163,16 @@ func clientEnd(err error) sessionEnd {
 	return sessionEnd{"client", err}
 }
 
-// armIdle restarts the client's idle clock.
+// armIdle restarts the client's idle clock, unless the session is
+// closing: the lingering close's deadline then stands, and the reader
+// that races it ends with it.
 func (p *proxiedIMAP) armIdle() {
-	if p.idle > 0 {
+	if p.idle <= 0 {
+		return
+	}
+	p.deadlineMu.Lock()
+	defer p.deadlineMu.Unlock()
+	if !p.closing {
 		p.client.SetReadDeadline(time.Now().Add(p.idle))
 	}
 }
