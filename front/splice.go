@@ -237,7 +237,10 @@ func (p *proxiedIMAP) legacyToClient() (end sessionEnd) {
 		if completion {
 			p.mu.Lock()
 			delete(p.inflight, tag)
-			if p.atBoundaryLocked() {
+			// Only an end waiting for it is told: a signal left from an
+			// earlier boundary would let a later end cut a command's
+			// answer short.
+			if p.stopping && p.atBoundaryLocked() {
 				select {
 				case p.boundary <- struct{}{}:
 				default:
