@@ -17,24 +17,7 @@ import (
 // when the reader re-arms it after the close began and the client neither
 // sends nor closes (it had left a shutdown waiting for the session).
 func TestLingeringCloseEndsDespiteIdleClock(t *testing.T) {
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
-	client, err := net.Dial("tcp", ln.Addr().String())
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer client.Close() // the client never closes before the end
-	server, err := ln.Accept()
-	if err != nil {
-		t.Fatal(err)
-	}
-	legacySide, legacyPeer := net.Pipe()
-	defer legacyPeer.Close()
-	legacy := &legacyclient.IMAPSession{Conn: &legacyclient.Conn{Conn: legacySide}}
-	p := newProxiedIMAP("a@example.org", server, bufio.NewReader(server), legacy, time.Hour, time.Minute)
+	p, client, _ := splicedPair(t) // the client never closes before the end
 
 	closed := make(chan struct{})
 	go func() {
@@ -43,18 +26,11 @@ func TestLingeringCloseEndsDespiteIdleClock(t *testing.T) {
 	}()
 	// Wait for the close to begin, then re-arm the idle clock as the
 	// client reader does before each read.
-	for deadline := time.Now().Add(10 * time.Second); ; {
+	waitUntil(t, "the close began", func() bool {
 		p.deadlineMu.Lock()
-		closing := p.closing
-		p.deadlineMu.Unlock()
-		if closing {
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatal("the close did not begin")
-		}
-		time.Sleep(time.Millisecond)
-	}
+		defer p.deadlineMu.Unlock()
+		return p.closing
+	})
 	p.armIdle()
 	select {
 	case <-closed:
@@ -77,26 +53,9 @@ func isTimeout(err error) bool {
 // session waits for the command in flight, even after earlier commands
 // passed boundaries while no end waited (those must not count).
 func TestEndWaitsForTheCommandInFlight(t *testing.T) {
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
-	client, err := net.Dial("tcp", ln.Addr().String())
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer client.Close()
+	p, client, legacyPeer := splicedPair(t)
 	client.SetDeadline(time.Now().Add(20 * time.Second))
-	server, err := ln.Accept()
-	if err != nil {
-		t.Fatal(err)
-	}
-	legacySide, legacyPeer := net.Pipe()
-	defer legacyPeer.Close()
 	legacyPeer.SetDeadline(time.Now().Add(20 * time.Second))
-	legacy := &legacyclient.IMAPSession{Conn: &legacyclient.Conn{Conn: legacySide}, R: bufio.NewReader(legacySide)}
-	p := newProxiedIMAP("a@example.org", server, bufio.NewReader(server), legacy, time.Hour, time.Minute)
 	ran := make(chan sessionEnd, 1)
 	go func() { ran <- p.run() }()
 
@@ -126,18 +85,11 @@ func TestEndWaitsForTheCommandInFlight(t *testing.T) {
 		p.end(ctx, "moved")
 		close(ended)
 	}()
-	for deadline := time.Now().Add(10 * time.Second); ; {
+	waitUntil(t, "the end began", func() bool {
 		p.mu.Lock()
-		stopping := p.stopping
-		p.mu.Unlock()
-		if stopping {
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatal("the end did not begin")
-		}
-		time.Sleep(time.Millisecond)
-	}
+		defer p.mu.Unlock()
+		return p.stopping
+	})
 	select {
 	case <-ended:
 		t.Fatal("the session was ended in the middle of a command")
@@ -150,5 +102,42 @@ func TestEndWaitsForTheCommandInFlight(t *testing.T) {
 	<-ended
 	if e := <-ran; e.by != "server" {
 		t.Fatalf("session ended by %q (%v), want server", e.by, e.err)
+	}
+}
+
+// splicedPair makes a proxied session over a loopback TCP connection
+// (client is the client's end) and a pipe to the legacy side (legacyPeer
+// plays the legacy server); the idle clock is an hour. All is closed when
+// the test ends.
+func splicedPair(t *testing.T) (p *proxiedIMAP, client net.Conn, legacyPeer net.Conn) {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	client, err = net.Dial("tcp", ln.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { client.Close() })
+	server, err := ln.Accept()
+	if err != nil {
+		t.Fatal(err)
+	}
+	legacySide, legacyPeer := net.Pipe()
+	t.Cleanup(func() { legacyPeer.Close(); legacySide.Close(); server.Close() })
+	legacy := &legacyclient.IMAPSession{Conn: &legacyclient.Conn{Conn: legacySide}, R: bufio.NewReader(legacySide)}
+	return newProxiedIMAP("a@example.org", server, bufio.NewReader(server), legacy, time.Hour, time.Minute), client, legacyPeer
+}
+
+// waitUntil polls cond, a state the code under test reaches on its own,
+// for at most 10 s.
+func waitUntil(t *testing.T, what string, cond func() bool) {
+	t.Helper()
+	for deadline := time.Now().Add(10 * time.Second); !cond(); time.Sleep(time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatalf("not reached within 10 s: %s", what)
+		}
 	}
 }
