@@ -481,54 +481,74 @@ func TestMigrationRefusesNewerSchema(t *testing.T) {
 }
 
 // TestMigrationMovesStructuresOut opens a store of schema 11, where each
-// message row held its cached MIME structure, and checks that migration
-// 12 keeps every structure, readable by its message, and that an expunge
-// removes the structure with its message.
+// message row held its cached MIME structure, and one of the schema 12
+// an earlier build wrote (the same, with a covering summary index), and
+// checks that the migrations keep every structure, readable by its
+// message, drop that index, and that an expunge removes the structure
+// with its message.
 func TestMigrationMovesStructuresOut(t *testing.T) {
-	ctx := context.Background()
-	dir := t.TempDir()
-	s := openTest(t, dir)
-	_, inbox := newAccountWithInbox(t, s, "m@example.org")
-	for i := 1; i <= 3; i++ {
-		if _, err := s.Append(ctx, inbox.ID, bytes.NewReader(testMessage(i)), nil, time.Time{}); err != nil {
-			t.Fatal(err)
-		}
-	}
-	// Back to schema 11: the structures in the message rows.
-	for _, q := range []string{
-		"DROP TRIGGER message_structures_delete",
-		"ALTER TABLE messages ADD COLUMN structure BLOB NOT NULL DEFAULT x''",
-		"UPDATE messages SET structure = (SELECT structure FROM message_structures WHERE id = messages.id)",
-		"DROP TABLE message_structures",
-		"PRAGMA user_version = 11",
+	for _, from := range []struct {
+		version int
+		extra   string
+	}{
+		{11, ""},
+		{12, "CREATE INDEX messages_summary ON messages (mailbox_id, uid, id, internal_date, internal_tz, size, flags)"},
 	} {
-		if _, err := s.write.Exec(q); err != nil {
-			t.Fatalf("%s: %v", q, err)
-		}
+		t.Run(fmt.Sprintf("from schema %d", from.version), func(t *testing.T) {
+			ctx := context.Background()
+			dir := t.TempDir()
+			s := openTest(t, dir)
+			_, inbox := newAccountWithInbox(t, s, "m@example.org")
+			for i := 1; i <= 3; i++ {
+				if _, err := s.Append(ctx, inbox.ID, bytes.NewReader(testMessage(i)), nil, time.Time{}); err != nil {
+					t.Fatal(err)
+				}
+			}
+			// Back to the older schema: the structures in the message rows.
+			downgrade := []string{
+				"DROP TRIGGER message_structures_delete",
+				"ALTER TABLE messages ADD COLUMN structure BLOB NOT NULL DEFAULT x''",
+				"UPDATE messages SET structure = (SELECT structure FROM message_structures WHERE id = messages.id)",
+				"DROP TABLE message_structures",
+				fmt.Sprintf("PRAGMA user_version = %d", from.version),
+			}
+			if from.extra != "" {
+				downgrade = append(downgrade, from.extra)
+			}
+			for _, q := range downgrade {
+				if _, err := s.write.Exec(q); err != nil {
+					t.Fatalf("%s: %v", q, err)
+				}
+			}
+			s.Close()
+			s = openTest(t, dir)
+			msgs := mustMessages(t, s, inbox.ID)
+			if len(msgs) != 3 {
+				t.Fatalf("%d messages after the migration", len(msgs))
+			}
+			for i, m := range msgs {
+				st, err := s.Structure(ctx, m.ID)
+				if err != nil {
+					t.Fatal(err)
+				}
+				if want := fmt.Sprintf("message %d", i+1); st.Envelope.Subject != want {
+					t.Fatalf("message %d: subject %q after the migration, want %q", m.UID, st.Envelope.Subject, want)
+				}
+			}
+			var indexes int
+			if err := s.read.QueryRow("SELECT count(*) FROM sqlite_master WHERE name = 'messages_summary'").Scan(&indexes); err != nil || indexes != 0 {
+				t.Fatalf("summary index left: %d (%v)", indexes, err)
+			}
+			if _, err := s.Expunge(ctx, inbox.ID, []uint32{msgs[0].UID}); err != nil {
+				t.Fatal(err)
+			}
+			var left int
+			if err := s.read.QueryRow("SELECT count(*) FROM message_structures").Scan(&left); err != nil || left != 2 {
+				t.Fatalf("%d structures left after expunging 1 of 3 (%v)", left, err)
+			}
+			assertNoStrayFiles(t, s)
+		})
 	}
-	s.Close()
-	s = openTest(t, dir)
-	msgs := mustMessages(t, s, inbox.ID)
-	if len(msgs) != 3 {
-		t.Fatalf("%d messages after the migration", len(msgs))
-	}
-	for i, m := range msgs {
-		st, err := s.Structure(ctx, m.ID)
-		if err != nil {
-			t.Fatal(err)
-		}
-		if want := fmt.Sprintf("message %d", i+1); st.Envelope.Subject != want {
-			t.Fatalf("message %d: subject %q after the migration, want %q", m.UID, st.Envelope.Subject, want)
-		}
-	}
-	if _, err := s.Expunge(ctx, inbox.ID, []uint32{msgs[0].UID}); err != nil {
-		t.Fatal(err)
-	}
-	var left int
-	if err := s.read.QueryRow("SELECT count(*) FROM message_structures").Scan(&left); err != nil || left != 2 {
-		t.Fatalf("%d structures left after expunging 1 of 3 (%v)", left, err)
-	}
-	assertNoStrayFiles(t, s)
 }
 
 func TestPasswordHashFormat(t *testing.T) {
