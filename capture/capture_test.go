@@ -518,11 +518,19 @@ func damage(t *testing.T, st *store.Store, id int64) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	path := f.Name()
+	path, offset := f.Location()
+	var b [1]byte
+	if _, err := f.ReadAt(b[:], 2); err != nil {
+		t.Fatal(err)
+	}
 	f.Close()
-	raw, _ := os.ReadFile(path)
-	raw[len(raw)-3] ^= 0x20
-	if err := os.WriteFile(path, raw, 0o640); err != nil {
+	b[0] ^= 0x20
+	w, err := os.OpenFile(path, os.O_WRONLY, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer w.Close()
+	if _, err := w.WriteAt(b[:], offset+2); err != nil {
 		t.Fatal(err)
 	}
 }

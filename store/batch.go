@@ -54,12 +54,15 @@ type Inserted struct {
 	SHA256    [32]byte
 }
 
-// body is a message body written to tmp/ but not yet committed.
+// body is a message body written but not yet committed.
 type body struct {
-	id        int64
-	size      int64
-	sum       [32]byte
-	messageID string
+	id int64
+	// pack is the blob id of the pack file holding the body at offset;
+	// 0 for a body in a file of its own.
+	pack, offset int64
+	size         int64
+	sum          [32]byte
+	messageID    string
 	// dateHeader is the Date header as written; it is parsed only for
 	// a message given no internal date (parsing costs more than the rest
 	// of a small message's bookkeeping).
@@ -109,7 +112,7 @@ func (b body) headerDate() time.Time {
 // write(2) per piece costs more than the copy.
 var sinkBuffers = sync.Pool{New: func() any { return bufio.NewWriterSize(nil, 64<<10) }}
 
-func fillBody(ctx context.Context, f *os.File, r io.Reader) (body, error) {
+func fillBody(ctx context.Context, f io.Writer, r io.Reader) (body, error) {
 	buf := sinkBuffers.Get().(*bufio.Writer)
 	buf.Reset(f)
 	defer func() {
@@ -175,17 +178,36 @@ type Batch struct {
 	bodies []body
 	bytes  int64
 	done   bool
+	// packed: the bodies go into one pack file (pack, once the first is
+	// added) instead of a file each.
+	packed bool
+	pack   *packWriter
 }
 
-// NewBatch starts a batch.
-func (s *Store) NewBatch() *Batch { return &Batch{store: s, ids: idSource{alloc: &s.ids}} }
+// packWriter appends a batch's bodies to its pack file.
+type packWriter struct {
+	id  int64 // the pack's blob id
+	f   *os.File
+	end int64 // where the next body goes
+}
+
+// NewBatch starts a batch; its bodies share one pack file.
+func (s *Store) NewBatch() *Batch {
+	return &Batch{store: s, ids: idSource{alloc: &s.ids}, packed: true}
+}
 
 // Add streams one message body into the batch.
 func (b *Batch) Add(ctx context.Context, m NewMessage, r io.Reader) error {
 	if b.done {
 		return errors.New("batch already committed or aborted")
 	}
-	bd, err := b.store.writeBody(ctx, &b.ids, r)
+	var bd body
+	var err error
+	if b.packed {
+		bd, err = b.addToPack(ctx, r)
+	} else {
+		bd, err = b.store.writeBody(ctx, &b.ids, r)
+	}
 	if err != nil {
 		return err
 	}
@@ -193,6 +215,42 @@ func (b *Batch) Add(ctx context.Context, m NewMessage, r io.Reader) error {
 	b.bodies = append(b.bodies, bd)
 	b.bytes += bd.size
 	return nil
+}
+
+// addToPack streams r to the end of the batch's pack file, creating the
+// pack with the first body. A body that fails half-way is cut off again,
+// so the pack holds whole bodies only.
+func (b *Batch) addToPack(ctx context.Context, r io.Reader) (body, error) {
+	s := b.store
+	if s.opts.ReadOnly {
+		return body{}, ErrReadOnly
+	}
+	if b.pack == nil {
+		id, err := b.ids.take(ctx)
+		if err != nil {
+			return body{}, err
+		}
+		f, err := s.createBlob(id)
+		if err != nil {
+			return body{}, fmt.Errorf("create pack: %w", err)
+		}
+		b.pack = &packWriter{id: id, f: f}
+	}
+	id, err := b.ids.take(ctx)
+	if err != nil {
+		return body{}, err
+	}
+	p := b.pack
+	bd, err := fillBody(ctx, io.NewOffsetWriter(p.f, p.end), r)
+	if err != nil {
+		if terr := p.f.Truncate(p.end); terr != nil {
+			err = errors.Join(err, fmt.Errorf("cut the pack back: %w", terr))
+		}
+		return body{}, fmt.Errorf("write body: %w", err)
+	}
+	bd.id, bd.pack, bd.offset = id, p.id, p.end
+	p.end += bd.size
+	return bd, nil
 }
 
 // Len returns the number of messages added.
@@ -210,13 +268,25 @@ func (b *Batch) Abort() {
 	b.release(nil)
 }
 
-// release removes the files of bodies not in committed and settles every
-// id of the batch.
+// release removes the files of bodies not in committed, and the pack if
+// none of its bodies is, and settles every id of the batch.
 func (b *Batch) release(committed map[int64]bool) {
 	var drop []int64
+	packUsed := false
 	for _, bd := range b.bodies {
-		if !committed[bd.id] {
+		switch {
+		case committed[bd.id]:
+			packUsed = packUsed || bd.pack != 0
+		case bd.pack == 0:
 			drop = append(drop, bd.id)
+		}
+	}
+	if b.pack != nil {
+		if err := b.pack.f.Close(); err != nil {
+			b.store.log.Error("a pack file could not be closed", "blob", b.pack.id, "err", err)
+		}
+		if !packUsed {
+			drop = append(drop, b.pack.id)
 		}
 	}
 	b.store.removeBlobs(drop)
@@ -270,6 +340,7 @@ func (s *Store) commitItems(ctx context.Context, items []NewMessage, bodies []bo
 			return err
 		}
 		defer insStructure.Close()
+		var packed []body
 		alloc := newUIDAllocator(tx)
 		copies, err := newCopyFinder(ctx, tx, items)
 		if err != nil {
@@ -308,6 +379,9 @@ func (s *Store) commitItems(ctx context.Context, items []NewMessage, bodies []bo
 			if _, err := insStructure.ExecContext(ctx, bd.id, bd.structure); err != nil {
 				return err
 			}
+			if bd.pack != 0 {
+				packed = append(packed, bd)
+			}
 			out[i].UID = uid
 			copies.stored(m.MailboxID, m.LegacyUID, m.POP3UIDL, uid)
 			placed = append(placed, bd.id)
@@ -323,6 +397,9 @@ func (s *Store) commitItems(ctx context.Context, items []NewMessage, bodies []bo
 			changes[key] = append(changes[key], Message{ID: bd.id, MailboxID: m.MailboxID, UID: uid,
 				InternalDate: time.Unix(date.Unix(), 0).In(zoneFor(offset)), Size: bd.size, Flags: normalizeFlags(m.Flags)})
 		}
+		if err := insertPacked(ctx, tx, packed); err != nil {
+			return err
+		}
 		return alloc.flush(ctx)
 	})
 	if err != nil {
@@ -335,6 +412,24 @@ func (s *Store) commitItems(ctx context.Context, items []NewMessage, bodies []bo
 		s.watchers.publish(addedChange(key.mailbox, changes[key], key.origin))
 	}
 	return out, nil
+}
+
+// insertPacked records where in their packs the bodies are, a few hundred
+// rows a statement.
+func insertPacked(ctx context.Context, tx *sql.Tx, bodies []body) error {
+	for len(bodies) > 0 {
+		n := min(len(bodies), 200)
+		args := make([]any, 0, 4*n)
+		for _, bd := range bodies[:n] {
+			args = append(args, bd.id, bd.pack, bd.offset, bd.size)
+		}
+		q := "INSERT INTO packed_bodies (id, pack, offset, size) VALUES " + strings.Repeat("(?, ?, ?, ?), ", n-1) + "(?, ?, ?, ?)"
+		if _, err := tx.ExecContext(ctx, q, args...); err != nil {
+			return fmt.Errorf("record packed bodies: %w", err)
+		}
+		bodies = bodies[n:]
+	}
+	return nil
 }
 
 // traceRecorder records the trace addresses of legacy messages copied
@@ -526,7 +621,8 @@ func (a *uidAllocator) flush(ctx context.Context) error {
 // Append stores one message in a mailbox with the next UID (IMAP APPEND,
 // local delivery) and returns its UID once it is durable.
 func (s *Store) Append(ctx context.Context, mailboxID int64, r io.Reader, flags []string, date time.Time) (Inserted, error) {
-	b := s.NewBatch()
+	// A body of its own: a pack of one would cost a file and a row.
+	b := &Batch{store: s, ids: idSource{alloc: &s.ids}}
 	if err := b.Add(ctx, NewMessage{MailboxID: mailboxID, InternalDate: date, Flags: flags, origin: originOf(ctx)}, r); err != nil {
 		b.Abort()
 		return Inserted{}, fmt.Errorf("append to mailbox %d: %w", mailboxID, err)

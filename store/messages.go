@@ -8,6 +8,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"math"
 	"os"
 	"path/filepath"
 	"sort"
@@ -268,7 +269,7 @@ func (s *Store) Structure(ctx context.Context, messageID int64) (*mimeinfo.Messa
 
 // parseBody parses a stored body.
 func (s *Store) parseBody(messageID int64) (*mimeinfo.Message, error) {
-	f, err := s.openBlob(messageID)
+	f, err := s.OpenBody(messageID)
 	if err != nil {
 		return nil, err
 	}
@@ -302,13 +303,44 @@ func (r *restructured) take() map[int64][]byte {
 	return out
 }
 
-// OpenBody opens a stored message body for reading. Bodies are immutable.
-func (s *Store) OpenBody(messageID int64) (*os.File, error) {
+// Body is a stored message body open for reading: a file of its own, or
+// its stretch of the pack file its batch wrote. Bodies are immutable.
+type Body struct {
+	*io.SectionReader
+	f *os.File
+}
+
+// Close closes the body's file.
+func (b *Body) Close() error { return b.f.Close() }
+
+// Location tells where the body's bytes lie: the file and the offset of
+// the first byte in it.
+func (b *Body) Location() (path string, offset int64) {
+	_, offset, _ = b.Outer()
+	return b.f.Name(), offset
+}
+
+// OpenBody opens a stored message body for reading.
+func (s *Store) OpenBody(messageID int64) (*Body, error) {
 	f, err := s.openBlob(messageID)
-	if err != nil {
+	if err == nil {
+		return &Body{SectionReader: io.NewSectionReader(f, 0, math.MaxInt64), f: f}, nil
+	}
+	if !errors.Is(err, os.ErrNotExist) {
 		return nil, fmt.Errorf("open body of message %d: %w", messageID, err)
 	}
-	return f, nil
+	var pack, offset, size int64
+	switch qerr := s.read.QueryRow("SELECT pack, offset, size FROM packed_bodies WHERE id = ?", messageID).Scan(&pack, &offset, &size); {
+	case errors.Is(qerr, sql.ErrNoRows):
+		return nil, fmt.Errorf("open body of message %d: %w", messageID, err)
+	case qerr != nil:
+		return nil, fmt.Errorf("open body of message %d: %w", messageID, qerr)
+	}
+	pf, err := s.openBlob(pack)
+	if err != nil {
+		return nil, fmt.Errorf("open body of message %d in pack %d: %w", messageID, pack, err)
+	}
+	return &Body{SectionReader: io.NewSectionReader(pf, offset, size), f: pf}, nil
 }
 
 // FlagOp says how StoreFlags combines flags.
@@ -484,6 +516,7 @@ func (s *Store) copyOrMove(ctx context.Context, src int64, uids []uint32, dst in
 	// Link the bodies under new ids (taken before the writer lock, as
 	// always).
 	var newIDs []int64
+	var inPack []bool // the body is shared in its pack, not linked
 	committed := false
 	ids := idSource{alloc: &s.ids}
 	defer func() {
@@ -498,7 +531,9 @@ func (s *Store) copyOrMove(ctx context.Context, src int64, uids []uint32, dst in
 			return res, fmt.Errorf("%s: %w", what, err)
 		}
 		newIDs = append(newIDs, id)
-		if err := s.linkBlob(m.ID, id); err != nil {
+		err = s.linkBlob(m.ID, id)
+		inPack = append(inPack, errors.Is(err, errPackedBody))
+		if err != nil && !inPack[len(inPack)-1] {
 			return res, fmt.Errorf("%s message %d: %w", what, m.UID, err)
 		}
 	}
@@ -532,6 +567,11 @@ func (s *Store) copyOrMove(ctx context.Context, src int64, uids []uint32, dst in
 			_, err = tx.ExecContext(ctx, "INSERT INTO message_structures (id, structure) SELECT ?, structure FROM message_structures WHERE id = ?", newIDs[i], m.ID)
 			if err != nil {
 				return err
+			}
+			if inPack[i] {
+				if err := sharePacked(ctx, tx, m.ID, newIDs[i]); err != nil {
+					return err
+				}
 			}
 			res.SourceUIDs = append(res.SourceUIDs, m.UID)
 			res.DestUIDs = append(res.DestUIDs, uid)
@@ -589,7 +629,12 @@ func (s *Store) ReadBody(messageID int64) ([]byte, error) {
 	return io.ReadAll(f)
 }
 
-// linkBlob makes the body of id dst a hard link of the body of src.
+// errPackedBody says that a body to be linked has no file of its own: it
+// may be in a pack, where the copy shares its stretch (see sharePacked).
+var errPackedBody = errors.New("body has no file of its own")
+
+// linkBlob makes the body of id dst a hard link of the body of src; it
+// returns errPackedBody when src has no file to link.
 func (s *Store) linkBlob(src, dst int64) error {
 	err := os.Link(s.blobPath(src), s.blobPath(dst))
 	if errors.Is(err, os.ErrNotExist) {
@@ -597,6 +642,25 @@ func (s *Store) linkBlob(src, dst int64) error {
 			return err
 		}
 		err = os.Link(s.blobPath(src), s.blobPath(dst))
+		if errors.Is(err, os.ErrNotExist) {
+			return errPackedBody
+		}
 	}
 	return err
+}
+
+// sharePacked gives the body id dst the pack stretch of src, in the
+// transaction that inserts dst's message; ErrNotFound if src is in no
+// pack either.
+func sharePacked(ctx context.Context, tx *sql.Tx, src, dst int64) error {
+	res, err := tx.ExecContext(ctx, "INSERT INTO packed_bodies (id, pack, offset, size) SELECT ?, pack, offset, size FROM packed_bodies WHERE id = ?", dst, src)
+	if err != nil {
+		return err
+	}
+	if n, err := res.RowsAffected(); err != nil {
+		return err
+	} else if n == 0 {
+		return fmt.Errorf("body %d: %w", src, ErrNotFound)
+	}
+	return nil
 }

@@ -283,6 +283,24 @@ CREATE TRIGGER message_structures_delete AFTER DELETE ON messages BEGIN
 	DELETE FROM message_structures WHERE id = OLD.id;
 END;
 `,
+	// 14: bodies written by a batch share one pack file, a blob of its
+	// own: a body here is its stretch of the pack, not a file of its own
+	// (one file per batch costs a fraction of one per message to create
+	// and sync). The row goes when the body's queued unlink is done; the
+	// pack is queued for unlinking with its last row.
+	`
+CREATE TABLE packed_bodies (
+	id     INTEGER PRIMARY KEY, -- the body's blob id (its message's id)
+	pack   INTEGER NOT NULL,    -- the blob id of the pack file
+	offset INTEGER NOT NULL,
+	size   INTEGER NOT NULL
+);
+CREATE INDEX packed_bodies_pack ON packed_bodies (pack);
+CREATE TRIGGER packed_bodies_last AFTER DELETE ON packed_bodies
+WHEN NOT EXISTS (SELECT 1 FROM packed_bodies WHERE pack = OLD.pack) BEGIN
+	INSERT OR IGNORE INTO unlink_queue (blob_id) VALUES (OLD.pack);
+END;
+`,
 }
 
 // checkVersion checks that a store opened beside its owner has the schema

@@ -277,14 +277,28 @@ func (s *Store) writeTxSync(ctx context.Context, durable bool, fn func(tx *sql.T
 		return err
 	}
 	unlinked := s.takeUnlinked()
-	for len(unlinked) > 0 {
-		n := min(len(unlinked), 400)
-		if _, err := tx.ExecContext(ctx, "DELETE FROM unlink_queue WHERE blob_id IN ("+placeholders(n)+")", int64Args(unlinked[:n])...); err != nil {
+	packsEmptied := false
+	for rest := unlinked; len(rest) > 0; {
+		n := min(len(rest), 400)
+		args := int64Args(rest[:n])
+		// A packed body's row goes with its queued unlink; the last row
+		// of a pack queues the pack itself (trigger packed_bodies_last).
+		res, err := tx.ExecContext(ctx, "DELETE FROM packed_bodies WHERE id IN ("+placeholders(n)+")", args...)
+		if err == nil {
+			var gone int64
+			if gone, err = res.RowsAffected(); gone > 0 {
+				packsEmptied = true
+			}
+		}
+		if err == nil {
+			_, err = tx.ExecContext(ctx, "DELETE FROM unlink_queue WHERE blob_id IN ("+placeholders(n)+")", args...)
+		}
+		if err != nil {
 			tx.Rollback()
 			s.giveBackUnlinked(unlinked)
 			return err
 		}
-		unlinked = unlinked[n:]
+		rest = rest[n:]
 	}
 	for id, js := range s.restructured.take() {
 		// Derived data: a failure here only means it is parsed again.
@@ -294,9 +308,21 @@ func (s *Store) writeTxSync(ctx context.Context, durable bool, fn func(tx *sql.T
 	}
 	if err := fn(tx); err != nil {
 		tx.Rollback()
+		s.giveBackUnlinked(unlinked)
 		return err
 	}
-	return tx.Commit()
+	if err := tx.Commit(); err != nil {
+		s.giveBackUnlinked(unlinked)
+		return err
+	}
+	if packsEmptied {
+		// Packs whose last body went are queued now: remove their files
+		// (a failure leaves the queue rows for the next try).
+		if err := s.unlinkQueued(ctx); err != nil {
+			s.log.Error("emptied packs could not be removed", "err", err)
+		}
+	}
+	return nil
 }
 
 func placeholders(n int) string {
@@ -523,7 +549,8 @@ func (s *Store) recover(ctx context.Context) error {
 func (s *Store) blobReferenced(ctx context.Context, id int64) (bool, error) {
 	var n int
 	err := s.write.QueryRowContext(ctx,
-		"SELECT (SELECT count(*) FROM messages WHERE id = ?) + (SELECT count(*) FROM spool WHERE id = ?)", id, id).Scan(&n)
+		`SELECT (SELECT count(*) FROM messages WHERE id = ?) + (SELECT count(*) FROM spool WHERE id = ?)
+			+ EXISTS (SELECT 1 FROM packed_bodies WHERE pack = ?)`, id, id, id).Scan(&n)
 	return n > 0, err
 }
 

@@ -3,8 +3,10 @@ package store
 import (
 	"bytes"
 	"context"
+	"database/sql"
 	"errors"
 	"fmt"
+	"io"
 	"io/fs"
 	"os"
 	"path/filepath"
@@ -14,6 +16,7 @@ import (
 	"sync"
 	"syscall"
 	"testing"
+	"testing/iotest"
 	"time"
 )
 
@@ -506,6 +509,7 @@ func TestMigrationMovesStructuresOut(t *testing.T) {
 			}
 			// Back to the older schema: the structures in the message rows.
 			downgrade := []string{
+				"DROP TABLE packed_bodies",
 				"DROP TRIGGER message_structures_delete",
 				"ALTER TABLE messages ADD COLUMN structure BLOB NOT NULL DEFAULT x''",
 				"UPDATE messages SET structure = (SELECT structure FROM message_structures WHERE id = messages.id)",
@@ -581,21 +585,43 @@ func assertNoStrayFiles(t *testing.T, s *Store) {
 		ids[id] = true
 	}
 	rows.Close()
+	// Packed bodies: of a message, or of one whose unlink is queued (the
+	// row goes with the queue's, at the next write).
+	packed, packs := map[int64]bool{}, map[int64]bool{}
+	rows, err = s.read.Query("SELECT id, pack, id IN (SELECT blob_id FROM unlink_queue) FROM packed_bodies")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for rows.Next() {
+		var id, pack int64
+		var queued bool
+		rows.Scan(&id, &pack, &queued)
+		packed[id], packs[pack] = true, true
+		if !ids[id] && !queued {
+			t.Errorf("packed body %d (pack %d) of no message", id, pack)
+		}
+	}
+	rows.Close()
 	files := map[int64]bool{}
 	filepath.WalkDir(filepath.Join(s.dir, blobsDir), func(path string, d os.DirEntry, err error) error {
 		if err == nil && !d.IsDir() {
 			var id int64
 			fmt.Sscan(d.Name(), &id)
 			files[id] = true
-			if !ids[id] {
+			if !ids[id] && !packs[id] {
 				t.Errorf("orphan body file %s", path)
 			}
 		}
 		return nil
 	})
 	for id := range ids {
-		if !files[id] {
-			t.Errorf("row %d has no body file", id)
+		if files[id] == packed[id] {
+			t.Errorf("row %d: body file %v, packed %v (want one of them)", id, files[id], packed[id])
+		}
+	}
+	for pack := range packs {
+		if !files[pack] {
+			t.Errorf("pack %d has no file", pack)
 		}
 	}
 	// Every message has its cached structure, and no structure outlives
@@ -982,4 +1008,116 @@ func TestEnsureAccounts(t *testing.T) {
 	if _, err := s.Account(ctx, "dan@example.org"); !errors.Is(err, ErrNotFound) {
 		t.Fatalf("a refused call recorded an account: %v", err)
 	}
+}
+
+// TestPackedBodiesLiveAsLongAsTheirMessages: a batch writes its bodies
+// into one pack file; each reads back byte for byte; a body that fails
+// half-way leaves no bytes in the pack; a copy shares the original's
+// stretch; the pack goes with its last message, and a batch that commits
+// nothing leaves no pack.
+func TestPackedBodiesLiveAsLongAsTheirMessages(t *testing.T) {
+	ctx := context.Background()
+	s := openTest(t, t.TempDir())
+	acct, inbox := newAccountWithInbox(t, s, "pack@example.org")
+	archive, err := s.CreateMailbox(ctx, acct.ID, MailboxSpec{Name: "Archive"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	packFiles := func() int {
+		var n int
+		if err := s.read.QueryRow("SELECT count(DISTINCT pack) FROM packed_bodies").Scan(&n); err != nil {
+			t.Fatal(err)
+		}
+		return n
+	}
+	b := s.NewBatch()
+	for i := 1; i <= 3; i++ {
+		if err := b.Add(ctx, NewMessage{MailboxID: inbox.ID, LegacyUID: uint32(i)}, bytes.NewReader(testMessage(i))); err != nil {
+			t.Fatal(err)
+		}
+		// A body whose source fails half-way is not added.
+		// (It is longer than the write buffer, so part of it reached the
+		// file.)
+		long := bytes.Repeat([]byte("0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcd\r\n"), 2000)
+		broken := io.MultiReader(bytes.NewReader(testMessage(100+i)), bytes.NewReader(long), iotest.ErrReader(errors.New("connection reset")))
+		if err := b.Add(ctx, NewMessage{MailboxID: inbox.ID, LegacyUID: uint32(100 + i)}, broken); err == nil {
+			t.Fatal("a failed body was added")
+		}
+	}
+	if _, err := b.Commit(ctx); err != nil {
+		t.Fatal(err)
+	}
+	msgs := mustMessages(t, s, inbox.ID)
+	if len(msgs) != 3 || packFiles() != 1 {
+		t.Fatalf("%d messages in %d packs, want 3 in 1", len(msgs), packFiles())
+	}
+	var packSize int64
+	for i, m := range msgs {
+		raw, err := s.ReadBody(m.ID)
+		if err != nil || !bytes.Equal(raw, testMessage(i+1)) {
+			t.Fatalf("message %d reads back %q (%v), want %q", m.UID, raw, err, testMessage(i+1))
+		}
+		packSize += m.Size
+	}
+	f, err := s.OpenBody(msgs[0].ID)
+	if err != nil {
+		t.Fatal(err)
+	}
+	path, _ := f.Location()
+	f.Close()
+	if st, err := os.Stat(path); err != nil {
+		t.Fatal(err)
+	} else if st.Size() != packSize {
+		t.Fatalf("pack %s: %d bytes, want the %d of its bodies alone", path, st.Size(), packSize)
+	}
+	assertNoStrayFiles(t, s)
+
+	// Nothing committed: no pack left behind.
+	b = s.NewBatch()
+	if err := b.Add(ctx, NewMessage{MailboxID: inbox.ID, LegacyUID: 50}, bytes.NewReader(testMessage(50))); err != nil {
+		t.Fatal(err)
+	}
+	b.Abort()
+	b = s.NewBatch()
+	if err := b.Add(ctx, NewMessage{MailboxID: inbox.ID, LegacyUID: 1}, bytes.NewReader(testMessage(1))); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := b.Commit(ctx); err != nil { // legacy UID 1 is stored already: a duplicate
+		t.Fatal(err)
+	}
+	if n := len(mustMessages(t, s, inbox.ID)); n != 3 || packFiles() != 1 {
+		t.Fatalf("%d messages in %d packs after two batches that stored nothing", n, packFiles())
+	}
+	assertNoStrayFiles(t, s)
+
+	if _, err := s.Copy(ctx, inbox.ID, []uint32{msgs[1].UID}, archive.ID); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.Expunge(ctx, inbox.ID, []uint32{msgs[0].UID, msgs[1].UID, msgs[2].UID}); err != nil {
+		t.Fatal(err)
+	}
+	touch := func() { // any write drops the rows of done unlinks
+		if err := s.writeTx(ctx, func(*sql.Tx) error { return nil }); err != nil {
+			t.Fatal(err)
+		}
+	}
+	touch()
+	assertNoStrayFiles(t, s)
+	copies := mustMessages(t, s, archive.ID)
+	if len(copies) != 1 || packFiles() != 1 {
+		t.Fatalf("after the expunge: %d copies, %d packs; want 1 and 1", len(copies), packFiles())
+	}
+	if raw, err := s.ReadBody(copies[0].ID); err != nil || !bytes.Equal(raw, testMessage(2)) {
+		t.Fatalf("the copy reads back %q (%v)", raw, err)
+	}
+	if _, err := s.Expunge(ctx, archive.ID, []uint32{copies[0].UID}); err != nil {
+		t.Fatal(err)
+	}
+	touch()
+	touch()
+	if _, err := os.Stat(path); !errors.Is(err, os.ErrNotExist) {
+		t.Fatalf("the pack outlived its last message: %v", err)
+	}
+	assertNoStrayFiles(t, s)
+
 }
