@@ -322,25 +322,66 @@ func (b *Body) Location() (path string, offset int64) {
 
 // OpenBody opens a stored message body for reading.
 func (s *Store) OpenBody(messageID int64) (*Body, error) {
-	f, err := s.openBlob(messageID)
-	if err == nil {
-		return &Body{SectionReader: io.NewSectionReader(f, 0, math.MaxInt64), f: f}, nil
+	at, packed := s.packs.find(messageID)
+	if !packed {
+		f, err := s.openBlob(messageID)
+		if err == nil {
+			return &Body{SectionReader: io.NewSectionReader(f, 0, math.MaxInt64), f: f}, nil
+		}
+		if !errors.Is(err, os.ErrNotExist) {
+			return nil, fmt.Errorf("open body of message %d: %w", messageID, err)
+		}
+		if at, packed, err = s.loadPack(messageID); err != nil {
+			return nil, fmt.Errorf("open body of message %d: %w", messageID, err)
+		}
+		if !packed {
+			return nil, fmt.Errorf("open body of message %d: %w", messageID, os.ErrNotExist)
+		}
 	}
-	if !errors.Is(err, os.ErrNotExist) {
-		return nil, fmt.Errorf("open body of message %d: %w", messageID, err)
-	}
-	var pack, offset, size int64
-	switch qerr := s.read.QueryRow("SELECT pack, offset, size FROM packed_bodies WHERE id = ?", messageID).Scan(&pack, &offset, &size); {
-	case errors.Is(qerr, sql.ErrNoRows):
-		return nil, fmt.Errorf("open body of message %d: %w", messageID, err)
-	case qerr != nil:
-		return nil, fmt.Errorf("open body of message %d: %w", messageID, qerr)
-	}
-	pf, err := s.openBlob(pack)
+	pf, err := s.openBlob(at.pack)
 	if err != nil {
-		return nil, fmt.Errorf("open body of message %d in pack %d: %w", messageID, pack, err)
+		return nil, fmt.Errorf("open body of message %d in pack %d: %w", messageID, at.pack, err)
 	}
-	return &Body{SectionReader: io.NewSectionReader(pf, offset, size), f: pf}, nil
+	return &Body{SectionReader: io.NewSectionReader(pf, at.offset, at.size), f: pf}, nil
+}
+
+// loadPack reads where every body of the pack holding id lies into the
+// pack index: the bodies of a batch are mostly read together (a FETCH of
+// a range, a POP3 download), one query serves them all.
+func (s *Store) loadPack(id int64) (packedAt, bool, error) {
+	rows, err := s.read.Query("SELECT id, pack, offset, size FROM packed_bodies WHERE pack = (SELECT pack FROM packed_bodies WHERE id = ?)", id)
+	if err != nil {
+		return packedAt{}, false, err
+	}
+	defer rows.Close()
+	var pack int64
+	var ids []int64
+	var ats []packedAt
+	for rows.Next() {
+		var body int64
+		var at packedAt
+		if err := rows.Scan(&body, &at.pack, &at.offset, &at.size); err != nil {
+			return packedAt{}, false, err
+		}
+		pack = at.pack
+		ids, ats = append(ids, body), append(ats, at)
+	}
+	if err := rows.Err(); err != nil {
+		return packedAt{}, false, err
+	}
+	if len(ids) == 0 {
+		return packedAt{}, false, nil
+	}
+	s.packs.add(pack, ids, ats)
+	at, ok := s.packs.find(id)
+	if !ok { // more bodies than the index holds
+		for i, body := range ids {
+			if body == id {
+				return ats[i], true, nil
+			}
+		}
+	}
+	return at, ok, nil
 }
 
 // FlagOp says how StoreFlags combines flags.

@@ -64,6 +64,8 @@ type Store struct {
 	opts    Options
 	log     *slog.Logger
 	read    *sql.DB // readers (several connections)
+	// packs remembers where packed bodies lie (OpenBody).
+	packs   packIndex
 	write   *sql.DB // the one writer connection
 	lock    *os.File
 	dataDir *os.File // kept open for syncfs
@@ -648,4 +650,62 @@ func (src *idSource) take(ctx context.Context) (int64, error) {
 func (src *idSource) release() {
 	src.alloc.release(src.leases...)
 	src.leases, src.next, src.end = nil, 0, 0
+}
+
+// packedAt is where a packed body lies.
+type packedAt struct{ pack, offset, size int64 }
+
+// packIndex remembers where the bodies of recently read packs lie, whole
+// packs at a time, up to maxPackIndex bodies (the oldest packs go first).
+// What it holds is never wrong while the pack exists: a body never moves,
+// and ids are never reused.
+type packIndex struct {
+	mu    sync.Mutex
+	at    map[int64]packedAt
+	packs map[int64][]int64 // pack → its bodies in at
+	order []int64           // packs, oldest first
+}
+
+const maxPackIndex = 65536
+
+func (x *packIndex) find(id int64) (packedAt, bool) {
+	x.mu.Lock()
+	defer x.mu.Unlock()
+	at, ok := x.at[id]
+	return at, ok
+}
+
+func (x *packIndex) add(pack int64, ids []int64, ats []packedAt) {
+	x.mu.Lock()
+	defer x.mu.Unlock()
+	if x.at == nil {
+		x.at, x.packs = map[int64]packedAt{}, map[int64][]int64{}
+	}
+	if known, ok := x.packs[pack]; ok {
+		// Loaded before a copy shared a stretch of it: add the newcomers.
+		for i, id := range ids {
+			if _, ok := x.at[id]; !ok {
+				x.at[id] = ats[i]
+				known = append(known, id)
+			}
+		}
+		x.packs[pack] = known
+		return
+	}
+	if len(ids) > maxPackIndex {
+		return
+	}
+	for len(x.at)+len(ids) > maxPackIndex && len(x.order) > 0 {
+		old := x.order[0]
+		x.order = x.order[1:]
+		for _, id := range x.packs[old] {
+			delete(x.at, id)
+		}
+		delete(x.packs, old)
+	}
+	for i, id := range ids {
+		x.at[id] = ats[i]
+	}
+	x.packs[pack] = ids
+	x.order = append(x.order, pack)
 }
