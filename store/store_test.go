@@ -1121,3 +1121,38 @@ func TestPackedBodiesLiveAsLongAsTheirMessages(t *testing.T) {
 	assertNoStrayFiles(t, s)
 
 }
+
+// TestPackIndexKeepsWholePacksWithinItsBound: the index of packed bodies
+// holds whole packs, drops the oldest past its bound, and takes a body
+// added to a pack it already holds (a copy sharing a stretch).
+func TestPackIndexKeepsWholePacksWithinItsBound(t *testing.T) {
+	var x packIndex
+	fill := func(pack, first, n int64) {
+		ids, ats := make([]int64, n), make([]packedAt, n)
+		for i := range n {
+			ids[i], ats[i] = first+i, packedAt{pack: pack, offset: i * 10, size: 10}
+		}
+		x.add(pack, ids, ats)
+	}
+	fill(1, 100, maxPackIndex/2)
+	fill(2, 1_000_000, maxPackIndex/2)
+	if at, ok := x.find(101); !ok || at != (packedAt{1, 10, 10}) {
+		t.Fatalf("body 101: %v %v", at, ok)
+	}
+	x.add(2, []int64{5}, []packedAt{{2, 0, 10}}) // a copy's row
+	if _, ok := x.find(5); !ok {
+		t.Fatal("a body added to a known pack is not found")
+	}
+	fill(3, 2_000_000, 10)
+	if _, ok := x.find(101); ok {
+		t.Fatal("the oldest pack was kept past the bound")
+	}
+	for _, id := range []int64{5, 1_000_000, 2_000_009} {
+		if _, ok := x.find(id); !ok {
+			t.Fatalf("body %d dropped with another pack", id)
+		}
+	}
+	if len(x.at) > maxPackIndex {
+		t.Fatalf("%d bodies held, bound %d", len(x.at), maxPackIndex)
+	}
+}
