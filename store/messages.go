@@ -691,16 +691,24 @@ func (s *Store) linkBlob(src, dst int64) error {
 }
 
 // sharePacked gives the body id dst the pack stretch of src, in the
-// transaction that inserts dst's message; ErrNotFound if src is in no
-// pack either.
+// transaction that inserted dst's message (if it did: a source deleted
+// meanwhile gives no copy, and no row that would keep its pack);
+// ErrNotFound if src is in no pack either.
 func sharePacked(ctx context.Context, tx *sql.Tx, src, dst int64) error {
-	res, err := tx.ExecContext(ctx, "INSERT INTO packed_bodies (id, pack, offset, size) SELECT ?, pack, offset, size FROM packed_bodies WHERE id = ?", dst, src)
+	res, err := tx.ExecContext(ctx, `INSERT INTO packed_bodies (id, pack, offset, size)
+		SELECT ?, pack, offset, size FROM packed_bodies WHERE id = ? AND EXISTS (SELECT 1 FROM messages WHERE id = ?)`, dst, src, dst)
 	if err != nil {
 		return err
 	}
-	if n, err := res.RowsAffected(); err != nil {
+	n, err := res.RowsAffected()
+	if err != nil || n > 0 {
 		return err
-	} else if n == 0 {
+	}
+	var copied bool
+	if err := tx.QueryRowContext(ctx, "SELECT EXISTS (SELECT 1 FROM messages WHERE id = ?)", dst).Scan(&copied); err != nil {
+		return err
+	}
+	if copied {
 		return fmt.Errorf("body %d: %w", src, ErrNotFound)
 	}
 	return nil
