@@ -306,9 +306,19 @@ func (r *restructured) take() map[int64][]byte {
 // Body is a stored message body open for reading: a file of its own, or
 // its stretch of the pack file its batch wrote. Bodies are immutable.
 type Body struct {
-	*io.SectionReader
+	r *io.SectionReader // a file's reaches to its end
 	f *os.File
 }
+
+func newBody(f *os.File, offset, size int64) *Body {
+	return &Body{r: io.NewSectionReader(f, offset, size), f: f}
+}
+
+// Read reads the body from where the last Read ended.
+func (b *Body) Read(p []byte) (int, error) { return b.r.Read(p) }
+
+// ReadAt reads the body's bytes from off on.
+func (b *Body) ReadAt(p []byte, off int64) (int, error) { return b.r.ReadAt(p, off) }
 
 // Close closes the body's file.
 func (b *Body) Close() error { return b.f.Close() }
@@ -316,7 +326,7 @@ func (b *Body) Close() error { return b.f.Close() }
 // Location tells where the body's bytes lie: the file and the offset of
 // the first byte in it.
 func (b *Body) Location() (path string, offset int64) {
-	_, offset, _ = b.Outer()
+	_, offset, _ = b.r.Outer()
 	return b.f.Name(), offset
 }
 
@@ -326,7 +336,7 @@ func (s *Store) OpenBody(messageID int64) (*Body, error) {
 	if !packed {
 		f, err := s.openBlob(messageID)
 		if err == nil {
-			return &Body{SectionReader: io.NewSectionReader(f, 0, math.MaxInt64), f: f}, nil
+			return newBody(f, 0, math.MaxInt64), nil
 		}
 		if !errors.Is(err, os.ErrNotExist) {
 			return nil, fmt.Errorf("open body of message %d: %w", messageID, err)
@@ -342,7 +352,7 @@ func (s *Store) OpenBody(messageID int64) (*Body, error) {
 	if err != nil {
 		return nil, fmt.Errorf("open body of message %d in pack %d: %w", messageID, at.pack, err)
 	}
-	return &Body{SectionReader: io.NewSectionReader(pf, at.offset, at.size), f: pf}, nil
+	return newBody(pf, at.offset, at.size), nil
 }
 
 // loadPack reads where every body of the pack holding id lies into the
