@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net/textproto"
+	"slices"
 	"strings"
 
 	"mailcapture/legacyclient"
@@ -59,18 +60,21 @@ func readMaildrop(c *pop3.Client) (maildrop, error) {
 	if len(list) != len(uidls) {
 		return md, fmt.Errorf("%w: LIST has %d messages, UIDL %d", errMailboxChanged, len(list), len(uidls))
 	}
-	seen := map[string]bool{}
+	md.nums, md.sizes, md.uidls = make([]int, len(list)), make([]int64, len(list)), make([]string, len(list))
 	for i := range list {
 		if list[i].Num != uidls[i].Num {
 			return md, fmt.Errorf("LIST and UIDL disagree at message %d", i+1)
 		}
-		if seen[uidls[i].UIDL] {
-			return md, fmt.Errorf("the legacy POP3 server gives UIDL %q twice", uidls[i].UIDL)
+		md.nums[i], md.sizes[i], md.uidls[i] = list[i].Num, list[i].Size, uidls[i].UIDL
+	}
+	// A UIDL given twice, found in a sorted copy (a set of 100,000 UIDLs
+	// would take three times the memory).
+	sorted := slices.Clone(md.uidls)
+	slices.Sort(sorted)
+	for i := 1; i < len(sorted); i++ {
+		if sorted[i] == sorted[i-1] {
+			return maildrop{}, fmt.Errorf("the legacy POP3 server gives UIDL %q twice", sorted[i])
 		}
-		seen[uidls[i].UIDL] = true
-		md.nums = append(md.nums, list[i].Num)
-		md.sizes = append(md.sizes, list[i].Size)
-		md.uidls = append(md.uidls, uidls[i].UIDL)
 	}
 	return md, nil
 }

@@ -1,9 +1,14 @@
 package capture
 
 import (
+	"bufio"
 	"bytes"
 	"context"
+	"fmt"
 	"io"
+	"net"
+	"slices"
+	"strings"
 	"testing"
 	"time"
 
@@ -267,4 +272,53 @@ func messageIDOf(body []byte) string {
 		}
 	}
 	return ""
+}
+
+// TestMaildropWithATwiceGivenUIDLIsRefused: a POP3 server that gives one
+// UIDL to two messages cannot have its messages told apart; the maildrop
+// read says so and names the UIDL. (A scripted server: Dovecot never does
+// this.)
+func TestMaildropWithATwiceGivenUIDLIsRefused(t *testing.T) {
+	for _, tc := range []struct {
+		uidls   string
+		wantErr string
+	}{
+		{"1 aaa\r\n2 bbb\r\n3 ccc\r\n", ""},
+		{"1 aaa\r\n2 bbb\r\n3 aaa\r\n", `UIDL "aaa" twice`},
+	} {
+		client, server := net.Pipe()
+		go func() {
+			defer server.Close()
+			r := bufio.NewReader(server)
+			fmt.Fprint(server, "+OK ready\r\n")
+			answers := map[string]string{
+				"CAPA": "+OK\r\nUIDL\r\n.\r\n",
+				"LIST": "+OK\r\n1 10\r\n2 20\r\n3 30\r\n.\r\n",
+				"UIDL": "+OK\r\n" + tc.uidls + ".\r\n",
+			}
+			for {
+				line, err := r.ReadString('\n')
+				if err != nil {
+					return
+				}
+				answer, ok := answers[strings.TrimSpace(line)]
+				if !ok {
+					answer = "-ERR unknown\r\n"
+				}
+				fmt.Fprint(server, answer)
+			}
+		}()
+		c, err := pop3.NewClient(client, 5*time.Second)
+		if err != nil {
+			t.Fatal(err)
+		}
+		md, err := readMaildrop(c)
+		c.Close()
+		switch {
+		case tc.wantErr == "" && (err != nil || !slices.Equal(md.uidls, []string{"aaa", "bbb", "ccc"}) || !slices.Equal(md.sizes, []int64{10, 20, 30})):
+			t.Errorf("maildrop %v, %v", md, err)
+		case tc.wantErr != "" && (err == nil || !strings.Contains(err.Error(), tc.wantErr)):
+			t.Errorf("maildrop with UIDLs %q: error %v, want one saying %s", tc.uidls, err, tc.wantErr)
+		}
+	}
 }
