@@ -192,8 +192,12 @@ type packWriter struct {
 }
 
 // NewBatch starts a batch; its bodies share one pack file.
-func (s *Store) NewBatch() *Batch {
-	return &Batch{store: s, ids: idSource{alloc: &s.ids}, packed: true}
+func (s *Store) NewBatch() *Batch { return s.newBatch(true) }
+
+// newBatch starts a batch whose bodies share a pack file when packed, or
+// get a file each.
+func (s *Store) newBatch(packed bool) *Batch {
+	return &Batch{store: s, ids: idSource{alloc: &s.ids}, packed: packed}
 }
 
 // Add streams one message body into the batch.
@@ -622,7 +626,7 @@ func (a *uidAllocator) flush(ctx context.Context) error {
 // local delivery) and returns its UID once it is durable.
 func (s *Store) Append(ctx context.Context, mailboxID int64, r io.Reader, flags []string, date time.Time) (Inserted, error) {
 	// A body of its own: a pack of one would cost a file and a row.
-	b := &Batch{store: s, ids: idSource{alloc: &s.ids}}
+	b := s.newBatch(false)
 	if err := b.Add(ctx, NewMessage{MailboxID: mailboxID, InternalDate: date, Flags: flags, origin: originOf(ctx)}, r); err != nil {
 		b.Abort()
 		return Inserted{}, fmt.Errorf("append to mailbox %d: %w", mailboxID, err)

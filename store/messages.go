@@ -11,6 +11,7 @@ import (
 	"math"
 	"os"
 	"path/filepath"
+	"slices"
 	"sort"
 	"strings"
 	"sync"
@@ -306,7 +307,7 @@ func (r *restructured) take() map[int64][]byte {
 // Body is a stored message body open for reading: a file of its own, or
 // its stretch of the pack file its batch wrote. Bodies are immutable.
 type Body struct {
-	r *io.SectionReader // a file's reaches to its end
+	r *io.SectionReader // over a file of its own: up to the file's end
 	f *os.File
 }
 
@@ -383,15 +384,10 @@ func (s *Store) loadPack(id int64) (packedAt, bool, error) {
 		return packedAt{}, false, nil
 	}
 	s.packs.add(pack, ids, ats)
-	at, ok := s.packs.find(id)
-	if !ok { // more bodies than the index holds
-		for i, body := range ids {
-			if body == id {
-				return ats[i], true, nil
-			}
-		}
+	if i := slices.Index(ids, id); i >= 0 {
+		return ats[i], true, nil
 	}
-	return at, ok, nil
+	return packedAt{}, false, nil
 }
 
 // FlagOp says how StoreFlags combines flags.

@@ -263,9 +263,10 @@ CREATE TRIGGER account_totals_mailbox_move AFTER UPDATE OF account_id ON mailbox
 		ON CONFLICT (account_id) DO UPDATE SET messages = messages + excluded.messages, bytes = bytes + excluded.bytes;
 END;
 `,
-	// 12: a store that an earlier build gave a covering summary index
-	// under this number loses it (it cost a tenth of every insert); on
-	// any other store this does nothing.
+	// 12: holds the number an earlier build gave a covering summary
+	// index (it cost a tenth of every insert): a store of that build is
+	// at 12 already and loses the index in 13; on a store below 12 the
+	// index does not exist and this does nothing.
 	`DROP INDEX IF EXISTS messages_summary;`,
 	// 13: the cached MIME structures in a table of their own: a message's
 	// row stays small, so loading a mailbox's summaries (every SELECT

@@ -279,7 +279,7 @@ func (s *Store) writeTxSync(ctx context.Context, durable bool, fn func(tx *sql.T
 		return err
 	}
 	unlinked := s.takeUnlinked()
-	packsEmptied := false
+	packedGone := false
 	for rest := unlinked; len(rest) > 0; {
 		n := min(len(rest), 400)
 		args := int64Args(rest[:n])
@@ -289,7 +289,7 @@ func (s *Store) writeTxSync(ctx context.Context, durable bool, fn func(tx *sql.T
 		if err == nil {
 			var gone int64
 			if gone, err = res.RowsAffected(); gone > 0 {
-				packsEmptied = true
+				packedGone = true
 			}
 		}
 		if err == nil {
@@ -317,9 +317,9 @@ func (s *Store) writeTxSync(ctx context.Context, durable bool, fn func(tx *sql.T
 		s.giveBackUnlinked(unlinked)
 		return err
 	}
-	if packsEmptied {
-		// Packs whose last body went are queued now: remove their files
-		// (a failure leaves the queue rows for the next try).
+	if packedGone {
+		// A pack whose last body went is queued now: remove its file
+		// (a failure leaves the queue row for the next try).
 		if err := s.unlinkQueued(ctx); err != nil {
 			s.log.Error("emptied packs could not be removed", "err", err)
 		}
